@@ -1,0 +1,174 @@
+"""The ``brainlm`` command line: ``prepare``, ``info``, ``demo``.
+
+Bad input ends with one line naming the file and the problem (exit status 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from brainlm.errors import BrainLMInputError
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brainlm", description=__doc__.splitlines()[0])
+    from brainlm import __version__
+
+    parser.add_argument("--version", action="version", version=f"brainlm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="build a corpus from parcellated time series",
+                       description="Read parcellated time series (.npy .npz .csv .tsv .txt .mat .h5 "
+                       ".parquet; folders are searched), clean and resample them, split subjects "
+                       "into train/val/test, fit robust scaling on train, and write a corpus.")
+    p.add_argument("sources", nargs="+", help="files or folders (a participants.tsv in a folder is used)")
+    p.add_argument("--out", required=True, help="corpus folder to create")
+    p.add_argument("--atlas", required=True,
+                   help="aal2 | schaefer100 | schaefer200 | schaefer400 | a TSV with name,x,y,z[,network]")
+    g = p.add_argument_group("reading")
+    g.add_argument("--tr", type=float, help="repetition time in seconds for files without a JSON sidecar")
+    g.add_argument("--orientation", default="auto", choices=["auto", "time-by-parcel", "parcel-by-time"])
+    g.add_argument("--key", help="array name inside .npz/.mat/.h5 files (default: inferred)")
+    g.add_argument("--participants", help="participants table (BIDS participants.tsv)")
+    g.add_argument("--id-column", help="subject id column of the participants table")
+    g.add_argument("--allow-missing-phenotypes", action="store_true",
+                   help="keep recordings whose subject is not in the participants table")
+    g = p.add_argument_group("preprocessing contract")
+    g.add_argument("--target-tr", type=float, help="resample every recording to this TR (seconds)")
+    g.add_argument("--drop-initial", type=int, default=0, metavar="N", help="drop the first N frames")
+    g.add_argument("--psc", action="store_true", help="convert raw BOLD to percent signal change")
+    g.add_argument("--no-detrend", action="store_true", help="skip linear detrending")
+    g.add_argument("--high-pass", type=float, metavar="HZ")
+    g.add_argument("--low-pass", type=float, metavar="HZ")
+    g.add_argument("--bad-parcels", default="error", choices=["error", "zero"],
+                   help="parcels with NaN/Inf or no variance: stop, or mark missing (read as 0)")
+    g.add_argument("--min-trs", type=int, default=200, help="minimum TRs after preprocessing (a window)")
+    g.add_argument("--too-short", default="skip", choices=["skip", "error"])
+    g.add_argument("--on-error", default="fail", choices=["fail", "skip"],
+                   help="a recording that cannot be read: stop, or skip it and report it")
+    g = p.add_argument_group("splits and storage")
+    g.add_argument("--splits", type=_floats, default=[0.8, 0.1, 0.1], metavar="TRAIN,VAL,TEST")
+    g.add_argument("--seed", type=int, default=0, help="split seed")
+    g.add_argument("--split-by", default="subject", choices=["subject", "site"])
+    g.add_argument("--jobs", type=int, default=1, help="worker processes (-1: all cores)")
+    g.add_argument("--chunk-trs", type=int, default=256, help="TRs per stored chunk")
+    g.add_argument("--compression", default="none", choices=["none", "lz4", "zstd"])
+    g.add_argument("--overwrite", action="store_true", help="replace an existing corpus")
+    g.add_argument("--restart", action="store_true", help="discard an unfinished build instead of resuming")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("info", help="describe a corpus")
+    p.add_argument("corpus")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    p = sub.add_parser("demo", help="the main job end to end on the embedded real data")
+    p.add_argument("--out", default="demo-out", help="output folder (default: ./demo-out)")
+    p.add_argument("--jobs", type=int, default=2)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "prepare":
+            return _prepare(args)
+        if args.command == "info":
+            return _info(args)
+        if args.command == "demo":
+            from brainlm.demo import run_demo
+
+            run_demo(Path(args.out), jobs=args.jobs)
+            return 0
+    except BrainLMInputError as e:
+        print(f"brainlm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"brainlm {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 1
+
+
+def _prepare(args) -> int:
+    from brainlm.data.atlas import load_atlas
+    from brainlm.data.contract import PreprocessingContract
+    from brainlm.data.prepare import StoreLayout, prepare_corpus
+
+    contract = PreprocessingContract(
+        target_tr=args.target_tr, drop_initial_trs=args.drop_initial, percent_signal_change=args.psc,
+        detrend=not args.no_detrend, high_pass_hz=args.high_pass, low_pass_hz=args.low_pass,
+        bad_parcels=args.bad_parcels)
+    corpus = prepare_corpus(
+        args.sources, args.out, atlas=load_atlas(args.atlas), contract=contract, tr=args.tr,
+        orientation=args.orientation, key=args.key, participants=args.participants,
+        id_column=args.id_column, allow_missing_phenotypes=args.allow_missing_phenotypes,
+        min_trs=args.min_trs, too_short=args.too_short, on_error=args.on_error,
+        fractions=args.splits, split_seed=args.seed, split_by=args.split_by, jobs=args.jobs,
+        layout=StoreLayout(chunk_trs=args.chunk_trs, compression=args.compression),
+        overwrite=args.overwrite, restart=args.restart, progress=not args.quiet)
+    print_summary(corpus.summary())
+    return 0
+
+
+def _info(args) -> int:
+    from brainlm.data.corpus import Corpus
+
+    summary = Corpus(args.corpus).summary()
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print_summary(summary)
+    return 0
+
+
+def print_summary(s: dict) -> None:
+    """Corpus summary as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    n = s["n_trs"]
+    con.print(f"[bold]{s['path']}[/bold]: {s['recordings']} recordings, {s['subjects']} subjects, "
+              f"{s['hours']} h at TR {s['tr_s']} s (source TRs {s['source_trs_s']}); TRs per "
+              f"recording min {n['min']} / median {n['median']:g} / max {n['max']}")
+    a = s["atlas"]
+    con.print(f"atlas {a['name']}: {a['parcels']} parcels ({a['space']}); networks: "
+              f"{', '.join(a['networks']) or 'none'}")
+    t = Table(title=f"splits by {s['split_by']} (seed {s['split_seed']})")
+    for col in ("split", "recordings", "subjects", "hours"):
+        t.add_column(col, justify="right" if col != "split" else "left")
+    for name, v in s["splits"].items():
+        t.add_row(name, str(v["recordings"]), str(v["subjects"]), f"{v['hours']:g}")
+    con.print(t)
+    if s["phenotypes"]:
+        t = Table(title="phenotypes")
+        t.add_column("column")
+        t.add_column("non-missing", justify="right")
+        t.add_column("dtype")
+        for name, v in s["phenotypes"].items():
+            t.add_row(name, str(v["non_missing"]), v["dtype"])
+        con.print(t)
+    else:
+        con.print("phenotypes: none")
+    c = s["contract"]
+    con.print(f"contract: drop {c['drop_initial_trs']} initial TRs, psc={c['percent_signal_change']}, "
+              f"detrend={c['detrend']}, band-pass {c['high_pass_hz']}-{c['low_pass_hz']} Hz, "
+              f"target TR {c['target_tr']}, bad parcels: {c['bad_parcels']}; robust scaling fitted on "
+              f"{c['scaler_fit'].get('recordings')} training recordings")
+    if s["recordings_with_missing_parcels"]:
+        con.print(f"{s['recordings_with_missing_parcels']} recording(s) have missing parcels (read as 0)")
+    if s["skipped"]:
+        con.print(f"[yellow]{s['skipped']} recording(s) skipped[/yellow]: {s['skipped_reasons']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""The preprocessing contract: one serialisable object that says how raw parcel time series
+become model input.
+
+Pretraining fits it once (the robust-scaling statistics come from the training split only), the
+corpus and every checkpoint store it, and ``contract.transform(recording)`` on new data repeats
+exactly what pretraining saw. Steps, in order:
+
+1. drop the first ``drop_initial_trs`` frames (non-steady-state volumes, at the source TR);
+2. find bad parcels (any NaN/Inf, or constant) and apply ``bad_parcels`` (``"error"`` or
+   ``"zero"``: the parcel is marked missing and reads as 0 after scaling);
+3. optional percent signal change (for raw scanner units, e.g. HCP ROI means around 9,500);
+4. linear detrend, optional band-pass and confound regression (``nilearn.signal.clean``, at the
+   source TR);
+5. resampling to ``target_tr`` seconds with a polyphase anti-aliasing filter
+   (``scipy.signal.resample_poly``), e.g. UK Biobank 0.735 s and HCP 0.72 s onto one grid, or
+   2 s data up-sampled;
+6. per-parcel robust scaling ``(x - median) / IQR`` with statistics pooled over the training split.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from brainlm.data.recording import Recording
+from brainlm.data.scaling import robust_scale
+from brainlm.errors import BrainLMInputError
+
+BAD_PARCEL_POLICIES = ("error", "zero")
+CONTRACT_VERSION = 1
+
+
+@dataclass
+class CleanedSeries:
+    """Output of :meth:`PreprocessingContract.clean`.
+
+    Attributes
+    ----------
+    data : ndarray, shape (T_out, P), float32
+        Cleaned signal on the target TR grid, before scaling; missing parcels are NaN.
+    tr : float
+        Sampling interval of ``data`` in seconds.
+    bad_parcels : list of int
+        Parcel indices marked missing (policy ``"zero"``).
+    """
+
+    data: np.ndarray
+    tr: float
+    bad_parcels: list[int]
+
+
+@dataclass
+class PreprocessingContract:
+    """How raw parcel time series become model input (see module docstring for the steps).
+
+    Parameters
+    ----------
+    target_tr : float or None
+        Output sampling interval in seconds; ``None`` keeps each recording's TR (then all
+        recordings of a corpus must share one TR).
+    drop_initial_trs : int
+        Frames removed from the start of every recording, counted at its own TR.
+    percent_signal_change : bool
+        Convert each parcel to ``100 * (x / mean - 1)`` before cleaning.
+    detrend : bool
+        Remove a linear trend (and the mean) per parcel.
+    high_pass_hz, low_pass_hz : float or None
+        Butterworth band-pass edges in Hz (``None``: no filter on that side).
+    confounds : list of str or None
+        Confound columns to regress out (names in ``Recording.confounds``); ``None``: none.
+    bad_parcels : {"error", "zero"}
+        What to do with parcels holding NaN/Inf or no variance.
+    median, iqr : list of float or None
+        Robust-scaling statistics per parcel (length P), set by fitting on the training split.
+    """
+
+    target_tr: float | None = None
+    drop_initial_trs: int = 0
+    percent_signal_change: bool = False
+    detrend: bool = True
+    high_pass_hz: float | None = None
+    low_pass_hz: float | None = None
+    confounds: list[str] | None = None
+    bad_parcels: str = "error"
+    median: list[float] | None = None
+    iqr: list[float] | None = None
+    scaler_fit: dict = field(default_factory=dict)
+    version: int = CONTRACT_VERSION
+
+    def __post_init__(self) -> None:
+        src = "preprocessing contract"
+        if self.target_tr is not None and not (np.isfinite(self.target_tr) and 0 < self.target_tr <= 30):
+            raise BrainLMInputError(f"field 'target_tr' is {self.target_tr!r}; expected seconds > 0", src)
+        if int(self.drop_initial_trs) != self.drop_initial_trs or self.drop_initial_trs < 0:
+            raise BrainLMInputError(
+                f"field 'drop_initial_trs' is {self.drop_initial_trs!r}; expected an integer >= 0", src)
+        self.drop_initial_trs = int(self.drop_initial_trs)
+        if self.bad_parcels not in BAD_PARCEL_POLICIES:
+            raise BrainLMInputError(
+                f"field 'bad_parcels' is {self.bad_parcels!r}; expected one of {BAD_PARCEL_POLICIES}", src)
+        for name in ("high_pass_hz", "low_pass_hz"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise BrainLMInputError(f"field {name!r} is {v!r}; expected a frequency > 0 Hz or None", src)
+        if self.high_pass_hz and self.low_pass_hz and self.high_pass_hz >= self.low_pass_hz:
+            raise BrainLMInputError(
+                f"band-pass is empty: high_pass_hz {self.high_pass_hz} >= low_pass_hz {self.low_pass_hz}", src)
+        if (self.median is None) != (self.iqr is None):
+            raise BrainLMInputError("fields 'median' and 'iqr' must be given together", src)
+        if self.median is not None and len(self.median) != len(self.iqr):
+            raise BrainLMInputError("fields 'median' and 'iqr' differ in length", src)
+        if self.version > CONTRACT_VERSION:
+            raise BrainLMInputError(
+                f"contract version {self.version} is newer than this brainlm supports "
+                f"({CONTRACT_VERSION}); upgrade brainlm", src)
+
+    # -- steps 1-5 -------------------------------------------------------------------------
+    def output_tr(self, tr: float) -> float:
+        """Sampling interval after resampling, seconds."""
+        return float(tr) if self.target_tr is None else float(self.target_tr)
+
+    def output_length(self, n_timepoints: int, tr: float) -> int:
+        """Number of TRs after dropping frames and resampling a run of ``n_timepoints`` at ``tr``."""
+        n = max(n_timepoints - self.drop_initial_trs, 0)
+        up, down = _resampling_ratio(tr, self.output_tr(tr))
+        return -(-n * up // down)
+
+    def clean(self, timeseries: np.ndarray, tr: float, *, confounds=None, parcel_names=None,
+              source: str = "recording") -> CleanedSeries:
+        """Apply steps 1-5 to a raw array.
+
+        Parameters
+        ----------
+        timeseries : ndarray, shape (T, P)
+            Raw signal; may contain NaN/Inf (handled by the ``bad_parcels`` policy).
+        tr : float
+            Sampling interval of ``timeseries`` in seconds.
+        confounds : pandas.DataFrame, optional
+            ``T`` rows of nuisance regressors; required when ``self.confounds`` is set.
+        parcel_names : sequence of str, optional
+            Used in error messages.
+
+        Returns
+        -------
+        CleanedSeries
+        """
+        x = np.asarray(timeseries, dtype=np.float64)
+        if x.ndim != 2:
+            raise BrainLMInputError(f"time series has shape {x.shape}; expected 2-D (T x P)", source)
+        names = list(parcel_names) if parcel_names is not None else [str(i) for i in range(x.shape[1])]
+        x = x[self.drop_initial_trs:]
+        if x.shape[0] < 3:
+            raise BrainLMInputError(
+                f"{x.shape[0]} time point(s) left after dropping {self.drop_initial_trs} initial "
+                "frame(s); expected at least 3", source)
+
+        finite = np.isfinite(x)
+        nonfinite = ~finite.all(axis=0)
+        with np.errstate(invalid="ignore"):
+            constant = np.nanmax(np.where(finite, x, np.nan), axis=0) == np.nanmin(np.where(finite, x, np.nan), axis=0)
+        bad = np.flatnonzero(nonfinite | constant)
+        if bad.size and self.bad_parcels == "error":
+            what = []
+            if nonfinite.any():
+                what.append(f"NaN/Inf values in parcel(s) {[names[i] for i in np.flatnonzero(nonfinite)[:5]]}"
+                            f" ({int((~finite).sum())} value(s), first at TR "
+                            f"{int(np.nonzero(~finite)[0][0]) + self.drop_initial_trs})")
+            if constant.any():
+                what.append(f"constant parcel(s) {[names[i] for i in np.flatnonzero(constant)[:5]]}")
+            raise BrainLMInputError(
+                "; ".join(what) + ". Expected finite, varying signal in every parcel; "
+                "use bad_parcels='zero' (--bad-parcels zero) to mark such parcels missing", source)
+        x[:, bad] = 0.0
+
+        if self.percent_signal_change:
+            mean = x.mean(axis=0)
+            good = np.setdiff1d(np.arange(x.shape[1]), bad)
+            sd = x.std(axis=0)
+            weak = good[~(mean[good] > 5 * sd[good])]
+            if weak.size:
+                raise BrainLMInputError(
+                    f"percent signal change needs raw BOLD with a positive baseline, but parcel(s) "
+                    f"{[names[i] for i in weak[:5]]} have mean {mean[weak[0]]:.3g} vs s.d. {sd[weak[0]]:.3g} "
+                    "(already demeaned or z-scored?); turn percent_signal_change off for such data", source)
+            x[:, good] = 100.0 * (x[:, good] / mean[good] - 1.0)
+
+        conf = None
+        if self.confounds:
+            if confounds is None:
+                raise BrainLMInputError(
+                    f"contract regresses confounds {self.confounds} but this recording has none", source)
+            missing = [c for c in self.confounds if c not in confounds.columns]
+            if missing:
+                raise BrainLMInputError(
+                    f"confound column(s) {missing} missing; found {list(confounds.columns)[:10]}", source)
+            conf = confounds[self.confounds].to_numpy(dtype=np.float64)[self.drop_initial_trs:]
+            if conf.shape[0] != x.shape[0]:
+                raise BrainLMInputError(
+                    f"confounds have {conf.shape[0] + self.drop_initial_trs} rows; expected "
+                    f"{x.shape[0] + self.drop_initial_trs} (one per TR)", source)
+            if not np.isfinite(conf).all():
+                # fMRIPrep derivatives columns start with n/a; the first value is the convention.
+                conf = np.where(np.isfinite(conf), conf, 0.0)
+
+        nyquist = 0.5 / tr
+        if self.low_pass_hz is not None and self.low_pass_hz >= nyquist:
+            raise BrainLMInputError(
+                f"low_pass_hz {self.low_pass_hz} is at or above the Nyquist frequency "
+                f"{nyquist:.3f} Hz of TR {tr} s", source)
+        if self.detrend or self.high_pass_hz or self.low_pass_hz or conf is not None:
+            from nilearn import signal  # deferred: nilearn import is slow and often unused
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=FutureWarning)
+                warnings.simplefilter("ignore", category=DeprecationWarning)
+                x = signal.clean(x, detrend=self.detrend, standardize=False, confounds=conf,
+                                 low_pass=self.low_pass_hz, high_pass=self.high_pass_hz, t_r=tr,
+                                 filter="butterworth" if (self.high_pass_hz or self.low_pass_hz) else False)
+            x[:, bad] = 0.0
+
+        out_tr = self.output_tr(tr)
+        up, down = _resampling_ratio(tr, out_tr)
+        if up != down:
+            # 'line' padding extends each edge linearly, so the anti-aliasing filter does not
+            # pull the first and last TRs towards zero.
+            x = resample_poly(x, up, down, axis=0, padtype="line")
+        x = x.astype(np.float32)
+        x[:, bad] = np.nan
+        return CleanedSeries(data=x, tr=out_tr, bad_parcels=bad.tolist())
+
+    # -- step 6 ----------------------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        """True once the robust-scaling statistics are set."""
+        return self.median is not None
+
+    def scale(self, cleaned: np.ndarray, fill_missing: float = 0.0) -> np.ndarray:
+        """``(x - median) / IQR`` per parcel; missing (NaN) parcels become ``fill_missing``.
+
+        Parameters
+        ----------
+        cleaned : ndarray, shape (..., P)
+
+        Returns
+        -------
+        ndarray, float32, same shape.
+        """
+        if not self.is_fitted:
+            raise BrainLMInputError("preprocessing contract has no scaling statistics; fit it on a "
+                                    "training split first (brainlm prepare does)")
+        med = np.asarray(self.median, dtype=np.float32)
+        iqr = np.asarray(self.iqr, dtype=np.float32)
+        if cleaned.shape[-1] != med.size:
+            raise BrainLMInputError(
+                f"data has {cleaned.shape[-1]} parcels; the contract was fitted on {med.size}")
+        out = robust_scale(cleaned, med, iqr)
+        return np.nan_to_num(out, nan=fill_missing, copy=False)
+
+    def transform(self, recording: Recording) -> np.ndarray:
+        """Full contract on one recording: steps 1-6.
+
+        Returns
+        -------
+        ndarray, shape (T_out, P), float32, on the ``target_tr`` grid.
+        """
+        cleaned = self.clean(recording.timeseries, recording.tr, confounds=recording.confounds,
+                             parcel_names=recording.atlas.parcel_names,
+                             source=recording.source or recording.id)
+        return self.scale(cleaned.data)
+
+    # -- serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """JSON-ready dictionary."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessingContract":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise BrainLMInputError(f"preprocessing contract has unknown field(s) {unknown}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        """Write as JSON (atomically: a temporary file renamed into place)."""
+        from brainlm.data.atomic import write_text_atomic
+
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PreprocessingContract":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise BrainLMInputError("preprocessing contract not found", str(path)) from None
+        except json.JSONDecodeError as e:
+            raise BrainLMInputError(f"preprocessing contract is not valid JSON ({e})", str(path)) from None
+        try:
+            return cls.from_dict(d)
+        except BrainLMInputError as e:
+            raise BrainLMInputError(e.reason, str(path)) from None
+
+
+def _resampling_ratio(tr_in: float, tr_out: float) -> tuple[int, int]:
+    """Integers ``up, down`` with ``up / down ~= tr_in / tr_out`` (to 0.1%)."""
+    if abs(tr_in - tr_out) <= 1e-6 * tr_out:
+        return 1, 1
+    frac = Fraction(tr_in / tr_out).limit_denominator(1000)
+    return frac.numerator, frac.denominator

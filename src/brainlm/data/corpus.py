@@ -1,0 +1,188 @@
+"""A prepared corpus on disk (or object storage): read-only access, one window at a time.
+
+Layout of a corpus folder::
+
+    corpus.json        format, version, counts; written last, so its presence means complete
+    manifest.parquet   one row per recording: ids, TRs, lengths, split, phenotypes, zarr array
+    skipped.parquet    recordings left out and why
+    atlas.json         the parcellation (names, MNI xyz in mm, networks)
+    contract.json      the fitted preprocessing contract (incl. robust-scaling statistics)
+    timeseries.zarr/   one float32 array (T x P) per recording, chunked along time; cleaned and
+                       resampled but not yet scaled (scaling is applied on read, so a refit never
+                       rewrites data); missing parcels are NaN
+
+Nothing here loads the corpus into memory: a window read touches one or two chunks.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import zarr
+
+from brainlm.data.atlas import Atlas
+from brainlm.data.contract import PreprocessingContract
+from brainlm.errors import BrainLMInputError
+
+CORPUS_FORMAT = "brainlm-corpus"
+CORPUS_VERSION = 1
+#: Manifest columns that are not phenotypes.
+MANIFEST_COLUMNS = ("recording_id", "subject", "session", "task", "run", "site", "split", "source",
+                    "tr_source", "n_trs_source", "tr", "n_trs", "bad_parcels")
+
+
+class Corpus:
+    """Open a prepared corpus.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Local folder or any fsspec URL (``s3://bucket/corpus``, ``gs://...``, ``memory://...``).
+    storage_options : dict, optional
+        Passed to fsspec (credentials, endpoint ...).
+    """
+
+    def __init__(self, path, storage_options: dict | None = None):
+        self.path = str(path).rstrip("/")
+        self.storage_options = storage_options or {}
+        self._fs, self._root = fsspec.core.url_to_fs(self.path, **self.storage_options)
+        info_path = f"{self._root}/corpus.json"
+        if not self._fs.exists(info_path):
+            hint = (" (an unfinished `brainlm prepare` leaves CORPUS.partial; re-run it to resume)"
+                    if self._fs.exists(self._root + ".partial") else "")
+            raise BrainLMInputError(f"not a complete brainlm corpus: corpus.json missing{hint}", self.path)
+        self.info: dict[str, Any] = json.loads(self._fs.cat_file(info_path))
+        if self.info.get("format") != CORPUS_FORMAT:
+            raise BrainLMInputError(f"corpus.json has format {self.info.get('format')!r}; "
+                                    f"expected {CORPUS_FORMAT!r}", self.path)
+        if self.info.get("version", 0) > CORPUS_VERSION:
+            raise BrainLMInputError(f"corpus version {self.info['version']} is newer than this "
+                                    "brainlm reads; upgrade brainlm", self.path)
+        self.atlas = Atlas.from_dict(json.loads(self._fs.cat_file(f"{self._root}/atlas.json")))
+        self.contract = PreprocessingContract.from_dict(
+            json.loads(self._fs.cat_file(f"{self._root}/contract.json")))
+        with self._fs.open(f"{self._root}/manifest.parquet", "rb") as f:
+            self.manifest = pd.read_parquet(f)
+        self._median = np.asarray(self.contract.median, dtype=np.float32)
+        self._iqr = np.asarray(self.contract.iqr, dtype=np.float32)
+        self._arrays: dict[int, zarr.Array] = {}
+
+    # Handles to zarr arrays cannot cross process boundaries (DataLoader workers): reopen lazily.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_arrays"] = {}
+        state.pop("_group", None)
+        state.pop("_fs", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._fs, self._root = fsspec.core.url_to_fs(self.path, **self.storage_options)
+
+    @cached_property
+    def _group(self) -> zarr.Group:
+        if "://" in self.path and not self.path.startswith("file://"):
+            return zarr.open_group(f"{self.path}/timeseries.zarr", mode="r",
+                                   storage_options=self.storage_options)
+        return zarr.open_group(f"{self._root}/timeseries.zarr", mode="r")
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __repr__(self) -> str:
+        return (f"Corpus({self.path!r}, recordings={len(self)}, atlas={self.atlas.name!r}, "
+                f"tr={self.info.get('tr')} s)")
+
+    @property
+    def tr(self) -> float:
+        """Sampling interval of every stored recording, seconds."""
+        return float(self.info["tr"])
+
+    @property
+    def phenotype_columns(self) -> list[str]:
+        return list(self.info.get("phenotype_columns", []))
+
+    def split_indices(self, split: str | None) -> np.ndarray:
+        """Row indices of the manifest in ``split`` (``None``: all)."""
+        if split is None:
+            return np.arange(len(self.manifest))
+        splits = set(self.manifest["split"])
+        if split not in {"train", "val", "test"}:
+            raise BrainLMInputError(f"unknown split {split!r}; expected train, val or test", self.path)
+        idx = np.flatnonzero(self.manifest["split"].to_numpy() == split)
+        if idx.size == 0:
+            raise BrainLMInputError(f"split {split!r} is empty (splits present: {sorted(splits)})", self.path)
+        return idx
+
+    def _array(self, index: int) -> zarr.Array:
+        arr = self._arrays.get(index)
+        if arr is None:
+            if len(self._arrays) >= 4096:  # bound memory at UK Biobank scale (76k arrays)
+                self._arrays.pop(next(iter(self._arrays)))
+            arr = self._group[self.manifest["recording_id"].iat[index]]
+            self._arrays[index] = arr
+        return arr
+
+    def read(self, index: int, start: int = 0, stop: int | None = None, *, scaled: bool = True,
+             fill_missing: float = 0.0) -> np.ndarray:
+        """Time points ``[start, stop)`` of recording ``index`` (a manifest row).
+
+        Returns
+        -------
+        ndarray, shape (stop - start, P), float32. With ``scaled`` the contract's robust
+        scaling is applied and missing parcels read as ``fill_missing``; without it the
+        cleaned signal is returned with missing parcels as NaN.
+        """
+        x = self._array(int(index))[start:stop]
+        if not scaled:
+            return x
+        x -= self._median
+        x /= self._iqr
+        return np.nan_to_num(x, nan=fill_missing, copy=False)
+
+    def read_windows(self, indices: np.ndarray, starts: np.ndarray, length: int, **kw) -> np.ndarray:
+        """Stack of windows, shape (N, length, P), float32."""
+        return np.stack([self.read(i, s, s + length, **kw) for i, s in zip(indices, starts)])
+
+    def summary(self) -> dict[str, Any]:
+        """Counts, TRs, atlas, splits and phenotypes, as plain Python values."""
+        m = self.manifest
+        by_split = {}
+        for split in ("train", "val", "test"):
+            part = m[m["split"] == split]
+            by_split[split] = {"recordings": int(len(part)), "subjects": int(part["subject"].nunique()),
+                               "hours": round(float((part["n_trs"] * part["tr"]).sum() / 3600), 3)}
+        pheno = {c: {"non_missing": int(m[c].notna().sum()), "dtype": str(m[c].dtype)}
+                 for c in self.phenotype_columns if c in m}
+        skipped = self.skipped
+        return {
+            "path": self.path, "recordings": int(len(m)), "subjects": int(m["subject"].nunique()),
+            "sites": sorted(m["site"].dropna().unique().tolist()),
+            "tr_s": self.tr, "source_trs_s": sorted(float(t) for t in m["tr_source"].unique()),
+            "n_trs": {"min": int(m["n_trs"].min()), "median": float(m["n_trs"].median()),
+                      "max": int(m["n_trs"].max()), "total": int(m["n_trs"].sum())},
+            "hours": round(float((m["n_trs"] * m["tr"]).sum() / 3600), 3),
+            "atlas": {"name": self.atlas.name, "parcels": self.atlas.n_parcels,
+                      "space": self.atlas.space, "networks": self.atlas.network_names},
+            "splits": by_split, "split_seed": self.info.get("split_seed"),
+            "split_by": self.info.get("split_by"),
+            "phenotypes": pheno,
+            "recordings_with_missing_parcels": int((m["bad_parcels"].map(len) > 0).sum()),
+            "skipped": int(len(skipped)),
+            "skipped_reasons": skipped["reason"].value_counts().head(5).to_dict() if len(skipped) else {},
+            "contract": {k: v for k, v in self.contract.to_dict().items() if k not in ("median", "iqr")},
+        }
+
+    @cached_property
+    def skipped(self) -> pd.DataFrame:
+        """Recordings left out of the corpus, with the reason."""
+        p = f"{self._root}/skipped.parquet"
+        if not self._fs.exists(p):
+            return pd.DataFrame(columns=["recording_id", "source", "reason"])
+        with self._fs.open(p, "rb") as f:
+            return pd.read_parquet(f)

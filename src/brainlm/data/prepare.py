@@ -1,0 +1,425 @@
+"""``brainlm prepare``: sources -> a corpus on disk.
+
+Pass 1 (parallel over recordings): read, validate, clean and resample each recording (steps 1-5
+of the preprocessing contract) and write it to the chunked store, with a small completion
+marker per recording, so an interrupted run resumes where it stopped.
+Pass 2 (parallel): pool robust-scaling statistics over the training split only.
+Then the manifest, atlas, contract and, last, ``corpus.json`` are written and the build folder
+``CORPUS.partial`` is renamed to ``CORPUS``: a corpus that looks complete is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from brainlm.data.atlas import Atlas
+from brainlm.data.atomic import write_parquet_atomic, write_text_atomic
+from brainlm.data.contract import PreprocessingContract
+from brainlm.data.corpus import CORPUS_FORMAT, CORPUS_VERSION, MANIFEST_COLUMNS, Corpus
+from brainlm.data.recording import Recording
+from brainlm.data.scaling import QuartileHistogram
+from brainlm.data.sources import (SourceSpec, attach_phenotypes, check_unique_ids, discover_files,
+                                  specs_from_files, specs_from_recordings)
+from brainlm.data.splits import assign_splits
+from brainlm.errors import BrainLMInputError
+
+TOO_SHORT_POLICIES = ("skip", "error")
+ON_ERROR_POLICIES = ("fail", "skip")
+SPLIT_BY = ("subject", "site")
+COMPRESSIONS = ("none", "lz4", "zstd")
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """How recordings are written: chunk length along time (TRs) and compression codec."""
+
+    chunk_trs: int = 256
+    compression: str = "none"
+
+    def compressors(self):
+        from zarr.codecs import BloscCodec, ZstdCodec
+
+        if self.compression == "lz4":
+            return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+        if self.compression == "zstd":
+            return ZstdCodec(level=3)
+        return None
+
+
+def prepare_corpus(
+    sources: Sequence[str | Path | Recording],
+    out: str | Path,
+    *,
+    atlas: Atlas,
+    contract: PreprocessingContract | None = None,
+    tr: float | None = None,
+    orientation: str = "auto",
+    key: str | None = None,
+    participants: str | Path | None = None,
+    id_column: str | None = None,
+    allow_missing_phenotypes: bool = False,
+    min_trs: int = 200,
+    too_short: str = "skip",
+    on_error: str = "fail",
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    split_seed: int = 0,
+    split_by: str = "subject",
+    jobs: int = 1,
+    layout: StoreLayout = StoreLayout(),
+    overwrite: bool = False,
+    restart: bool = False,
+    progress: bool = False,
+) -> Corpus:
+    """Build a corpus from files/folders and/or in-memory Recordings.
+
+    Parameters
+    ----------
+    sources : sequence of path or Recording
+        Time-series files, folders (searched recursively; a ``participants.tsv`` at the top of a
+        folder is used when ``participants`` is not given) or Recordings.
+    out : path
+        Corpus folder to create (local disk).
+    atlas : Atlas
+        Parcellation of every recording (its parcel count is checked against each file).
+    contract : PreprocessingContract, optional
+        Cleaning settings; its scaling statistics are fitted here on the training split.
+    tr : float, optional
+        Repetition time in seconds for files with neither a JSON sidecar nor a TR inside.
+    orientation : {"auto", "time-by-parcel", "parcel-by-time"}
+    key : str, optional
+        Array name inside .npz/.mat/.h5 files (inferred when there is one candidate).
+    participants : path, optional
+        BIDS-style participants table; phenotypes are joined on subject id.
+    min_trs : int
+        Recordings shorter than this after preprocessing (TRs at the target TR) are handled
+        by ``too_short`` (``"skip"``: left out and listed in ``skipped.parquet``; ``"error"``).
+    on_error : {"fail", "skip"}
+        A recording that cannot be read or fails validation stops the run (``"fail"``) or is
+        listed in ``skipped.parquet`` (``"skip"``; retried on the next run).
+    fractions, split_seed, split_by
+        Train/val/test fractions of subjects (``split_by="subject"``; subjects are keyed by
+        site and subject id) or of whole sites (``"site"``).
+    jobs : int
+        Worker processes for cleaning and statistics (-1: all cores).
+    layout : StoreLayout
+        Chunking and compression of the array store.
+    overwrite : bool
+        Replace an existing complete corpus at ``out`` (only once the new one is complete).
+    restart : bool
+        Discard an unfinished build (``out.partial``) instead of resuming it.
+
+    Returns
+    -------
+    Corpus
+    """
+    contract = contract or PreprocessingContract()
+    out = Path(out)
+    _check_choice(orientation, ("auto", "time-by-parcel", "parcel-by-time"), "orientation")
+    _check_choice(too_short, TOO_SHORT_POLICIES, "too_short")
+    _check_choice(on_error, ON_ERROR_POLICIES, "on_error")
+    _check_choice(split_by, SPLIT_BY, "split_by")
+    _check_choice(layout.compression, COMPRESSIONS, "compression")
+    if int(min_trs) < 1 or layout.chunk_trs < 1:
+        raise BrainLMInputError("min_trs and chunk_trs must be positive integers")
+    if out.exists() and not overwrite:
+        raise BrainLMInputError("output already exists; pass --overwrite to replace it", str(out))
+
+    specs, participants_path = _collect_specs(sources, tr)
+    participants = participants or participants_path
+    phenotype_columns: list[str] = []
+    if participants is not None:
+        phenotype_columns = attach_phenotypes(specs, Path(participants), id_column=id_column,
+                                              allow_missing=allow_missing_phenotypes)
+    else:
+        phenotype_columns = sorted({k for s in specs for k in s.phenotypes})
+    check_unique_ids(specs)
+    known_trs = {round(s.tr, 6) for s in specs if s.tr is not None}
+    if contract.target_tr is None and len(known_trs) > 1:
+        raise BrainLMInputError(
+            f"recordings have different TRs {sorted(known_trs)} s; pass --target-tr to resample "
+            "them onto one grid")
+
+    groups = _split_groups(specs, split_by)
+    split_of = assign_splits(groups, fractions, seed=split_seed)
+
+    build = out.with_name(out.name + ".partial")
+    settings = {
+        "contract": {k: v for k, v in contract.to_dict().items() if k not in ("median", "iqr", "scaler_fit")},
+        "atlas": atlas.to_dict(), "orientation": orientation, "key": key, "tr": tr,
+        "min_trs": int(min_trs), "too_short": too_short, "layout": asdict(layout),
+    }
+    _open_build(build, settings, restart)
+
+    done_dir = build / "done"
+    pending = [s for s in specs if not (done_dir / f"{s.recording_id}.json").exists()]
+    results = _run_pass1(pending, build, atlas, contract, dict(orientation=orientation, key=key,
+                         min_trs=int(min_trs), too_short=too_short, on_error=on_error),
+                         layout, jobs, progress)
+    failures = [r for r in results if r["status"] == "failed"]
+
+    records, skipped = [], []
+    for s in specs:
+        marker = done_dir / f"{s.recording_id}.json"
+        if marker.exists():
+            r = json.loads(marker.read_text())
+            (records if r["status"] == "ok" else skipped).append(r)
+    skipped += failures
+    if not records:
+        raise BrainLMInputError(
+            f"no recording could be prepared ({len(skipped)} skipped; first reason: "
+            f"{skipped[0]['reason'] if skipped else 'none'})", str(out))
+
+    out_trs = {round(r["tr"], 6) for r in records}
+    if len(out_trs) > 1:
+        raise BrainLMInputError(
+            f"recordings have different TRs {sorted(out_trs)} s; pass --target-tr to resample "
+            "them onto one grid", str(out))
+
+    spec_by_id = {s.recording_id: s for s in specs}
+    manifest = _manifest(records, spec_by_id, groups_of=dict(zip((s.recording_id for s in specs), groups)),
+                         split_of=split_of, phenotype_columns=phenotype_columns)
+    train = manifest[manifest["split"] == "train"]
+    if train.empty:
+        raise BrainLMInputError("no recording of the training split survived preprocessing; "
+                                "cannot fit the scaling statistics", str(out))
+    fitted = _fit_scaler(build, train, records, atlas, contract, jobs)
+
+    _remove_orphan_arrays(build, set(manifest["recording_id"]))
+    write_parquet_atomic(manifest, build / "manifest.parquet")
+    skipped_df = pd.DataFrame([{"recording_id": r["recording_id"], "source": r["source"],
+                                "reason": r["reason"]} for r in skipped],
+                              columns=["recording_id", "source", "reason"])
+    write_parquet_atomic(skipped_df, build / "skipped.parquet")
+    write_text_atomic(build / "atlas.json", json.dumps(atlas.to_dict()))
+    fitted.save(build / "contract.json")
+    from brainlm import __version__
+
+    info = {
+        "format": CORPUS_FORMAT, "version": CORPUS_VERSION, "brainlm_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tr": float(next(iter(out_trs))), "recordings": int(len(manifest)),
+        "subjects": int(manifest["subject"].nunique()), "skipped": int(len(skipped_df)),
+        "phenotype_columns": [c for c in manifest.columns if c not in MANIFEST_COLUMNS],
+        "split_by": split_by, "split_seed": int(split_seed), "fractions": list(map(float, fractions)),
+        "layout": asdict(layout),
+    }
+    write_text_atomic(build / "corpus.json", json.dumps(info, indent=2))
+    shutil.rmtree(done_dir)
+    (build / "settings.json").unlink()
+    _publish(build, out)
+    return Corpus(out)
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _check_choice(value, allowed, name):
+    if value not in allowed:
+        raise BrainLMInputError(f"option {name!r} is {value!r}; expected one of {list(allowed)}")
+
+
+def _collect_specs(sources, tr) -> tuple[list[SourceSpec], Path | None]:
+    if len(sources) == 0:
+        raise BrainLMInputError("no sources given; expected files, folders or Recordings")
+    recordings = [s for s in sources if isinstance(s, Recording)]
+    paths = [s for s in sources if not isinstance(s, Recording)]
+    specs: list[SourceSpec] = specs_from_recordings(recordings)
+    found_participants = None
+    if paths:
+        files, participants = discover_files(paths)
+        specs += specs_from_files(files, tr=tr)
+        found_participants = participants[0] if len(participants) == 1 else None
+        if len(participants) > 1:
+            raise BrainLMInputError(f"several participants.tsv found ({[str(p) for p in participants]}); "
+                                    "pass --participants to choose one")
+    return specs, found_participants
+
+
+def _split_groups(specs: Sequence[SourceSpec], split_by: str) -> list[str]:
+    if split_by == "site":
+        missing = [s.label for s in specs if s.site is None]
+        if missing:
+            raise BrainLMInputError(
+                f"split_by='site' needs a site for every recording; {len(missing)} have none, "
+                f"e.g. {missing[:3]} (add site- to file names or a 'site' column to participants.tsv)")
+        return [s.site for s in specs]
+    # The same subject label at two sites is two people.
+    return [f"{s.site}/{s.subject}" if s.site else s.subject for s in specs]
+
+
+def _open_build(build: Path, settings: dict, restart: bool) -> None:
+    settings_file = build / "settings.json"
+    if build.exists() and restart:
+        shutil.rmtree(build)
+    if build.exists():
+        old = json.loads(settings_file.read_text()) if settings_file.exists() else None
+        if old != json.loads(json.dumps(settings)):
+            raise BrainLMInputError(
+                "an unfinished build with different settings is here; pass --restart to discard "
+                "it, or re-run with the same settings to resume", str(build))
+        return
+    (build / "done").mkdir(parents=True)
+    import zarr
+
+    zarr.open_group(build / "timeseries.zarr", mode="w")
+    write_text_atomic(settings_file, json.dumps(settings, indent=2))
+
+
+def _run_pass1(pending, build, atlas, contract, opts, layout, jobs, progress) -> list[dict]:
+    if not pending:
+        return []
+    from joblib import Parallel, delayed
+
+    tasks = (delayed(_process_one)(s, build, atlas, contract, opts, layout) for s in pending)
+    runner = Parallel(n_jobs=jobs, return_as="generator_unordered")
+    results = []
+    with _progress(progress, "cleaning recordings", len(pending)) as advance:
+        for r in runner(tasks):
+            results.append(r)
+            advance()
+    return results
+
+
+class _progress:
+    """A rich progress bar when asked for, a no-op otherwise."""
+
+    def __init__(self, enabled: bool, what: str, total: int):
+        self.enabled, self.what, self.total = enabled, what, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TimeRemainingColumn())
+        self._bar.__enter__()
+        task = self._bar.add_task(self.what, total=self.total)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._bar.__exit__(*exc)
+        return False
+
+
+def _process_one(spec: SourceSpec, build: Path, atlas: Atlas, contract: PreprocessingContract,
+                 opts: dict, layout: StoreLayout) -> dict:
+    """Pass 1 for one recording; writes its array, then its completion marker (atomically)."""
+    base = {"recording_id": spec.recording_id, "source": spec.label}
+    try:
+        rec = spec.load(atlas, orientation=opts["orientation"], key=opts["key"])
+        cleaned = contract.clean(rec.timeseries, rec.tr, confounds=rec.confounds,
+                                 parcel_names=atlas.parcel_names, source=spec.label)
+    except BrainLMInputError as e:
+        if opts["on_error"] == "fail":
+            raise
+        return {**base, "status": "failed", "reason": str(e.reason)}
+    n = cleaned.data.shape[0]
+    marker = build / "done" / f"{spec.recording_id}.json"
+    if n < opts["min_trs"]:
+        reason = (f"too short: {n} TRs after preprocessing at TR {cleaned.tr} s; at least "
+                  f"{opts['min_trs']} required (--min-trs)")
+        if opts["too_short"] == "error":
+            raise BrainLMInputError(reason, spec.label)
+        result = {**base, "status": "skipped", "reason": reason}
+        write_text_atomic(marker, json.dumps(result))
+        return result
+    import zarr
+
+    from brainlm.data.scaling import recording_quartiles
+
+    group = zarr.open_group(build / "timeseries.zarr", mode="a")
+    arr = group.create_array(spec.recording_id, shape=cleaned.data.shape, dtype="float32",
+                             chunks=(min(layout.chunk_trs, n), cleaned.data.shape[1]),
+                             compressors=layout.compressors(), overwrite=True)
+    arr[:] = cleaned.data
+    result = {**base, "status": "ok", "tr_source": rec.tr, "n_trs_source": rec.n_timepoints,
+              "tr": cleaned.tr, "n_trs": n, "bad_parcels": cleaned.bad_parcels,
+              "quartiles": recording_quartiles(cleaned.data).tolist()}
+    write_text_atomic(marker, json.dumps(result))
+    return result
+
+
+def _manifest(records, spec_by_id, groups_of, split_of, phenotype_columns) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        s = spec_by_id[r["recording_id"]]
+        row: dict[str, Any] = {
+            "recording_id": r["recording_id"], "subject": s.subject, "session": s.session,
+            "task": s.task, "run": s.run, "site": s.site, "split": split_of[groups_of[r["recording_id"]]],
+            "source": r["source"], "tr_source": float(r["tr_source"]), "n_trs_source": int(r["n_trs_source"]),
+            "tr": float(r["tr"]), "n_trs": int(r["n_trs"]), "bad_parcels": list(r["bad_parcels"]),
+        }
+        for c in phenotype_columns:
+            name = c if c not in MANIFEST_COLUMNS else f"phenotype_{c}"
+            row[name] = s.phenotypes.get(c)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    return df.sort_values("recording_id", kind="stable").reset_index(drop=True)
+
+
+def _fit_scaler(build: Path, train: pd.DataFrame, records: list[dict], atlas: Atlas,
+                contract: PreprocessingContract, jobs: int) -> PreprocessingContract:
+    """Pooled per-parcel median and IQR over the training recordings (module scaling)."""
+    from joblib import Parallel, delayed
+
+    quart = {r["recording_id"]: r["quartiles"] for r in records}
+    ids = train["recording_id"].tolist()
+    hist = QuartileHistogram.from_quartiles(np.array([quart[i] for i in ids], dtype=np.float64))
+    n_parts = max(1, min(len(ids), os.cpu_count() if jobs == -1 else jobs))
+    parts = [ids[k::n_parts] for k in range(n_parts)]
+    for counts in Parallel(n_jobs=n_parts)(delayed(_histogram_part)(build, part, hist) for part in parts):
+        hist.counts += counts
+    q25, med, q75 = hist.quantiles()
+    iqr = q75 - q25
+    degenerate = ~(np.isfinite(iqr) & (iqr > 0))
+    med = np.where(np.isfinite(med), med, 0.0)
+    iqr = np.where(degenerate, 1.0, iqr)
+    fitted = PreprocessingContract.from_dict(contract.to_dict())
+    fitted.median = [float(v) for v in med]
+    fitted.iqr = [float(v) for v in iqr]
+    fitted.scaler_fit = {
+        "split": "train", "recordings": len(ids), "timepoints": int(train["n_trs"].sum()),
+        "method": f"pooled quartiles from a {hist.n_bins}-bin histogram per parcel",
+        "degenerate_parcels": [atlas.parcel_names[i] for i in np.flatnonzero(degenerate)],
+        "degenerate_policy": "no variance in the training split: median 0 if unobserved, IQR 1",
+    }
+    return fitted
+
+
+def _histogram_part(build: Path, ids: list[str], template: QuartileHistogram) -> np.ndarray:
+    import zarr
+
+    group = zarr.open_group(build / "timeseries.zarr", mode="r")
+    hist = QuartileHistogram(template.lo, template.hi, template.n_bins)
+    for rid in ids:
+        hist.add(group[rid][:])
+    return hist.counts
+
+
+def _remove_orphan_arrays(build: Path, keep: set[str]) -> None:
+    store = build / "timeseries.zarr"
+    for child in store.iterdir():
+        if child.is_dir() and child.name not in keep:
+            shutil.rmtree(child)
+
+
+def _publish(build: Path, out: Path) -> None:
+    """Rename the finished build into place; an existing corpus is replaced only now."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(build, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(build, out)

@@ -1,0 +1,125 @@
+"""Per-parcel robust scaling, ``(x - median) / IQR``, with statistics pooled over a training split.
+
+A corpus at UK Biobank scale (76k recordings x 490 TRs x 424 parcels) cannot be held in memory
+to take exact pooled quantiles, so the statistics are computed in two streaming passes:
+
+1. every recording reports its own per-parcel quartiles (cheap, done while it is cleaned);
+2. the pooled quartiles of a mixture lie between the smallest and the largest per-recording
+   quartile, so a fine histogram (``n_bins`` per parcel) on that range, filled recording by
+   recording and summed, pins them down to a fraction of one bin (linear interpolation inside
+   the bin; the error is at most the gap between neighbouring sorted values, far below
+   0.1% of the IQR for real data). Histograms add, so the pass parallelises and does not depend on order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+QUARTILES = (0.25, 0.5, 0.75)
+
+
+def recording_quartiles(x: np.ndarray) -> np.ndarray:
+    """Per-parcel 25th, 50th and 75th percentiles of one recording.
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, P)
+        Cleaned signal; NaN columns mark missing parcels.
+
+    Returns
+    -------
+    ndarray, shape (3, P), float64; NaN for missing parcels.
+    """
+    out = np.full((3, x.shape[1]), np.nan)
+    valid = ~np.isnan(x).any(axis=0)
+    if valid.any():
+        out[:, valid] = np.quantile(x[:, valid].astype(np.float64), QUARTILES, axis=0)
+    return out
+
+
+@dataclass
+class QuartileHistogram:
+    """Streaming per-parcel histogram from which pooled quartiles are read.
+
+    Parameters
+    ----------
+    lo, hi : ndarray, shape (P,)
+        Range per parcel that surely contains the pooled quartiles.
+    n_bins : int
+        Bins per parcel; the quartile error is below ``(hi - lo) / n_bins``.
+    """
+
+    lo: np.ndarray
+    hi: np.ndarray
+    n_bins: int = 8192
+
+    def __post_init__(self) -> None:
+        self.lo = np.asarray(self.lo, dtype=np.float64)
+        self.hi = np.asarray(self.hi, dtype=np.float64)
+        span = self.hi - self.lo
+        # A parcel whose range collapsed (constant in every recording) still needs a valid grid.
+        self.width = np.where(span > 0, span, 1.0) / self.n_bins
+        # Columns: [below lo] + n_bins + [above hi]
+        self.counts = np.zeros((self.lo.size, self.n_bins + 2), dtype=np.int64)
+
+    @classmethod
+    def from_quartiles(cls, quartiles: np.ndarray, n_bins: int = 8192) -> "QuartileHistogram":
+        """Range from per-recording quartiles, ``quartiles`` of shape (R, 3, P)."""
+        q = np.asarray(quartiles, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            lo = np.nanmin(q[:, 0, :], axis=0)
+            hi = np.nanmax(q[:, 2, :], axis=0)
+        lo = np.where(np.isfinite(lo), lo, 0.0)
+        hi = np.where(np.isfinite(hi), hi, 0.0)
+        return cls(lo=lo, hi=hi, n_bins=n_bins)
+
+    def add(self, x: np.ndarray) -> None:
+        """Count the values of one recording, ``x`` of shape (T, P); NaN columns are ignored."""
+        p = x.shape[1]
+        keep = ~np.isnan(x)
+        xf = np.where(keep, x, self.lo).astype(np.float64, copy=False)
+        idx = np.floor((xf - self.lo) / self.width)
+        np.clip(idx + 1, 0, self.n_bins + 1, out=idx)
+        idx = idx.astype(np.int64)
+        flat = (idx + np.arange(p) * (self.n_bins + 2))[keep]
+        self.counts += np.bincount(flat, minlength=p * (self.n_bins + 2)).reshape(p, self.n_bins + 2)
+
+    def merge(self, other: "QuartileHistogram") -> None:
+        """Add the counts of another histogram built on the same range."""
+        self.counts += other.counts
+
+    def quantiles(self, probs=QUARTILES) -> np.ndarray:
+        """Pooled quantiles, shape (len(probs), P); NaN for parcels never observed."""
+        total = self.counts.sum(axis=1)
+        cum = np.cumsum(self.counts, axis=1)
+        rows = np.arange(self.lo.size)
+        out = np.empty((len(probs), self.lo.size))
+        for k, prob in enumerate(probs):
+            rank = prob * (total - 1)  # continuous 0-based rank among the sorted values
+            b = (cum <= rank[:, None]).sum(axis=1)
+            b = np.clip(b, 1, self.n_bins)  # the range was chosen so quartiles fall inside
+            before = cum[rows, b - 1]
+            inside = self.counts[rows, b]
+            with np.errstate(all="ignore"):
+                frac = np.where(inside > 0, (rank - before + 0.5) / np.maximum(inside, 1), 0.5)
+            out[k] = self.lo + (b - 1 + np.clip(frac, 0.0, 1.0)) * self.width
+        out[:, total == 0] = np.nan
+        return out
+
+
+def robust_scale(x: np.ndarray, median: np.ndarray, iqr: np.ndarray) -> np.ndarray:
+    """``(x - median) / iqr`` per parcel.
+
+    Parameters
+    ----------
+    x : ndarray, shape (..., P)
+    median, iqr : ndarray, shape (P,)
+
+    Returns
+    -------
+    ndarray, float32, same shape as ``x``. (Upstream BrainLM computed ``x - median / iqr``,
+    which leaves each parcel's scale untouched; this is the intended formula.)
+    """
+    return ((x - median) / iqr).astype(np.float32, copy=False)

@@ -1,0 +1,192 @@
+"""Which recordings to ingest: files found under the given paths (or in-memory Recordings),
+their ids parsed from BIDS-style names, their TR, and their phenotypes."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainlm.data.atlas import Atlas
+from brainlm.data.recording import Recording
+from brainlm.errors import BrainLMInputError
+
+_ENTITY = re.compile(r"(?:^|[_/])(sub|ses|task|run|site)-([A-Za-z0-9]+)")
+_SAFE = re.compile(r"[^A-Za-z0-9]+")
+
+
+@dataclass
+class SourceSpec:
+    """One recording to ingest.
+
+    Exactly one of ``path`` (read lazily, in a worker) and ``recording`` (already in memory).
+    ``tr`` is the repetition time in seconds known before reading (``--tr`` or a JSON sidecar),
+    or ``None`` when only the file itself can tell.
+    """
+
+    subject: str
+    session: str | None = None
+    task: str | None = None
+    run: str | None = None
+    site: str | None = None
+    path: Path | None = None
+    recording: Recording | None = None
+    tr: float | None = None
+    phenotypes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def recording_id(self) -> str:
+        parts = [f"sub-{self.subject}"]
+        for key, val in (("site", self.site), ("ses", self.session), ("task", self.task), ("run", self.run)):
+            if val is not None:
+                parts.append(f"{key}-{val}")
+        return "_".join(parts)
+
+    @property
+    def label(self) -> str:
+        """Where the data comes from, for messages and the manifest."""
+        if self.path is not None:
+            return str(self.path)
+        return self.recording.source or self.recording.id
+
+    def load(self, atlas: Atlas, *, orientation: str = "auto", key: str | None = None) -> Recording:
+        """Read (if needed) and validate: returns a Recording on ``atlas``.
+
+        The TR comes from, in order of agreement: ``self.tr`` (flag or sidecar) and the file
+        itself; both present and different is an error, neither is an error (never guessed).
+        """
+        if self.recording is not None:
+            rec = self.recording
+            if not rec.atlas.matches(atlas):
+                raise BrainLMInputError(
+                    f"recording is on atlas {rec.atlas.name!r}; the corpus uses {atlas.name!r}", self.label)
+            return rec
+        from brainlm.data.readers import read_timeseries
+
+        raw = read_timeseries(self.path, key=key, orientation=orientation, n_parcels=atlas.n_parcels)
+        tr = self.tr
+        if raw.tr is not None and tr is not None and not np.isclose(raw.tr, tr, rtol=1e-3):
+            raise BrainLMInputError(
+                f"TR conflict: the file says {raw.tr} s, the sidecar/--tr says {tr} s", self.label)
+        tr = tr if tr is not None else raw.tr
+        if tr is None:
+            raise BrainLMInputError(
+                "repetition time unknown: no --tr option, no JSON sidecar with RepetitionTime, "
+                "and no 'tr' entry in the file; brainlm never guesses the TR", self.label)
+        data = raw.data
+        if raw.parcel_names is not None and set(raw.parcel_names) == set(atlas.parcel_names) \
+                and list(raw.parcel_names) != list(atlas.parcel_names):
+            # A header naming the atlas parcels in another order: put columns in atlas order.
+            order = [raw.parcel_names.index(n) for n in atlas.parcel_names]
+            data = data[:, order]
+        # NaN/Inf are allowed through here: the contract's bad-parcel policy decides.
+        return _unvalidated_recording(data, tr, atlas, self)
+
+
+def _unvalidated_recording(data: np.ndarray, tr: float, atlas: Atlas, spec: SourceSpec) -> Recording:
+    """A Recording whose values may hold NaN (validated for everything else)."""
+    finite = np.isfinite(data)
+    probe = data if finite.all() else np.where(finite, data, 0.0)
+    rec = Recording(timeseries=probe, tr=tr, atlas=atlas, subject=spec.subject, session=spec.session,
+                    run=spec.run, task=spec.task, site=spec.site, phenotypes=spec.phenotypes,
+                    source=spec.label)
+    if not finite.all():
+        rec.timeseries = np.ascontiguousarray(data, dtype=np.float32)
+    return rec
+
+
+def parse_entities(path: Path) -> dict[str, str]:
+    """BIDS entities (``sub``, ``ses``, ``task``, ``run``, ``site``) from a file name, then its folders."""
+    found: dict[str, str] = {}
+    for part in [path.name] + [p.name for p in path.parents]:
+        for key, val in _ENTITY.findall(part):
+            found.setdefault(key, val)
+    return found
+
+
+def discover_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """Time-series files under ``paths`` (files taken as given, folders searched recursively),
+    and any ``participants.tsv`` found at the top of a given folder."""
+    from brainlm.data.readers import is_timeseries_file
+
+    files: list[Path] = []
+    participants: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_timeseries_file(f))
+            if not found:
+                raise BrainLMInputError("folder holds no time-series files (.npy, .npz, .csv, .tsv, "
+                                        ".txt, .mat, .h5, .parquet)", str(p))
+            files.extend(found)
+            if (p / "participants.tsv").is_file():
+                participants.append(p / "participants.tsv")
+        elif p.is_file():
+            if not is_timeseries_file(p):
+                raise BrainLMInputError("not a supported time-series file (.npy, .npz, .csv, .tsv, "
+                                        ".txt, .mat, .h5, .parquet)", str(p))
+            files.append(p)
+        else:
+            raise BrainLMInputError("file not found", str(p))
+    return files, participants
+
+
+def specs_from_files(files: Iterable[Path], *, tr: float | None = None) -> list[SourceSpec]:
+    """One SourceSpec per file: ids from BIDS entities (the file stem when there is no ``sub-``),
+    TR from ``tr`` and/or the JSON sidecar (a disagreement is an error)."""
+    from brainlm.data.readers import read_sidecar_tr
+
+    specs = []
+    for f in files:
+        ent = parse_entities(f)
+        subject = ent.get("sub") or _SAFE.sub("", f.name.split(".")[0]) or "unknown"
+        side = read_sidecar_tr(f)
+        if side is not None and tr is not None and not np.isclose(side, tr, rtol=1e-3):
+            raise BrainLMInputError(
+                f"TR conflict: the JSON sidecar says {side} s, --tr says {tr} s", str(f))
+        specs.append(SourceSpec(subject=subject, session=ent.get("ses"), task=ent.get("task"),
+                                run=ent.get("run"), site=ent.get("site"), path=f,
+                                tr=side if side is not None else tr))
+    return specs
+
+
+def specs_from_recordings(recordings: Iterable[Recording]) -> list[SourceSpec]:
+    """SourceSpecs for Recordings already in memory."""
+    return [SourceSpec(subject=r.subject, session=r.session, task=r.task, run=r.run, site=r.site,
+                       recording=r, tr=r.tr, phenotypes=dict(r.phenotypes)) for r in recordings]
+
+
+def check_unique_ids(specs: Sequence[SourceSpec]) -> None:
+    """Error listing recordings that would get the same id (same subject/session/task/run)."""
+    counts = Counter(s.recording_id for s in specs)
+    dupes = [k for k, n in counts.items() if n > 1]
+    if dupes:
+        first = dupes[0]
+        where = [s.label for s in specs if s.recording_id == first][:3]
+        raise BrainLMInputError(
+            f"{len(dupes)} duplicate recording id(s), e.g. {first!r} from {where}; recordings "
+            "need distinct sub-/ses-/task-/run- entities in their file names")
+
+
+def attach_phenotypes(specs: Sequence[SourceSpec], participants_path: Path, *,
+                      id_column: str | None = None, allow_missing: bool = False) -> list[str]:
+    """Join the participants table on subject id; a ``site`` column sets the site.
+
+    Returns the phenotype column names.
+    """
+    from brainlm.data.participants import phenotypes_for, read_participants
+
+    table = read_participants(participants_path, id_column=id_column)
+    pheno = phenotypes_for(table, [s.subject for s in specs], source=str(participants_path),
+                           allow_missing=allow_missing)
+    for s in specs:
+        values = dict(pheno.get(s.subject, {}))
+        site = values.pop("site", None)
+        if s.site is None and site is not None and not (isinstance(site, float) and np.isnan(site)):
+            s.site = _SAFE.sub("", str(site)) or None
+        s.phenotypes.update(values)
+    return [c for c in table.columns if c != "site"]

@@ -1,0 +1,63 @@
+"""Train/validation/test assignment by subject, so no person is in two splits.
+
+Upstream BrainLM split by file, which puts different runs of one subject on both sides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from brainlm.errors import BrainLMInputError
+
+SPLITS = ("train", "val", "test")
+
+
+def split_sizes(n_groups: int, fractions: Sequence[float]) -> list[int]:
+    """Number of groups per split by largest remainder; every split with a positive fraction
+    gets at least one group when there are enough groups, and ``train`` always gets one."""
+    f = np.asarray(fractions, dtype=np.float64)
+    if f.shape != (3,) or (f < 0).any() or not np.isclose(f.sum(), 1.0) or f[0] <= 0:
+        raise BrainLMInputError(
+            f"split fractions {list(fractions)} must be three numbers >= 0 (train, val, test) "
+            "summing to 1, with train > 0")
+    exact = f * n_groups
+    sizes = np.floor(exact).astype(int)
+    for k in np.argsort(-(exact - sizes), kind="stable")[: n_groups - sizes.sum()]:
+        sizes[k] += 1
+    wanted = np.flatnonzero(f > 0)
+    for k in wanted:
+        if sizes[k] == 0 and n_groups >= len(wanted):
+            donor = int(np.argmax(sizes))
+            sizes[donor] -= 1
+            sizes[k] += 1
+    if sizes[0] == 0 and n_groups > 0:
+        donor = int(np.argmax(sizes))
+        sizes[donor] -= 1
+        sizes[0] += 1
+    return sizes.tolist()
+
+
+def assign_splits(groups: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                  seed: int = 0) -> dict[str, str]:
+    """Assign each distinct group (a subject, or a site for site-level splits) to a split.
+
+    Parameters
+    ----------
+    groups : sequence of str
+        One entry per recording; repeated entries are the same group.
+    fractions : (train, val, test)
+        Fractions of groups (not recordings) per split.
+    seed : int
+        The assignment depends only on the seed and the set of groups (not on their order).
+
+    Returns
+    -------
+    dict mapping group -> ``"train" | "val" | "test"``.
+    """
+    unique = sorted(set(map(str, groups)))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    sizes = split_sizes(len(unique), fractions)
+    labels = np.repeat(np.array(SPLITS), sizes)
+    return {unique[i]: str(labels[rank]) for rank, i in enumerate(order)}

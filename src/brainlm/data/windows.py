@@ -1,0 +1,135 @@
+"""Fixed-length windows of a corpus for PyTorch and Lightning.
+
+Training draws a random crop per recording per visit (fresh each epoch, reproducible under
+``lightning.seed_everything``); evaluation uses deterministic tiles, so the same corpus gives the
+same windows, in the same order, every time (upstream cropped at random even at evaluation).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from brainlm.data.corpus import Corpus
+from brainlm.errors import BrainLMInputError
+
+MODES = ("random", "tiles")
+
+
+class WindowDataset(Dataset):
+    """Windows of ``window_trs`` TRs from the recordings of one split.
+
+    Each item is a dict:
+
+    * ``window``: float32 tensor (window_trs, P), robust-scaled signal (missing parcels 0);
+    * ``xyz``: float32 tensor (P, 3), parcel MNI coordinates in mm;
+    * ``recording``: int, manifest row of the recording; ``start``: int, first TR of the window.
+
+    Parameters
+    ----------
+    corpus : Corpus or path
+    split : {"train", "val", "test"} or None (all recordings)
+    window_trs : int
+        Window length in TRs at the corpus TR (BrainLM: 200).
+    mode : {"random", "tiles"}
+        ``"random"``: ``crops_per_recording`` random crops of each recording per epoch;
+        ``"tiles"``: every window starting at 0, stride, 2*stride ... that fits (the tail
+        shorter than a window is not used).
+    stride : int, optional
+        Step between tiles in TRs (default: ``window_trs``, non-overlapping).
+    """
+
+    def __init__(self, corpus: Corpus | str, split: str | None = "train", *, window_trs: int = 200,
+                 mode: str = "random", stride: int | None = None, crops_per_recording: int = 1):
+        self.corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
+        if mode not in MODES:
+            raise BrainLMInputError(f"window mode {mode!r}; expected one of {MODES}")
+        if window_trs < 1 or (stride is not None and stride < 1) or crops_per_recording < 1:
+            raise BrainLMInputError("window_trs, stride and crops_per_recording must be positive")
+        self.window_trs, self.mode = int(window_trs), mode
+        self.stride = int(stride or window_trs)
+        rows = self.corpus.split_indices(split)
+        lengths = self.corpus.manifest["n_trs"].to_numpy()[rows]
+        fits = lengths >= self.window_trs
+        if not fits.any():
+            raise BrainLMInputError(
+                f"no recording in split {split!r} has {self.window_trs} TRs (longest: {lengths.max()})",
+                self.corpus.path)
+        self.rows, self.lengths = rows[fits], lengths[fits]
+        self.n_dropped = int((~fits).sum())
+        self.xyz = torch.from_numpy(np.array(self.corpus.atlas.xyz, dtype=np.float32))
+        if mode == "tiles":
+            per = (self.lengths - self.window_trs) // self.stride + 1
+            self.tile_rows = np.repeat(self.rows, per)
+            first = np.repeat(np.cumsum(per) - per, per)
+            self.tile_starts = (np.arange(per.sum()) - first) * self.stride
+        else:
+            self.crops = int(crops_per_recording)
+
+    def __len__(self) -> int:
+        return len(self.tile_rows) if self.mode == "tiles" else len(self.rows) * self.crops
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """(manifest row, start TR) of item ``i``; random crops draw from torch's RNG."""
+        if self.mode == "tiles":
+            return int(self.tile_rows[i]), int(self.tile_starts[i])
+        k = i % len(self.rows)
+        high = int(self.lengths[k]) - self.window_trs + 1
+        return int(self.rows[k]), int(torch.randint(high, ()).item())
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        row, start = self.locate(i)
+        window = self.corpus.read(row, start, start + self.window_trs)
+        return {"window": torch.from_numpy(window), "xyz": self.xyz, "recording": row, "start": start}
+
+
+class CorpusDataModule(L.LightningDataModule):
+    """Train / val / test loaders over a corpus: random crops for training, tiles otherwise.
+
+    Parameters
+    ----------
+    corpus : path or fsspec URL
+    window_trs : int
+        Window length in TRs.
+    batch_size : int
+    num_workers : int
+        DataLoader worker processes (each opens the store itself; nothing is preloaded).
+    crops_per_recording : int
+        Random crops per training recording per epoch.
+    eval_stride : int, optional
+        Tile step for val/test (default: non-overlapping).
+    """
+
+    def __init__(self, corpus: str, *, window_trs: int = 200, batch_size: int = 32,
+                 num_workers: int = 0, crops_per_recording: int = 1, eval_stride: int | None = None,
+                 storage_options: dict | None = None):
+        super().__init__()
+        self.corpus_path, self.storage_options = str(corpus), storage_options
+        self.window_trs, self.batch_size, self.num_workers = window_trs, batch_size, num_workers
+        self.crops_per_recording, self.eval_stride = crops_per_recording, eval_stride
+        self.corpus: Corpus | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.corpus is None:
+            self.corpus = Corpus(self.corpus_path, storage_options=self.storage_options)
+
+    def _loader(self, split: str, mode: str) -> DataLoader:
+        self.setup()
+        ds = WindowDataset(self.corpus, split, window_trs=self.window_trs, mode=mode,
+                           stride=self.eval_stride, crops_per_recording=self.crops_per_recording)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=(mode == "random"),
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", "random")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", "tiles")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", "tiles")
