@@ -162,8 +162,8 @@ class PreprocessingContract:
 
         finite = np.isfinite(x)
         nonfinite = ~finite.all(axis=0)
-        with np.errstate(invalid="ignore"):
-            constant = np.nanmax(np.where(finite, x, np.nan), axis=0) == np.nanmin(np.where(finite, x, np.nan), axis=0)
+        # Constant over its finite values (an all-NaN parcel is already bad).
+        constant = (np.ptp(np.where(finite, x, x[0]), axis=0) == 0) & ~nonfinite
         bad = np.flatnonzero(nonfinite | constant)
         if bad.size and self.bad_parcels == "error":
             what = []

@@ -1,0 +1,54 @@
+"""Shared fixtures: real HCP data (embedded) written out as a BIDS-like folder of files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainlm.data.samples import load_hcp7_aal2
+
+
+@pytest.fixture(scope="session")
+def hcp():
+    """The 7 embedded HCP recordings (1200 TRs x 94 AAL2 regions, TR 0.72 s)."""
+    return load_hcp7_aal2()
+
+
+def write_hcp_folder(root: Path, recordings, *, runs: int = 2, sidecar: bool = True,
+                     participants: bool = True, formats=(".npy", ".tsv")) -> Path:
+    """Each HCP run cut into ``runs`` consecutive runs, saved as BIDS-named files.
+
+    ``sub-<id>/func/sub-<id>_task-rest_run-<k>_bold<ext>`` with a JSON sidecar (RepetitionTime
+    0.72) and a participants.tsv with made-up but plausible phenotypes.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    rows = []
+    for i, rec in enumerate(recordings):
+        d = root / f"sub-{rec.subject}" / "func"
+        d.mkdir(parents=True, exist_ok=True)
+        for k, part in enumerate(np.array_split(rec.timeseries, runs)):
+            ext = formats[(i + k) % len(formats)]
+            stem = d / f"sub-{rec.subject}_task-rest_run-{k + 1}_bold"
+            path = stem.with_suffix(ext)
+            if ext == ".npy":
+                np.save(path, part)
+            else:
+                pd.DataFrame(part, columns=rec.atlas.parcel_names).to_csv(
+                    path, sep="\t" if ext == ".tsv" else ",", index=False, float_format="%.6g")
+            if sidecar:
+                stem.with_suffix(".json").write_text(json.dumps({"RepetitionTime": 0.72}))
+        rows.append({"participant_id": f"sub-{rec.subject}", "age": 22 + int(rng.integers(0, 14)),
+                     "sex": "F" if i % 2 else "M", "score": "n/a" if i == 3 else round(float(rng.normal()), 3)})
+    if participants:
+        pd.DataFrame(rows).to_csv(root / "participants.tsv", sep="\t", index=False)
+    return root
+
+
+@pytest.fixture
+def hcp_folder(tmp_path, hcp):
+    return write_hcp_folder(tmp_path / "bids", hcp)

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from brainlm import BrainLMInputError
+from brainlm.data.splits import assign_splits, split_sizes
+
+
+@given(n=st.integers(1, 500), a=st.integers(1, 10), b=st.integers(0, 10), c=st.integers(0, 10))
+def test_split_sizes_property(n, a, b, c):
+    f = np.array([a, b, c]) / (a + b + c)
+    sizes = split_sizes(n, f)
+    assert sum(sizes) == n and sizes[0] >= 1
+    wanted = int((f > 0).sum())
+    if n >= wanted:
+        assert all(s >= 1 for s, fr in zip(sizes, f) if fr > 0)
+    assert all(abs(s - fr * n) <= max(1.0, wanted) for s, fr in zip(sizes, f))
+
+
+def test_assignment_is_seeded_and_order_free():
+    subjects = [f"s{i:03d}" for i in range(100)] * 3  # three runs each
+    a = assign_splits(subjects, seed=5)
+    b = assign_splits(list(reversed(subjects)), seed=5)
+    assert a == b
+    assert assign_splits(subjects, seed=6) != a
+    counts = {s: list(a.values()).count(s) for s in ("train", "val", "test")}
+    assert counts == {"train": 80, "val": 10, "test": 10}
+
+
+def test_bad_fractions():
+    with pytest.raises(BrainLMInputError, match="summing to 1"):
+        assign_splits(["a"], (0.5, 0.1, 0.1))
+    with pytest.raises(BrainLMInputError, match="train > 0"):
+        assign_splits(["a"], (0.0, 0.5, 0.5))
