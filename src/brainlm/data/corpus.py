@@ -53,7 +53,7 @@ class Corpus:
         self._fs, self._root = fsspec.core.url_to_fs(self.path, **self.storage_options)
         info_path = f"{self._root}/corpus.json"
         if not self._fs.exists(info_path):
-            hint = (" (an unfinished `brainlm prepare` leaves CORPUS.partial; re-run it to resume)"
+            hint = (f" ({self._root}.partial is an unfinished `brainlm prepare`: re-run it to resume)"
                     if self._fs.exists(self._root + ".partial") else "")
             raise BrainLMInputError(f"not a complete brainlm corpus: corpus.json missing{hint}", self.path)
         self.info: dict[str, Any] = json.loads(self._fs.cat_file(info_path))
