@@ -27,7 +27,7 @@ from brainlm.data.atomic import write_parquet_atomic, write_text_atomic
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import CORPUS_FORMAT, CORPUS_VERSION, MANIFEST_COLUMNS, Corpus
 from brainlm.data.recording import Recording
-from brainlm.data.scaling import QuartileHistogram
+from brainlm.data.scaling import QuartileHistogram, QuartileRange
 from brainlm.data.sources import (SourceSpec, attach_phenotypes, check_unique_ids, discover_files,
                                   specs_from_files, specs_from_recordings)
 from brainlm.data.splits import assign_splits
@@ -168,10 +168,14 @@ def prepare_corpus(
     failures = [r for r in results if r["status"] == "failed"]
 
     records, skipped = [], []
-    for s in specs:
+    train_range = QuartileRange()  # O(P) memory: only the range of training quartiles is kept
+    for s, group in zip(specs, groups):
         marker = done_dir / f"{s.recording_id}.json"
         if marker.exists():
             r = json.loads(marker.read_text())
+            quartiles = r.pop("quartiles", None)
+            if r["status"] == "ok" and split_of[group] == "train":
+                train_range.add(quartiles)
             (records if r["status"] == "ok" else skipped).append(r)
     skipped += failures
     if not records:
@@ -192,7 +196,7 @@ def prepare_corpus(
     if train.empty:
         raise BrainLMInputError("no recording of the training split survived preprocessing; "
                                 "cannot fit the scaling statistics", str(out))
-    fitted = _fit_scaler(build, train, records, atlas, contract, jobs)
+    fitted = _fit_scaler(build, train, train_range, atlas, contract, jobs)
 
     _remove_orphan_arrays(build, set(manifest["recording_id"]))
     write_parquet_atomic(manifest, build / "manifest.parquet")
@@ -368,14 +372,13 @@ def _manifest(records, spec_by_id, groups_of, split_of, phenotype_columns) -> pd
     return df.sort_values("recording_id", kind="stable").reset_index(drop=True)
 
 
-def _fit_scaler(build: Path, train: pd.DataFrame, records: list[dict], atlas: Atlas,
+def _fit_scaler(build: Path, train: pd.DataFrame, train_range: QuartileRange, atlas: Atlas,
                 contract: PreprocessingContract, jobs: int) -> PreprocessingContract:
     """Pooled per-parcel median and IQR over the training recordings (module scaling)."""
     from joblib import Parallel, delayed
 
-    quart = {r["recording_id"]: r["quartiles"] for r in records}
     ids = train["recording_id"].tolist()
-    hist = QuartileHistogram.from_quartiles(np.array([quart[i] for i in ids], dtype=np.float64))
+    hist = train_range.histogram()
     n_parts = max(1, min(len(ids), os.cpu_count() if jobs == -1 else jobs))
     parts = [ids[k::n_parts] for k in range(n_parts)]
     for counts in Parallel(n_jobs=n_parts)(delayed(_histogram_part)(build, part, hist) for part in parts):

@@ -16,6 +16,16 @@ from brainlm.errors import BrainLMInputError
 _ID_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+def recording_id(subject: str, *, site=None, session=None, task=None, run=None) -> str:
+    """Unique, file-name-safe recording identifier in BIDS entity order
+    (``sub-X[_site-S][_ses-Y][_task-Z][_run-N]``)."""
+    parts = [f"sub-{subject}"]
+    for key, val in (("site", site), ("ses", session), ("task", task), ("run", run)):
+        if val is not None:
+            parts.append(f"{key}-{val}")
+    return _ID_SAFE.sub("-", "_".join(parts))
+
+
 def _clean_id(value: Any) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -134,12 +144,9 @@ class Recording:
 
     @property
     def id(self) -> str:
-        """Unique, file-name-safe identifier in BIDS entity order (``sub-X_ses-Y_task-Z_run-N``)."""
-        parts = [f"sub-{self.subject}"]
-        for key, val in (("site", self.site), ("ses", self.session), ("task", self.task), ("run", self.run)):
-            if val is not None:
-                parts.append(f"{key}-{val}")
-        return _ID_SAFE.sub("-", "_".join(parts))
+        """Unique, file-name-safe identifier (see :func:`recording_id`)."""
+        return recording_id(self.subject, site=self.site, session=self.session, task=self.task,
+                            run=self.run)
 
     def __repr__(self) -> str:
         return (f"Recording({self.id}, T={self.n_timepoints}, P={self.n_parcels}, tr={self.tr} s, "

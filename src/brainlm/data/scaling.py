@@ -67,13 +67,10 @@ class QuartileHistogram:
     @classmethod
     def from_quartiles(cls, quartiles: np.ndarray, n_bins: int = 8192) -> "QuartileHistogram":
         """Range from per-recording quartiles, ``quartiles`` of shape (R, 3, P)."""
-        q = np.asarray(quartiles, dtype=np.float64)
-        observed = ~np.isnan(q[:, 0, :]).all(axis=0)
-        lo = np.zeros(q.shape[2])
-        hi = np.zeros(q.shape[2])
-        lo[observed] = np.nanmin(q[:, 0, observed], axis=0)
-        hi[observed] = np.nanmax(q[:, 2, observed], axis=0)
-        return cls(lo=lo, hi=hi, n_bins=n_bins)
+        bounds = QuartileRange()
+        for q in np.asarray(quartiles, dtype=np.float64):
+            bounds.add(q)
+        return bounds.histogram(n_bins)
 
     def add(self, x: np.ndarray) -> None:
         """Count the values of one recording, ``x`` of shape (T, P); NaN columns are ignored."""
@@ -114,6 +111,31 @@ class QuartileHistogram:
             out[k] = (1 - w) * order_statistic(j0) + w * order_statistic(np.minimum(j0 + 1, last))
         out[:, total == 0] = np.nan
         return out
+
+
+class QuartileRange:
+    """Running per-parcel range [min of 25th percentiles, max of 75th percentiles] over
+    recordings: O(P) memory however many recordings stream through."""
+
+    def __init__(self) -> None:
+        self.lo: np.ndarray | None = None
+        self.hi: np.ndarray | None = None
+
+    def add(self, quartiles: np.ndarray) -> None:
+        """One recording's quartiles, shape (3, P) (NaN for missing parcels)."""
+        q = np.asarray(quartiles, dtype=np.float64)
+        if self.lo is None:
+            self.lo, self.hi = q[0].copy(), q[2].copy()
+        else:
+            # fmin/fmax ignore NaN, so a missing parcel never widens or blanks the range.
+            np.fmin(self.lo, q[0], out=self.lo)
+            np.fmax(self.hi, q[2], out=self.hi)
+
+    def histogram(self, n_bins: int = 8192) -> QuartileHistogram:
+        """An empty histogram on this range (parcels never observed get [0, 0])."""
+        lo = np.nan_to_num(self.lo, nan=0.0)
+        hi = np.nan_to_num(self.hi, nan=0.0)
+        return QuartileHistogram(lo=lo, hi=hi, n_bins=n_bins)
 
 
 def robust_scale(x: np.ndarray, median: np.ndarray, iqr: np.ndarray) -> np.ndarray:

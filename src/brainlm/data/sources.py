@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from brainlm.data.atlas import Atlas
-from brainlm.data.recording import Recording
+from brainlm.data.recording import Recording, recording_id
 from brainlm.errors import BrainLMInputError
 
 _ENTITY = re.compile(r"(?:^|[_/])(sub|ses|task|run|site)-([A-Za-z0-9]+)")
@@ -41,11 +41,8 @@ class SourceSpec:
 
     @property
     def recording_id(self) -> str:
-        parts = [f"sub-{self.subject}"]
-        for key, val in (("site", self.site), ("ses", self.session), ("task", self.task), ("run", self.run)):
-            if val is not None:
-                parts.append(f"{key}-{val}")
-        return "_".join(parts)
+        return recording_id(self.subject, site=self.site, session=self.session, task=self.task,
+                            run=self.run)
 
     @property
     def label(self) -> str:
