@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="split seed")
     g.add_argument("--split-by", default="subject", choices=["subject", "site"])
     g.add_argument("--jobs", type=int, default=1, help="worker processes (-1: all cores)")
-    g.add_argument("--chunk-trs", type=int, default=256, help="TRs per stored chunk")
+    g.add_argument("--chunk-trs", type=int, default=512,
+                   help="TRs per stored chunk (512 x 424 parcels is about 0.9 MB, one read per window)")
     g.add_argument("--compression", default="none", choices=["none", "lz4", "zstd"])
     g.add_argument("--overwrite", action="store_true", help="replace an existing corpus")
     g.add_argument("--restart", action="store_true", help="discard an unfinished build instead of resuming")

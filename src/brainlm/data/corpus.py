@@ -145,10 +145,6 @@ class Corpus:
         x /= self._iqr
         return np.nan_to_num(x, nan=fill_missing, copy=False)
 
-    def read_windows(self, indices: np.ndarray, starts: np.ndarray, length: int, **kw) -> np.ndarray:
-        """Stack of windows, shape (N, length, P), float32."""
-        return np.stack([self.read(i, s, s + length, **kw) for i, s in zip(indices, starts)])
-
     def summary(self) -> dict[str, Any]:
         """Counts, TRs, atlas, splits and phenotypes, as plain Python values."""
         m = self.manifest

@@ -43,7 +43,7 @@ COMPRESSIONS = ("none", "lz4", "zstd")
 class StoreLayout:
     """How recordings are written: chunk length along time (TRs) and compression codec."""
 
-    chunk_trs: int = 256
+    chunk_trs: int = 512
     compression: str = "none"
 
     def compressors(self):
