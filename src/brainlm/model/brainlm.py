@@ -1,0 +1,274 @@
+"""The BrainLM masked autoencoder.
+
+Each parcel's window (``window_trs`` TRs) is cut into ``n_patches`` patches of ``patch_trs``
+TRs; every (parcel, patch) is a token, so a window of P parcels is ``L = P * n_patches`` tokens
+plus a CLS token. A token's embedding is ``Linear(patch)`` + the parcel's coordinate embedding +
+a sinusoidal embedding of the patch index. The encoder sees the visible tokens only; a lighter
+decoder gets them back in place, with a learned mask token elsewhere, and predicts the
+``patch_trs`` values of every token; the loss is the MSE over masked tokens only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainlm.data.atlas import Atlas
+from brainlm.data.contract import PreprocessingContract
+from brainlm.data.recording import Recording
+from brainlm.errors import BrainLMInputError
+from brainlm.model.config import BrainLMConfig
+from brainlm.model.layers import Block, CoordinateEmbedding, sinusoidal_positions
+from brainlm.model.masking import MaskSpec
+
+
+@dataclass
+class EncoderOutput:
+    """``latent``: [B, 1 + L_visible, D] (CLS first); ``ids_visible``: [B, L_visible] token
+    indices (parcel-major: ``parcel * n_patches + patch``) or None when nothing is masked;
+    ``attentions``: per layer [B, H, 1 + L_visible, 1 + L_visible] when requested."""
+
+    latent: torch.Tensor
+    ids_visible: torch.Tensor | None
+    attentions: list[torch.Tensor] | None = None
+
+
+class BrainLM(nn.Module):
+    """Masked autoencoder over parcellated fMRI windows.
+
+    Parameters
+    ----------
+    config : BrainLMConfig
+    contract : PreprocessingContract, optional
+        How raw data become model input (set by pretraining; saved with the checkpoint).
+    atlas : Atlas, optional
+        The parcellation the model was pretrained on (saved with the checkpoint).
+    """
+
+    def __init__(self, config: BrainLMConfig, contract: PreprocessingContract | None = None,
+                 atlas: Atlas | None = None):
+        super().__init__()
+        self.config, self.contract, self.atlas = config, contract, atlas
+        c = config
+        self.patch_embed = nn.Linear(c.patch_trs, c.dim)
+        self.spatial = CoordinateEmbedding(c.dim, c.xyz_frequencies, c.xyz_scale_mm)
+        self.register_buffer("temporal", sinusoidal_positions(c.n_patches, c.dim), persistent=False)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
+        self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
+        self.norm = nn.LayerNorm(c.dim)
+
+        self.decoder_embed = nn.Linear(c.dim, c.decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_dim))
+        self.decoder_spatial = CoordinateEmbedding(c.decoder_dim, c.xyz_frequencies, c.xyz_scale_mm)
+        self.register_buffer("decoder_temporal", sinusoidal_positions(c.n_patches, c.decoder_dim),
+                             persistent=False)
+        self.decoder_blocks = nn.ModuleList(
+            Block(c.decoder_dim, c.decoder_heads, c.mlp_ratio) for _ in range(c.decoder_depth))
+        self.decoder_norm = nn.LayerNorm(c.decoder_dim)
+        self.decoder_pred = nn.Linear(c.decoder_dim, c.patch_trs)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # -- shapes ------------------------------------------------------------------------------
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, P] window -> [B, P, N, patch_trs]."""
+        b, t, p = x.shape
+        if t != self.config.window_trs:
+            raise BrainLMInputError(f"window has {t} TRs; the model expects {self.config.window_trs}")
+        return x.transpose(1, 2).reshape(b, p, self.config.n_patches, self.config.patch_trs)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """[B, P, N, patch_trs] -> [B, T, P]."""
+        b, p, n, k = patches.shape
+        return patches.reshape(b, p, n * k).transpose(1, 2)
+
+    def sample_mask(self, spec: MaskSpec, batch: int, n_parcels: int,
+                    generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """[B, P, N] bool mask drawn by ``spec`` (deterministic under a seeded generator)."""
+        c = self.config
+        return spec.sample(batch, n_parcels, c.n_patches, c.patch_trs, generator, device)
+
+    # -- encoder / decoder / loss ------------------------------------------------------------
+    def forward_encoder(self, x: torch.Tensor, xyz: torch.Tensor, mask: torch.Tensor | None = None,
+                        return_attention: bool = False) -> EncoderOutput:
+        """x: [B, T, P]; xyz: [B, P, 3] (mm); mask: [B, P, N] bool (True = hidden) or None."""
+        b, _, p = x.shape
+        tokens = (self.patch_embed(self.patchify(x)) + self.spatial(xyz)[:, :, None, :]
+                  + self.temporal[None, None]).flatten(1, 2)  # [B, L, D]
+        ids = None
+        if mask is not None:
+            hidden = mask.flatten(1)
+            n_visible = int((~hidden[0]).sum())
+            if bool((hidden.sum(dim=1) != hidden.shape[1] - n_visible).any()):
+                raise BrainLMInputError("every sample of a batch must mask the same number of tokens")
+            # Stable sort keeps visible tokens in their original order.
+            ids = hidden.to(torch.int8).argsort(dim=1, stable=True)[:, :n_visible]
+            tokens = tokens.gather(1, ids[..., None].expand(-1, -1, tokens.shape[-1]))
+        h = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
+        attentions = [] if return_attention else None
+        for blk in self.blocks:
+            h, w = blk(h, return_attention)
+            if return_attention:
+                attentions.append(w)
+        return EncoderOutput(self.norm(h), ids, attentions)
+
+    def forward_decoder(self, enc: EncoderOutput, xyz: torch.Tensor, n_parcels: int) -> torch.Tensor:
+        """-> predicted patches [B, P, N, patch_trs] for every token."""
+        c = self.config
+        y = self.decoder_embed(enc.latent)
+        b, n_tok = y.shape[0], n_parcels * c.n_patches
+        if enc.ids_visible is None:
+            full = y[:, 1:]
+        else:
+            full = self.mask_token.expand(b, n_tok, -1).clone()
+            full.scatter_(1, enc.ids_visible[..., None].expand(-1, -1, y.shape[-1]), y[:, 1:])
+        pos = (self.decoder_spatial(xyz)[:, :, None, :] + self.decoder_temporal[None, None]).flatten(1, 2)
+        h = torch.cat([y[:, :1], full + pos], dim=1)
+        for blk in self.decoder_blocks:
+            h, _ = blk(h)
+        pred = self.decoder_pred(self.decoder_norm(h[:, 1:]))
+        return pred.view(b, n_parcels, c.n_patches, c.patch_trs)
+
+    def forward(self, x: torch.Tensor, xyz: torch.Tensor, mask: torch.Tensor):
+        """x: [B, T, P], xyz: [B, P, 3], mask: [B, P, N] -> (loss, predicted patches [B, P, N, k]).
+
+        The loss is the mean squared error over the values of masked tokens only.
+        """
+        enc = self.forward_encoder(x, xyz, mask)
+        pred = self.forward_decoder(enc, xyz, x.shape[2])
+        return masked_mse(pred, self.patchify(x), mask), pred
+
+    # -- inference ----------------------------------------------------------------------------
+    def preprocess(self, recording: Recording) -> np.ndarray:
+        """The checkpoint's preprocessing contract on a raw recording: [T_out, P] float32."""
+        if self.contract is None or not self.contract.is_fitted:
+            raise BrainLMInputError("this model has no fitted preprocessing contract; load a "
+                                    "pretrained checkpoint or set model.contract")
+        self.check_atlas(recording.atlas, source=recording.source or recording.id)
+        return self.contract.transform(recording)
+
+    def check_atlas(self, atlas: Atlas, *, transfer: bool = False, source: str | None = None) -> None:
+        """Error when ``atlas`` is not the one the model was trained on, unless ``transfer``
+        (the coordinate embedding makes any atlas usable, but results differ)."""
+        if self.atlas is None or transfer or atlas.matches(self.atlas):
+            return
+        raise BrainLMInputError(
+            f"data are on atlas {atlas.name!r} ({atlas.n_parcels} parcels) but the model was "
+            f"pretrained on {self.atlas.name!r} ({self.atlas.n_parcels} parcels); pass "
+            "transfer_atlas=True (--transfer-atlas) to run it through parcel coordinates anyway",
+            source)
+
+    def windows(self, data: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """Deterministic non-overlapping tiles of a preprocessed recording.
+
+        data: [T, P] -> (windows [W, window_trs, P], starts [W]); error if T < window_trs.
+        """
+        w = self.config.window_trs
+        if data.shape[0] < w:
+            raise BrainLMInputError(f"recording has {data.shape[0]} TRs after preprocessing; the "
+                                    f"model needs windows of {w} TRs")
+        starts = np.arange(0, data.shape[0] - w + 1, w)
+        tiles = np.stack([data[s:s + w] for s in starts])
+        return torch.from_numpy(tiles), starts
+
+    @torch.inference_mode()
+    def embed_windows(self, windows: torch.Tensor, xyz: torch.Tensor, batch_size: int = 32):
+        """windows: [W, T, P], xyz: [P, 3] -> (cls [W, D], mean [W, D]) with nothing masked.
+
+        Deterministic: no masking, no shuffling, fixed order of operations.
+        """
+        self.eval()
+        dev = next(self.parameters()).device
+        cls, mean = [], []
+        for i in range(0, len(windows), batch_size):
+            x = windows[i:i + batch_size].to(dev)
+            enc = self.forward_encoder(x, xyz.to(dev).expand(len(x), -1, -1))
+            cls.append(enc.latent[:, 0].float().cpu())
+            mean.append(enc.latent[:, 1:].mean(dim=1).float().cpu())
+        return torch.cat(cls), torch.cat(mean)
+
+    def encode(self, recordings: list[Recording], batch_size: int = 32, transfer_atlas: bool = False):
+        """Embeddings of each recording, per window and averaged over its windows.
+
+        Returns
+        -------
+        list of dict, one per recording: ``windows_cls``, ``windows_mean`` [W, D] float32 numpy,
+        ``starts`` [W] (first TR of each window, at the contract's TR), ``cls``, ``mean`` [D].
+        """
+        out = []
+        for rec in recordings:
+            self.check_atlas(rec.atlas, transfer=transfer_atlas, source=rec.source or rec.id)
+            data = self.contract.transform(rec) if self.contract is not None else rec.timeseries
+            wins, starts = self.windows(data)
+            xyz = torch.from_numpy(np.asarray(rec.atlas.xyz, dtype=np.float32))
+            cls, mean = self.embed_windows(wins, xyz, batch_size)
+            out.append({"windows_cls": cls.numpy(), "windows_mean": mean.numpy(), "starts": starts,
+                        "cls": cls.mean(0).numpy(), "mean": mean.mean(0).numpy()})
+        return out
+
+    @torch.inference_mode()
+    def reconstruct(self, recording: Recording, mask: MaskSpec | torch.Tensor = MaskSpec(),
+                    seed: int = 0, transfer_atlas: bool = False) -> dict:
+        """Masked reconstruction of a recording's tiles.
+
+        Parameters
+        ----------
+        mask : MaskSpec (drawn with ``seed``) or bool tensor [W, P, N].
+
+        Returns
+        -------
+        dict with ``target`` and ``prediction`` [W, T, P] (model input units), ``mask`` [W, T, P]
+        bool (True where the model had to predict), ``starts`` [W].
+        """
+        self.eval()
+        self.check_atlas(recording.atlas, transfer=transfer_atlas, source=recording.source)
+        data = self.contract.transform(recording) if self.contract is not None else recording.timeseries
+        wins, starts = self.windows(data)
+        p = wins.shape[2]
+        if isinstance(mask, MaskSpec):
+            mask = self.sample_mask(mask, len(wins), p, torch.Generator().manual_seed(seed))
+        dev = next(self.parameters()).device
+        xyz = torch.from_numpy(np.asarray(recording.atlas.xyz, dtype=np.float32)).expand(len(wins), -1, -1)
+        _, pred = self.forward(wins.to(dev), xyz.to(dev), mask.to(dev))
+        k = self.config.patch_trs
+        return {"target": wins.numpy(), "prediction": self.unpatchify(pred.float()).cpu().numpy(),
+                "mask": mask.repeat_interleave(k, dim=2).transpose(1, 2).cpu().numpy(), "starts": starts}
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    def count_parameters(self) -> dict[str, int]:
+        """Trainable parameters: encoder (incl. embeddings), decoder, total."""
+        dec = sum(p.numel() for n, p in self.named_parameters() if n.startswith(("decoder", "mask_token")))
+        total = sum(p.numel() for p in self.parameters())
+        return {"encoder": total - dec, "decoder": dec, "total": total}
+
+    def save_pretrained(self, directory) -> None:
+        """Write safetensors weights, config, contract and atlas (see ``model.checkpoint``)."""
+        from brainlm.model.checkpoint import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory, map_location: str = "cpu") -> "BrainLM":
+        """Load a checkpoint written by :meth:`save_pretrained` (strict, sha256-verified)."""
+        from brainlm.model.checkpoint import load_pretrained
+
+        return load_pretrained(directory, map_location=map_location)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over masked tokens: pred, target [B, P, N, k], mask [B, P, N]."""
+    err = ((pred.float() - target.float()) ** 2).mean(dim=-1)
+    return (err * mask).sum() / mask.sum().clamp(min=1)

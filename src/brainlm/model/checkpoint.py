@@ -1,0 +1,118 @@
+"""Checkpoints without pickle: safetensors weights + JSON config, contract and atlas.
+
+Layout of a checkpoint folder::
+
+    model.safetensors   weights
+    config.json         {"format", "brainlm_version", "model": BrainLMConfig, "sha256": of the weights file}
+    contract.json       the preprocessing contract (optional)
+    atlas.json          the pretraining atlas (optional)
+
+Loading is strict: missing, unexpected or mis-shaped tensors are an error (upstream silently
+re-initialised them), and the weights' sha256 must match the one recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from brainlm.data.atlas import Atlas
+from brainlm.data.atomic import write_text_atomic
+from brainlm.data.contract import PreprocessingContract
+from brainlm.errors import BrainLMInputError
+
+FORMAT = "brainlm-checkpoint"
+WEIGHTS = "model.safetensors"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_pretrained(model, directory) -> None:
+    """Write ``model`` to ``directory`` atomically (a temporary folder renamed into place)."""
+    from safetensors.torch import save_file
+
+    from brainlm import __version__
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
+        config = {"format": FORMAT, "brainlm_version": __version__, "model": model.config.to_dict(),
+                  "sha256": sha256_file(tmp / WEIGHTS)}
+        write_text_atomic(tmp / "config.json", json.dumps(config, indent=2))
+        if model.contract is not None:
+            model.contract.save(tmp / "contract.json")
+        if model.atlas is not None:
+            write_text_atomic(tmp / "atlas.json", json.dumps(model.atlas.to_dict()))
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_pretrained(directory, map_location: str = "cpu"):
+    """Read a checkpoint folder; see the module docstring for what is checked."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from brainlm.model.brainlm import BrainLM
+    from brainlm.model.config import BrainLMConfig
+
+    directory = Path(directory)
+    cfg_path, weights = directory / "config.json", directory / WEIGHTS
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise BrainLMInputError(f"checkpoint lacks {p.name}", str(directory))
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise BrainLMInputError(f"config.json is not valid JSON ({e})", str(directory)) from None
+    if cfg.get("format") != FORMAT or "model" not in cfg:
+        raise BrainLMInputError(f"config.json is not a brainlm checkpoint config (format {cfg.get('format')!r})",
+                                str(directory))
+    digest = sha256_file(weights)
+    if digest != cfg.get("sha256"):
+        raise BrainLMInputError(
+            f"{WEIGHTS} is truncated or altered: sha256 {digest[:16]}... does not match the recorded "
+            f"{str(cfg.get('sha256'))[:16]}...", str(directory))
+    contract = None
+    if (directory / "contract.json").is_file():
+        contract = PreprocessingContract.load(directory / "contract.json")
+    atlas = None
+    if (directory / "atlas.json").is_file():
+        atlas = Atlas.from_dict(json.loads((directory / "atlas.json").read_text()))
+    model = BrainLM(BrainLMConfig.from_dict(cfg["model"]), contract=contract, atlas=atlas)
+    try:
+        state = load_file(weights, device=map_location)
+    except SafetensorError as e:
+        raise BrainLMInputError(f"cannot read {WEIGHTS} ({e})", str(directory)) from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise BrainLMInputError(
+            "weights do not match the architecture in config.json: "
+            + "; ".join(filter(None, [missing and f"missing {missing[:5]}",
+                                      unexpected and f"unexpected {unexpected[:5]}",
+                                      shapes and f"shape {shapes[:3]}"])), str(directory))
+    model.load_state_dict(state, strict=True)
+    return model.to(map_location)

@@ -1,0 +1,2 @@
+"""Downstream tasks on a pretrained BrainLM: embeddings (and, later, evaluation, forecasting,
+attention)."""

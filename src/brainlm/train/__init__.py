@@ -1,0 +1,1 @@
+"""Pretraining with Lightning: the LightningModule and the `brainlm pretrain` run."""

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+
+from brainlm import BrainLMInputError
+from brainlm.model import BrainLM, BrainLMConfig, MaskSpec, masked_mse, preset
+
+
+def small(**kw):
+    return BrainLM(BrainLMConfig(window_trs=40, patch_trs=10, dim=32, depth=2, heads=4, decoder_dim=16,
+                                 decoder_depth=1, decoder_heads=2, **kw))
+
+
+@pytest.mark.parametrize("name,encoder,total", [
+    ("tiny", 341_664, 401_908),
+    ("13m", 12_642_304, 19_242_004),       # paper: 13M (encoder)
+    ("111m", 85_103_616, 110_748_692),     # paper: 111M (ViT-B encoder + 512 x 8 decoder)
+    ("650m", 629_760_000, 655_667_220),    # paper: 650M (ViT-H encoder)
+])
+def test_preset_parameter_counts(name, encoder, total):
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        counts = BrainLM(preset(name)).count_parameters()
+    assert counts == {"encoder": encoder, "decoder": total - encoder, "total": total}
+
+
+@pytest.mark.parametrize("strategy,ratio,expected", [
+    ("random", 0.2, 0.2), ("random", 0.75, 0.75), ("random", 0.9, 0.9),
+    ("parcels", 0.5, 0.5), ("time", 0.5, 0.5), ("future", None, 0.25)])
+def test_mask_strategies(strategy, ratio, expected):
+    spec = MaskSpec(strategy, ratio if ratio else 0.75, future_trs=10)
+    m = spec.sample(3, 20, 4, 10, torch.Generator().manual_seed(1))
+    assert m.shape == (3, 20, 4) and m.dtype == torch.bool
+    assert torch.all(m.sum(dim=(1, 2)) == round(expected * 80))
+    again = spec.sample(3, 20, 4, 10, torch.Generator().manual_seed(1))
+    assert torch.equal(m, again)
+    if strategy == "parcels":
+        assert torch.all(m.all(dim=2) | ~m.any(dim=2))  # whole parcels
+    if strategy == "time":
+        assert torch.all(m.all(dim=1) | ~m.any(dim=1))  # whole time patches
+    if strategy == "future":
+        assert m[:, :, -1].all() and not m[:, :, :-1].any()
+    with pytest.raises(BrainLMInputError):
+        MaskSpec("random", 1.0)
+    with pytest.raises(BrainLMInputError, match="strategy"):
+        MaskSpec("blocks")
+
+
+def test_encoder_sees_only_visible_tokens_and_loss_only_masked():
+    torch.manual_seed(0)
+    model = small()
+    x, xyz = torch.randn(2, 40, 6), torch.randn(2, 6, 3) * 40
+    mask = model.sample_mask(MaskSpec(ratio=0.75), 2, 6, torch.Generator().manual_seed(0))
+    enc = model.forward_encoder(x, xyz, mask)
+    assert enc.latent.shape == (2, 1 + 6, 32)  # 24 tokens, 18 masked -> 6 visible + CLS
+    # Changing the values of masked tokens cannot change the encoder output.
+    x2 = model.unpatchify(torch.where(mask[..., None], torch.randn(2, 6, 4, 10), model.patchify(x)))
+    assert torch.equal(model.forward_encoder(x2, xyz, mask).latent, enc.latent)
+    loss, pred = model(x, xyz, mask)
+    assert pred.shape == (2, 6, 4, 10)
+    # Loss equals MSE over masked tokens only; visible-token errors do not count.
+    target = model.patchify(x)
+    manual = ((pred - target) ** 2).mean(-1)[mask].mean()
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
+    assert masked_mse(torch.where(mask[..., None], target, target + 5), target, mask).item() == 0
+
+
+def test_attention_weights_on_request_match_fast_path():
+    torch.manual_seed(0)
+    model = small().eval()
+    x, xyz = torch.randn(2, 40, 6), torch.randn(2, 6, 3) * 40
+    fast = model.forward_encoder(x, xyz)
+    slow = model.forward_encoder(x, xyz, return_attention=True)
+    assert fast.attentions is None and len(slow.attentions) == 2
+    assert slow.attentions[0].shape == (2, 4, 25, 25)
+    torch.testing.assert_close(slow.attentions[0].sum(-1), torch.ones(2, 4, 25))
+    torch.testing.assert_close(fast.latent, slow.latent, atol=1e-5, rtol=1e-5)
+
+
+def test_any_atlas_size_and_coordinate_embedding():
+    model = small()
+    for p in (5, 17):
+        loss, pred = model(torch.randn(1, 40, p), torch.randn(1, p, 3) * 40,
+                           model.sample_mask(MaskSpec(), 1, p))
+        assert pred.shape == (1, p, 4, 10) and torch.isfinite(loss)
+    plain = small(xyz_frequencies=0)
+    assert plain.spatial.proj.in_features == 3  # upstream's Linear(3 -> d)
+    assert model.spatial.proj.in_features == 3 + 6 * 6
+
+
+def test_bad_shapes():
+    model = small()
+    with pytest.raises(BrainLMInputError, match="window has 30 TRs; the model expects 40"):
+        model.forward_encoder(torch.randn(1, 30, 4), torch.zeros(1, 4, 3))
+    with pytest.raises(BrainLMInputError, match="multiple"):
+        BrainLMConfig(window_trs=45, patch_trs=10)
+    with pytest.raises(BrainLMInputError, match="unknown preset"):
+        preset("huge")
+    with pytest.raises(BrainLMInputError, match="needs windows of 40"):
+        model.windows(np.zeros((20, 4), dtype=np.float32))

@@ -1,0 +1,149 @@
+"""Pretraining, checkpoints, embeddings and DDP, on the embedded real HCP data."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from brainlm import BrainLMInputError
+from brainlm.cli import main
+from brainlm.data.atlas import load_atlas
+from brainlm.data.contract import PreprocessingContract
+from brainlm.data.prepare import prepare_corpus
+from brainlm.data.samples import load_schaefer100_rest
+from brainlm.model import BrainLM, MaskSpec
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def hcp_corpus(tmp_path_factory, hcp):
+    return prepare_corpus(hcp, tmp_path_factory.mktemp("pre") / "corpus", atlas=load_atlas("aal2"),
+                          contract=PreprocessingContract(percent_signal_change=True))
+
+
+@pytest.fixture(scope="module")
+def trained(hcp_corpus, tmp_path_factory):
+    """`brainlm pretrain` with the tiny preset: a few CPU minutes."""
+    run = tmp_path_factory.mktemp("run") / "run"
+    assert main(["pretrain", hcp_corpus.path, "--out", str(run), "--preset", "tiny", "--epochs", "40",
+                 "--quiet"]) == 0
+    return run
+
+
+def test_tiny_pretraining_beats_trivial_baselines(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    last = metrics["metrics_last_epoch"]
+    best = metrics["best_val_masked_mse"]
+    baseline = min(last["val/baseline_zero_mse"], last["val/baseline_mean_mse"])
+    assert best < 0.85 * baseline, metrics
+    assert last["val/r2"] > 0.1
+    assert metrics["parameters"]["total"] == 401_908 and metrics["precision"] == "32-true"
+    log = pd.read_csv(trained / "logs" / "csv" / "metrics.csv")
+    assert log["val/masked_mse"].dropna().iloc[-1] < log["val/masked_mse"].dropna().iloc[0]
+    assert any((trained / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_checkpoint_reloads_exactly_and_carries_its_contract(trained, hcp, hcp_corpus):
+    model = BrainLM.from_pretrained(trained / "model")
+    assert sorted(p.name for p in (trained / "model").iterdir()) == [
+        "atlas.json", "config.json", "contract.json", "model.safetensors"]
+    assert model.contract == hcp_corpus.contract and model.atlas.matches(hcp_corpus.atlas)
+    # model.preprocess is exactly what the corpus stored for this recording.
+    row = int(np.flatnonzero(hcp_corpus.manifest["subject"] == hcp[2].subject)[0])
+    np.testing.assert_allclose(model.preprocess(hcp[2]), hcp_corpus.read(row), atol=1e-4)
+    rec = model.reconstruct(hcp[2], MaskSpec(ratio=0.75), seed=3)
+    assert rec["prediction"].shape == rec["target"].shape == rec["mask"].shape == (6, 200, 94)
+    m = rec["mask"]
+    assert m.mean() == pytest.approx(0.75, abs=0.01)
+    err = ((rec["prediction"] - rec["target"]) ** 2)[m].mean()
+    assert err < (rec["target"][m] ** 2).mean()  # beats predicting zero on a training subject
+    again = model.reconstruct(hcp[2], MaskSpec(ratio=0.75), seed=3)
+    np.testing.assert_array_equal(again["prediction"], rec["prediction"])
+
+
+def test_embeddings_are_deterministic(trained, hcp_corpus, tmp_path, hcp):
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    assert main(["embed", str(trained / "model"), hcp_corpus.path, "--out", str(a)]) == 0
+    assert main(["embed", str(trained / "model"), hcp_corpus.path, "--out", str(b)]) == 0
+    da, db = pd.read_parquet(a), pd.read_parquet(b)
+    pd.testing.assert_frame_equal(da, db, check_exact=True)
+    assert len(da) == 7 and da["n_windows"].tolist() == [6] * 7
+    assert sum(c.startswith("cls_") for c in da) == 96 and sum(c.startswith("mean_") for c in da) == 96
+    # Files give the same embeddings as the corpus they were prepared into.
+    folder = tmp_path / "files"
+    folder.mkdir()
+    np.save(folder / f"sub-{hcp[0].subject}_bold.npy", hcp[0].timeseries)
+    df = __import__("brainlm.tasks.embed", fromlist=["embed"]).embed(
+        trained / "model", [folder], per_window=True, tr=0.72)
+    assert len(df) == 6 and df["start_tr"].tolist() == [0, 200, 400, 600, 800, 1000]
+    row = da[da["subject"] == hcp[0].subject]
+    np.testing.assert_allclose(df.filter(like="cls_").mean().to_numpy(),
+                               row.filter(like="cls_").to_numpy()[0], atol=1e-4)
+
+
+def test_atlas_and_contract_mismatches_are_errors(trained, tmp_path, capsys):
+    rest = load_schaefer100_rest()
+    other = prepare_corpus([rest], tmp_path / "s100", atlas=rest.atlas, min_trs=100,
+                           contract=PreprocessingContract(target_tr=0.72, percent_signal_change=True))
+    assert main(["embed", str(trained / "model"), other.path, "--out", str(tmp_path / "e.parquet")]) == 2
+    assert "pretrained on 'aal2'" in capsys.readouterr().err
+    assert main(["embed", str(trained / "model"), other.path, "--out", str(tmp_path / "e.parquet"),
+                 "--transfer-atlas"]) == 2
+    assert "cleaned differently" in capsys.readouterr().err  # target_tr 0.72 vs None
+    assert not (tmp_path / "e.parquet").exists()
+
+
+def test_damaged_checkpoints_are_refused(trained, tmp_path):
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(trained / "model", ck)
+    data = (ck / "model.safetensors").read_bytes()
+    (ck / "model.safetensors").write_bytes(data[:-100])
+    with pytest.raises(BrainLMInputError, match="truncated or altered"):
+        BrainLM.from_pretrained(ck)
+    (ck / "model.safetensors").write_bytes(data)
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["model"]["depth"] = 4
+    (ck / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BrainLMInputError, match=r"do not match the architecture.*missing \['blocks.3"):
+        BrainLM.from_pretrained(ck)
+    (ck / "config.json").unlink()
+    with pytest.raises(BrainLMInputError, match="lacks config.json"):
+        BrainLM.from_pretrained(ck)
+
+
+def test_resume_and_run_folder_checks(hcp_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["pretrain", hcp_corpus.path, "--out", str(run), "--crops-per-recording", "2", "--quiet"]
+    assert main(base + ["--epochs", "1"]) == 0
+    assert main(base + ["--epochs", "1"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(base + ["--epochs", "2", "--resume", "--mask-ratio", "0.5", "--preset", "13m"]) == 2
+    err = capsys.readouterr().err
+    assert "mask_ratio: 0.75 -> 0.5" in err and "preset: 'tiny' -> '13m'" in err
+    assert main(base + ["--epochs", "2", "--resume"]) == 0
+    log = pd.read_csv(run / "logs" / "csv" / "metrics.csv")
+    assert sorted(log["epoch"].dropna().unique().tolist()) == [0, 1]
+    assert main(["pretrain", hcp_corpus.path, "--out", str(tmp_path / "r2"), "--window-trs", "2000",
+                 "--quiet"]) == 2
+    assert "longer than every training recording" in capsys.readouterr().err
+
+
+def test_ddp_on_two_cpu_processes(hcp_corpus, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    proc = subprocess.run([sys.executable, str(HERE / "ddp_pretrain_script.py"), hcp_corpus.path,
+                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["world"] == r1["world"] == 2
+    assert r0["seen"] and r1["seen"] and r0["seen"] != r1["seen"]   # each rank its own data
+    assert r0["weights"] == r1["weights"]                           # gradients were all-reduced
