@@ -45,9 +45,9 @@ def test_tiny_pretraining_beats_trivial_baselines(trained):
     assert best < 0.85 * baseline, metrics
     assert last["val/r2"] > 0.1
     assert metrics["parameters"]["total"] == 401_908 and metrics["precision"] == "32-true"
-    log = pd.read_csv(trained / "logs" / "csv" / "metrics.csv")
+    log = pd.read_csv(trained / "logs" / "csv" / "version_0" / "metrics.csv")
     assert log["val/masked_mse"].dropna().iloc[-1] < log["val/masked_mse"].dropna().iloc[0]
-    assert any((trained / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    assert any((trained / "logs" / "tensorboard" / "version_0").glob("events.out.tfevents.*"))
 
 
 def test_checkpoint_reloads_exactly_and_carries_its_contract(trained, hcp, hcp_corpus):
@@ -130,8 +130,10 @@ def test_resume_and_run_folder_checks(hcp_corpus, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "mask_ratio: 0.75 -> 0.5" in err and "preset: 'tiny' -> '13m'" in err
     assert main(base + ["--epochs", "2", "--resume"]) == 0
-    log = pd.read_csv(run / "logs" / "csv" / "metrics.csv")
-    assert sorted(log["epoch"].dropna().unique().tolist()) == [0, 1]
+    logs = sorted((run / "logs" / "csv").glob("version_*/metrics.csv"))
+    assert len(logs) == 2  # the resumed run logs next to the first, never over it
+    epochs = pd.concat([pd.read_csv(f) for f in logs])["epoch"].dropna().unique().tolist()
+    assert sorted(epochs) == [0, 1]
     assert main(["pretrain", hcp_corpus.path, "--out", str(tmp_path / "r2"), "--window-trs", "2000",
                  "--quiet"]) == 2
     assert "longer than every training recording" in capsys.readouterr().err

@@ -213,7 +213,7 @@ class BrainLM(nn.Module):
             self.check_atlas(rec.atlas, transfer=transfer_atlas, source=rec.source or rec.id)
             data = self.contract.transform(rec) if self.contract is not None else rec.timeseries
             wins, starts = self.windows(data)
-            xyz = torch.from_numpy(np.asarray(rec.atlas.xyz, dtype=np.float32))
+            xyz = torch.from_numpy(np.array(rec.atlas.xyz, dtype=np.float32))
             cls, mean = self.embed_windows(wins, xyz, batch_size)
             out.append({"windows_cls": cls.numpy(), "windows_mean": mean.numpy(), "starts": starts,
                         "cls": cls.mean(0).numpy(), "mean": mean.mean(0).numpy()})
@@ -241,7 +241,7 @@ class BrainLM(nn.Module):
         if isinstance(mask, MaskSpec):
             mask = self.sample_mask(mask, len(wins), p, torch.Generator().manual_seed(seed))
         dev = next(self.parameters()).device
-        xyz = torch.from_numpy(np.asarray(recording.atlas.xyz, dtype=np.float32)).expand(len(wins), -1, -1)
+        xyz = torch.from_numpy(np.array(recording.atlas.xyz, dtype=np.float32)).expand(len(wins), -1, -1)
         _, pred = self.forward(wins.to(dev), xyz.to(dev), mask.to(dev))
         k = self.config.patch_trs
         return {"target": wins.numpy(), "prediction": self.unpatchify(pred.float()).cpu().numpy(),

@@ -60,7 +60,7 @@ def _recordings(model: BrainLM, data, tr, orientation, key, transfer_atlas):
     files, _ = discover_files(paths)
     specs = specs_from_files(files, tr=tr)
     check_unique_ids(specs)
-    xyz = torch.from_numpy(np.asarray(model.atlas.xyz, dtype=np.float32))
+    xyz = torch.from_numpy(np.array(model.atlas.xyz, dtype=np.float32))
     for spec in specs:
         rec = spec.load(model.atlas, orientation=orientation, key=key)
         wins, starts = model.windows(model.preprocess(rec))
@@ -84,7 +84,7 @@ def _from_corpus(model: BrainLM, path: Path, transfer_atlas: bool):
     # On the pretraining atlas the checkpoint's scaling applies; a transferred atlas has no
     # statistics in the checkpoint, so the corpus' own (training-split) scaling is used.
     scaler = model.contract if model.atlas is None or corpus.atlas.matches(model.atlas) else corpus.contract
-    xyz = torch.from_numpy(np.asarray(corpus.atlas.xyz, dtype=np.float32))
+    xyz = torch.from_numpy(np.array(corpus.atlas.xyz, dtype=np.float32))
     m = corpus.manifest
     for i in range(len(m)):
         cleaned = corpus.read(i, scaled=False)

@@ -1,7 +1,8 @@
 """``brainlm pretrain CORPUS --preset NAME --out RUN``.
 
 A run folder holds ``run_config.json`` (everything that defines the run), Lightning's
-``checkpoints/`` (training state for ``--resume``), ``logs/`` (TensorBoard and CSV),
+``checkpoints/`` (training state for ``--resume``), ``logs/{tensorboard,csv}/version_N`` (one
+version per start or resume),
 ``model/`` (the exported checkpoint: safetensors + config + contract + atlas) and
 ``metrics.json`` (final validation metrics next to the trivial baselines).
 """
@@ -103,14 +104,23 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
 
         gpu = settings.accelerator in ("gpu", "cuda") or (settings.accelerator == "auto" and torch.cuda.is_available())
         precision = "bf16-mixed" if gpu else "32-true"
+    strategy = settings.strategy
+    if strategy == "fsdp":
+        # Shard block by block (not the whole model as one unit) and recompute block activations
+        # in the backward pass: what lets the 650m preset fit on 80 GB cards.
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        from brainlm.model.layers import Block
+
+        strategy = FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block})
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/masked_mse",
                                  mode="min", save_last=True)
     trainer = L.Trainer(
         max_epochs=settings.epochs, accelerator=settings.accelerator, devices=settings.devices,
-        num_nodes=settings.num_nodes, strategy=settings.strategy, precision=precision,
+        num_nodes=settings.num_nodes, strategy=strategy, precision=precision,
         accumulate_grad_batches=settings.accumulate, gradient_clip_val=settings.clip,
-        logger=[TensorBoardLogger(out / "logs", name="tensorboard", version=""),
-                CSVLogger(out / "logs", name="csv", version="")],
+        # A new version_N folder per (re)start, so --resume never overwrites earlier logs.
+        logger=[TensorBoardLogger(out / "logs", name="tensorboard"), CSVLogger(out / "logs", name="csv")],
         callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
         enable_progress_bar=progress, log_every_n_steps=5, default_root_dir=out,
         limit_train_batches=limit_train_batches, num_sanity_val_steps=0, enable_model_summary=progress)
