@@ -1,4 +1,4 @@
-"""The ``brainlm`` command line: ``prepare``, ``info``, ``demo``.
+"""The ``brainlm`` command line: ``prepare``, ``info``, ``pretrain``, ``embed``, ``simulate``, ``demo``.
 
 Bad input ends with one line naming the file and the problem (exit status 2), never a traceback.
 """
@@ -22,7 +22,9 @@ def _floats(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brainlm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="brainlm", description="BrainLM, a foundation model of parcellated fMRI: prepare data, "
+        "pretrain, embed, simulate cohorts, run the demo.")
     from brainlm import __version__
 
     parser.add_argument("--version", action="version", version=f"brainlm {__version__}")
@@ -120,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
 
+    from brainlm.simulate.command import register as register_simulate
+
+    register_simulate(sub)
+
     p = sub.add_parser("demo", help="the main job end to end on the embedded real data")
     p.add_argument("--out", default="demo-out", help="output folder (default: ./demo-out)")
     p.add_argument("--jobs", type=int, default=2)
@@ -147,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
                        batch_size=args.batch_size, device=args.device)
             print(f"{len(df)} rows of embeddings written to {args.out}")
             return 0
+        if args.command == "simulate":
+            from brainlm.simulate.command import run as run_simulate
+
+            return run_simulate(args)
         if args.command == "demo":
             from brainlm.demo import run_demo
 

@@ -13,13 +13,17 @@ variable        distribution                         effect
                                                      measurement noise x ``(1 + age_on_noise A)``
 ``trait``       standard normal                      coupling between parcels of ``trait_network``
                                                      (Default) x ``exp(trait_on_coupling trait)``
-``group``       0 (control) / 1 (patient),           patients: every limbic-limbic and
-                Bernoulli(``patient_fraction``)      limbic-prefrontal pair gains coupling
-                                                     ``group_on_coupling`` x the mean weight of
-                                                     a connected pair (hyperconnectivity)
-``site``        uniform over the sites               its TR, noise level and scanner baseline
+``group``       0 (control) / 1 (patient),           patients: coupling added to every
+                Bernoulli(``patient_fraction``)      limbic-limbic and limbic-prefrontal pair,
+                                                     raising a limbic parcel's strength by
+                                                     ``group_on_coupling`` x the mean node strength
+``site``        uniform over the sites               TR, noise level and its parcel profile,
+                                                     scanner baseline and parcel gains
 ``null_score``  standard normal                      none: a negative control
 ==============  ===================================  ==============================================
+
+Trait and group redistribute coupling without changing its total, so that the overall level
+of synchrony (and of FC) belongs to age alone.
 
 On top come individual differences no variable explains (a per-subject global-coupling factor,
 per-edge coupling jitter or, for AAL2, one of seven real individual connectomes, and
@@ -36,6 +40,7 @@ import math
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +62,9 @@ __all__ = ["DEFAULT_SITES", "LatentEffects", "ModelSettings", "SimulatedRecordin
 #: Phenotype columns written to ``participants.tsv`` (after ``participant_id``), in order.
 PHENOTYPES = ("age", "trait", "group", "site", "null_score")
 UNITS = ("raw", "percent")
+#: Default measurement noise, percent of the baseline signal (SD of white noise at a site with
+#: ``noise_scale`` 1, for a 50-year-old).
+MEASUREMENT_NOISE = 0.3
 FORMATS = ("npy", "tsv")
 
 # Parcel names of the AAL2 regions that are limbic by anatomy but carry no Yeo-7 label.
@@ -126,22 +134,22 @@ class LatentEffects:
     patient_fraction : float
         Probability that a subject is a patient (``group = 1``).
     group_on_coupling : float
-        Coupling added to every limbic-limbic and limbic-prefrontal pair of a patient, in units
-        of the mean weight of a connected pair of the connectome (an additive change, because
-        functional-connectivity-derived couplings of the low-signal limbic parcels are
-        near zero and scaling them would change nothing); negative values remove coupling
-        (weights are floored at 0).
+        Coupling strength a patient's limbic parcel gains, as a fraction of the mean node
+        strength, spread evenly over its limbic and prefrontal partners (the same amount is
+        added to every such pair). Additive, because the functional-connectivity-derived
+        couplings of the low-signal limbic parcels are near zero and scaling them would
+        change nothing; negative values remove coupling (weights are floored at 0).
     """
 
     age_min: float = 20.0
     age_max: float = 80.0
-    age_on_coupling: float = -0.08
+    age_on_coupling: float = -0.05
     age_on_hemodynamics: float = 0.15
-    age_on_noise: float = 0.25
+    age_on_noise: float = 0.2
     trait_network: str = "Default"
-    trait_on_coupling: float = 0.3
+    trait_on_coupling: float = 0.15
     patient_fraction: float = 0.5
-    group_on_coupling: float = 0.5
+    group_on_coupling: float = 0.15
 
     def check(self) -> None:
         where = "latent effects"
@@ -173,8 +181,16 @@ class ModelSettings:
         (:data:`GLOBAL_COUPLING`).
     bifurcation : float
         ``a`` of every oscillator, 1/s (slightly negative: just below the Hopf bifurcation).
-    frequency_hz : (float, float)
-        Range of the oscillators' intrinsic frequencies, Hz (drawn per parcel per cohort).
+    frequency_hz : float
+        Mean intrinsic frequency of the oscillators, Hz. Infra-slow on purpose: unfiltered
+        resting BOLD has a falling ("pink") spectrum with most power at 0.01-0.04 Hz, which
+        oscillators near 0.02 Hz reproduce; the 0.04-0.07 Hz often used in Hopf models fits
+        band-passed BOLD and gives a spectral peak real scans do not have.
+    frequency_sd_hz : float
+        Standard deviation of the parcels' frequencies around the mean, Hz (normal, cut at
+        2.5 SD, and never below 10 % of the mean). The same parcel frequencies serve every
+        cohort on an atlas, so that the distance to the synchronisation transition does not
+        depend on the seed.
     frequency_jitter_hz : float
         Standard deviation of each subject's deviation from the parcel frequency, Hz.
     neural_noise : float
@@ -191,11 +207,12 @@ class ModelSettings:
     """
 
     global_coupling: float | None = None
-    bifurcation: float = -0.02
-    frequency_hz: tuple[float, float] = (0.04, 0.07)
-    frequency_jitter_hz: float = 0.003
-    neural_noise: float = 0.02
-    coupling_jitter: float = 0.05
+    bifurcation: float = -0.05
+    frequency_hz: float = 0.02
+    frequency_sd_hz: float = 0.01
+    frequency_jitter_hz: float = 0.002
+    neural_noise: float = 0.032
+    coupling_jitter: float = 0.03
     dt: float = 0.1
     burn_in_s: float = 120.0
     balloon: BalloonParameters = field(default_factory=BalloonParameters)
@@ -205,10 +222,8 @@ class ModelSettings:
         if self.global_coupling is not None:
             _non_negative(self.global_coupling, "global_coupling", where)
         _finite(self.bifurcation, "bifurcation", where)
-        lo, hi = self.frequency_hz
-        if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
-            raise BrainLMInputError(f"field 'frequency_hz' is {self.frequency_hz!r}; expected "
-                                    "(low, high) Hz with 0 < low <= high", where)
+        _positive(self.frequency_hz, "frequency_hz", where, unit="Hz")
+        _non_negative(self.frequency_sd_hz, "frequency_sd_hz", where)
         _non_negative(self.frequency_jitter_hz, "frequency_jitter_hz", where)
         _non_negative(self.neural_noise, "neural_noise", where)
         _non_negative(self.coupling_jitter, "coupling_jitter", where)
@@ -216,9 +231,10 @@ class ModelSettings:
         _non_negative(self.burn_in_s, "burn_in_s", where)
 
 
-#: Global coupling ``G`` (1/s) per atlas: where the simulated FC strength of a 50-year-old at
-#: site A matches the real HCP sample (see docs/simulation.md).
-GLOBAL_COUPLING = {"aal2": 0.5, "schaefer100": 0.45, "schaefer200": 0.45, "schaefer400": 0.45}
+#: Global coupling ``G`` (1/s) at age 50 per atlas, tuned so that simulated young adults
+#: (22-36 years, as in HCP) at site A match the FC strength and lag-1 autocorrelation of the
+#: real HCP sample (see docs/simulation.md).
+GLOBAL_COUPLING = {"aal2": 0.81, "schaefer100": 0.82, "schaefer200": 0.84, "schaefer400": 0.82}
 
 
 @dataclass(eq=False, repr=False)
@@ -305,8 +321,26 @@ class _Design:
     site_gain: np.ndarray            # (n_sites, P) multiplicative on the baseline
     trait_mask: np.ndarray           # (P, P) bool
     group_mask: np.ndarray           # (P, P) bool
-    mean_weight: float               # mean coupling weight of a connected pair
+    group_pair_weight: float         # coupling added per group pair for an effect of 1
     seed: int
+
+
+def limbic_prefrontal(atlas: Atlas) -> tuple[np.ndarray, np.ndarray]:
+    """The parcels of the group effect.
+
+    Returns
+    -------
+    limbic : ndarray, shape (P,), bool
+        Yeo ``Limbic`` parcels, plus, in AAL2, hippocampus, parahippocampal gyrus and
+        amygdala (limbic by anatomy, without a Yeo label).
+    prefrontal : ndarray, shape (P,), bool
+        ``Cont``, ``Default`` or ``SalVentAttn`` parcels anterior of MNI y = 0 mm.
+    """
+    nets = np.array([n or "" for n in (atlas.networks or [None] * atlas.n_parcels)])
+    limbic = nets == "Limbic"
+    limbic |= np.array([n.startswith(_AAL2_LIMBIC_PREFIXES) for n in atlas.parcel_names])
+    prefrontal = np.isin(nets, _PREFRONTAL_NETWORKS) & (atlas.xyz[:, 1] > 0) & ~limbic
+    return limbic, prefrontal
 
 
 def effect_masks(atlas: Atlas, trait_network: str = "Default") -> tuple[np.ndarray, np.ndarray]:
@@ -323,42 +357,52 @@ def effect_masks(atlas: Atlas, trait_network: str = "Default") -> tuple[np.ndarr
     trait_mask : ndarray, shape (P, P), bool
         Pairs of distinct parcels both in ``trait_network``.
     group_mask : ndarray, shape (P, P), bool
-        Pairs of distinct parcels that are both limbic, or limbic and prefrontal. Limbic: Yeo
-        ``Limbic`` (plus, in AAL2, hippocampus, parahippocampal gyrus and amygdala). Prefrontal:
-        ``Cont``, ``Default`` or ``SalVentAttn`` parcels anterior of MNI y = 0 mm.
+        Pairs of distinct parcels that are both limbic, or limbic and prefrontal
+        (see :func:`limbic_prefrontal`).
     """
     nets = np.array([n or "" for n in (atlas.networks or [None] * atlas.n_parcels)])
     if trait_network not in set(nets):
         raise BrainLMInputError(f"field 'trait_network' is {trait_network!r}; atlas {atlas.name!r} "
                                 f"has networks {atlas.network_names}", "latent effects")
-    limbic = nets == "Limbic"
-    limbic |= np.array([n.startswith(_AAL2_LIMBIC_PREFIXES) for n in atlas.parcel_names])
-    prefrontal = np.isin(nets, _PREFRONTAL_NETWORKS) & (atlas.xyz[:, 1] > 0)
+    limbic, prefrontal = limbic_prefrontal(atlas)
     off_diagonal = ~np.eye(atlas.n_parcels, dtype=bool)
     in_net = nets == trait_network
     trait_mask = in_net[:, None] & in_net[None, :] & off_diagonal
-    group_mask = ((limbic[:, None] & (limbic | prefrontal)[None, :])
-                  | ((limbic | prefrontal)[:, None] & limbic[None, :])) & off_diagonal
+    either = limbic | prefrontal
+    group_mask = ((limbic[:, None] & either[None, :]) | (either[:, None] & limbic[None, :])) \
+        & off_diagonal
     return trait_mask, group_mask
+
+
+def _group_pair_weight(connectome: Connectome) -> float:
+    """Weight per group pair that raises a limbic parcel's strength by one mean node strength."""
+    limbic, prefrontal = limbic_prefrontal(connectome.atlas)
+    partners = int(limbic.sum() + prefrontal.sum()) - 1
+    if not limbic.any() or partners < 1:
+        return 0.0
+    return float(connectome.coupling.sum(axis=1).mean() / partners)
 
 
 def _design(atlas: str, sites, effects: LatentEffects, model: ModelSettings, seed: int) -> _Design:
     connectome = load_connectome(atlas)
     p = connectome.n_parcels
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
-    lo, hi = model.frequency_hz
+    # Parcel frequencies are seeded by the atlas, not the cohort: how far the brain sits from
+    # the synchronisation transition depends on them, and must not change with the seed.
+    atlas_rng = np.random.default_rng(zlib.crc32(atlas.encode()))
+    spread = np.clip(atlas_rng.standard_normal(p), -2.5, 2.5)
     trait_mask, group_mask = effect_masks(connectome.atlas, effects.trait_network)
     return _Design(
         connectome=connectome, sites=sites, effects=effects, model=model,
         global_coupling=(GLOBAL_COUPLING[atlas] if model.global_coupling is None
                          else float(model.global_coupling)),
-        base_frequency=rng.uniform(lo, hi, p),
+        base_frequency=model.frequency_hz + model.frequency_sd_hz * spread,
         # Coil sensitivity and susceptibility make noise and intensity vary over parcels in a
         # scanner-specific way: the spatial signature harmonization has to remove.
         site_noise_profile=np.exp(0.3 * rng.standard_normal((len(sites), p))),
         site_gain=np.exp(0.1 * rng.standard_normal((len(sites), p))),
         trait_mask=trait_mask, group_mask=group_mask,
-        mean_weight=float(connectome.coupling[connectome.coupling > 0].mean()), seed=seed)
+        group_pair_weight=_group_pair_weight(connectome), seed=seed)
 
 
 def _subject_rngs(seed: int, index: int) -> tuple[np.random.Generator, ...]:
@@ -371,11 +415,12 @@ def _subject(design: _Design, index: int, measurement: dict) -> dict[str, Any]:
     """Latent variables and scalar parameters of subject ``index`` (JSON-ready)."""
     e, m = design.effects, design.model
     rng = _subject_rngs(design.seed, index)[0]
-    age = float(rng.uniform(e.age_min, e.age_max))
-    trait = float(rng.standard_normal())
+    # Effects are computed from the values as written to participants.tsv.
+    age = round(float(rng.uniform(e.age_min, e.age_max)), 2)
+    trait = round(float(rng.standard_normal()), 4)
     group = int(rng.random() < e.patient_fraction)
     site_index = int(rng.integers(len(design.sites)))
-    null_score = float(rng.standard_normal())
+    null_score = round(float(rng.standard_normal()), 4)
     individual = rng.standard_normal()
     connectome_index = (int(rng.integers(len(design.connectome.individual)))
                         if design.connectome.individual is not None else None)
@@ -383,8 +428,7 @@ def _subject(design: _Design, index: int, measurement: dict) -> dict[str, Any]:
     site = design.sites[site_index]
     hemo = 1.0 + e.age_on_hemodynamics * a
     gt = {
-        "age": round(age, 2), "trait": round(trait, 4), "group": group, "site": site.name,
-        "null_score": round(null_score, 4),
+        "age": age, "trait": trait, "group": group, "site": site.name, "null_score": null_score,
         "tr": site.tr,
         "global_coupling": design.global_coupling * (1.0 + e.age_on_coupling * a)
         * math.exp(m.coupling_jitter * individual),
@@ -414,11 +458,14 @@ def _coupling(design: _Design, subjects: Sequence[dict], rngs) -> np.ndarray:
         else:
             noise = rng.standard_normal((c.n_parcels, c.n_parcels))
             w = c.coupling * np.exp(jitter * np.triu(noise, 1) + jitter * np.triu(noise, 1).T)
+        total = w.sum()
         w[design.trait_mask] *= gt["trait_coupling_factor"]
         if gt["group_coupling_added"]:
             w[design.group_mask] = np.maximum(
-                w[design.group_mask] + gt["group_coupling_added"] * design.mean_weight, 0.0)
-        out[b] = gt["global_coupling"] * w
+                w[design.group_mask] + gt["group_coupling_added"] * design.group_pair_weight, 0.0)
+        # Trait and group move coupling between parcel pairs but keep its total: the global
+        # level (hence overall synchrony and FC strength) belongs to age alone.
+        out[b] = gt["global_coupling"] * w * (total / w.sum())
     return out
 
 
@@ -491,7 +538,7 @@ def _simulate_batch(design: _Design, subjects: list[tuple[int, dict]], n_trs: in
     coupling = _coupling(design, gts, neural_rngs)
     frequency = np.stack([design.base_frequency + m.frequency_jitter_hz * r.standard_normal(p)
                           for r in neural_rngs])
-    frequency = np.clip(frequency, 0.2 * m.frequency_hz[0], None)
+    frequency = np.clip(frequency, 0.1 * m.frequency_hz, None)
     kappa = np.array([gt["signal_decay_per_s"] for gt in gts])[:, None]
     tau = np.array([gt["transit_time_s"] for gt in gts])[:, None]
     bold = simulate_bold(coupling, frequency_hz=frequency, bifurcation=m.bifurcation,
@@ -514,19 +561,24 @@ def _simulate_batch(design: _Design, subjects: list[tuple[int, dict]], n_trs: in
 
 def iter_cohort(n_subjects: int, *, atlas: str = "schaefer200", n_trs: int = 1200,
                 tr: float | None = None, sites: int | Sequence[Site] = 3, seed: int = 0,
-                measurement_noise: float = 0.2, drift: float = 0.0, spike_rate: float = 0.0,
+                measurement_noise: float = MEASUREMENT_NOISE, drift: float = 0.0, spike_rate: float = 0.0,
                 spike_size: float = 1.5, units: str = "raw",
                 effects: LatentEffects = LatentEffects(), model: ModelSettings = ModelSettings(),
                 batch_size: int = 32, jobs: int = 1) -> Iterator[SimulatedRecording]:
-    """Simulate a cohort batch by batch; yields recordings in subject order.
+    """Simulate a cohort batch by batch, lazily.
 
-    Same parameters as :func:`simulate_cohort`; use this to write large cohorts without
-    holding them in memory (``write_cohort(iter_cohort(...), out)``).
+    Same parameters as :func:`simulate_cohort`; the parameters are checked at once, and the
+    returned iterator yields the recordings in subject order as their batches finish. Use it
+    to write large cohorts without holding them in memory
+    (``write_cohort(iter_cohort(...), out)``).
     """
     n_subjects = _count(n_subjects, "n_subjects", 1)
     n_trs = _count(n_trs, "n_trs", 2)
     seed = _count(seed, "seed", 0)
     batch_size = _count(batch_size, "batch_size", 1)
+    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs == 0:
+        raise BrainLMInputError(f"field 'jobs' is {jobs!r}; expected a worker count >= 1, or -1 "
+                                "for all cores", "simulate")
     jobs = int(jobs)
     name = check_atlas_name(atlas)
     site_list = _resolve_sites(sites, tr)
@@ -554,9 +606,13 @@ def iter_cohort(n_subjects: int, *, atlas: str = "schaefer200", n_trs: int = 120
     batches += [b for b in filling.values() if b]
     batches.sort(key=lambda b: b[0][0])
     width = max(4, len(str(n_subjects)))
+    return _in_subject_order(_run_batches(design, batches, n_trs, units, width, jobs))
+
+
+def _in_subject_order(batches: Iterable[list[SimulatedRecording]]) -> Iterator[SimulatedRecording]:
     ready: dict[int, SimulatedRecording] = {}
     next_index = 0
-    for batch in _run_batches(design, batches, n_trs, units, width, jobs):
+    for batch in batches:
         for rec in batch:
             ready[int(rec.subject) - 1] = rec
         while next_index in ready:
@@ -578,7 +634,7 @@ def _run_batches(design, batches, n_trs, units, width, jobs) -> Iterator[list[Si
 
 def simulate_cohort(n_subjects: int, *, atlas: str = "schaefer200", n_trs: int = 1200,
                     tr: float | None = None, sites: int | Sequence[Site] = 3, seed: int = 0,
-                    measurement_noise: float = 0.2, drift: float = 0.0, spike_rate: float = 0.0,
+                    measurement_noise: float = MEASUREMENT_NOISE, drift: float = 0.0, spike_rate: float = 0.0,
                     spike_size: float = 1.5, units: str = "raw",
                     effects: LatentEffects = LatentEffects(), model: ModelSettings = ModelSettings(),
                     batch_size: int = 32, jobs: int = 1) -> list[SimulatedRecording]:
@@ -703,7 +759,9 @@ def write_cohort(recordings: Iterable[Recording], out_dir: str | Path, *, fmt: s
             dupes = table.loc[table["participant_id"].duplicated(), "participant_id"].tolist()
             raise BrainLMInputError(f"duplicate subjects {dupes[:5]}; expected one recording per "
                                     "subject", str(out))
-        columns = ["participant_id"] + [c for c in table.columns if c != "participant_id"]
+        known = [c for c in PHENOTYPES if c in table.columns]
+        columns = ["participant_id"] + known + [c for c in table.columns
+                                                if c not in known and c != "participant_id"]
         table[columns].to_csv(build / "participants.tsv", sep="\t", index=False, na_rep="n/a")
         described = {c: _COLUMN_DESCRIPTIONS[c] for c in columns if c in _COLUMN_DESCRIPTIONS}
         (build / "participants.json").write_text(json.dumps(described, indent=2))

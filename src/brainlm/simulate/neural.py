@@ -9,9 +9,10 @@ bifurcation, coupled diffusively to the others (Deco et al. 2017, *Sci. Rep.* 7:
 
 with bifurcation parameter ``a`` (``a < 0``: noise-driven damped oscillations, ``a > 0``:
 self-sustained ones), intrinsic angular frequency ``omega = 2 pi f`` with ``f`` in the
-infra-slow range (about 0.04-0.07 Hz, where resting BOLD fluctuations peak), coupling
-``K = G W`` (global coupling times connectome) and complex white noise ``eta``. ``x`` is the
-parcel's neural activity that drives the hemodynamic model.
+infra-slow range (hundredths of a hertz: the oscillators model the slow fluctuations of
+neural activity that resting BOLD follows, not fast rhythms), coupling ``K = G W`` (global
+coupling times connectome) and complex white noise ``eta``. ``x`` is the parcel's neural
+activity that drives the hemodynamic model.
 
 The linear part (``a - sum_k K_jk + i omega``) is integrated exactly and the rest by
 Euler-Maruyama ("exponential Euler"), so the oscillation neither gains nor loses amplitude from
@@ -21,6 +22,8 @@ the discretisation itself; steps of 0.1 s are accurate for these slow rhythms.
 from __future__ import annotations
 
 import numpy as np
+
+from brainlm.errors import BrainLMInputError
 
 __all__ = ["HopfNetwork", "simulate_bold"]
 
@@ -49,7 +52,11 @@ class HopfNetwork:
                  dtype=np.float32):
         k = np.array(coupling, dtype=np.float64)
         if k.ndim != 3 or k.shape[1] != k.shape[2]:
-            raise ValueError(f"coupling has shape {k.shape}; expected (B, P, P)")
+            raise BrainLMInputError(f"field 'coupling' has shape {k.shape}; expected (B, P, P): "
+                                    "one square matrix per subject", "Hopf network")
+        if not np.all(np.isfinite(k)) or not dt > 0:
+            raise BrainLMInputError("field 'coupling' must be finite and field 'dt' > 0 seconds",
+                                    "Hopf network")
         b, p, _ = k.shape
         idx = np.arange(p)
         k[:, idx, idx] = 0.0
@@ -133,7 +140,8 @@ def simulate_bold(coupling: np.ndarray, *, frequency_hz, bifurcation, noise, tr:
 
     b, p, _ = np.shape(coupling)
     if len(rngs) != b:
-        raise ValueError(f"{len(rngs)} noise streams for {b} subjects")
+        raise BrainLMInputError(f"field 'rngs' has {len(rngs)} noise streams; expected one per "
+                                f"subject ({b})", "simulate_bold")
     steps_per_tr = max(1, int(np.ceil(tr / dt_max - 1e-9)))
     dt = tr / steps_per_tr
     network = HopfNetwork(coupling, bifurcation, frequency_hz, noise, dt)
