@@ -22,7 +22,7 @@ from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.simulate import (DEFAULT_SITES, LatentEffects, ModelSettings, SimulatedRecording,
                               load_connectome, reference_fc, simulate_cohort, write_cohort)
-from brainlm.simulate.cohort import effect_masks, limbic_prefrontal
+from brainlm.simulate.cohort import auto_batch_size, effect_masks, limbic_prefrontal
 from brainlm.simulate.command import register, run
 from brainlm.simulate.hemodynamics import BalloonWindkessel
 from brainlm.simulate.neural import HopfNetwork
@@ -183,19 +183,24 @@ def test_ground_truth_follows_the_documented_effects(small):
     for rec in small:
         gt = rec.ground_truth
         a = (gt["age"] - 50) / 30
-        assert gt["trait_coupling_factor"] == pytest.approx(np.exp(e.trait_on_coupling * gt["trait"]), rel=1e-5)
+        hemo = 1 + e.age_on_hemodynamics * a
+        noise = {s.name: s.noise_scale for s in DEFAULT_SITES}[rec.site] * (1 + e.age_on_noise * a)
+        trait = np.exp(e.trait_on_coupling * gt["trait"])
+        assert gt["trait_coupling_factor"] == pytest.approx(trait)
         assert gt["group_coupling_added"] == (e.group_on_coupling if gt["group"] else 0.0)
-        assert gt["transit_time_s"] == pytest.approx(0.98 * (1 + e.age_on_hemodynamics * a), rel=1e-5)
-        assert gt["signal_decay_per_s"] == pytest.approx(0.65 / (1 + e.age_on_hemodynamics * a), rel=1e-5)
-        scale = {s.name: s.noise_scale for s in DEFAULT_SITES}[rec.site]
-        assert gt["measurement_noise_pct"] == pytest.approx(0.3 * scale * (1 + e.age_on_noise * a), rel=1e-5)
+        assert gt["transit_time_s"] == pytest.approx(0.98 * hemo, rel=1e-5)
+        assert gt["signal_decay_per_s"] == pytest.approx(0.65 / hemo, rel=1e-5)
+        assert gt["measurement_noise_pct"] == pytest.approx(0.3 * noise, rel=1e-5)
 
 
 def test_same_seed_same_cohort_whatever_the_batching_and_jobs(small):
-    again = simulate_cohort(6, atlas="schaefer100", n_trs=120, sites=3, seed=3, batch_size=1, jobs=2)
+    again = simulate_cohort(6, atlas="schaefer100", n_trs=120, sites=3, seed=3, batch_size=1,
+                            jobs=2)
     for a, b in zip(small, again):
         np.testing.assert_array_equal(a.timeseries, b.timeseries)
         assert a.phenotypes == b.phenotypes and a.ground_truth == b.ground_truth
+    # Batches fit the CPU cache, and every worker gets one.
+    assert (auto_batch_size(94), auto_batch_size(200), auto_batch_size(400)) == (64, 32, 8)
     # Randomness is keyed by subject: a larger cohort extends a smaller one.
     bigger = simulate_cohort(8, atlas="schaefer100", n_trs=120, sites=3, seed=3)
     for a, b in zip(small, bigger):
@@ -285,8 +290,9 @@ def test_cli_writes_a_cohort_that_prepare_reads_as_is(tmp_path, capsys):
     np.testing.assert_array_equal(np.load(out / "sub-0004/func/sub-0004_task-rest_bold.npy"),
                                   same[3].timeseries)
 
+    contract = PreprocessingContract(target_tr=0.72, percent_signal_change=True)
     corpus = prepare_corpus([out], tmp_path / "corpus", atlas=load_atlas("schaefer100"),
-                            contract=PreprocessingContract(target_tr=0.72, percent_signal_change=True))
+                            contract=contract)
     manifest = pd.read_parquet(tmp_path / "corpus" / "manifest.parquet")
     assert len(corpus) == 9 and set(manifest["tr"]) == {0.72}
     by_subject = manifest.set_index("subject")
@@ -427,5 +433,6 @@ def test_effects_act_where_documented(prediction_cohort):
     effect = (limbic[group == 1].mean() - limbic[group == 0].mean()) / limbic.std()
     assert effect > 0.5                                             # group: limbic coupling
     # Site: the noisiest site (B) has the least autocorrelated signal, the quietest (C) the most.
-    ac1 = table.assign(ac1=[bold_stats(r.timeseries, r.tr)[0] for r in recs]).groupby("site")["ac1"].median()
+    ac1 = pd.Series([bold_stats(r.timeseries, r.tr)[0] for r in recs])
+    ac1 = ac1.groupby(table["site"]).median()
     assert ac1["C"] > ac1["A"] > ac1["B"]

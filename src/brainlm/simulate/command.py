@@ -37,8 +37,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help=f"{' | '.join(SIMULATION_ATLASES)} (default: schaefer200)")
     p.add_argument("--out", required=True, help="cohort folder to create")
     g = p.add_argument_group("acquisition")
-    g.add_argument("--n-trs", type=int, default=1200, metavar="T", help="TRs per recording (default 1200)")
-    g.add_argument("--sites", type=int, default=3,
+    g.add_argument("--n-trs", type=int, default=1200, metavar="T",
+                   help="TRs per recording (default 1200)")
+    g.add_argument("--sites", type=int, default=3, metavar="N",
                    help=f"number of sites, 1-{len(DEFAULT_SITES)} (TRs "
                    f"{', '.join(f'{s.name}: {s.tr:g} s' for s in DEFAULT_SITES)}; default 3)")
     g.add_argument("--tr", type=float, metavar="S", help="one repetition time (s) for every site")
@@ -54,17 +55,21 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--units", default="raw", choices=UNITS,
                    help="raw scanner-like intensities (use prepare --psc) or percent signal change")
     g = p.add_argument_group("latent variables")
-    g.add_argument("--age-min", type=float, default=20.0, help="youngest age, years (default 20)")
-    g.add_argument("--age-max", type=float, default=80.0, help="oldest age, years (default 80)")
-    g.add_argument("--patient-fraction", type=float, default=0.5,
+    g.add_argument("--age-min", type=float, default=20.0, metavar="YEARS",
+                   help="youngest age, years (default 20)")
+    g.add_argument("--age-max", type=float, default=80.0, metavar="YEARS",
+                   help="oldest age, years (default 80)")
+    g.add_argument("--patient-fraction", type=float, default=0.5, metavar="P",
                    help="probability of group 1 (patient), default 0.5")
-    g.add_argument("--effect-scale", type=float, default=1.0,
+    g.add_argument("--effect-scale", type=float, default=1.0, metavar="X",
                    help="multiplies every latent effect (0: phenotypes without effect; default 1)")
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--jobs", type=int, default=1, help="worker processes (-1: all cores)")
-    g.add_argument("--batch-size", type=int, default=32,
-                   help="subjects integrated together (speed only; default 32)")
+    g.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    g.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="worker processes (-1: all cores)")
+    g.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="subjects integrated together (speed only; default: as many as fit "
+                   "the CPU cache, 32 at 200 parcels)")
     g.add_argument("--format", default="npy", choices=FORMATS, help="time-series file format")
     g.add_argument("--overwrite", action="store_true", help="replace an existing cohort folder")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -110,7 +115,7 @@ def _run(args) -> int:
 
     if not isinstance(args.effect_scale, (int, float)) or not args.effect_scale >= 0:
         raise BrainLMInputError(f"option 'effect_scale' is {args.effect_scale!r}; expected a "
-                                "number >= 0", "simulate")
+                                "number >= 0")
     atlas = check_atlas_name(args.atlas)
     effects = _effects(args)
     model = ModelSettings()
@@ -140,6 +145,7 @@ def _run(args) -> int:
     hint = f" --target-tr {trs[0]:g}" if len(trs) > 1 else ""
     psc = " --psc" if args.units == "raw" else ""
     print(f"wrote {args.subjects} recordings ({args.n_trs} TRs, atlas {atlas}, sites "
-          f"{', '.join(sorted(seen['sites']))}, TR {', '.join(f'{t:g}' for t in trs)} s) to {out} "
-          f"in {seconds:.1f} s\nnext: brainlm prepare {out} --out CORPUS --atlas {atlas}{psc}{hint}")
+          f"{', '.join(sorted(seen['sites']))}, TR {', '.join(f'{t:g}' for t in trs)} s) to "
+          f"{out} in {seconds:.1f} s")
+    print(f"next: brainlm prepare {out} --out CORPUS --atlas {atlas}{psc}{hint}")
     return 0

@@ -5,7 +5,8 @@ bifurcation, coupled diffusively to the others (Deco et al. 2017, *Sci. Rep.* 7:
 
 .. math::
 
-    \\dot z_j = (a_j + i \\omega_j - |z_j|^2) z_j + \\sum_k K_{jk} (z_k - z_j) + \\sigma_j \\eta_j(t),
+    \\dot z_j = (a_j + i \\omega_j - |z_j|^2) z_j + \\sum_k K_{jk} (z_k - z_j)
+              + \\sigma_j \\eta_j(t),
 
 with bifurcation parameter ``a`` (``a < 0``: noise-driven damped oscillations, ``a > 0``:
 self-sustained ones), intrinsic angular frequency ``omega = 2 pi f`` with ``f`` in the
@@ -148,8 +149,9 @@ def simulate_bold(coupling: np.ndarray, *, frequency_hz, bifurcation, noise, tr:
     hemo = BalloonWindkessel((b, p), balloon or BalloonParameters(), kappa=kappa, tau=tau)
     # Start the oscillators at their typical amplitude rather than at rest: the slowest
     # (global) mode relaxes over 1/|a| = tens of seconds, longer than any affordable burn-in.
-    sd = np.broadcast_to(np.asarray(noise, dtype=np.float64), (b, p)) / np.sqrt(
-        2.0 * np.maximum(np.abs(np.broadcast_to(np.asarray(bifurcation, dtype=np.float64), (b, p))), 1e-3))
+    sigma = np.broadcast_to(np.asarray(noise, dtype=np.float64), (b, p))
+    a = np.broadcast_to(np.asarray(bifurcation, dtype=np.float64), (b, p))
+    sd = sigma / np.sqrt(2.0 * np.maximum(np.abs(a), 1e-3))
     start = np.stack([g.standard_normal((p, 2)) for g in rngs]) * sd[:, :, None]
     network.z = start.astype(network.dtype)
     n_burn = int(np.ceil(burn_in_s / tr))
