@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -35,3 +36,16 @@ def write_parquet_atomic(df: pd.DataFrame, path: str | Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def publish_directory(finished: str | Path, target: str | Path) -> None:
+    """Rename a fully written folder to ``target``; an existing ``target`` is replaced only now,
+    so readers see the old folder or the whole new one."""
+    finished, target = Path(finished), Path(target)
+    if target.exists():
+        old = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(finished, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(finished, target)

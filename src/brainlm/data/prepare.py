@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from brainlm.data.atlas import Atlas
-from brainlm.data.atomic import write_parquet_atomic, write_text_atomic
+from brainlm.data.atomic import publish_directory, write_parquet_atomic, write_text_atomic
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import CORPUS_FORMAT, CORPUS_VERSION, MANIFEST_COLUMNS, Corpus
 from brainlm.data.recording import Recording
@@ -220,7 +220,7 @@ def prepare_corpus(
     write_text_atomic(build / "corpus.json", json.dumps(info, indent=2))
     shutil.rmtree(done_dir)
     (build / "settings.json").unlink()
-    _publish(build, out)
+    publish_directory(build, out)
     return Corpus(out)
 
 
@@ -415,14 +415,3 @@ def _remove_orphan_arrays(build: Path, keep: set[str]) -> None:
     for child in store.iterdir():
         if child.is_dir() and child.name not in keep:
             shutil.rmtree(child)
-
-
-def _publish(build: Path, out: Path) -> None:
-    """Rename the finished build into place; an existing corpus is replaced only now."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(build, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(build, out)

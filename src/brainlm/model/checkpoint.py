@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from brainlm.data.atlas import Atlas
-from brainlm.data.atomic import write_text_atomic
+from brainlm.data.atomic import publish_directory, write_text_atomic
 from brainlm.data.contract import PreprocessingContract
 from brainlm.errors import BrainLMInputError
 
@@ -56,13 +55,7 @@ def save_pretrained(model, directory) -> None:
             model.contract.save(tmp / "contract.json")
         if model.atlas is not None:
             write_text_atomic(tmp / "atlas.json", json.dumps(model.atlas.to_dict()))
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
+        publish_directory(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
