@@ -35,16 +35,17 @@ _HCP7_FILE = "hcp7_aal2_rest.npz"
 _REST01_FILE = "schaefer100_rest01.npz"
 
 
-def _load_npz(filename: str) -> dict[str, np.ndarray]:
-    """Read a vendored ``.npz`` resource fully into memory (works from wheels and zips too)."""
-    ref = resources.files("brainlm.data") / "resources" / filename
+def load_packaged_npz(relative_path: str) -> dict[str, np.ndarray]:
+    """Read a vendored ``.npz`` under ``brainlm/data/resources`` fully into memory (works from
+    wheels and zips too); used by the samples here and by the simulator's connectomes."""
+    ref = resources.files("brainlm.data") / "resources" / relative_path
     try:
         with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except FileNotFoundError:
         raise BrainLMInputError(
-            "packaged sample data file is missing; reinstall brainlm (the package data "
-            "'data/resources/*' was not installed)", f"brainlm/data/resources/{filename}") from None
+            "packaged data file is missing; reinstall brainlm (the package data "
+            "'data/resources/**' was not installed)", f"brainlm/data/resources/{relative_path}") from None
 
 
 def load_hcp7_aal2() -> list[Recording]:
@@ -74,7 +75,7 @@ def load_hcp7_aal2() -> list[Recording]:
     Human Connectome Project, WU-Minn Consortium; using them means accepting the HCP open
     access data use terms and acknowledging the HCP (see ``resources/README.md``).
     """
-    data = _load_npz(_HCP7_FILE)
+    data = load_packaged_npz(_HCP7_FILE)
     atlas = load_atlas("aal2")
     ts = data["timeseries"]
     subjects = [str(s) for s in data["subjects"]]
@@ -120,7 +121,7 @@ def load_schaefer100_rest(drop_dummy_frames: bool = True) -> Recording:
     Source: brainfc 0.5.1 (Apache-2.0), ``brainfc/data/rest01/``; TE 23 ms, no slice-timing
     or susceptibility-distortion correction. See ``resources/README.md``.
     """
-    data = _load_npz(_REST01_FILE)
+    data = load_packaged_npz(_REST01_FILE)
     atlas = load_atlas("schaefer100")
     ts = data["timeseries"]
     conf = pd.DataFrame(data["confounds"], columns=[str(c) for c in data["confound_names"]])

@@ -19,11 +19,11 @@ for every atlas. Provenance and licences: ``brainlm/data/resources/connectomes/R
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 
 import numpy as np
 
 from brainlm.data.atlas import Atlas, load_atlas
+from brainlm.data.samples import load_packaged_npz
 from brainlm.errors import BrainLMInputError
 
 __all__ = ["SIMULATION_ATLASES", "Connectome", "check_atlas_name", "functional_coupling",
@@ -69,15 +69,7 @@ class Connectome:
 
 
 def _load_resource(filename: str) -> dict[str, np.ndarray]:
-    ref = resources.files("brainlm.data") / "resources" / "connectomes" / filename
-    try:
-        with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
-        raise BrainLMInputError(
-            "packaged connectome file is missing; reinstall brainlm (the package data "
-            "'data/resources/connectomes/*' was not installed)",
-            f"brainlm/data/resources/connectomes/{filename}") from None
+    return load_packaged_npz(f"connectomes/{filename}")
 
 
 def check_atlas_name(name: str) -> str:
