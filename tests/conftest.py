@@ -1,8 +1,15 @@
-"""Shared fixtures: real HCP data (embedded) written out as a BIDS-like folder of files."""
+"""Shared fixtures: the embedded real HCP data, as recordings, as a BIDS-like folder of files, as a
+prepared corpus, and a ``tiny`` model pretrained on it (one per test session).
+
+Set ``BRAINLM_TEST_RUN_CACHE`` to a folder to keep the pretrained run between pytest sessions
+while developing (CI leaves it unset and trains afresh).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +59,32 @@ def write_hcp_folder(root: Path, recordings, *, runs: int = 2, sidecar: bool = T
 @pytest.fixture
 def hcp_folder(tmp_path, hcp):
     return write_hcp_folder(tmp_path / "bids", hcp)
+
+
+@pytest.fixture(scope="session")
+def hcp_corpus(tmp_path_factory, hcp):
+    """The 7 HCP recordings prepared on AAL2 (percent signal change, default splits 5/1/1)."""
+    from brainlm.data.atlas import load_atlas
+    from brainlm.data.contract import PreprocessingContract
+    from brainlm.data.prepare import prepare_corpus
+
+    return prepare_corpus(hcp, tmp_path_factory.mktemp("pre") / "corpus", atlas=load_atlas("aal2"),
+                          contract=PreprocessingContract(percent_signal_change=True))
+
+
+@pytest.fixture(scope="session")
+def trained(hcp_corpus, tmp_path_factory):
+    """A run folder of `brainlm pretrain` with the tiny preset, 40 epochs (a few CPU minutes);
+    the checkpoint is ``trained / "model"``."""
+    from brainlm.cli import main
+
+    cache = os.environ.get("BRAINLM_TEST_RUN_CACHE")
+    if cache and (Path(cache) / "model" / "model.safetensors").exists():
+        return Path(cache)
+    run = tmp_path_factory.mktemp("run") / "run"
+    assert main(["pretrain", hcp_corpus.path, "--out", str(run), "--preset", "tiny", "--epochs", "40",
+                 "--quiet"]) == 0
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.copytree(run, cache)
+    return run

@@ -22,21 +22,6 @@ from brainlm.model import BrainLM, MaskSpec
 HERE = Path(__file__).parent
 
 
-@pytest.fixture(scope="module")
-def hcp_corpus(tmp_path_factory, hcp):
-    return prepare_corpus(hcp, tmp_path_factory.mktemp("pre") / "corpus", atlas=load_atlas("aal2"),
-                          contract=PreprocessingContract(percent_signal_change=True))
-
-
-@pytest.fixture(scope="module")
-def trained(hcp_corpus, tmp_path_factory):
-    """`brainlm pretrain` with the tiny preset: a few CPU minutes."""
-    run = tmp_path_factory.mktemp("run") / "run"
-    assert main(["pretrain", hcp_corpus.path, "--out", str(run), "--preset", "tiny", "--epochs", "40",
-                 "--quiet"]) == 0
-    return run
-
-
 def test_tiny_pretraining_beats_trivial_baselines(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
     last = metrics["metrics_last_epoch"]

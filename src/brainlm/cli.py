@@ -13,6 +13,13 @@ from pathlib import Path
 
 from brainlm.errors import BrainLMInputError
 
+#: Sub-commands that live next to the code they run. Each module has ``register(subparsers)``,
+#: which adds one or more sub-commands and sets ``handler=run`` on them through
+#: ``parser.set_defaults``, and ``run(args) -> int``.
+COMMAND_MODULES = (
+    "brainlm.simulate.command",
+)
+
 
 def _floats(text: str) -> list[float]:
     try:
@@ -122,9 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
 
-    from brainlm.simulate.command import register as register_simulate
+    import importlib
 
-    register_simulate(sub)
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        for parser_ in _as_list(module.register(sub)):
+            parser_.set_defaults(handler=module.run)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded real data")
     p.add_argument("--out", default="demo-out", help="output folder (default: ./demo-out)")
@@ -153,10 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                        batch_size=args.batch_size, device=args.device)
             print(f"{len(df)} rows of embeddings written to {args.out}")
             return 0
-        if args.command == "simulate":
-            from brainlm.simulate.command import run as run_simulate
-
-            return run_simulate(args)
+        if getattr(args, "handler", None) is not None:
+            return args.handler(args)
         if args.command == "demo":
             from brainlm.demo import run_demo
 
@@ -169,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"brainlm {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     return 1
+
+
+def _as_list(parsers) -> list:
+    return list(parsers) if isinstance(parsers, (list, tuple)) else [parsers]
 
 
 def _prepare(args) -> int:
