@@ -37,14 +37,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"brainlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="build a corpus from parcellated time series",
+    p = sub.add_parser("prepare", help="build a corpus from parcellated time series or scans",
                        description="Read parcellated time series (.npy .npz .csv .tsv .txt .mat .h5 "
-                       ".parquet; folders are searched), clean and resample them, split subjects "
-                       "into train/val/test, fit robust scaling on train, and write a corpus.")
+                       ".parquet; folders are searched) with --atlas, or scans (4-D NIfTI, GIfTI, "
+                       "CIFTI; an fMRIPrep derivatives folder) with --atlas-image; clean and "
+                       "resample them, split subjects into train/val/test, fit robust scaling on "
+                       "train, and write a corpus.")
     p.add_argument("sources", nargs="+", help="files or folders (a participants.tsv in a folder is used)")
     p.add_argument("--out", required=True, help="corpus folder to create")
-    p.add_argument("--atlas", required=True,
-                   help="aal2 | schaefer100 | schaefer200 | schaefer400 | a TSV with name,x,y,z[,network]")
+    p.add_argument("--atlas",
+                   help="for parcellated time series: aal2 | schaefer100 | schaefer200 | "
+                   "schaefer400 | a TSV with name,x,y,z[,network]")
+    g = p.add_argument_group("scans (4-D NIfTI, GIfTI, CIFTI; fMRIPrep derivatives)")
+    g.add_argument("--atlas-image", action="append", metavar="FILE",
+                   help="atlas to parcellate scans with: a NIfTI (3-D labels or 4-D probabilistic "
+                   "maps), a .dlabel.nii, or a surface atlas given twice (left and right .annot or "
+                   ".label.gii); parcel centres are computed from it")
+    g.add_argument("--atlas-labels", metavar="TABLE",
+                   help="names of the atlas labels: TSV/CSV with index,name[,network] or a .txt")
+    g.add_argument("--surface-mesh", action="append", metavar="MESH",
+                   help="mesh of a surface atlas: fsaverage5 (default, bundled with nilearn) or "
+                   "the left and right GIfTI surface files (given twice)")
+    g.add_argument("--confounds", default="auto",
+                   help="auto (simple when fMRIPrep confounds files are present, else none) | none | "
+                   "simple | scrubbing | compcor | ica_aroma | a comma list of nilearn "
+                   "load_confounds components (motion,wm_csf,high_pass,global_signal,compcor,scrub)")
+    g.add_argument("--global-signal", choices=["basic", "power2", "derivatives", "full"],
+                   help="add global signal regression to the confound strategy")
+    g.add_argument("--fd-threshold", type=float, metavar="MM",
+                   help="framewise displacement above which scrubbing censors a volume (nilearn: 0.5)")
+    g.add_argument("--max-censored", type=float, default=0.5, metavar="FRACTION",
+                   help="reject scans with more censored volumes than this (default 0.5)")
+    g.add_argument("--space", help="BIDS space- of the scans to use (fMRIPrep writes several)")
+    g.add_argument("--res", help="BIDS res- of the scans to use")
+    g.add_argument("--read-volumes", type=int, default=32, metavar="N",
+                   help="volumes of a 4-D NIfTI read at a time (bounds memory per worker)")
+    g.add_argument("--dask-scheduler", metavar="ADDRESS",
+                   help="parcellate on a Dask cluster (tcp://host:8786, or 'local'); needs brainlm[dask] "
+                   "and an --out on a file system the workers share")
     g = p.add_argument_group("reading")
     g.add_argument("--tr", type=float, help="repetition time in seconds for files without a JSON sidecar")
     g.add_argument("--orientation", default="auto", choices=["auto", "time-by-parcel", "parcel-by-time"])
@@ -192,8 +222,19 @@ def _prepare(args) -> int:
         target_tr=args.target_tr, drop_initial_trs=args.drop_initial, percent_signal_change=args.psc,
         detrend=not args.no_detrend, high_pass_hz=args.high_pass, low_pass_hz=args.low_pass,
         bad_parcels=args.bad_parcels)
+    if args.atlas is None and not args.atlas_image:
+        raise BrainLMInputError("pass --atlas (parcellated time series) or --atlas-image (NIfTI, "
+                                "GIfTI or CIFTI scans)")
+    options = {k: v for k, v in (("global_signal", args.global_signal),
+                                 ("fd_threshold", args.fd_threshold)) if v is not None}
+    mesh = args.surface_mesh
     corpus = prepare_corpus(
-        args.sources, args.out, atlas=load_atlas(args.atlas), contract=contract, tr=args.tr,
+        args.sources, args.out, atlas=load_atlas(args.atlas) if args.atlas else None,
+        atlas_image=args.atlas_image, atlas_labels=args.atlas_labels,
+        surface_mesh=mesh[0] if mesh and len(mesh) == 1 else mesh, confounds=args.confounds,
+        confound_options=options, max_censored=args.max_censored, space=args.space, res=args.res,
+        read_volumes=args.read_volumes, dask_scheduler=args.dask_scheduler,
+        contract=contract, tr=args.tr,
         orientation=args.orientation, key=args.key, participants=args.participants,
         id_column=args.id_column, allow_missing_phenotypes=args.allow_missing_phenotypes,
         min_trs=args.min_trs, too_short=args.too_short, on_error=args.on_error,
@@ -201,13 +242,22 @@ def _prepare(args) -> int:
         layout=StoreLayout(chunk_trs=args.chunk_trs, compression=args.compression),
         overwrite=args.overwrite, restart=args.restart, progress=not args.quiet)
     print_summary(corpus.summary())
+    ingestion = corpus.info.get("ingestion")
+    if ingestion:
+        conf = ingestion["confounds"]
+        print(f"scans parcellated with {ingestion['atlas_image']['masker']}; confounds: "
+              f"{conf['strategy']}" + (f" ({conf['loader']['function']})" if "loader" in conf else "")
+              + f"; {ingestion['censored_volumes']} volume(s) censored, "
+              f"{ingestion['interpolated_volumes']} interpolated, {ingestion['trimmed_volumes']} "
+              "trimmed; per scan: ingestion.parquet")
     return 0
 
 
 def _pretrain(args) -> int:
     from brainlm.train.pretrain import PretrainSettings, pretrain
 
-    overrides = {k: v for k, v in (("window_trs", args.window_trs), ("patch_trs", args.patch_trs)) if v}
+    overrides = {k: v for k, v in (("window_trs", args.window_trs), ("patch_trs", args.patch_trs),
+                                   ("decoder_attention", args.decoder_attention)) if v}
     devices = int(args.devices) if args.devices.isdigit() else args.devices
     settings = PretrainSettings(
         corpus=str(Path(args.corpus).resolve()), preset=args.preset, model_overrides=overrides,

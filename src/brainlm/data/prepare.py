@@ -6,13 +6,20 @@ marker per recording, so an interrupted run resumes where it stopped.
 Pass 2 (parallel): pool robust-scaling statistics over the training split only.
 Then the manifest, atlas, contract and, last, ``corpus.json`` are written and the build folder
 ``CORPUS.partial`` is renamed to ``CORPUS``: a corpus that looks complete is complete.
+
+Sources are parcellated time series (with ``atlas``), or scans -- 4-D NIfTI, GIfTI pairs, CIFTI,
+e.g. an fMRIPrep derivatives folder -- parcellated in pass 1 with an atlas image
+(``atlas_image``; see :mod:`brainlm.data.extraction`) and denoised with a confound strategy.
+Pass 1 runs on joblib worker processes, or on a Dask cluster (``dask_scheduler``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -29,7 +36,7 @@ from brainlm.data.corpus import CORPUS_FORMAT, CORPUS_VERSION, MANIFEST_COLUMNS,
 from brainlm.data.recording import Recording
 from brainlm.data.scaling import QuartileHistogram, QuartileRange
 from brainlm.data.sources import (SourceSpec, attach_phenotypes, check_unique_ids, discover_files,
-                                  specs_from_files, specs_from_recordings)
+                                  specs_from_files, specs_from_recordings, specs_from_scans)
 from brainlm.data.splits import assign_splits
 from brainlm.errors import BrainLMInputError
 
@@ -60,7 +67,16 @@ def prepare_corpus(
     sources: Sequence[str | Path | Recording],
     out: str | Path,
     *,
-    atlas: Atlas,
+    atlas: Atlas | None = None,
+    atlas_image=None,
+    atlas_labels: str | Path | None = None,
+    surface_mesh=None,
+    confounds="auto",
+    confound_options: dict | None = None,
+    max_censored: float = 0.5,
+    space: str | None = None,
+    res: str | None = None,
+    read_volumes: int = 32,
     contract: PreprocessingContract | None = None,
     tr: float | None = None,
     orientation: str = "auto",
@@ -75,6 +91,7 @@ def prepare_corpus(
     split_seed: int = 0,
     split_by: str = "subject",
     jobs: int = 1,
+    dask_scheduler: str | None = None,
     layout: StoreLayout = StoreLayout(),
     overwrite: bool = False,
     restart: bool = False,
@@ -86,11 +103,37 @@ def prepare_corpus(
     ----------
     sources : sequence of path or Recording
         Time-series files, folders (searched recursively; a ``participants.tsv`` at the top of a
-        folder is used when ``participants`` is not given) or Recordings.
+        folder is used when ``participants`` is not given) or Recordings. With ``atlas_image``:
+        scans or folders of scans (an fMRIPrep derivatives folder: ``*_desc-preproc_bold.nii.gz``,
+        ``*_hemi-L/R_*_bold.func.gii``, ``*_bold.dtseries.nii``; the raw dataset's
+        ``participants.tsv`` is used for ``<dataset>/derivatives/<pipeline>``).
     out : path
         Corpus folder to create (local disk).
     atlas : Atlas
-        Parcellation of every recording (its parcel count is checked against each file).
+        Parcellation of every recording (its parcel count is checked against each file). Give
+        either ``atlas`` (parcellated time series) or ``atlas_image`` (scans).
+    atlas_image : path, pair of paths, VolumeAtlas or SurfaceAtlas, optional
+        Atlas to parcellate scans with: a NIfTI (3-D labels, or 4-D probabilistic maps), a left
+        and right ``.annot``/``.label.gii``, or a ``.dlabel.nii``. Parcel centres (MNI mm) are
+        computed from it; see :func:`brainlm.data.extraction.load_atlas_image`.
+    atlas_labels : path, optional
+        Names (and networks) of the atlas labels (TSV with ``index, name[, network]``).
+    surface_mesh : str or pair of paths, optional
+        Mesh of a surface atlas (default fsaverage5, bundled with nilearn).
+    confounds : str or ConfoundStrategy
+        ``"auto"`` (``"simple"`` when the scans have fMRIPrep confounds files, else ``"none"``),
+        ``"none"``, a nilearn preset (``"simple"``, ``"scrubbing"``, ``"compcor"``,
+        ``"ica_aroma"``) or a comma-separated list of ``load_confounds`` components. Recorded
+        in ``corpus.json`` (``ingestion``).
+    confound_options : dict, optional
+        Keyword arguments for nilearn's loader, e.g. ``{"global_signal": "basic"}`` or
+        ``{"fd_threshold": 0.3}``.
+    max_censored : float
+        Largest fraction of volumes a confound strategy may censor in a scan.
+    space, res : str, optional
+        BIDS ``space-``/``res-`` of the scans to use (fMRIPrep writes several).
+    read_volumes : int
+        Volumes of a 4-D NIfTI read at a time (bounds each worker's memory).
     contract : PreprocessingContract, optional
         Cleaning settings; its scaling statistics are fitted here on the training split.
     tr : float, optional
@@ -111,6 +154,10 @@ def prepare_corpus(
         site and subject id) or of whole sites (``"site"``).
     jobs : int
         Worker processes for cleaning and statistics (-1: all cores).
+    dask_scheduler : str, optional
+        Run pass 1 on a Dask cluster: a scheduler address (``tcp://host:8786``; ``out`` must be
+        on a file system the workers share) or ``"local"`` (a local cluster of ``jobs``
+        processes). Needs the ``dask`` extra.
     layout : StoreLayout
         Chunking and compression of the array store.
     overwrite : bool
@@ -134,7 +181,25 @@ def prepare_corpus(
     if out.exists() and not overwrite:
         raise BrainLMInputError("output already exists; pass --overwrite to replace it", str(out))
 
-    specs, participants_path = _collect_specs(sources, tr)
+    parcellation = None
+    if atlas_image is not None:
+        parcellation = _image_parcellation(atlas, atlas_image, atlas_labels, surface_mesh,
+                                           read_volumes, contract)
+        atlas = parcellation.atlas
+    elif atlas is None:
+        raise BrainLMInputError("no atlas: pass atlas (--atlas) for parcellated time series, or "
+                                "atlas_image (--atlas-image) for NIfTI/GIfTI/CIFTI scans")
+    elif surface_mesh is not None or atlas_labels is not None:
+        raise BrainLMInputError("atlas_labels and surface_mesh apply only with an atlas image "
+                                "(--atlas-image)")
+
+    specs, participants_path = _collect_specs(sources, tr, parcellation, space, res)
+    if parcellation is not None:
+        parcellation = _with_confounds(parcellation, confounds, confound_options, max_censored, specs)
+    elif confounds not in ("auto", "none", None):
+        raise BrainLMInputError("a confound strategy applies to scans parcellated with an atlas "
+                                "image (--atlas-image); parcellated tables are denoised by the "
+                                "contract's confounds")
     participants = participants or participants_path
     phenotype_columns: list[str] = []
     if participants is not None:
@@ -158,13 +223,16 @@ def prepare_corpus(
         "atlas": atlas.to_dict(), "orientation": orientation, "key": key, "tr": tr,
         "min_trs": int(min_trs), "too_short": too_short, "layout": asdict(layout),
     }
+    if parcellation is not None:
+        settings["extraction"] = parcellation.to_dict()
     _open_build(build, settings, restart)
 
     done_dir = build / "done"
     pending = [s for s in specs if not (done_dir / f"{s.recording_id}.json").exists()]
     results = _run_pass1(pending, build, atlas, contract, dict(orientation=orientation, key=key,
-                         min_trs=int(min_trs), too_short=too_short, on_error=on_error),
-                         layout, jobs, progress)
+                         min_trs=int(min_trs), too_short=too_short, on_error=on_error,
+                         parcellation=parcellation),
+                         layout, jobs, progress, dask_scheduler)
     failures = [r for r in results if r["status"] == "failed"]
 
     records, skipped = [], []
@@ -206,6 +274,10 @@ def prepare_corpus(
     write_parquet_atomic(skipped_df, build / "skipped.parquet")
     write_text_atomic(build / "atlas.json", json.dumps(atlas.to_dict()))
     fitted.save(build / "contract.json")
+    ingestion = None
+    if parcellation is not None:
+        ingestion = _ingestion_record(parcellation, records, space, res)
+        write_parquet_atomic(_ingestion_table(records), build / "ingestion.parquet")
     from brainlm import __version__
 
     info = {
@@ -217,6 +289,8 @@ def prepare_corpus(
         "split_by": split_by, "split_seed": int(split_seed), "fractions": list(map(float, fractions)),
         "layout": asdict(layout),
     }
+    if ingestion is not None:
+        info["ingestion"] = ingestion
     write_text_atomic(build / "corpus.json", json.dumps(info, indent=2))
     shutil.rmtree(done_dir)
     (build / "settings.json").unlink()
@@ -230,14 +304,61 @@ def _check_choice(value, allowed, name):
         raise BrainLMInputError(f"option {name!r} is {value!r}; expected one of {list(allowed)}")
 
 
-def _collect_specs(sources, tr) -> tuple[list[SourceSpec], Path | None]:
+def _image_parcellation(atlas, atlas_image, atlas_labels, surface_mesh, read_volumes, contract):
+    from brainlm.data.extraction import ImageParcellation, load_atlas_image
+    from brainlm.data.surfaces import SurfaceAtlas
+    from brainlm.data.volumes import VolumeAtlas
+
+    if atlas is not None:
+        raise BrainLMInputError("pass either atlas (--atlas: parcellated time series) or atlas_image "
+                                "(--atlas-image: scans), not both; an atlas image defines its own "
+                                "parcels and centres")
+    if isinstance(atlas_image, (VolumeAtlas, SurfaceAtlas)):
+        image = atlas_image
+    else:
+        image = load_atlas_image(atlas_image, atlas_labels, mesh=surface_mesh)
+    if int(read_volumes) < 1:
+        raise BrainLMInputError(f"read_volumes is {read_volumes!r}; expected a positive integer")
+    return ImageParcellation(atlas_image=image, read_volumes=int(read_volumes),
+                             bad_parcels=contract.bad_parcels)
+
+
+def _with_confounds(parcellation, confounds, options, max_censored, specs):
+    """The parcellation with its confound strategy settled (``"auto"``: ``simple`` for fMRIPrep
+    scans, which have a confounds table beside them; ``none`` otherwise)."""
+    from dataclasses import replace
+
+    from brainlm.data.fmriprep import confounds_file_for, parse_confound_strategy
+
+    if confounds == "auto" or confounds is None:
+        has_tables = any(s.path is not None and s.kind != "table" and confounds_file_for(s.path)
+                         for s in specs)
+        confounds = "simple" if has_tables and confounds == "auto" else "none"
+    strategy = parse_confound_strategy(confounds, max_censored=max_censored, **(options or {}))
+    if options and not strategy.enabled:
+        raise BrainLMInputError(f"confound options {sorted(options)} given but no confound strategy "
+                                "applies (--confounds none, or no fMRIPrep confounds files found)")
+    return replace(parcellation, confounds=strategy)
+
+
+def _collect_specs(sources, tr, parcellation=None, space=None, res=None) -> tuple[list[SourceSpec], Path | None]:
     if len(sources) == 0:
         raise BrainLMInputError("no sources given; expected files, folders or Recordings")
     recordings = [s for s in sources if isinstance(s, Recording)]
     paths = [s for s in sources if not isinstance(s, Recording)]
     specs: list[SourceSpec] = specs_from_recordings(recordings)
     found_participants = None
-    if paths:
+    if paths and parcellation is not None:
+        from brainlm.data.fmriprep import find_scans, participants_file
+
+        specs += specs_from_scans(find_scans(paths, surface=parcellation.surface, space=space, res=res),
+                                  tr=tr)
+        found = sorted({str(f) for f in map(participants_file, paths) if f is not None})
+        if len(found) > 1:
+            raise BrainLMInputError(f"several participants.tsv found ({found}); pass --participants "
+                                    "to choose one")
+        found_participants = Path(found[0]) if found else None
+    elif paths:
         files, participants = discover_files(paths)
         specs += specs_from_files(files, tr=tr)
         found_participants = participants[0] if len(participants) == 1 else None
@@ -277,19 +398,50 @@ def _open_build(build: Path, settings: dict, restart: bool) -> None:
     write_text_atomic(settings_file, json.dumps(settings, indent=2))
 
 
-def _run_pass1(pending, build, atlas, contract, opts, layout, jobs, progress) -> list[dict]:
+def _run_pass1(pending, build, atlas, contract, opts, layout, jobs, progress,
+               dask_scheduler=None) -> list[dict]:
     if not pending:
         return []
     from joblib import Parallel, delayed
 
     tasks = (delayed(_process_one)(s, build, atlas, contract, opts, layout) for s in pending)
-    runner = Parallel(n_jobs=jobs, return_as="generator_unordered")
     results = []
-    with _progress(progress, "cleaning recordings", len(pending)) as advance:
-        for r in runner(tasks):
-            results.append(r)
-            advance()
+    with _parallel_backend(dask_scheduler, jobs) as n_jobs:
+        # Results arrive as workers finish; each worker holds one recording at a time.
+        runner = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+        with _progress(progress, "cleaning recordings", len(pending)) as advance:
+            for r in runner(tasks):
+                results.append(r)
+                advance()
     return results
+
+
+@contextlib.contextmanager
+def _parallel_backend(dask_scheduler: str | None, jobs: int):
+    """joblib's process pool, or joblib's Dask backend on a cluster (``"local"``: a local one)."""
+    if dask_scheduler is None:
+        yield jobs
+        return
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise BrainLMInputError("the Dask backend needs dask.distributed: pip install "
+                                "'brainlm[dask]'") from None
+    from joblib import parallel_config
+
+    n_local = os.cpu_count() if jobs == -1 else max(1, jobs)
+    with contextlib.ExitStack() as stack:
+        if dask_scheduler == "local":
+            cluster = stack.enter_context(LocalCluster(n_workers=n_local, threads_per_worker=1,
+                                                       processes=True, dashboard_address=None))
+            client = stack.enter_context(Client(cluster))
+        else:
+            try:
+                client = stack.enter_context(Client(dask_scheduler, timeout="30s"))
+            except (OSError, TimeoutError) as e:
+                raise BrainLMInputError(f"cannot reach the Dask scheduler ({e})", dask_scheduler) from None
+        stack.enter_context(parallel_config(backend="dask"))
+        yield -1
 
 
 class _progress:
@@ -320,8 +472,15 @@ def _process_one(spec: SourceSpec, build: Path, atlas: Atlas, contract: Preproce
                  opts: dict, layout: StoreLayout) -> dict:
     """Pass 1 for one recording; writes its array, then its completion marker (atomically)."""
     base = {"recording_id": spec.recording_id, "source": spec.label}
+    extraction = None
     try:
-        rec = spec.load(atlas, orientation=opts["orientation"], key=opts["key"])
+        parcellation = opts.get("parcellation")
+        if spec.kind != "table" and parcellation is not None:
+            raw, extraction = parcellation.extract(spec.kind, spec.files, mask=spec.mask,
+                                                   source=spec.label)
+            rec = spec.to_recording(raw, atlas, header_tr=extraction.get("header_tr"))
+        else:
+            rec = spec.load(atlas, orientation=opts["orientation"], key=opts["key"])
         cleaned = contract.clean(rec.timeseries, rec.tr, confounds=rec.confounds,
                                  parcel_names=atlas.parcel_names, source=spec.label)
     except BrainLMInputError as e:
@@ -350,8 +509,45 @@ def _process_one(spec: SourceSpec, build: Path, atlas: Atlas, contract: Preproce
     result = {**base, "status": "ok", "tr_source": rec.tr, "n_trs_source": rec.n_timepoints,
               "tr": cleaned.tr, "n_trs": n, "bad_parcels": cleaned.bad_parcels,
               "quartiles": recording_quartiles(cleaned.data).tolist()}
+    if extraction is not None:
+        result["extraction"] = extraction
     write_text_atomic(marker, json.dumps(result))
     return result
+
+
+def _ingestion_record(parcellation, records: list[dict], space, res) -> dict:
+    """What turned scans into parcel series (``corpus.json`` -> ``ingestion``); warns once per
+    distinct note (e.g. the atlas was resampled to the data grid)."""
+    from brainlm.data.volumes import AtlasResampledWarning
+
+    notes: dict[str, int] = {}
+    for r in records:
+        for note in r.get("extraction", {}).get("notes", []):
+            notes[note] = notes.get(note, 0) + 1
+    for note, n in notes.items():
+        warnings.warn(f"{note} ({n} scan{'s' if n > 1 else ''})", AtlasResampledWarning, stacklevel=3)
+    ext = [r.get("extraction", {}) for r in records]
+    return {**parcellation.to_dict(), "space": space, "res": res,
+            "scans": len(records),
+            "censored_volumes": int(sum(e.get("censored_volumes", 0) for e in ext)),
+            "interpolated_volumes": int(sum(e.get("interpolated_volumes", 0) for e in ext)),
+            "trimmed_volumes": int(sum(e.get("trimmed_volumes", 0) for e in ext)),
+            "notes": [f"{k} ({v} scans)" for k, v in notes.items()]}
+
+
+def _ingestion_table(records: list[dict]) -> pd.DataFrame:
+    """One row per prepared scan: volumes, confound regressors, censoring, empty parcels."""
+    rows = []
+    for r in sorted(records, key=lambda r: r["recording_id"]):
+        e = r.get("extraction", {})
+        rows.append({"recording_id": r["recording_id"], "source": r["source"],
+                     "volumes": e.get("volumes"), "brain_mask": e.get("brain_mask"),
+                     "confound_regressors": e.get("confound_regressors", 0),
+                     "censored_volumes": e.get("censored_volumes", 0),
+                     "interpolated_volumes": e.get("interpolated_volumes", 0),
+                     "trimmed_volumes": e.get("trimmed_volumes", 0),
+                     "empty_parcels": list(e.get("empty_parcels", []))})
+    return pd.DataFrame(rows)
 
 
 def _manifest(records, spec_by_id, groups_of, split_of, phenotype_columns) -> pd.DataFrame:

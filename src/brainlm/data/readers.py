@@ -128,8 +128,11 @@ def _sidecar_path(path: Path) -> Path:
     suffix = _suffix(path)
     if suffix:
         return path.with_name(path.name[: -len(suffix)] + ".json")
-    if path.name.lower().endswith(".nii.gz"):
-        return path.with_name(path.name[: -len(".nii.gz")] + ".json")
+    low = path.name.lower()
+    # Images: BIDS sidecars drop every extension part (``_bold.dtseries.nii`` -> ``_bold.json``).
+    for image_suffix in (".nii.gz", ".dtseries.nii", ".func.gii", ".nii"):
+        if low.endswith(image_suffix):
+            return path.with_name(path.name[: -len(image_suffix)] + ".json")
     return path.with_suffix(".json")
 
 
@@ -794,9 +797,9 @@ def read_timeseries(path: str | Path, *, key: str | None = None, orientation: st
     if not suffix:
         low = p.name.lower()
         hint = ""
-        if low.endswith((".nii", ".nii.gz")):
-            hint = (" NIfTI/CIFTI images must be parcellated first (e.g. nilearn's "
-                    "NiftiLabelsMasker) and saved as a T x P table.")
+        if low.endswith((".nii", ".nii.gz", ".gii")):
+            hint = (" NIfTI, GIfTI and CIFTI scans must be parcellated first: `brainlm prepare "
+                    "--atlas-image ATLAS` does it (an atlas image instead of --atlas).")
         raise BrainLMInputError(f"unsupported file type; expected one of "
                                 f"{list(SUPPORTED_SUFFIXES)}.{hint}", src)
     try:

@@ -27,6 +27,9 @@ class SourceSpec:
     Exactly one of ``path`` (read lazily, in a worker) and ``recording`` (already in memory).
     ``tr`` is the repetition time in seconds known before reading (``--tr`` or a JSON sidecar),
     or ``None`` when only the file itself can tell.
+    ``kind`` is ``"table"`` for parcellated time series, or ``"volume"``, ``"gifti"``,
+    ``"cifti"`` for scans parcellated with an atlas image; ``files`` then lists the image(s)
+    (``path`` is the first) and ``mask`` is a brain mask for volumes.
     """
 
     subject: str
@@ -38,6 +41,9 @@ class SourceSpec:
     recording: Recording | None = None
     tr: float | None = None
     phenotypes: dict[str, Any] = field(default_factory=dict)
+    kind: str = "table"
+    files: tuple[Path, ...] = ()
+    mask: Path | None = None
 
     @property
     def recording_id(self) -> str:
@@ -47,6 +53,8 @@ class SourceSpec:
     @property
     def label(self) -> str:
         """Where the data comes from, for messages and the manifest."""
+        if len(self.files) > 1:
+            return " + ".join(map(str, self.files))
         if self.path is not None:
             return str(self.path)
         return self.recording.source or self.recording.id
@@ -63,18 +71,33 @@ class SourceSpec:
                 raise BrainLMInputError(
                     f"recording is on atlas {rec.atlas.name!r}; the corpus uses {atlas.name!r}", self.label)
             return rec
+        if self.kind != "table":
+            raise BrainLMInputError(
+                f"a {self.kind} scan must be parcellated with an atlas image (--atlas-image); "
+                "--atlas reads only parcellated time series", self.label)
         from brainlm.data.readers import read_timeseries
 
         raw = read_timeseries(self.path, key=key, orientation=orientation, n_parcels=atlas.n_parcels)
+        return self.to_recording(raw, atlas)
+
+    def to_recording(self, raw, atlas: Atlas, *, header_tr: float | None = None) -> Recording:
+        """A Recording from data read for this spec (a ``RawSeries``): the TR settled, columns in
+        atlas order. ``header_tr`` (a NIfTI header's TR) only enriches the message when the TR
+        is unknown: headers are too often wrong to be trusted."""
         tr = self.tr
         if raw.tr is not None and tr is not None and not np.isclose(raw.tr, tr, rtol=1e-3):
             raise BrainLMInputError(
                 f"TR conflict: the file says {raw.tr} s, the sidecar/--tr says {tr} s", self.label)
         tr = tr if tr is not None else raw.tr
         if tr is None:
+            from brainlm.data.readers import _sidecar_path
+
+            hint = (f"; the NIfTI header says {header_tr:g} s: pass --tr {header_tr:g} if that is "
+                    "right" if header_tr else "")
             raise BrainLMInputError(
-                "repetition time unknown: no --tr option, no JSON sidecar with RepetitionTime, "
-                "and no 'tr' entry in the file; brainlm never guesses the TR", self.label)
+                "repetition time unknown: no --tr option, no JSON sidecar with RepetitionTime "
+                f"(expected {_sidecar_path(Path(self.path)).name if self.path else 'one'}), "
+                f"and no 'tr' entry in the file; brainlm never guesses the TR{hint}", self.label)
         data = raw.data
         if raw.parcel_names is not None and set(raw.parcel_names) == set(atlas.parcel_names) \
                 and list(raw.parcel_names) != list(atlas.parcel_names):
@@ -117,8 +140,11 @@ def discover_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and is_timeseries_file(f))
             if not found:
+                images = any(f.name.lower().endswith((".nii", ".nii.gz", ".gii")) for f in p.rglob("*"))
+                hint = ("; it holds NIfTI/GIfTI/CIFTI scans: parcellate them with --atlas-image "
+                        "instead of --atlas" if images else "")
                 raise BrainLMInputError("folder holds no time-series files (.npy, .npz, .csv, .tsv, "
-                                        ".txt, .mat, .h5, .parquet)", str(p))
+                                        f".txt, .mat, .h5, .parquet){hint}", str(p))
             files.extend(found)
             if (p / "participants.tsv").is_file():
                 participants.append(p / "participants.tsv")
@@ -148,6 +174,31 @@ def specs_from_files(files: Iterable[Path], *, tr: float | None = None) -> list[
         specs.append(SourceSpec(subject=subject, session=ent.get("ses"), task=ent.get("task"),
                                 run=ent.get("run"), site=ent.get("site"), path=f,
                                 tr=side if side is not None else tr))
+    return specs
+
+
+def specs_from_scans(scans, *, tr: float | None = None) -> list[SourceSpec]:
+    """One SourceSpec per scan found by :func:`brainlm.data.fmriprep.find_scans`; TR from the
+    JSON sidecar (of either hemisphere for GIfTI) and/or ``tr`` (a disagreement is an error)."""
+    from brainlm.data.readers import read_sidecar_tr
+
+    specs = []
+    for scan in scans:
+        first = scan.files[0]
+        ent = parse_entities(first)
+        sides = {read_sidecar_tr(f) for f in scan.files} - {None}
+        if len(sides) > 1:
+            raise BrainLMInputError(f"the JSON sidecars of this scan disagree on the TR: "
+                                    f"{sorted(sides)} s", " + ".join(map(str, scan.files)))
+        side = next(iter(sides), None)
+        if side is not None and tr is not None and not np.isclose(side, tr, rtol=1e-3):
+            raise BrainLMInputError(
+                f"TR conflict: the JSON sidecar says {side} s, --tr says {tr} s", str(first))
+        subject = ent.get("sub") or _SAFE.sub("", first.name.split(".")[0]) or "unknown"
+        specs.append(SourceSpec(subject=subject, session=ent.get("ses"), task=ent.get("task"),
+                                run=ent.get("run"), site=ent.get("site"), path=first,
+                                tr=side if side is not None else tr, kind=scan.kind,
+                                files=tuple(scan.files), mask=scan.mask))
     return specs
 
 
