@@ -87,11 +87,15 @@ def matmul_flops(device: str, dtype: torch.dtype, n: int, seconds: float = 3.0) 
 
 # -- models and inputs ---------------------------------------------------------------------------
 def build_brainlm(name: str, batch: int, device: str, parcels: int, steps: int):
-    """Our model and ``steps`` distinct input batches (windows, coordinates, random 75% masks)."""
+    """Our model and ``steps`` distinct input batches (windows, coordinates, random 75% masks).
+
+    ``name`` is a preset, optionally with its decoder attention: ``13m/full``, ``13m/axial``.
+    """
     from brainlm.model import BrainLM, MaskSpec, preset
 
     torch.manual_seed(0)
-    model = BrainLM(preset(name)).to(device)
+    name, _, attention = name.partition("/")
+    model = BrainLM(preset(name, **({"decoder_attention": attention} if attention else {}))).to(device)
     gen = torch.Generator().manual_seed(0)
     xyz = (torch.rand(parcels, 3, generator=gen) * 140 - 70).expand(batch, -1, -1).to(device)
     spec = MaskSpec("random", MASK_RATIO)
@@ -218,16 +222,17 @@ def show(row: dict) -> None:
 def run_cpu(args) -> tuple[list[dict], dict]:
     rows = []
     for name in args.presets:
-        rows.append(run_isolated({"model": name, "device": "cpu", "batch": args.batch[name],
-                                  "warmup": args.warmup[name], "steps": args.steps[name],
-                                  "parcels": args.parcels,
-                                  "matmul_n": args.matmul_n}))
-        show(rows[-1])
+        # tiny's one-block decoder cannot alternate; the others run both decoders.
+        for attention in (["full"] if name == "tiny" else args.attention):
+            rows.append(run_isolated({"model": f"{name}/{attention}", "device": "cpu",
+                                      "batch": args.batch[name], "warmup": args.warmup[name],
+                                      "steps": args.steps[name], "parcels": args.parcels,
+                                      "matmul_n": args.matmul_n}))
+            show(rows[-1])
     comparisons = {}
-    ours13 = next((r for r in rows if r["model"] == "13m"), None)
-    if ours13 is not None:
+    for ours13 in (r for r in rows if r["model"].startswith("13m/")):
         ref = REFERENCE_13M
-        comparisons["13m_vs_original"] = {
+        comparisons[f"{ours13['model']}_vs_original"] = {
             "reference": ref,
             "ours_gflop_per_window": ours13["gflop_per_window"],
             "ours_windows_per_s": ours13["windows_per_s"], "ours_batch": ours13["batch"],
@@ -236,7 +241,7 @@ def run_cpu(args) -> tuple[list[dict], dict]:
             "speedup_windows_per_s": ours13["windows_per_s"] / ref["windows_per_s"],
             "mfu_ratio_ours_over_reference": ours13["mfu"] / ref["mfu"],
         }
-    ours111 = next((r for r in rows if r["model"] == "111m"), None)
+    ours111 = next((r for r in rows if r["model"] == f"111m/{args.attention[-1]}"), None)
     if ours111 is not None and not args.no_hf:
         try:
             import transformers  # noqa: F401  (not a project dependency)
@@ -252,7 +257,7 @@ def run_cpu(args) -> tuple[list[dict], dict]:
             rows.append(hf)
             show(hf)
             comparisons["111m_vs_hf_vitmae"] = {
-                "batch": ours111["batch"],
+                "ours": ours111["model"], "batch": ours111["batch"],
                 "windows_per_s_ratio_ours_over_hf": ours111["windows_per_s"] / hf["windows_per_s"],
                 "peak_memory_ratio_ours_over_hf": ours111["peak_memory_mb"] / hf["peak_memory_mb"],
                 "gflop_per_window_ratio_ours_over_hf": ours111["gflop_per_window"] / hf["gflop_per_window"],
@@ -266,9 +271,10 @@ def run_cpu(args) -> tuple[list[dict], dict]:
 def run_cuda(args) -> list[dict]:
     rows = []
     for name, batch in args.cuda_batch.items():
-        rows.append(run_isolated({"model": name, "device": "cuda", "batch": batch,
-                                  "warmup": 3, "steps": args.cuda_steps, "parcels": args.parcels}))
-        show(rows[-1])
+        for attention in args.attention:
+            rows.append(run_isolated({"model": f"{name}/{attention}", "device": "cuda", "batch": batch,
+                                      "warmup": 3, "steps": args.cuda_steps, "parcels": args.parcels}))
+            show(rows[-1])
     return rows
 
 
@@ -286,6 +292,9 @@ def main() -> None:
                     help="CPU warm-up steps per model (>= 1), e.g. 13m=2,vitmae=1")
     ap.add_argument("--steps", type=parse_batches, default=CPU_STEPS,
                     help="CPU timed steps per model, e.g. 111m=2")
+    ap.add_argument("--attention", nargs="+", default=["full", "axial"], choices=["full", "axial"],
+                    help="decoder attention(s) to measure for 13m/111m/650m (the last one is compared "
+                    "with ViTMAE)")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers ViTMAE comparison")
     ap.add_argument("--matmul-n", type=int, default=2048, help="size of the reference CPU matmul")
     ap.add_argument("--parcels", type=int, default=P, help="parcels per window (424; smaller to smoke-test)")
@@ -310,15 +319,15 @@ def main() -> None:
         print(f"{r['model']:>7} {r['device']:>6} {r['batch']:>5} {r['windows_per_s']:>10.3f} "
               f"{r['tokens_per_s']:>10.0f} {r['gflop_per_window']:>10.1f} {r['achieved_gflop_per_s']:>8.1f} "
               f"{r['matmul_gflop_per_s']:>7.0f} {r['mfu']:>5.2f} {r['peak_memory_mb']:>8.0f}")
-    if "13m_vs_original" in comparisons:
-        c = comparisons["13m_vs_original"]
-        print(f"\n13m vs the original implementation: {c['ours_gflop_per_window']:.0f} GFLOP/window "
+    for key in (k for k in comparisons if k.endswith("_vs_original")):
+        c = comparisons[key]
+        print(f"\n{key.split('_vs')[0]} vs the original implementation: {c['ours_gflop_per_window']:.0f} GFLOP/window "
               f"({c['flop_ratio_ours_over_reference']:.2f}x of 500), {c['ours_windows_per_s']:.3f} "
               f"windows/s at batch {c['ours_batch']} = {c['speedup_windows_per_s']:.2f}x of 0.2; "
               f"MFU {c['ours_mfu']:.2f} vs about 0.5")
     if "111m_vs_hf_vitmae" in comparisons:
         c = comparisons["111m_vs_hf_vitmae"]
-        print(f"111m vs HF ViTMAEForPreTraining at batch {c['batch']}: "
+        print(f"{c['ours']} vs HF ViTMAEForPreTraining at batch {c['batch']}: "
               f"{c['windows_per_s_ratio_ours_over_hf']:.2f}x the windows/s, "
               f"{c['peak_memory_ratio_ours_over_hf']:.2f}x the peak memory, "
               f"{c['gflop_per_window_ratio_ours_over_hf']:.2f}x the FLOPs per window")

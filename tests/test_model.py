@@ -97,3 +97,43 @@ def test_bad_shapes():
         preset("huge")
     with pytest.raises(BrainLMInputError, match="needs windows of 40"):
         model.windows(np.zeros((20, 4), dtype=np.float32))
+
+
+def _group_loop_decoder(model: BrainLM, h: torch.Tensor) -> torch.Tensor:
+    """Reference for the axial decoder: one block call per time patch / per parcel."""
+    h = h.clone()  # [B, P, N, D]
+    for i, blk in enumerate(model.decoder_blocks):
+        if i % 2 == 0:
+            h = torch.stack([blk(h[:, :, n])[0] for n in range(h.shape[2])], dim=2)
+        else:
+            h = torch.stack([blk(h[:, p])[0] for p in range(h.shape[1])], dim=1)
+    return h
+
+
+def test_axial_decoder_matches_a_per_group_loop_and_sees_every_token():
+    torch.manual_seed(0)
+    model = BrainLM(preset("tiny", decoder_depth=2, decoder_attention="axial")).eval()
+    b, p, n = 2, 7, model.config.n_patches
+    h = torch.randn(b, p * n, model.config.decoder_dim)
+    fast = model._axial_decode(h, b, p).view(b, p, n, -1)
+    ref = _group_loop_decoder(model, h.view(b, p, n, -1))
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    # After two blocks, the output at (parcel 0, patch 0) depends on (parcel 3, patch 5), which
+    # shares neither its parcel nor its time patch.
+    h.requires_grad_(True)
+    model._axial_decode(h, b, p).view(b, p, n, -1)[0, 0, 0].sum().backward()
+    assert h.grad.view(b, p, n, -1)[0, 3, 5].abs().sum() > 0
+    assert h.grad.view(b, p, n, -1)[1].abs().sum() == 0  # samples stay separate
+
+
+def test_decoder_attention_config():
+    assert preset("13m").decoder_attention == "axial" and preset("tiny").decoder_attention == "full"
+    # Checkpoints written before the field existed had full attention.
+    legacy = {k: v for k, v in preset("13m").to_dict().items() if k != "decoder_attention"}
+    assert BrainLMConfig.from_dict(legacy).decoder_attention == "full"
+    with pytest.raises(BrainLMInputError, match="even decoder_depth"):
+        preset("tiny", decoder_attention="axial")
+    with pytest.raises(BrainLMInputError, match="decoder_attention"):
+        preset("13m", decoder_attention="sparse")
+    full, axial = (BrainLM(preset("13m", decoder_attention=a)) for a in ("full", "axial"))
+    assert full.count_parameters() == axial.count_parameters()

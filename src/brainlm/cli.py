@@ -18,6 +18,7 @@ from brainlm.errors import BrainLMInputError
 #: ``parser.set_defaults``, and ``run(args) -> int``.
 COMMAND_MODULES = (
     "brainlm.simulate.command",
+    "brainlm.tasks.forecasting.command",
 )
 
 
@@ -120,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", help="tiny | 13m | 111m | 650m")
     p.add_argument("--window-trs", type=int, help="window length in TRs (default 200)")
     p.add_argument("--patch-trs", type=int, help="TRs per token (default 20)")
+    p.add_argument("--decoder-attention", choices=["full", "axial"],
+                   help="decoder attention over all tokens, or alternating across parcels and across "
+                   "time (default: the preset's; axial for 13m/111m/650m, see docs/model.md)")
     g = p.add_argument_group("masking")
     g.add_argument("--mask", default="random", choices=["random", "parcels", "time", "future"])
     g.add_argument("--mask-ratio", type=float, default=0.75)

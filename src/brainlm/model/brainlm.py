@@ -136,11 +136,30 @@ class BrainLM(nn.Module):
             full = self.mask_token.expand(b, n_tok, -1).clone()
             full.scatter_(1, enc.ids_visible[..., None].expand(-1, -1, y.shape[-1]), y[:, 1:])
         pos = (self.decoder_spatial(xyz)[:, :, None, :] + self.decoder_temporal[None, None]).flatten(1, 2)
-        h = torch.cat([y[:, :1], full + pos], dim=1)
-        for blk in self.decoder_blocks:
-            h, _ = blk(h)
-        pred = self.decoder_pred(self.decoder_norm(h[:, 1:]))
+        if c.decoder_attention == "full":
+            h = torch.cat([y[:, :1], full + pos], dim=1)
+            for blk in self.decoder_blocks:
+                h, _ = blk(h)
+            h = h[:, 1:]
+        else:
+            h = self._axial_decode(full + pos, b, n_parcels)
+        pred = self.decoder_pred(self.decoder_norm(h))
         return pred.view(b, n_parcels, c.n_patches, c.patch_trs)
+
+    def _axial_decode(self, h: torch.Tensor, b: int, p: int) -> torch.Tensor:
+        """[B, P * N, D] -> [B, P * N, D]: even blocks attend across parcels within a time patch,
+        odd blocks across time patches within a parcel (the CLS token, which predicts nothing,
+        is left out: everything it carries is already in the visible tokens)."""
+        n, d = self.config.n_patches, h.shape[-1]
+        h = h.view(b, p, n, d)
+        for i, blk in enumerate(self.decoder_blocks):
+            if i % 2 == 0:
+                g, _ = blk(h.transpose(1, 2).reshape(b * n, p, d))
+                h = g.view(b, n, p, d).transpose(1, 2)
+            else:
+                g, _ = blk(h.reshape(b * p, n, d))
+                h = g.view(b, p, n, d)
+        return h.reshape(b, p * n, d)
 
     def forward(self, x: torch.Tensor, xyz: torch.Tensor, mask: torch.Tensor):
         """x: [B, T, P], xyz: [B, P, 3], mask: [B, P, N] -> (loss, predicted patches [B, P, N, k]).
@@ -246,6 +265,18 @@ class BrainLM(nn.Module):
         k = self.config.patch_trs
         return {"target": wins.numpy(), "prediction": self.unpatchify(pred.float()).cpu().numpy(),
                 "mask": mask.repeat_interleave(k, dim=2).transpose(1, 2).cpu().numpy(), "starts": starts}
+
+    def forecast(self, recording, horizon: int, **kwargs):
+        """Forecast the ``horizon`` TRs after a recording: [horizon, P] in model input units.
+
+        Each pass hides the last ``step_trs`` TRs of a window (the future mask) and predicts
+        them from the rest; longer horizons are rolled out by feeding predictions back. Keyword
+        arguments (``step_trs``, ``context_end``, ``transfer_atlas``) and details:
+        :func:`brainlm.tasks.forecasting.api.forecast`.
+        """
+        from brainlm.tasks.forecasting.api import forecast
+
+        return forecast(self, recording, horizon, **kwargs)
 
     # -- bookkeeping --------------------------------------------------------------------------
     def count_parameters(self) -> dict[str, int]:

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, fields
 
 from brainlm.errors import BrainLMInputError
 
+DECODER_ATTENTION = ("full", "axial")
+
 
 @dataclass(frozen=True)
 class BrainLMConfig:
@@ -21,6 +23,13 @@ class BrainLMConfig:
         Encoder width, number of blocks, attention heads, MLP hidden size / width.
     decoder_dim, decoder_depth, decoder_heads
         The lighter decoder.
+    decoder_attention : {"full", "axial"}
+        ``full``: every decoder block attends over all ``P * N`` tokens (upstream; attention
+        cost grows as ``(P * N)^2``). ``axial``: blocks alternate between attention across
+        parcels within each time patch and attention across time patches within each parcel, so
+        after any two blocks every token has heard from every other, at ``P^2 N + N^2 P`` cost.
+        At 424 parcels x 10 patches that removes most of the decoder's attention FLOPs with the
+        same weights (benchmarks/README.md). Needs an even ``decoder_depth``.
     xyz_frequencies : int
         Octaves of Fourier features of the MNI coordinates for the spatial embedding
         (0: upstream's plain ``Linear(3 -> d)``).
@@ -39,9 +48,18 @@ class BrainLMConfig:
     decoder_heads: int = 4
     xyz_frequencies: int = 6
     xyz_scale_mm: float = 100.0
+    decoder_attention: str = "full"
 
     def __post_init__(self) -> None:
+        if self.decoder_attention not in DECODER_ATTENTION:
+            raise BrainLMInputError(f"model config field 'decoder_attention' is {self.decoder_attention!r}; "
+                                    f"expected one of {DECODER_ATTENTION}")
+        if self.decoder_attention == "axial" and self.decoder_depth % 2:
+            raise BrainLMInputError(f"decoder_attention 'axial' alternates parcel and time attention and "
+                                    f"needs an even decoder_depth, got {self.decoder_depth}")
         for f in fields(self):
+            if f.name == "decoder_attention":
+                continue
             v = getattr(self, f.name)
             if not isinstance(v, (int, float)) or v < 0 or (v == 0 and f.name != "xyz_frequencies"):
                 raise BrainLMInputError(f"model config field {f.name!r} is {v!r}; expected a positive number")
@@ -65,7 +83,8 @@ class BrainLMConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise BrainLMInputError(f"model config has unknown field(s) {unknown}")
-        return cls(**d)
+        # Checkpoints written before the field existed all had a full-attention decoder.
+        return cls(**{"decoder_attention": "full", **d})
 
 
 #: Sizes of the paper (13M, 111M = ViT-B, 650M = ViT-H) plus a CPU-sized ``tiny``.
