@@ -1,0 +1,69 @@
+"""Metric-against-step curves (e.g. forecast error at each predicted TR), saved as PNG."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+#: Titles and whether lower is better, per metric key.
+_METRIC_TITLES = {"mse": ("MSE", "lower is better"), "r2": ("R$^2$", "higher is better"),
+                  "pearson_r": ("Pearson r across parcels", "higher is better")}
+
+
+def plot_step_curves(results: dict, path: str | Path, metrics=("mse", "r2", "pearson_r"),
+                     dpi: int = 120) -> Path:
+    """One panel per metric, one line per method, against the predicted step.
+
+    Parameters
+    ----------
+    results : dict
+        ``{"methods": {name: {"label": str, "kind": str, metric: [value per step], ...}},
+        "horizon_trs": int, "tr_s": float, "context_trs": int}`` (what
+        ``brainlm.tasks.forecasting.evaluate`` returns). BrainLM methods (``kind == "brainlm"``)
+        are drawn solid, baselines dashed.
+    path : path of the PNG to write (atomically: a temporary file renamed into place).
+    metrics : sequence of metric keys present for every method.
+
+    Returns
+    -------
+    Path of the written figure.
+    """
+    # A Figure on the Agg canvas directly: no pyplot global state, no display needed.
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    methods = results["methods"]
+    horizon = int(results["horizon_trs"])
+    steps = list(range(1, horizon + 1))
+    fig = Figure(figsize=(5.2 * len(metrics), 4.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(metrics), squeeze=False)
+    colors = colormaps["tab10"]
+    for ax, key in zip(axes[0], metrics):
+        for i, (name, m) in enumerate(methods.items()):
+            brainlm = m.get("kind") == "brainlm"
+            ax.plot(steps, m[key], label=m.get("label", name), color=colors(i % 10),
+                    linestyle="-" if brainlm else "--", linewidth=2.0 if brainlm else 1.4,
+                    marker="o" if brainlm else None, markersize=3)
+        title, better = _METRIC_TITLES.get(key, (key, ""))
+        ax.set_title(f"{title} ({better})" if better else title, fontsize=10)
+        tr = results.get("tr_s")
+        ax.set_xlabel(f"predicted step (TR{f' = {tr:g} s' if tr else ''})")
+        ax.set_xlim(0.5, horizon + 0.5)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="best")
+    fig.suptitle(f"Forecast of {horizon} TRs from {results.get('context_trs', '?')} TRs "
+                 f"({results.get('n_windows', '?')} test windows)", fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path

@@ -1,0 +1,305 @@
+"""Score forecasters on the same deterministic test windows, step by step.
+
+Every method (the baselines, and BrainLM fine-tuned, from scratch and zero-shot) is fitted on
+the training split and predicts the ``horizon_trs`` TRs after the first ``context_trs`` TRs of
+every test tile. Metrics per predicted step ``s = 1..horizon_trs``, pooled as follows:
+
+* ``mse``: mean squared error over all test windows x parcels at step ``s``;
+* ``r2``: ``1 - SSE / SST`` over all test windows x parcels at step ``s``, SST around the mean
+  of those target values (``sklearn.metrics.r2_score`` on the flattened values);
+* ``pearson_r``: for each window, Pearson's r between the predicted and the true values across
+  parcels at step ``s`` (the spatial pattern of the brain state), averaged over windows.
+
+Outputs: ``forecast.json`` (machine-readable), ``forecast.md`` (tables) and
+``forecast_error.png`` (every metric against the step for every method), each written
+atomically after every method has been scored.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from brainlm.data.atomic import write_text_atomic
+from brainlm.errors import BrainLMInputError
+from brainlm.tasks.forecasting.baselines import BASELINES, BaselineSettings, make_baseline
+from brainlm.tasks.forecasting.windows import check_lengths, forecast_windows, split_recordings
+
+FORMAT = "brainlm-forecast-evaluation"
+METRICS = ("mse", "r2", "pearson_r")
+#: Human-readable names of the methods in tables and figures.
+LABELS = {
+    "brainlm_finetuned": "BrainLM fine-tuned",
+    "brainlm_scratch": "BrainLM from scratch",
+    "brainlm_pretrained": "BrainLM pretrained, zero-shot",
+    "persistence": "persistence",
+    "ar": "AR(p) per parcel",
+    "var": "ridge VAR",
+    "lstm": "LSTM",
+    "neural_ode": "neural ODE",
+}
+POOLING = {
+    "mse": "mean squared error over all test windows x parcels at each step (model input units)",
+    "r2": "1 - SSE/SST over all test windows x parcels at each step, SST around the mean of those "
+          "target values (sklearn r2_score on the flattened values)",
+    "pearson_r": "Pearson r between predicted and true values across parcels, per window and step, "
+                 "averaged over windows",
+}
+
+
+def step_metrics(prediction: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-step forecast metrics (pooled as in the module docstring).
+
+    Parameters
+    ----------
+    prediction, target : ndarray, shape (W, H, P)
+
+    Returns
+    -------
+    dict of ``mse``, ``r2``, ``pearson_r``: ndarray (H,) each.
+    """
+    from scipy.stats import pearsonr
+    from sklearn.metrics import r2_score
+
+    prediction = np.asarray(prediction, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    if prediction.shape != target.shape or prediction.ndim != 3:
+        raise BrainLMInputError(f"prediction {prediction.shape} and target {target.shape} must have the "
+                                "same shape (windows, steps, parcels)")
+    if not np.isfinite(prediction).all():
+        raise BrainLMInputError("prediction has non-finite values")
+    mse = ((prediction - target) ** 2).mean(axis=(0, 2))
+    r2 = np.array([r2_score(target[:, s].ravel(), prediction[:, s].ravel())
+                   for s in range(target.shape[1])])
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        # A constant predicted pattern has no correlation (NaN); it is left out of the mean.
+        warnings.simplefilter("ignore")
+        r = pearsonr(prediction, target, axis=2).statistic  # (W, H)
+        pearson = np.nanmean(r, axis=0)
+    return {"mse": mse, "r2": r2, "pearson_r": pearson}
+
+
+def evaluate(corpus, *, context_trs: int, horizon_trs: int, models: dict | None = None,
+             baselines=BASELINES, settings: BaselineSettings | None = None, split: str = "test",
+             stride: int | None = None, max_train_recordings: int | None = None,
+             out: str | Path | None = None, progress: bool = False) -> dict:
+    """Fit the baselines on the training split and score every method on the ``split`` windows.
+
+    Parameters
+    ----------
+    corpus : Corpus or path
+    context_trs, horizon_trs : int
+        The first ``context_trs`` TRs of each tile are the input, the next ``horizon_trs`` the
+        target. Tiles of ``context_trs + horizon_trs`` TRs start every ``stride`` TRs (default
+        ``horizon_trs``: a rolling origin, so every TR after a recording's first context is a
+        target exactly once).
+    models : dict name -> BrainLM forecaster, optional
+        Already fine-tuned BrainLM models (``BrainLMForecaster`` or checkpoint folders); run at
+        window ``context_trs + step`` and rolled out when ``horizon_trs`` exceeds their step.
+    baselines : sequence of str
+        Any of ``persistence``, ``ar``, ``var``, ``lstm``, ``neural_ode``.
+    settings : BaselineSettings
+        Orders, sizes and training of the baselines (small values give a fast run).
+    max_train_recordings : int, optional
+        Fit the baselines on the first N training recordings only (they are held in memory).
+    out : folder, optional
+        Where to write ``forecast.json``, ``forecast.md`` and ``forecast_error.png``.
+
+    Returns
+    -------
+    dict
+        The content of ``forecast.json``.
+    """
+    from brainlm.data.corpus import Corpus
+    from brainlm.tasks.forecasting.api import BrainLMForecaster
+
+    data = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
+    settings = settings or BaselineSettings()
+    check_lengths(context_trs, horizon_trs, source=data.path)
+    stride = horizon_trs if stride is None else stride
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise BrainLMInputError(f"unknown baseline(s) {unknown}; expected some of {list(BASELINES)}")
+    forecasters = {}
+    for name, m in (models or {}).items():
+        f = m if isinstance(m, BrainLMForecaster) else BrainLMForecaster(
+            m, horizon_trs, context_trs=context_trs, name=name)
+        f.model.check_atlas(data.atlas, source=data.path)
+        forecasters[name] = f
+    test = forecast_windows(data, context_trs, horizon_trs, split=split, stride=stride)
+    try:
+        v = forecast_windows(data, context_trs, horizon_trs, split="val", stride=stride)
+        val = (v.context, v.target)
+    except BrainLMInputError:
+        val = None  # no validation split, or too short: the neural baselines keep their last epoch
+    train = None
+    if baselines:
+        train = split_recordings(data, "train", min_trs=2, max_recordings=max_train_recordings)
+    for name in baselines:
+        forecasters[name] = make_baseline(name, context_trs, horizon_trs, settings)
+
+    methods = {}
+    for name, f in forecasters.items():
+        if progress:
+            print(f"forecast: {LABELS.get(name, name)} ...", flush=True)
+        t0 = time.perf_counter()
+        f.fit(train, val)
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pred = f.predict(test.context)
+        predict_s = time.perf_counter() - t0
+        m = step_metrics(pred, test.target)
+        methods[name] = {
+            "label": LABELS.get(name, name),
+            "kind": "brainlm" if name in (models or {}) else "baseline",
+            **{k: [round(float(x), 6) for x in m[k]] for k in METRICS},
+            "mean": {k: round(float(np.mean(m[k])), 6) for k in METRICS},
+            "fit_seconds": round(fit_s, 3),
+            "predict_ms_per_window": round(1000 * predict_s / test.n_windows, 3),
+            "details": f.describe(),
+        }
+    results = {
+        "format": FORMAT, "corpus": data.path, "split": split, "context_trs": context_trs,
+        "horizon_trs": horizon_trs, "tr_s": data.tr, "stride_trs": stride,
+        "n_windows": test.n_windows, "n_parcels": int(test.context.shape[2]),
+        "n_test_recordings": len(set(test.recording_ids)),
+        "n_train_recordings": len(train) if train is not None else None,
+        "units": "model input units: robust-scaled (x - median) / IQR per parcel, training-split statistics",
+        "pooling": POOLING, "baseline_settings": _jsonable(asdict(settings)),
+        "methods": methods, "best_by_step": _best_by_step(methods, horizon_trs),
+    }
+    results["summary"] = summarize(results)
+    if out is not None:
+        write_outputs(results, out)
+    return results
+
+
+def evaluate_run(run: str | Path, corpus, out: str | Path | None = None, *, horizon_trs: int | None = None,
+                 zero_shot: bool = True, **kwargs) -> dict:
+    """:func:`evaluate` with the models of a ``finetune`` run folder.
+
+    The fine-tuned model, the scratch model (when trained) and, with ``zero_shot``, the
+    pretrained checkpoint it started from (run with the future mask, without fine-tuning). The
+    context comes from the run; ``horizon_trs`` defaults to the run's (a longer one is rolled
+    out).
+    """
+    from brainlm.tasks.forecasting.finetune import FORMAT as RUN_FORMAT
+
+    run = Path(run)
+    info_path = run / "finetune.json"
+    if not info_path.is_file():
+        raise BrainLMInputError("not a forecast fine-tuning folder (no finetune.json)", str(run))
+    info = json.loads(info_path.read_text())
+    if info.get("format") != RUN_FORMAT:
+        raise BrainLMInputError(f"finetune.json has format {info.get('format')!r}; expected {RUN_FORMAT!r}",
+                                str(run))
+    s = info["settings"]
+    models = {"brainlm_finetuned": run / "model"}
+    if (run / "scratch").is_dir():
+        models["brainlm_scratch"] = run / "scratch"
+    if zero_shot and (Path(info["checkpoint"]) / "config.json").is_file():
+        from brainlm.tasks.forecasting.api import BrainLMForecaster
+
+        h = horizon_trs or s["horizon_trs"]
+        models["brainlm_pretrained"] = BrainLMForecaster(
+            info["checkpoint"], h, context_trs=s["context_trs"], step_trs=s["horizon_trs"],
+            name="brainlm_pretrained")
+    results = evaluate(corpus, context_trs=s["context_trs"], horizon_trs=horizon_trs or s["horizon_trs"],
+                       models=models, out=None, **kwargs)
+    results["finetune"] = {k: info[k] for k in ("checkpoint", "settings", "window_trs")}
+    results["finetune"]["models"] = {
+        k: {f: v[f] for f in ("best_val_mse", "val_mse_before", "best_epoch", "fit_seconds",
+                              "train_seconds_per_epoch")}
+        for k, v in info["models"].items()}
+    if out is not None:
+        write_outputs(results, out)
+    return results
+
+
+def _best_by_step(methods: dict, horizon: int) -> dict:
+    best = {}
+    for k in METRICS:
+        sign = 1 if k == "mse" else -1  # lower MSE, higher R^2 and r are better
+        best[k] = [min(methods, key=lambda n: sign * methods[n][k][s]) for s in range(horizon)]
+    return best
+
+
+def summarize(results: dict) -> str:
+    """One honest paragraph: who wins where, and how BrainLM compares with the best baseline."""
+    methods, h = results["methods"], results["horizon_trs"]
+    by_step = results["best_by_step"]["mse"]
+    runs, start = [], 0
+    for s in range(1, h + 1):
+        if s == h or by_step[s] != by_step[start]:
+            span = f"step {start + 1}" if s - 1 == start else f"steps {start + 1}-{s}"
+            runs.append(f"{LABELS.get(by_step[start], by_step[start])} ({span})")
+            start = s
+    text = [f"Lowest MSE per step: {', '.join(runs)}."]
+    baselines = [n for n, m in methods.items() if m["kind"] == "baseline"]
+    ours = [n for n, m in methods.items() if m["kind"] == "brainlm"]
+    if baselines and ours:
+        for name in ours:
+            wins = sum(methods[name]["mse"][s] < min(methods[b]["mse"][s] for b in baselines) for s in range(h))
+            best_b = min(baselines, key=lambda b: methods[b]["mean"]["mse"])
+            text.append(f"{LABELS.get(name, name)} beats every baseline at {wins} of {h} steps (mean MSE "
+                        f"{methods[name]['mean']['mse']:.4f} vs {methods[best_b]['mean']['mse']:.4f} for "
+                        f"the best baseline, {LABELS.get(best_b, best_b)}).")
+    return " ".join(text)
+
+
+def markdown(results: dict) -> str:
+    """Tables: the mean over steps per method, then MSE, R^2 and r at every step."""
+    methods = results["methods"]
+    names = list(methods)
+    lines = [f"# Forecasting: {results['context_trs']} TRs -> {results['horizon_trs']} TRs",
+             "",
+             f"Corpus `{results['corpus']}`, split `{results['split']}`: {results['n_windows']} windows "
+             f"from {results['n_test_recordings']} recording(s), {results['n_parcels']} parcels, TR "
+             f"{results['tr_s']} s; units: {results['units']}.",
+             "",
+             results["summary"], "",
+             "| method | mean MSE | mean R^2 | mean r | MSE step 1 | MSE step "
+             f"{results['horizon_trs']} | fit s | predict ms/window |",
+             "|---|---|---|---|---|---|---|---|"]
+    best_mean = min(names, key=lambda n: methods[n]["mean"]["mse"])
+    for n in names:
+        m = methods[n]
+        label = f"**{m['label']}**" if n == best_mean else m["label"]
+        lines.append(f"| {label} | {m['mean']['mse']:.4f} | {m['mean']['r2']:.4f} | "
+                     f"{m['mean']['pearson_r']:.4f} | {m['mse'][0]:.4f} | {m['mse'][-1]:.4f} | "
+                     f"{m['fit_seconds']:.1f} | {m['predict_ms_per_window']:.2f} |")
+    for k, title in (("mse", "MSE (lower is better)"), ("r2", "R^2 (higher is better)"),
+                     ("pearson_r", "Pearson r across parcels (higher is better)")):
+        lines += ["", f"## {title} per predicted step", "", f"Pooling: {results['pooling'][k]}.", "",
+                  "| step | " + " | ".join(methods[n]["label"] for n in names) + " |",
+                  "|---" * (len(names) + 1) + "|"]
+        for s in range(results["horizon_trs"]):
+            best = results["best_by_step"][k][s]
+            cells = [f"**{methods[n][k][s]:.4f}**" if n == best else f"{methods[n][k][s]:.4f}" for n in names]
+            lines.append(f"| {s + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(results: dict, out: str | Path) -> None:
+    """``forecast_error.png``, ``forecast.md`` and ``forecast.json`` in ``out`` (each atomic; the
+    JSON last, so its presence means the set is complete)."""
+    from brainlm.report.curves import plot_step_curves
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_step_curves(results, out / "forecast_error.png")
+    write_text_atomic(out / "forecast.md", markdown(results))
+    write_text_atomic(out / "forecast.json", json.dumps(results, indent=2))
+
+
+def _jsonable(d):
+    if isinstance(d, dict):
+        return {k: _jsonable(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_jsonable(v) for v in d]
+    return d
