@@ -17,6 +17,7 @@ from brainlm.errors import BrainLMInputError
 #: which adds one or more sub-commands and sets ``handler=run`` on them through
 #: ``parser.set_defaults``, and ``run(args) -> int``.
 COMMAND_MODULES = (
+    "brainlm.report.command",
     "brainlm.simulate.command",
     "brainlm.tasks.forecasting.command",
 )

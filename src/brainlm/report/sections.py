@@ -1,0 +1,185 @@
+"""The sections of the HTML report, one builder per task, each reading that task's saved results.
+
+A builder is ``(run_dir, summary, figures_dir) -> Section``; it draws its figures into
+``figures_dir`` from the saved numbers (never by re-running a model) and says plainly when its
+step is absent from the run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from brainlm.report.html import Section, Table, embed_png, escape, fmt, read_json, row
+
+METHOD_NAMES = {
+    "brainlm": "BrainLM (pretrained)", "zero": "predict 0 (the scaled median)",
+    "parcel_mean": "parcel mean of visible values", "interpolation": "linear interpolation in time",
+    "spatial": "spatial (Ledoit-Wolf Gaussian imputation from visible parcels, fitted on train)",
+}
+
+
+def subtitle(summary: dict) -> str:
+    return (f"brainlm {summary.get('brainlm_version', '?')} · produced by `{summary.get('command', 'brainlm demo')}` "
+            f"in {summary.get('seconds', 0) / 60:.1f} min on {summary.get('device', 'cpu')} · "
+            f"{summary.get('finished', '')}")
+
+
+def key_numbers(run_dir: Path, summary: dict) -> list[dict]:
+    """The headline numbers shown above the table of contents."""
+    keys = []
+    pre = summary.get("pretraining")
+    if pre:
+        v = pre["validation"]
+        keys.append({"value": f"{v['val/masked_mse']:.3f} vs {min(v['val/baseline_zero_mse'], v['val/baseline_mean_mse']):.3f}",
+                     "label": "validation masked MSE of the pretrained model vs the best trivial baseline"})
+    for k in summary.get("key_numbers", []):
+        keys.append(k)
+    return keys
+
+
+def _missing(anchor: str, title: str, what: str) -> Section:
+    return Section(anchor, title, paragraphs=[f"Not in this run: {escape(what)} was not produced."])
+
+
+# -- data ----------------------------------------------------------------------------------------
+def data_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+    s = Section("data", "Data")
+    corpora = summary.get("corpora", {})
+    if not corpora:
+        return _missing("data", "Data", "a corpus summary")
+    rows = []
+    for name, c in corpora.items():
+        n = c["n_trs"]
+        rows.append(row([name, c["atlas"]["name"], c["atlas"]["parcels"], c["recordings"], c["subjects"],
+                         c["hours"], c["tr_s"], ", ".join(f"{t:g}" for t in c["source_trs_s"]),
+                         f"{n['min']}–{n['max']}",
+                         " / ".join(str(v["subjects"]) for v in c["splits"].values()),
+                         ", ".join(c["phenotypes"]) or "none"]))
+    s.tables.append(Table("Corpora (splits by subject: no subject is in two splits)",
+                          ["corpus", "atlas", "parcels", "recordings", "subjects", "hours", "TR (s)",
+                           "source TRs (s)", "TRs per recording", "subjects train / val / test",
+                           "phenotypes"], rows))
+    for name, text in summary.get("data_notes", {}).items():
+        s.paragraphs.append(f"<b>{escape(name)}</b>: {escape(text)}")
+    contract = next(iter(corpora.values()))["contract"]
+    s.paragraphs.append(
+        "Preprocessing contract (saved with the checkpoint and applied by <code>model.preprocess</code>): "
+        f"percent signal change {contract['percent_signal_change']}, linear detrend {contract['detrend']}, "
+        f"band-pass {contract['high_pass_hz']}–{contract['low_pass_hz']} Hz, resampled to TR "
+        f"{contract['target_tr']} s, per-parcel robust scaling (x − median) / IQR fitted on the "
+        f"{contract['scaler_fit'].get('recordings')} training recordings only.")
+    return s
+
+
+# -- pretraining ---------------------------------------------------------------------------------
+def pretraining_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+    from brainlm.report.figures import training_curves
+
+    pre = summary.get("pretraining")
+    if not pre:
+        return _missing("pretraining", "Pretraining", "a pretraining run")
+    s = Section("pretraining", "Pretraining")
+    logs = sorted((run_dir / pre["run"] / "logs" / "csv").glob("version_*/metrics.csv"))
+    if logs:
+        png = training_curves(logs[-1], figures / "training_curves.png")
+        s.figures.append(embed_png(png, "training_curves", "Training loss per step; validation masked "
+                                   "MSE per epoch on held-out subjects against predicting 0 and each "
+                                   "parcel's visible mean (left); validation R² of masked values (right)."))
+    v = pre["validation"]
+    best_baseline = min(v["val/baseline_zero_mse"], v["val/baseline_mean_mse"])
+    s.paragraphs.append(
+        f"The <code>{escape(pre['preset'])}</code> model ({fmt(pre['parameters']['total'])} parameters) "
+        f"was pretrained for {pre['epochs']} epochs ({pre['seconds'] / 60:.1f} min on {escape(pre.get('device', 'cpu'))}) "
+        f"on random {pre['window_trs']}-TR windows of the training subjects, with "
+        f"{pre['mask_ratio']:.0%} of tokens masked at random; the loss is the MSE on masked tokens only.")
+    s.tables.append(Table("Validation (held-out subjects, deterministic tiles and masks)",
+                          ["method", "masked MSE", "R²"],
+                          [row(["BrainLM", v["val/masked_mse"], v["val/r2"]], highlight=True),
+                           row(["predict 0", v["val/baseline_zero_mse"], None]),
+                           row(["visible parcel mean", v["val/baseline_mean_mse"], None])]))
+    ratio = v["val/masked_mse"] / best_baseline
+    s.verdict = (f"Masked MSE is {ratio:.2f}× that of the better trivial baseline "
+                 + ("(<span class='win'>better</span>)." if ratio < 1 else "(<span class='lose'>not better</span>)."))
+    return s
+
+
+# -- reconstruction ------------------------------------------------------------------------------
+def reconstruction_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+    from brainlm.data.atlas import Atlas
+    from brainlm.report.brain import plot_parcel_values
+    from brainlm.report.figures import reconstruction_example
+
+    res = read_json(run_dir / "results" / "reconstruction" / "reconstruction.json")
+    if res is None:
+        return _missing("reconstruction", "Masked reconstruction", "the reconstruction evaluation")
+    s = Section("reconstruction", "Masked reconstruction")
+    s.paragraphs.append(
+        f"{res['recordings']} recordings of the <code>{escape(res['split'])}</code> split "
+        f"({res['windows']} windows of {res['window_trs']} TRs) with {escape(res['strategy'])} masks drawn "
+        f"with seed {res['seed']}; every method fills in the very same masked values. R² is pooled over "
+        "all masked values (1 − SSE/SST, as in the paper); units are the model's scaled signal.")
+    cols = ["method"] + [f"{h} @ {r:g}" for r in res["mask_ratios"] for h in ("R²", "MSE", "r")]
+    rows = []
+    for m in res["methods"]:
+        cells = [METHOD_NAMES.get(m, m)]
+        for e in res["results"]:
+            sc = e["methods"][m]
+            cells += [sc["r2"], sc["mse"], sc["pearson_r"]]
+        rows.append(row(cells, highlight=m == "brainlm"))
+    s.tables.append(Table("Pooled metrics over masked values, by mask ratio", cols, rows))
+    verdicts = []
+    for e in res["results"]:
+        base = {m: v["r2"] for m, v in e["methods"].items() if m != "brainlm" and v["r2"] is not None}
+        best = max(base, key=base.get)
+        ours = e["methods"]["brainlm"]["r2"]
+        word = "<span class='win'>beats</span>" if ours > base[best] else "<span class='lose'>trails</span>"
+        verdicts.append(f"at {e['mask_ratio']:g} BrainLM {word} the best baseline ({METHOD_NAMES.get(best, best)}: "
+                        f"R² {base[best]:.3f} vs {ours:.3f})")
+    s.verdict = "; ".join(verdicts) + "."
+    example = run_dir / "results" / "reconstruction_example.npz"
+    if example.exists():
+        z = np.load(example, allow_pickle=False)
+        png = reconstruction_example(z["target"], z["prediction"], z["mask"].astype(bool),
+                                     [str(n) for n in z["parcel_names"]], float(z["tr_s"]),
+                                     figures / "reconstruction_example.png",
+                                     title=str(z["title"]))
+        s.figures.append(embed_png(png, "reconstruction_example",
+                                   "One test window: true signal, the model's prediction where tokens "
+                                   "were masked, the absolute error, and the traces of three parcels "
+                                   "(shaded: masked)."))
+    parcels = res["parcels"]
+    atlas = Atlas(name=parcels["atlas"], parcel_names=parcels["names"], xyz=np.array(parcels["xyz_mm"]),
+                  networks=parcels["networks"])
+    ratio = 0.75 if 0.75 in res["mask_ratios"] else res["mask_ratios"][len(res["mask_ratios"]) // 2]
+    entry = next(e for e in res["results"] if e["mask_ratio"] == ratio)
+    r2 = np.array([np.nan if v is None else v for v in entry["methods"]["brainlm"]["per_parcel"]["r2"]])
+    png = plot_parcel_values(r2, atlas, figures / "reconstruction_r2_brain.png",
+                             title=f"BrainLM reconstruction R² per parcel (mask {ratio:g})",
+                             cmap="viridis", colorbar_label="R² (masked values)")
+    s.figures.append(embed_png(png, "reconstruction_r2_brain",
+                               f"R² of the masked values of each parcel at mask ratio {ratio:g}, drawn at the "
+                               "parcel's MNI centre (not clipped: below 0 means worse than the parcel's own mean)."))
+    return s
+
+
+# -- provenance ----------------------------------------------------------------------------------
+def provenance_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+    s = Section("provenance", "How this report was produced")
+    versions = summary.get("versions", {})
+    s.tables.append(Table("Software", ["package", "version"],
+                          [row([k, v]) for k, v in versions.items()]))
+    steps = summary.get("step_seconds", {})
+    if steps:
+        s.tables.append(Table("Time per step", ["step", "seconds"],
+                              [row([k, round(v, 1)]) for k, v in steps.items()]))
+    s.paragraphs.append(f"Command: <code>{escape(summary.get('command', 'brainlm demo'))}</code>; seed "
+                        f"{summary.get('seed', 0)} everywhere (splits, crops, masks, folds, models). The "
+                        "settings of every step follow.")
+    s.pre = json.dumps(summary.get("settings", {}), indent=2, default=str)
+    return s
+
+
+BUILDERS = [data_section, pretraining_section, reconstruction_section, provenance_section]
