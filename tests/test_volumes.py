@@ -241,7 +241,7 @@ def test_prepare_cli_from_nifti_matches_prepare_from_tables(scans, hcp, tmp_path
     out = tmp_path / "corpus"
     rc = main(["prepare", str(scans / "bold"), "--atlas-image", str(scans / "atlas-AAL2vor_dseg.nii.gz"),
                "--atlas-labels", str(scans / "atlas-AAL2vor_dseg.tsv"), "--out", str(out),
-               "--psc", "--min-trs", "100", "--splits", "0.34,0.33,0.33", "--jobs", "2", "--quiet"])
+               "--psc", "--min-trs", "100", "--splits", "0.34,0.33,0.33", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     corpus = Corpus(out)
     m = corpus.manifest
@@ -276,8 +276,9 @@ def test_empty_parcels_follow_the_bad_parcels_policy(scans, hcp, tmp_path, label
     with pytest.raises(BrainLMInputError, match=r"sub-0_task-rest_bold.nii.gz: \d+ parcel\(s\) have no voxel .*--bad-parcels zero"):
         prepare_corpus([folder], tmp_path / "c1", atlas_image=image[0], atlas_labels=image[1],
                        tr=0.72, min_trs=100)
-    corpus = prepare_corpus([folder], tmp_path / "c2", atlas_image=image[0], atlas_labels=image[1],
-                            tr=0.72, min_trs=100, contract=PreprocessingContract(bad_parcels="zero"))
+    with pytest.warns(AtlasResampledWarning, match=r"to the data grid \(6x6x6 mm, 34x40x21\)"):
+        corpus = prepare_corpus([folder], tmp_path / "c2", atlas_image=image[0], atlas_labels=image[1],
+                                tr=0.72, min_trs=100, contract=PreprocessingContract(bad_parcels="zero"))
     # Missing: exactly the parcels whose voxels all lie below z = 0 mm.
     lab = np.asarray(labels6.dataobj)
     z = nib.affines.apply_affine(labels6.affine, np.argwhere(lab > 0))[:, 2]

@@ -1,0 +1,325 @@
+"""An fMRIPrep derivatives folder -> a corpus, with confounds chosen by nilearn's loaders.
+
+The miniature dataset: 4 HCP subjects painted into a 6 mm AAL2-Voronoi MNI image (240 TRs,
+TR 0.72 s) plus a motion/WM/CSF artefact that lies in the span of the confound columns, with
+fMRIPrep's file names, JSON sidecars, brain masks, confounds TSV + JSON (realistic columns), a
+second output space, and the raw dataset's participants.tsv two folders up.
+"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from test_volumes import paint, voronoi_labels, write_labels_tsv
+
+from brainlm import BrainLMInputError
+from brainlm.cli import main
+from brainlm.data.atlas import load_atlas
+from brainlm.data.corpus import Corpus
+from brainlm.data.extraction import ImageParcellation
+from brainlm.data.fmriprep import (ConfoundStrategy, confounds_file_for, denoise, find_scans,
+                                   parse_confound_strategy, participants_file)
+from brainlm.data.prepare import prepare_corpus
+from brainlm.data.volumes import load_volume_atlas
+
+T, TR, SPACE = 240, 0.72, "MNI152NLin2009cAsym"
+SPIKES = (100, 101, 150)   # high-motion volumes of the last subject
+
+
+def confounds_table(n: int, seed: int, spikes=()) -> tuple[pd.DataFrame, dict]:
+    """fMRIPrep-style confounds: 6 motion parameters with derivatives and squares, FD, DVARS,
+    CSF/WM/global signals with expansions, cosine high-pass basis, aCompCor, outlier columns."""
+    rng = np.random.default_rng(seed)
+    cols: dict[str, np.ndarray] = {}
+    walk = np.cumsum(rng.normal(0, 1, (n, 6)), axis=0)
+    walk = walk - walk.mean(0)
+    motion = walk * np.array([0.02, 0.03, 0.04, 4e-4, 3e-4, 2e-4])   # mm, mm, mm, rad, rad, rad
+    for t in spikes:
+        motion[t:] += np.array([0.4, 0.3, 0.2, 0, 0, 0])
+    names = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
+    signals = {"csf": 700 + np.cumsum(rng.normal(0, 2, n)), "white_matter": 500 + np.cumsum(rng.normal(0, 1, n)),
+               "global_signal": 600 + np.cumsum(rng.normal(0, 1, n))}
+    for name, x in list(zip(names, motion.T)) + list(signals.items()):
+        d = np.r_[np.nan, np.diff(x)]
+        cols.update({name: x, f"{name}_derivative1": d, f"{name}_power2": x ** 2,
+                     f"{name}_derivative1_power2": d ** 2})
+    fd = np.abs(np.diff(motion[:, :3], axis=0)).sum(1) + 50 * np.abs(np.diff(motion[:, 3:], axis=0)).sum(1)
+    cols["framewise_displacement"] = np.r_[np.nan, fd]
+    std_dvars = 1 + 0.1 * rng.standard_normal(n)
+    std_dvars[list(spikes)] = 2.5
+    cols["std_dvars"] = np.r_[np.nan, std_dvars[1:]]
+    cols["dvars"] = cols["std_dvars"] * 20
+    k = np.arange(n)
+    for j in range(1, int(2 * n * TR / 128) + 1):   # DCT basis of a 128 s high-pass
+        cols[f"cosine{j - 1:02d}"] = np.sqrt(2 / n) * np.cos(np.pi * (2 * k + 1) * j / (2 * n))
+    comps = np.linalg.qr(rng.standard_normal((n, 5)))[0]
+    meta = {}
+    for j in range(5):
+        cols[f"a_comp_cor_{j:02d}"] = comps[:, j]
+        meta[f"a_comp_cor_{j:02d}"] = {"Method": "aCompCor", "Mask": "combined", "Retained": True,
+                                       "SingularValue": float(10 - j), "VarianceExplained": 0.1,
+                                       "CumulativeVarianceExplained": 0.1 * (j + 1)}
+    cols["non_steady_state_outlier00"] = (k == 0).astype(float)
+    for j, t in enumerate(spikes):
+        cols[f"motion_outlier{j:02d}"] = (k == t).astype(float)
+    return pd.DataFrame(cols), meta
+
+
+def write_fmriprep(root, hcp, labels_img, *, n_subjects=4, other_space=True):
+    """``root/participants.tsv`` and ``root/derivatives/fmriprep/sub-*/ses-1/func/...``."""
+    rng = np.random.default_rng(3)
+    deriv = root / "derivatives" / "fmriprep"
+    deriv.mkdir(parents=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "mini", "BIDSVersion": "1.8.0"}))
+    (deriv / "dataset_description.json").write_text(json.dumps(
+        {"Name": "fMRIPrep", "DatasetType": "derivative", "GeneratedBy": [{"Name": "fMRIPrep", "Version": "23.2.0"}]}))
+    labels = np.asarray(labels_img.dataobj)
+    where = np.nonzero(labels)
+    parcel_of_voxel = labels[where] - 1
+    rows = []
+    for i in range(n_subjects):
+        rec = hcp[i]
+        func = deriv / f"sub-{rec.subject}" / "ses-1" / "func"
+        func.mkdir(parents=True)
+        stem = f"sub-{rec.subject}_ses-1_task-rest"
+        spikes = SPIKES if i == n_subjects - 1 else ()
+        conf, meta = confounds_table(T, seed=10 + i, spikes=spikes)
+        # An artefact in the span of the motion and WM/CSF columns, coherent within each parcel.
+        z = conf[["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z", "csf", "white_matter"]].to_numpy()
+        z = (z - z.mean(0)) / z.std(0)
+        weights = rng.normal(0, 40, (94, z.shape[1]))[parcel_of_voxel]
+        weights += rng.normal(0, 5, weights.shape)
+        img = paint(labels_img, rec.timeseries[:T], noise_sd=20.0, seed=i, extra=weights @ z.T)
+        nib.save(img, func / f"{stem}_space-{SPACE}_desc-preproc_bold.nii.gz")
+        nib.save(nib.Nifti1Image((labels > 0).astype(np.uint8), labels_img.affine),
+                 func / f"{stem}_space-{SPACE}_desc-brain_mask.nii.gz")
+        sidecar = {"RepetitionTime": TR, "TaskName": "rest", "SkullStripped": False, "StartTime": 0.3}
+        (func / f"{stem}_space-{SPACE}_desc-preproc_bold.json").write_text(json.dumps(sidecar))
+        conf.to_csv(func / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a")
+        (func / f"{stem}_desc-confounds_timeseries.json").write_text(json.dumps(meta))
+        if other_space:   # fMRIPrep writes one file per output space; never read here
+            nib.save(nib.Nifti1Image(np.zeros((2, 2, 2, 2), np.float32), np.eye(4)),
+                     func / f"{stem}_space-T1w_desc-preproc_bold.nii.gz")
+            (func / f"{stem}_space-T1w_desc-preproc_bold.json").write_text(json.dumps(sidecar))
+        rows.append({"participant_id": f"sub-{rec.subject}", "age": 22 + 3 * i, "sex": "FM"[i % 2],
+                     "group": "patient" if i % 2 else "control"})
+    pd.DataFrame(rows).to_csv(root / "participants.tsv", sep="\t", index=False)
+    return deriv
+
+
+@pytest.fixture(scope="module")
+def aal2():
+    return load_atlas("aal2")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, hcp, aal2):
+    root = tmp_path_factory.mktemp("fmriprep")
+    labels_img = voronoi_labels(aal2.xyz, 6)
+    nib.save(labels_img, root / "atlas.nii.gz")
+    write_labels_tsv(root / "atlas.tsv", aal2)
+    deriv = write_fmriprep(root / "bids", hcp, labels_img)
+    return {"root": root, "deriv": deriv, "atlas": root / "atlas.nii.gz", "labels": root / "atlas.tsv"}
+
+
+@pytest.fixture(scope="module")
+def vatlas(dataset):
+    return load_volume_atlas(dataset["atlas"], dataset["labels"])
+
+
+@pytest.fixture(scope="module")
+def cli_corpus(dataset, tmp_path_factory):
+    """The one command a new user runs on an fMRIPrep folder."""
+    out = tmp_path_factory.mktemp("cli") / "corpus"
+    rc = main(["prepare", str(dataset["deriv"]), "--atlas-image", str(dataset["atlas"]),
+               "--atlas-labels", str(dataset["labels"]), "--space", SPACE, "--out", str(out),
+               "--psc", "--min-trs", "100", "--splits", "0.5,0.25,0.25", "--jobs", "2", "--quiet"])
+    assert rc == 0
+    return Corpus(out)
+
+
+def _scan(dataset, hcp, i):
+    return dataset["deriv"] / f"sub-{hcp[i].subject}" / "ses-1" / "func" / \
+        f"sub-{hcp[i].subject}_ses-1_task-rest_space-{SPACE}_desc-preproc_bold.nii.gz"
+
+
+# -- finding scans -----------------------------------------------------------------------------
+def test_find_scans_by_space(dataset, hcp):
+    with pytest.raises(BrainLMInputError, match=r"several spaces.*\['MNI152NLin2009cAsym', 'T1w'\].*--space"):
+        find_scans([dataset["deriv"]], surface=False)
+    scans = find_scans([dataset["deriv"]], surface=False, space=SPACE)
+    assert len(scans) == 4 and {s.kind for s in scans} == {"volume"}
+    assert scans[0].entities["sub"] == hcp[0].subject and scans[0].entities["ses"] == "1"
+    assert scans[0].mask.name.endswith("_desc-brain_mask.nii.gz")
+    assert confounds_file_for(scans[0].files[0]).name == \
+        f"sub-{hcp[0].subject}_ses-1_task-rest_desc-confounds_timeseries.tsv"
+    assert participants_file(dataset["deriv"]) == dataset["deriv"].parent.parent / "participants.tsv"
+
+
+# -- confounds -----------------------------------------------------------------------------------
+def test_simple_strategy_removes_the_artefact_exactly(dataset, hcp, vatlas):
+    """Parcellate + 'simple' == the source series with nilearn's simple confounds regressed
+    out over the kept volumes (volume 0 is non-steady-state: censored, then trimmed)."""
+    from nilearn.interfaces.fmriprep import load_confounds_strategy
+
+    path = _scan(dataset, hcp, 0)
+    none = ImageParcellation(vatlas)
+    raw, info = none.extract("volume", [path], source=str(path))
+    simple = ImageParcellation(vatlas, confounds=parse_confound_strategy("simple"))
+    clean, info = simple.extract("volume", [path], source=str(path))
+    assert clean.data.shape == (T - 1, 94)
+    n_cos = int(2 * T * TR / 128)
+    assert info["confound_regressors"] == 24 + 2 + n_cos
+    assert (info["censored_volumes"], info["interpolated_volumes"], info["trimmed_volumes"]) == (1, 0, 1)
+
+    source = hcp[0].timeseries[:T].astype(np.float64)
+    r_raw = np.median([np.corrcoef(raw.data[1:, p], source[1:, p])[0, 1] for p in range(94)])
+    conf, mask = load_confounds_strategy(str(path), denoise_strategy="simple")
+    c = conf.to_numpy()[mask]
+    c = (c - c.mean(0)) / c.std(0)
+    y = source[mask]
+    expected = y - c @ np.linalg.lstsq(c, y - y.mean(0), rcond=None)[0]
+    r_clean = [np.corrcoef(clean.data[:, p], expected[:, p])[0, 1] for p in range(94)]
+    assert r_raw < 0.6 and np.min(r_clean) > 0.97
+    # The mean is kept, so percent signal change still applies downstream.
+    np.testing.assert_allclose(clean.data.mean(0), raw.data[1:].mean(0), rtol=1e-4)
+
+
+def test_scrubbing_interpolates_censored_volumes(dataset, hcp, vatlas):
+    path = _scan(dataset, hcp, 3)
+    scrub = ImageParcellation(vatlas, confounds=parse_confound_strategy("scrubbing"))
+    clean, info = scrub.extract("volume", [path], source=str(path))
+    # Non-steady-state volume 0, and FD/DVARS spikes at 100, 101, 150 (segments >= 5 kept).
+    assert (info["censored_volumes"], info["interpolated_volumes"], info["trimmed_volumes"]) == (4, 3, 1)
+    assert clean.data.shape == (T - 1, 94) and np.isfinite(clean.data).all()
+    assert info["confound_regressors"] == 24 + 8 + int(2 * T * TR / 128)
+    strict = ImageParcellation(vatlas, confounds=parse_confound_strategy("scrubbing", max_censored=0.01))
+    with pytest.raises(BrainLMInputError, match=r"4 of 240 volumes censored .*'scrubbing'"):
+        strict.extract("volume", [path], source=str(path))
+
+
+def test_denoise_interpolation_is_a_spline_through_kept_volumes():
+    t = np.arange(50, dtype=float)
+    x = np.stack([np.sin(t / 5), np.cos(t / 7)], axis=1) * 10 + 100
+    conf = pd.DataFrame({"c": np.random.default_rng(0).normal(size=50)})
+    kept = np.setdiff1d(np.arange(50), [0, 1, 20, 49])
+    out, info = denoise(x, conf, kept)
+    assert out.shape == (47, 2) and info == {"confound_regressors": 1, "censored_volumes": 4,
+                                             "interpolated_volumes": 1, "trimmed_volumes": 3}
+    # Kept volumes: least-squares residuals of the z-scored confound (fitted on kept volumes only).
+    c = conf["c"].to_numpy()[kept]
+    c = (c - c.mean()) / c.std()
+    y = x[kept]
+    resid = y - np.outer(c, c @ (y - y.mean(0)) / (c @ c))
+    np.testing.assert_allclose(out[kept - 2], resid, rtol=1e-5)
+    # The censored volume inside the run: the cubic spline through the kept residuals.
+    from scipy.interpolate import CubicSpline
+
+    np.testing.assert_allclose(out[20 - 2], CubicSpline(kept, resid)(20), rtol=1e-5)
+    assert abs(out[18, 0] - x[20, 0]) < 1.0   # and close to the smooth signal it replaces
+
+
+def test_compcor_and_custom_strategies(dataset, hcp, vatlas):
+    path = _scan(dataset, hcp, 1)
+    _, info = ImageParcellation(vatlas, confounds=parse_confound_strategy("compcor")).extract(
+        "volume", [path], source=str(path))
+    assert info["confound_regressors"] == 24 + 5 + int(2 * T * TR / 128)
+    custom = parse_confound_strategy("motion,global_signal", global_signal="basic")
+    assert custom == ConfoundStrategy("custom", ("motion", "global_signal"), (("global_signal", "basic"),))
+    _, info = ImageParcellation(vatlas, confounds=custom).extract("volume", [path], source=str(path))
+    assert info["confound_regressors"] == 24 + 1
+    with pytest.raises(BrainLMInputError, match="unknown confound strategy|not understood"):
+        parse_confound_strategy("motion,banana")
+
+
+# -- the one command -----------------------------------------------------------------------------
+def test_one_command_gives_a_corpus_with_phenotypes(cli_corpus, dataset, hcp):
+    m = cli_corpus.manifest
+    assert len(m) == 4 and set(m["session"]) == {"1"} and set(m["task"]) == {"rest"}
+    assert set(m["n_trs"]) == {T - 1} and set(m["tr"]) == {TR}
+    assert cli_corpus.phenotype_columns == ["age", "sex", "group"]
+    ages = {hcp[i].subject: 22 + 3 * i for i in range(4)}
+    assert all(m["age"] == m["subject"].map(ages))
+    ing = cli_corpus.info["ingestion"]
+    assert ing["confounds"]["strategy"] == "simple"   # auto: fMRIPrep confounds found
+    assert ing["confounds"]["loader"]["function"] == "nilearn.interfaces.fmriprep.load_confounds_strategy"
+    # One non-steady-state volume per scan: censored and, being first, trimmed.
+    assert ing["space"] == SPACE and ing["censored_volumes"] == ing["trimmed_volumes"] == 4
+    table = pd.read_parquet(f"{cli_corpus.path}/ingestion.parquet")
+    assert table["brain_mask"].str.endswith("_desc-brain_mask.nii.gz").all()
+    assert table["confound_regressors"].tolist() == [24 + 2 + int(2 * T * TR / 128)] * 4
+    assert cli_corpus.atlas.n_parcels == 94 and cli_corpus.contract.percent_signal_change
+
+
+def test_cli_without_space_says_which_spaces(dataset, tmp_path, capsys):
+    rc = main(["prepare", str(dataset["deriv"]), "--atlas-image", str(dataset["atlas"]),
+               "--out", str(tmp_path / "c"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "several spaces" in err and "--space" in err and "Traceback" not in err
+
+
+# -- bad scans, resume ---------------------------------------------------------------------------
+def _copy_tree(dataset, dst, n=3):
+    import shutil
+
+    shutil.copytree(dataset["deriv"].parent.parent, dst, ignore=shutil.ignore_patterns("*space-T1w*"))
+    subjects = sorted(p.name for p in (dst / "derivatives" / "fmriprep").glob("sub-*"))
+    for extra in subjects[n:]:
+        shutil.rmtree(dst / "derivatives" / "fmriprep" / extra)
+    return dst / "derivatives" / "fmriprep", subjects[:n]
+
+
+def test_failed_scans_are_recorded_and_the_rest_prepared(dataset, tmp_path):
+    deriv, subjects = _copy_tree(dataset, tmp_path / "bids", n=3)
+    func = lambda s: deriv / s / "ses-1" / "func"   # noqa: E731
+    conf = next(func(subjects[0]).glob("*_desc-confounds_timeseries.tsv"))
+    pd.read_csv(conf, sep="\t").iloc[:-10].to_csv(conf, sep="\t", index=False, na_rep="n/a")
+    next(func(subjects[1]).glob("*_bold.json")).unlink()
+    corpus = prepare_corpus([deriv], tmp_path / "c", atlas_image=dataset["atlas"],
+                            atlas_labels=dataset["labels"], on_error="skip", min_trs=100,
+                            allow_missing_phenotypes=True)
+    assert corpus.manifest["subject"].tolist() == [subjects[2][4:]]
+    reasons = dict(zip(corpus.skipped["recording_id"].str[4:].str.split("_").str[0], corpus.skipped["reason"]))
+    assert "confounds have 230 rows; the scan has 240 volumes" in reasons[subjects[0][4:]]
+    assert "repetition time unknown" in reasons[subjects[1][4:]]
+    src = dict(zip(corpus.skipped["recording_id"].str[4:].str.split("_").str[0], corpus.skipped["source"]))
+    assert src[subjects[0][4:]].endswith("_desc-preproc_bold.nii.gz")
+    with pytest.raises(BrainLMInputError, match=r"_desc-confounds_timeseries.tsv: confounds have 230 rows"):
+        prepare_corpus([deriv], tmp_path / "c2", atlas_image=dataset["atlas"], min_trs=100)
+
+
+def test_a_rerun_skips_finished_scans(dataset, tmp_path, monkeypatch):
+    deriv, subjects = _copy_tree(dataset, tmp_path / "bids", n=3)
+    conf = next((deriv / subjects[2] / "ses-1" / "func").glob("*_desc-confounds_timeseries.tsv"))
+    good = conf.read_text()
+    conf.write_text("\n".join(good.splitlines()[:50]))
+    kwargs = dict(atlas_image=dataset["atlas"], atlas_labels=dataset["labels"], min_trs=100, jobs=1)
+    with pytest.raises(BrainLMInputError, match="confounds have 49 rows"):
+        prepare_corpus([deriv], tmp_path / "c", **kwargs)
+    assert len(list((tmp_path / "c.partial" / "done").glob("*.json"))) == 2
+    conf.write_text(good)
+    # Resuming with another confound strategy would mix two denoisings in one corpus.
+    with pytest.raises(BrainLMInputError, match="different settings.*--restart"):
+        prepare_corpus([deriv], tmp_path / "c", **kwargs, confounds="compcor")
+    calls = []
+    original = ImageParcellation.extract
+    monkeypatch.setattr(ImageParcellation, "extract",
+                        lambda self, kind, files, **kw: calls.append(files[0].name) or original(self, kind, files, **kw))
+    corpus = prepare_corpus([deriv], tmp_path / "c", **kwargs)
+    assert len(calls) == 1 and subjects[2] in calls[0] and len(corpus.manifest) == 3
+    assert not (tmp_path / "c.partial").exists()
+
+
+def test_dask_backend_gives_the_same_corpus(dataset, tmp_path, cli_corpus):
+    pytest.importorskip("dask.distributed")
+    corpus = prepare_corpus([dataset["deriv"]], tmp_path / "c", atlas_image=dataset["atlas"],
+                            atlas_labels=dataset["labels"], space=SPACE, min_trs=100, jobs=2,
+                            dask_scheduler="local", fractions=(0.5, 0.25, 0.25),
+                            contract=cli_corpus.contract.__class__(percent_signal_change=True))
+    assert corpus.manifest["recording_id"].tolist() == cli_corpus.manifest["recording_id"].tolist()
+    for i in range(4):
+        np.testing.assert_array_equal(corpus.read(i, scaled=False), cli_corpus.read(i, scaled=False))
