@@ -185,6 +185,22 @@ def test_prepare_cli_on_gifti_and_cifti_scans(atlas_files, vertex_labels, rest, 
     expected = corpus.contract.clean(rest.timeseries, 2.0).data
     assert min(np.corrcoef(got[:, p], expected[:, p])[0, 1] for p in range(100)) > 0.95
 
+    # fMRIPrep confounds beside a GIfTI pair: nilearn's loader finds them from the pair.
+    from test_fmriprep import confounds_table
+
+    from brainlm.data.fmriprep import parse_confound_strategy
+
+    func = root / "sub-0" / "func"
+    conf, meta = confounds_table(rest.n_timepoints, seed=0)
+    conf.to_csv(func / "sub-0_task-rest_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a")
+    (func / "sub-0_task-rest_desc-confounds_timeseries.json").write_text(json.dumps(meta))
+    pair = sorted(func.glob("*.func.gii"))
+    atlas = load_surface_atlas([atlas_files / "lh.Sch100.annot", atlas_files / "rh.Sch100.annot"])
+    raw, info = ImageParcellation(atlas, confounds=parse_confound_strategy("simple")).extract(
+        "gifti", pair, source="pair")
+    n_cos = len([c for c in conf.columns if c.startswith("cosine")])
+    assert info["confound_regressors"] == 24 + 2 + n_cos and raw.data.shape == (rest.n_timepoints - 1, 100)
+
     # Naming one hemisphere of a GIfTI scan is enough: its twin is found.
     rc = main(["prepare", str(root / "sub-0" / "func" / "sub-0_task-rest_hemi-L_space-fsaverage5_bold.func.gii"),
                "--atlas-image", str(atlas_files / "lh.Sch100.annot"), "--atlas-image",
