@@ -19,6 +19,7 @@ from brainlm.errors import BrainLMInputError
 COMMAND_MODULES = (
     "brainlm.report.command",
     "brainlm.simulate.command",
+    "brainlm.tasks.attention_command",
     "brainlm.tasks.forecasting.command",
 )
 
