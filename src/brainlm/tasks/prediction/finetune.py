@@ -1,0 +1,262 @@
+"""Regression and classification heads on the BrainLM encoder: linear probe, full fine-tuning
+and LoRA, each with early stopping on a validation split of the training subjects.
+
+The head is one linear layer on ``[CLS, mean of patch tokens]`` (2 D features) of a window,
+nothing masked. A recording's prediction averages its windows.
+
+* ``linear_probe``: the encoder is frozen; only the head learns (on window embeddings, which
+  are computed once, see :class:`LinearProbe`);
+* ``full``: every encoder weight learns too (a smaller learning rate than the head's);
+* ``lora``: the encoder's weights are frozen and every ``nn.Linear`` of its blocks (attention
+  ``qkv`` and ``proj``, both MLP layers) gets a trainable low-rank update
+  ``W x + (alpha / r) B A x`` (Hu et al. 2021), B initialised to zero so training starts from
+  the pretrained encoder.
+
+The decoder is never used and never trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from torch import nn
+
+from brainlm.errors import BrainLMInputError
+from brainlm.model.brainlm import BrainLM
+from brainlm.tasks.corpus_input import load_model
+from brainlm.tasks.prediction.training import WindowedHead, check_series, random_crops, tiles
+
+MODES = ("linear_probe", "full", "lora")
+
+
+class LoRALinear(nn.Module):
+    """``base(x) + (alpha / rank) * x A^T B^T`` with ``base`` frozen.
+
+    Parameters
+    ----------
+    base : nn.Linear
+        The pretrained layer (its weights stay as they are).
+    rank : int
+        Rank r of the update.
+    alpha : float
+        Scale numerator; the update is multiplied by ``alpha / rank``.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int = 4, alpha: float = 8.0):
+        super().__init__()
+        if rank < 1:
+            raise BrainLMInputError(f"LoRA rank {rank}; expected >= 1")
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., in_features] -> [..., out_features]."""
+        return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scale
+
+
+def add_lora(model: BrainLM, rank: int = 4, alpha: float = 8.0) -> list[str]:
+    """Replace every ``nn.Linear`` inside the encoder blocks by a :class:`LoRALinear` (in place).
+
+    Returns the names of the wrapped layers (``blocks.0.attn.qkv`` ...).
+    """
+    wrapped = []
+    for name, module in list(model.blocks.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(module, child_name, LoRALinear(child, rank, alpha))
+                wrapped.append(f"blocks.{name + '.' if name else ''}{child_name}")
+    return wrapped
+
+
+class EncoderHead(nn.Module):
+    """The BrainLM encoder and a linear head: window [B, T, P] -> output [B].
+
+    Parameters
+    ----------
+    model : BrainLM
+        Its encoder is used as is (copy it first if it must stay untouched).
+    xyz : Tensor [P, 3]
+        Parcel MNI coordinates in mm.
+    """
+
+    def __init__(self, model: BrainLM, xyz: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("xyz", xyz.float())
+        self.head = nn.Linear(2 * model.config.dim, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, P] -> [B, 2 D] (CLS, mean of patch tokens)."""
+        latent = self.model.forward_encoder(x, self.xyz.expand(len(x), -1, -1)).latent
+        return torch.cat([latent[:, 0], latent[:, 1:].mean(dim=1)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).squeeze(-1)
+
+
+class BrainLMFineTuner(WindowedHead, BaseEstimator):
+    """A head on the BrainLM encoder, trained with early stopping.
+
+    Parameters
+    ----------
+    checkpoint : str, path or BrainLM
+        The pretrained model (copied; the original is not modified).
+    mode : {"linear_probe", "full", "lora"}
+    task : {"regression", "classification"}
+    lr : float
+        Learning rate of the head and of the LoRA adapters.
+    encoder_lr : float
+        Learning rate of the encoder weights in ``full`` mode.
+    weight_decay : float
+    lora_rank, lora_alpha : int, float
+        LoRA rank and scale (``alpha / rank``).
+    max_epochs, patience, batch_size, val_fraction, random_state
+        As in :class:`~brainlm.tasks.prediction.baselines.LSTMEstimator`; every epoch draws one
+        random window per training recording.
+    atlas : Atlas, optional
+        Atlas of the inputs (default: the checkpoint's), for the parcel coordinates.
+    device : str
+
+    ``fit(X, y, groups)`` takes X as a list of (T, P) model-input arrays (cleaned and scaled with
+    the checkpoint's contract, as a corpus read gives).
+    """
+
+    def __init__(self, checkpoint=None, mode: str = "lora", task: str = "regression", *,
+                 lr: float = 1e-3, encoder_lr: float = 1e-4, weight_decay: float = 0.01,
+                 lora_rank: int = 4, lora_alpha: float = 8.0, max_epochs: int = 10, patience: int = 3,
+                 batch_size: int = 16, val_fraction: float = 0.2, random_state: int = 0,
+                 atlas=None, device: str = "cpu"):
+        self.checkpoint = checkpoint
+        self.mode = mode
+        self.task = task
+        self.lr = lr
+        self.encoder_lr = encoder_lr
+        self.weight_decay = weight_decay
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.random_state = random_state
+        self.atlas = atlas
+        self.device = device
+
+    def _model(self) -> BrainLM:
+        if self.mode not in MODES:
+            raise BrainLMInputError(f"fine-tuning mode {self.mode!r}; expected one of {MODES}")
+        if self.checkpoint is None:
+            raise BrainLMInputError("BrainLMFineTuner needs a checkpoint (a folder or a BrainLM)")
+        return copy.deepcopy(load_model(self.checkpoint, self.device))
+
+    def _prepare(self, X):
+        if not hasattr(self, "window_trs_"):
+            model = load_model(self.checkpoint, self.device)
+            atlas = self.atlas if self.atlas is not None else model.atlas
+            self.window_trs_, self.xyz_ = model.config.window_trs, np.asarray(atlas.xyz, dtype=np.float32)
+        return check_series(X, self.window_trs_, len(self.xyz_))
+
+    def _build(self, items):
+        model = self._model()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        net = EncoderHead(model, torch.from_numpy(self.xyz_)).to(self.device)
+        groups = [{"params": list(net.head.parameters()), "lr": self.lr}]
+        if self.mode == "full":
+            encoder = [p for n, p in model.named_parameters()
+                       if not n.startswith(("decoder", "mask_token"))]
+            for p in encoder:
+                p.requires_grad_(True)
+            groups.append({"params": encoder, "lr": self.encoder_lr})
+        elif self.mode == "lora":
+            self.lora_layers_ = add_lora(model, self.lora_rank, self.lora_alpha)
+            adapters = [p for n, p in model.named_parameters() if "lora_" in n]
+            groups.append({"params": adapters, "lr": self.lr})
+        model.to(self.device)
+        self.n_trainable_ = int(sum(p.numel() for g in groups for p in g["params"]))
+        return net, torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+
+    def _train_examples(self, items, generator):
+        return random_crops(items, self.window_trs_, generator).to(self.device), np.arange(len(items))
+
+    def _eval_examples(self, items):
+        wins, owner = tiles(items, self.window_trs_)
+        return wins.to(self.device), owner
+
+    def fit(self, X, y, groups=None):
+        for attr in ("window_trs_", "xyz_"):
+            self.__dict__.pop(attr, None)
+        return super().fit(X, y, groups)
+
+
+class LinearProbe(WindowedHead, BaseEstimator):
+    """A linear head on frozen window embeddings, with early stopping.
+
+    The same head as ``BrainLMFineTuner(mode="linear_probe")``, trained on embeddings computed
+    once (``BrainLMEmbedding(pooling="both").transform_windows``): with a frozen encoder the
+    embeddings do not change, so cross-validation need not recompute them per fold.
+
+    Parameters
+    ----------
+    task : {"regression", "classification"}
+    lr, weight_decay, max_epochs, patience, batch_size, val_fraction, random_state
+        As in :class:`BrainLMFineTuner`; an epoch visits every training window.
+
+    ``fit(X, y, groups)`` takes X as a list of (W_i, F) window-embedding arrays, one per
+    recording. Features are standardised with the statistics of the training windows (the
+    validation split excluded).
+    """
+
+    def __init__(self, task: str = "regression", *, lr: float = 1e-2, weight_decay: float = 0.01,
+                 max_epochs: int = 200, patience: int = 10, batch_size: int = 64,
+                 val_fraction: float = 0.2, random_state: int = 0):
+        self.task = task
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.random_state = random_state
+
+    def _prepare(self, X):
+        items = [np.atleast_2d(np.asarray(x, dtype=np.float32)) for x in X]
+        if not items or len({x.shape[1] for x in items}) != 1:
+            raise BrainLMInputError("LinearProbe expects a list of (windows x features) arrays with "
+                                    "the same number of features")
+        return items
+
+    def _build(self, items):
+        stacked = np.concatenate(items)
+        self.mean_, self.scale_ = stacked.mean(axis=0), stacked.std(axis=0) + 1e-6
+        net = nn.Linear(stacked.shape[1], 1)
+        return _Squeeze(net), torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def _standardised(self, items):
+        x = np.concatenate(items)
+        owner = np.repeat(np.arange(len(items)), [len(i) for i in items])
+        return torch.from_numpy(((x - self.mean_) / self.scale_).astype(np.float32)), owner
+
+    def _train_examples(self, items, generator):
+        return self._standardised(items)
+
+    def _eval_examples(self, items):
+        return self._standardised(items)
+
+
+class _Squeeze(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)

@@ -1,0 +1,148 @@
+"""Masked reconstruction evaluation: the pretrained tiny model on the held-out HCP subject next
+to baselines scored on the same masks; metric arithmetic; baselines on signals with known
+answers; determinism; bad input leaves no results behind."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import r2_score
+
+from brainlm.cli import main
+from brainlm.data.atlas import load_atlas
+from brainlm.data.contract import PreprocessingContract
+from brainlm.data.prepare import prepare_corpus
+from brainlm.errors import BrainLMInputError
+from brainlm.tasks.reconstruction import (
+    BASELINES, ReconstructionScores, SpatialImputer, evaluate_reconstruction, impute_interpolation,
+    impute_parcel_mean)
+
+
+@pytest.fixture(scope="module")
+def recon(trained, hcp_corpus, tmp_path_factory):
+    """`brainlm evaluate recon` on the HCP test subject (6 windows of 200 TRs), as a user runs it."""
+    out = tmp_path_factory.mktemp("recon") / "recon"
+    assert main(["evaluate", "recon", str(trained / "model"), hcp_corpus.path, "--split", "test",
+                 "--ratios", "0.2,0.75", "--out", str(out)]) == 0
+    return out, json.loads((out / "reconstruction.json").read_text())
+
+
+def test_pretrained_model_beats_trivial_baselines_on_held_out_hcp(recon, hcp_corpus):
+    out, r = recon
+    assert r["split"] == "test" and r["recordings"] == 1 and r["windows"] == 6
+    assert r["methods"] == ["brainlm", *BASELINES]
+    md = (out / "reconstruction.md").read_text()
+    assert "| brainlm |" in md and "| spatial |" in md
+    for entry in r["results"]:
+        m = entry["methods"]
+        # The very same masked values for every method.
+        assert len({m[k]["n_values"] for k in m}) == 1
+        n_tokens = round(entry["mask_ratio"] * 94 * 10)
+        assert m["brainlm"]["n_values"] == 6 * n_tokens * 20
+        # A model that learned something beats predicting the scaled median and the visible mean.
+        assert m["brainlm"]["r2"] > m["zero"]["r2"] + 0.05
+        assert m["brainlm"]["mse"] < m["parcel_mean"]["mse"]
+        # The spatial baseline (fitted on the 5 training subjects) is a real competitor.
+        assert m["spatial"]["r2"] > 0.1
+        for method in m.values():
+            pp = method["per_parcel"]
+            assert len(pp["r2"]) == len(pp["mse"]) == len(pp["pearson_r"]) == 94
+    # Per-parcel R^2 is not clipped: some parcels of the zero baseline are below 0.
+    zero_pp = np.array(r["results"][0]["methods"]["zero"]["per_parcel"]["r2"], dtype=float)
+    assert np.nanmin(zero_pp) < 0
+    assert r["parcels"]["names"] == list(hcp_corpus.atlas.parcel_names)
+    assert r["spatial_baseline"]["fit_split"] == "train"
+
+
+def test_baselines_behave_as_bold_physics_says(recon):
+    low, high = (e["methods"] for e in recon[1]["results"])
+    # Interpolation carries signal across short gaps and loses it as gaps grow (at 75% most
+    # gaps span several 14.4 s patches, longer than BOLD stays correlated).
+    assert low["interpolation"]["pearson_r"] > 0.1
+    assert low["interpolation"]["pearson_r"] > high["interpolation"]["pearson_r"] + 0.05
+    # Regions co-fluctuate: the visible parcels at the same TR are the best baseline.
+    for m in (low, high):
+        assert m["spatial"]["r2"] == max(m[b]["r2"] for b in BASELINES)
+
+
+def test_same_seed_same_numbers_other_seed_other_masks(trained, hcp_corpus):
+    a = evaluate_reconstruction(trained / "model", hcp_corpus, ratios=(0.5,), seed=3)
+    b = evaluate_reconstruction(trained / "model", hcp_corpus, ratios=(0.5,), seed=3)
+    c = evaluate_reconstruction(trained / "model", hcp_corpus, ratios=(0.5,), seed=4)
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert strip(a) == strip(b)
+    assert a["results"][0]["methods"]["brainlm"]["mse"] != c["results"][0]["methods"]["brainlm"]["mse"]
+
+
+def test_scores_match_sklearn_and_numpy():
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(3, 50, 7))
+    p = t + rng.normal(scale=0.7, size=t.shape)
+    mask = rng.random(t.shape) < 0.4
+    s = ReconstructionScores(7)
+    s.update(t[:2], p[:2], mask[:2])  # streamed in two parts
+    s.update(t[2:], p[2:], mask[2:])
+    pooled = s.pooled()
+    assert pooled["n_values"] == mask.sum()
+    assert pooled["r2"] == pytest.approx(r2_score(t[mask], p[mask]), abs=1e-10)
+    assert pooled["mse"] == pytest.approx(np.mean((t[mask] - p[mask]) ** 2), abs=1e-10)
+    assert pooled["pearson_r"] == pytest.approx(np.corrcoef(t[mask], p[mask])[0, 1], abs=1e-10)
+    per = s.per_parcel()
+    for j in range(7):
+        mj = mask[..., j]
+        assert per["r2"][j] == pytest.approx(r2_score(t[..., j][mj], p[..., j][mj]), abs=1e-10)
+    # A constant prediction has no correlation: None, not NaN, in the pooled JSON.
+    z = ReconstructionScores(7)
+    z.update(t, np.zeros_like(t), mask)
+    assert z.pooled()["pearson_r"] is None
+
+
+def test_baselines_on_signals_with_known_answers():
+    t = np.arange(100, dtype=np.float32)
+    # Two parcels linear in time: interpolation is exact between visible samples.
+    x = np.stack([2 * t + 1, -0.5 * t], axis=1)
+    mask = np.zeros_like(x, dtype=bool)
+    mask[20:40, 0] = True
+    mask[50:90, 1] = True
+    np.testing.assert_allclose(impute_interpolation(x, mask)[mask], x[mask], rtol=1e-5)
+    # The parcel mean of the visible values.
+    pm = impute_parcel_mean(x, mask)
+    assert pm[0, 0] == pytest.approx(x[~mask[:, 0], 0].mean())
+    # Parcels that are linear mixtures of three sources: the spatial baseline recovers a hidden
+    # parcel from the visible ones almost exactly.
+    rng = np.random.default_rng(1)
+    src = rng.normal(size=(5000, 3))
+    mix = rng.normal(size=(3, 8))
+    frames = src @ mix + 0.01 * rng.normal(size=(5000, 8))
+    imp = SpatialImputer().fit(frames)
+    test = (rng.normal(size=(40, 3)) @ mix).astype(np.float32)
+    hidden = np.zeros_like(test, dtype=bool)
+    hidden[:20, [0, 5]] = True
+    hidden[20:, [2, 3, 7]] = True
+    pred = imp.impute(test, hidden)
+    assert r2_score(test[hidden], pred[hidden]) > 0.99
+    np.testing.assert_array_equal(pred[~hidden], np.broadcast_to(imp.mean_, test.shape)[~hidden].astype(np.float32))
+
+
+def test_bad_input_names_the_problem_and_writes_nothing(trained, hcp_corpus, tmp_path, capsys):
+    out = tmp_path / "res"
+    with pytest.raises(BrainLMInputError, match="mask ratio 1.2"):
+        evaluate_reconstruction(trained / "model", hcp_corpus, ratios=(0.2, 1.2), out=out)
+    assert not out.exists()
+    assert main(["evaluate", "recon", str(trained / "model"), hcp_corpus.path, "--ratios", "0.5,0.5",
+                 "--out", str(out)]) == 2
+    assert "distinct" in capsys.readouterr().err and not out.exists()
+    out.mkdir()
+    with pytest.raises(BrainLMInputError, match="output folder exists"):
+        evaluate_reconstruction(trained / "model", hcp_corpus, out=out)
+
+
+def test_corpus_cleaned_differently_is_refused(trained, hcp, tmp_path):
+    corpus = prepare_corpus(hcp[:3], tmp_path / "c", atlas=load_atlas("aal2"),
+                            contract=PreprocessingContract(percent_signal_change=True, high_pass_hz=0.01),
+                            fractions=(0.34, 0.33, 0.33))
+    with pytest.raises(BrainLMInputError, match="high_pass_hz"):
+        evaluate_reconstruction(trained / "model", corpus, out=tmp_path / "res")
+    assert not (tmp_path / "res").exists()
