@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "brainlm.report.command",
     "brainlm.simulate.command",
     "brainlm.tasks.attention_command",
+    "brainlm.tasks.evaluate_command",
     "brainlm.tasks.forecasting.command",
 )
 
