@@ -9,6 +9,9 @@ default contract) and samples the resident memory of the whole process tree (mai
 worker processes) every 50 ms.
 
     python benchmarks/bench_ingest.py --scans 4 --jobs 2
+    # or generate once, then time in a fresh process (memory not inflated by the generator):
+    python benchmarks/bench_ingest.py --scans 4 --work /tmp/ingest --generate-only
+    python benchmarks/bench_ingest.py --scans 4 --work /tmp/ingest --jobs 2
 
 Results: benchmarks/results/ingest.json (and a Markdown table on stdout).
 """
@@ -40,11 +43,13 @@ AFFINE = np.array([[-2.0, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 
 SPACE = "MNI152NLin6Asym"
 
 
-def process_tree_rss_mb(root: int) -> float:
-    """Resident set size of ``root`` and all its descendants, MB (from /proc)."""
+def process_tree(root: int) -> tuple[float, float]:
+    """Resident set size (MB) and CPU time used so far (user + system, s) of ``root`` and all
+    its descendants (from /proc)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
-    page = os.sysconf("SC_PAGE_SIZE")
+    cpu: dict[int, int] = {}
+    page, tick = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -56,12 +61,18 @@ def process_tree_rss_mb(root: int) -> float:
         pid = int(entry.name)
         children.setdefault(int(after_name[1]), []).append(pid)
         rss[pid] = int(after_name[21]) * page
-    total, todo = 0, [root]
+        cpu[pid] = int(after_name[11]) + int(after_name[12])
+    total, ticks, todo = 0, 0, [root]
     while todo:
         pid = todo.pop()
         total += rss.get(pid, 0)
+        ticks += cpu.get(pid, 0)
         todo += children.get(pid, [])
-    return total / 1e6
+    return total / 1e6, ticks / tick
+
+
+def process_tree_rss_mb(root: int) -> float:
+    return process_tree(root)[0]
 
 
 class TreePeak:
@@ -161,16 +172,18 @@ def make_scans(root: Path, dtype: str, n: int, labels_on_grid: np.ndarray) -> Pa
 
 def run(deriv: Path, atlas: Path, labels: Path, out: Path, jobs: int, read_volumes: int) -> dict:
     load_before = os.getloadavg()[0]
-    baseline = process_tree_rss_mb(os.getpid())
+    baseline, cpu0 = process_tree(os.getpid())
     t0 = time.perf_counter()
     with TreePeak() as peak:
         corpus = prepare_corpus([deriv], out, atlas_image=atlas, atlas_labels=labels, min_trs=100,
                                 jobs=jobs, read_volumes=read_volumes, fractions=(0.5, 0.25, 0.25))
     wall = time.perf_counter() - t0
+    cpu = process_tree(os.getpid())[1] - cpu0   # loky workers outlive the call: all counted
     n = len(corpus.manifest)
     shutil.rmtree(out)
     return {"scans": n, "jobs": jobs, "read_volumes": read_volumes, "wall_s": round(wall, 2),
-            "scans_per_s": round(n / wall, 4), "s_per_scan_per_worker": round(wall * jobs / n, 2),
+            "scans_per_s": round(n / wall, 4),
+            "cpu_s_per_scan": round(cpu / n, 2),
             "peak_rss_mb": round(peak.peak), "rss_before_mb": round(baseline),
             "load_avg_1min_before": round(load_before, 2),
             "load_avg_1min_after": round(os.getloadavg()[0], 2)}
@@ -180,7 +193,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scans", type=int, default=4, help="scans per data type")
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--work", help="folder for the generated scans (default: a temporary folder)")
+    ap.add_argument("--work", help="folder for the generated scans, kept and reused (default: a "
+                    "temporary folder, removed)")
+    ap.add_argument("--generate-only", action="store_true",
+                    help="write the scans into --work and stop (then time them in a fresh process)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "ingest.json"))
     args = ap.parse_args()
 
@@ -190,10 +206,16 @@ def main() -> None:
     atlas, labels, on_grid = make_atlas(work)
     trees, sizes = {}, {}
     for dtype in ("int16", "float32"):
-        trees[dtype] = make_scans(work, dtype, args.scans, on_grid)
+        trees[dtype] = work / f"fmriprep-{dtype}"
+        if len(list(trees[dtype].rglob("*_desc-preproc_bold.nii.gz"))) != args.scans:
+            shutil.rmtree(trees[dtype], ignore_errors=True)
+            trees[dtype] = make_scans(work, dtype, args.scans, on_grid)
         files = list(trees[dtype].rglob("*_desc-preproc_bold.nii.gz"))
         sizes[dtype] = round(float(np.mean([f.stat().st_size for f in files])) / 1e6, 1)
     generate_s = time.perf_counter() - t0
+    if args.generate_only:
+        print(f"{args.scans} scans per dtype in {work} ({generate_s:.0f} s)")
+        return
 
     runs = []
     plan = [("int16", args.jobs, 32), ("float32", args.jobs, 32), ("int16", 1, 32),
@@ -207,7 +229,8 @@ def main() -> None:
 
     result = {
         "benchmark": "prepare_corpus on fMRIPrep-style 4-D NIfTI (NiftiLabelsMasker + simple confounds)",
-        "command": f"python benchmarks/bench_ingest.py --scans {args.scans} --jobs {args.jobs}",
+        "command": f"python benchmarks/bench_ingest.py --scans {args.scans} --jobs {args.jobs}"
+                   + (f" --work {args.work}" if args.work else ""),
         "scan": {"shape": list(SHAPE) + [T], "voxel_mm": 2, "tr_s": TR, "format": ".nii.gz",
                  "in_brain_voxels": int((on_grid > 0).sum())},
         "atlas": {"parcels": 94, "grid": "nilearn MNI 2 mm (99 x 117 x 95), resampled to the data grid"},
@@ -217,11 +240,11 @@ def main() -> None:
                     "note": "shared machine: several other jobs were running (see load averages)"},
     }
     write_text_atomic(args.out, json.dumps(result, indent=2))
-    print("\n| scans | dtype (file size) | workers | volumes per read | scans/s | s per scan per worker | peak RSS (all processes) |")
+    print("\n| scans | dtype (file size) | workers | volumes per read | scans/s | CPU s per scan | peak RSS, all processes (before) |")
     print("|---|---|---|---|---|---|---|")
     for r in runs:
         print(f"| {r['scans']} | {r['dtype']} ({r['file_mb']} MB) | {r['jobs']} | {r['read_volumes']} | "
-              f"{r['scans_per_s']:.3f} | {r['s_per_scan_per_worker']:.1f} | {r['peak_rss_mb']} MB |")
+              f"{r['scans_per_s']:.3f} | {r['cpu_s_per_scan']:.1f} | {r['peak_rss_mb']} MB ({r['rss_before_mb']} MB) |")
     if not args.work:
         shutil.rmtree(work)
 
