@@ -8,122 +8,27 @@ second output space, and the raw dataset's participants.tsv two folders up.
 
 from __future__ import annotations
 
-import json
-
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from test_volumes import paint, voronoi_labels, write_labels_tsv
 
 from brainlm import BrainLMInputError
 from brainlm.cli import main
-from brainlm.data.atlas import load_atlas
 from brainlm.data.corpus import Corpus
+from brainlm.data.example_scans import SPACE, TR, write_fmriprep_example
 from brainlm.data.extraction import ImageParcellation
 from brainlm.data.fmriprep import (ConfoundStrategy, confounds_file_for, denoise, find_scans,
                                    parse_confound_strategy, participants_file)
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.volumes import load_volume_atlas
 
-T, TR, SPACE = 240, 0.72, "MNI152NLin2009cAsym"
-SPIKES = (100, 101, 150)   # high-motion volumes of the last subject
-
-
-def confounds_table(n: int, seed: int, spikes=()) -> tuple[pd.DataFrame, dict]:
-    """fMRIPrep-style confounds: 6 motion parameters with derivatives and squares, FD, DVARS,
-    CSF/WM/global signals with expansions, cosine high-pass basis, aCompCor, outlier columns."""
-    rng = np.random.default_rng(seed)
-    cols: dict[str, np.ndarray] = {}
-    walk = np.cumsum(rng.normal(0, 1, (n, 6)), axis=0)
-    walk = walk - walk.mean(0)
-    motion = walk * np.array([0.02, 0.03, 0.04, 4e-4, 3e-4, 2e-4])   # mm, mm, mm, rad, rad, rad
-    for t in spikes:
-        motion[t:] += np.array([0.4, 0.3, 0.2, 0, 0, 0])
-    names = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
-    signals = {"csf": 700 + np.cumsum(rng.normal(0, 2, n)), "white_matter": 500 + np.cumsum(rng.normal(0, 1, n)),
-               "global_signal": 600 + np.cumsum(rng.normal(0, 1, n))}
-    for name, x in list(zip(names, motion.T)) + list(signals.items()):
-        d = np.r_[np.nan, np.diff(x)]
-        cols.update({name: x, f"{name}_derivative1": d, f"{name}_power2": x ** 2,
-                     f"{name}_derivative1_power2": d ** 2})
-    fd = np.abs(np.diff(motion[:, :3], axis=0)).sum(1) + 50 * np.abs(np.diff(motion[:, 3:], axis=0)).sum(1)
-    cols["framewise_displacement"] = np.r_[np.nan, fd]
-    std_dvars = 1 + 0.1 * rng.standard_normal(n)
-    std_dvars[list(spikes)] = 2.5
-    cols["std_dvars"] = np.r_[np.nan, std_dvars[1:]]
-    cols["dvars"] = cols["std_dvars"] * 20
-    k = np.arange(n)
-    for j in range(1, int(2 * n * TR / 128) + 1):   # DCT basis of a 128 s high-pass
-        cols[f"cosine{j - 1:02d}"] = np.sqrt(2 / n) * np.cos(np.pi * (2 * k + 1) * j / (2 * n))
-    comps = np.linalg.qr(rng.standard_normal((n, 5)))[0]
-    meta = {}
-    for j in range(5):
-        cols[f"a_comp_cor_{j:02d}"] = comps[:, j]
-        meta[f"a_comp_cor_{j:02d}"] = {"Method": "aCompCor", "Mask": "combined", "Retained": True,
-                                       "SingularValue": float(10 - j), "VarianceExplained": 0.1,
-                                       "CumulativeVarianceExplained": 0.1 * (j + 1)}
-    cols["non_steady_state_outlier00"] = (k == 0).astype(float)
-    for j, t in enumerate(spikes):
-        cols[f"motion_outlier{j:02d}"] = (k == t).astype(float)
-    return pd.DataFrame(cols), meta
-
-
-def write_fmriprep(root, hcp, labels_img, *, n_subjects=4, other_space=True):
-    """``root/participants.tsv`` and ``root/derivatives/fmriprep/sub-*/ses-1/func/...``."""
-    rng = np.random.default_rng(3)
-    deriv = root / "derivatives" / "fmriprep"
-    deriv.mkdir(parents=True)
-    (root / "dataset_description.json").write_text(json.dumps({"Name": "mini", "BIDSVersion": "1.8.0"}))
-    (deriv / "dataset_description.json").write_text(json.dumps(
-        {"Name": "fMRIPrep", "DatasetType": "derivative", "GeneratedBy": [{"Name": "fMRIPrep", "Version": "23.2.0"}]}))
-    labels = np.asarray(labels_img.dataobj)
-    where = np.nonzero(labels)
-    parcel_of_voxel = labels[where] - 1
-    rows = []
-    for i in range(n_subjects):
-        rec = hcp[i]
-        func = deriv / f"sub-{rec.subject}" / "ses-1" / "func"
-        func.mkdir(parents=True)
-        stem = f"sub-{rec.subject}_ses-1_task-rest"
-        spikes = SPIKES if i == n_subjects - 1 else ()
-        conf, meta = confounds_table(T, seed=10 + i, spikes=spikes)
-        # An artefact in the span of the motion and WM/CSF columns, coherent within each parcel.
-        z = conf[["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z", "csf", "white_matter"]].to_numpy()
-        z = (z - z.mean(0)) / z.std(0)
-        weights = rng.normal(0, 40, (94, z.shape[1]))[parcel_of_voxel]
-        weights += rng.normal(0, 5, weights.shape)
-        img = paint(labels_img, rec.timeseries[:T], noise_sd=20.0, seed=i, extra=weights @ z.T)
-        nib.save(img, func / f"{stem}_space-{SPACE}_desc-preproc_bold.nii.gz")
-        nib.save(nib.Nifti1Image((labels > 0).astype(np.uint8), labels_img.affine),
-                 func / f"{stem}_space-{SPACE}_desc-brain_mask.nii.gz")
-        sidecar = {"RepetitionTime": TR, "TaskName": "rest", "SkullStripped": False, "StartTime": 0.3}
-        (func / f"{stem}_space-{SPACE}_desc-preproc_bold.json").write_text(json.dumps(sidecar))
-        conf.to_csv(func / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a")
-        (func / f"{stem}_desc-confounds_timeseries.json").write_text(json.dumps(meta))
-        if other_space:   # fMRIPrep writes one file per output space; never read here
-            nib.save(nib.Nifti1Image(np.zeros((2, 2, 2, 2), np.float32), np.eye(4)),
-                     func / f"{stem}_space-T1w_desc-preproc_bold.nii.gz")
-            (func / f"{stem}_space-T1w_desc-preproc_bold.json").write_text(json.dumps(sidecar))
-        rows.append({"participant_id": f"sub-{rec.subject}", "age": 22 + 3 * i, "sex": "FM"[i % 2],
-                     "group": "patient" if i % 2 else "control"})
-    pd.DataFrame(rows).to_csv(root / "participants.tsv", sep="\t", index=False)
-    return deriv
+T = 240   # volumes per scan; the last subject has motion spikes at volumes 100, 101, 150
 
 
 @pytest.fixture(scope="module")
-def aal2():
-    return load_atlas("aal2")
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory, hcp, aal2):
-    root = tmp_path_factory.mktemp("fmriprep")
-    labels_img = voronoi_labels(aal2.xyz, 6)
-    nib.save(labels_img, root / "atlas.nii.gz")
-    write_labels_tsv(root / "atlas.tsv", aal2)
-    deriv = write_fmriprep(root / "bids", hcp, labels_img)
-    return {"root": root, "deriv": deriv, "atlas": root / "atlas.nii.gz", "labels": root / "atlas.tsv"}
+def dataset(tmp_path_factory):
+    ex = write_fmriprep_example(tmp_path_factory.mktemp("fmriprep"), subjects=4, n_trs=T)
+    return {"root": ex.dataset, "deriv": ex.derivatives, "atlas": ex.atlas_image, "labels": ex.atlas_labels}
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +53,11 @@ def _scan(dataset, hcp, i):
 
 
 # -- finding scans -----------------------------------------------------------------------------
+def test_example_dataset_checks_its_size(tmp_path):
+    with pytest.raises(BrainLMInputError, match="expected 1-7 subjects"):
+        write_fmriprep_example(tmp_path, subjects=9)
+
+
 def test_find_scans_by_space(dataset, hcp):
     with pytest.raises(BrainLMInputError, match=r"several spaces.*\['MNI152NLin2009cAsym', 'T1w'\].*--space"):
         find_scans([dataset["deriv"]], surface=False)
@@ -266,7 +176,7 @@ def test_cli_without_space_says_which_spaces(dataset, tmp_path, capsys):
 def _copy_tree(dataset, dst, n=3):
     import shutil
 
-    shutil.copytree(dataset["deriv"].parent.parent, dst, ignore=shutil.ignore_patterns("*space-T1w*"))
+    shutil.copytree(dataset["root"], dst, ignore=shutil.ignore_patterns("*space-T1w*"))
     subjects = sorted(p.name for p in (dst / "derivatives" / "fmriprep").glob("sub-*"))
     for extra in subjects[n:]:
         shutil.rmtree(dst / "derivatives" / "fmriprep" / extra)

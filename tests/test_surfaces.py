@@ -186,8 +186,7 @@ def test_prepare_cli_on_gifti_and_cifti_scans(atlas_files, vertex_labels, rest, 
     assert min(np.corrcoef(got[:, p], expected[:, p])[0, 1] for p in range(100)) > 0.95
 
     # fMRIPrep confounds beside a GIfTI pair: nilearn's loader finds them from the pair.
-    from test_fmriprep import confounds_table
-
+    from brainlm.data.example_scans import confounds_table
     from brainlm.data.fmriprep import parse_confound_strategy
 
     func = root / "sub-0" / "func"

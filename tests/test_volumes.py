@@ -20,49 +20,12 @@ from brainlm.cli import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
+from brainlm.data.example_scans import paint, voronoi_labels
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.volumes import (AtlasResampledWarning, extract_volume_signals, load_volume_atlas,
                                   read_labels_table)
 
 N_TRS = 240
-
-
-# -- builders shared with test_fmriprep.py ------------------------------------------------------
-def voronoi_labels(xyz: np.ndarray, voxel_mm: int, max_mm: float = 20.0) -> nib.Nifti1Image:
-    """Labels 1..P on nilearn's MNI152 brain mask at ``voxel_mm``: each in-brain voxel within
-    ``max_mm`` of a parcel centre takes the nearest centre's label."""
-    from nilearn.datasets import load_mni152_brain_mask
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        brain = load_mni152_brain_mask(resolution=voxel_mm)
-    ijk = np.argwhere(np.asarray(brain.dataobj) > 0)
-    world = nib.affines.apply_affine(brain.affine, ijk)
-    d = np.sqrt(((world[:, None, :] - xyz[None]) ** 2).sum(-1))
-    near = d.min(1) < max_mm
-    labels = np.zeros(brain.shape, np.int16)
-    labels[tuple(ijk[near].T)] = d[near].argmin(1) + 1
-    return nib.Nifti1Image(labels, brain.affine)
-
-
-def paint(labels_img: nib.Nifti1Image, series: np.ndarray, *, noise_sd: float = 0.0, seed: int = 0,
-          dtype=np.float32, extra: np.ndarray | None = None) -> nib.Nifti1Image:
-    """A 4-D image whose voxels carry their parcel's column of ``series`` (T, P), plus Gaussian
-    noise and an optional per-voxel ``extra`` (n_labelled_voxels, T) signal; zero elsewhere."""
-    labels = np.asarray(labels_img.dataobj)
-    where = np.nonzero(labels)
-    values = series[:, labels[where] - 1].T.astype(np.float64)
-    rng = np.random.default_rng(seed)
-    if noise_sd:
-        values += rng.normal(0, noise_sd, values.shape)
-    if extra is not None:
-        values += extra
-    data = np.zeros(labels.shape + (series.shape[0],), dtype=dtype)
-    data[where] = np.round(values) if np.issubdtype(dtype, np.integer) else values
-    img = nib.Nifti1Image(data, labels_img.affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.header["pixdim"][4] = 0.72
-    return img
 
 
 def write_labels_tsv(path, atlas, networks=False):

@@ -4,4 +4,7 @@
 ``sources`` (what to ingest) -> ``contract`` and ``scaling`` (preprocessing) -> ``splits`` ->
 ``prepare`` (writes a corpus) -> ``corpus`` (reads it) -> ``windows`` (PyTorch / Lightning).
 ``samples`` loads the real data shipped with the package.
+Scans (4-D NIfTI, GIfTI, CIFTI; fMRIPrep derivatives) enter through ``volumes`` and ``surfaces``
+(atlas images, nilearn maskers), ``fmriprep`` (finding scans, confounds) and ``extraction`` (one
+scan -> a parcel series, run by ``prepare``); ``example_scans`` writes a small example dataset.
 """

@@ -434,10 +434,11 @@ def _parallel_backend(dask_scheduler: str | None, jobs: int):
         if dask_scheduler == "local":
             cluster = stack.enter_context(LocalCluster(n_workers=n_local, threads_per_worker=1,
                                                        processes=True, dashboard_address=None))
-            client = stack.enter_context(Client(cluster))
+            # The client, once entered, is what joblib's Dask backend submits to.
+            stack.enter_context(Client(cluster))
         else:
             try:
-                client = stack.enter_context(Client(dask_scheduler, timeout="30s"))
+                stack.enter_context(Client(dask_scheduler, timeout="30s"))
             except (OSError, TimeoutError) as e:
                 raise BrainLMInputError(f"cannot reach the Dask scheduler ({e})", dask_scheduler) from None
         stack.enter_context(parallel_config(backend="dask"))

@@ -23,7 +23,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from brainlm.data.atlas import Atlas
 from brainlm.errors import BrainLMInputError

@@ -424,7 +424,6 @@ def _grid_atlas(image: str, kind: str, values: tuple[int, ...], shape: tuple[int
     affine = np.array(affine_key).reshape(4, 4)
     atlas_img = nib.load(image)
     note = None
-    target = nib.Nifti1Image(np.zeros(shape[:3], np.int8), affine)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
@@ -567,8 +566,6 @@ def extract_volume_signals(path: str | Path, atlas: VolumeAtlas, *, mask: str | 
                        tuple(np.asarray(affine, dtype=float).ravel().round(6)),
                        None if mask is None else str(mask))
     if grid.masker is None:
-        import nibabel as nib
-
         a = nib.load(str(atlas.image))
         raise BrainLMInputError(
             f"atlas image {atlas.image.name} does not overlap the data"
