@@ -224,7 +224,8 @@ def prepare_corpus(
         "min_trs": int(min_trs), "too_short": too_short, "layout": asdict(layout),
     }
     if parcellation is not None:
-        settings["extraction"] = parcellation.to_dict()
+        # How many volumes are read at a time does not change the result: free to change on resume.
+        settings["extraction"] = {k: v for k, v in parcellation.to_dict().items() if k != "read_volumes"}
     _open_build(build, settings, restart)
 
     done_dir = build / "done"
