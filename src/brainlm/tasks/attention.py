@@ -299,7 +299,10 @@ def _from_recordings(model: BrainLM, recordings: list[Recording], transfer_atlas
             contract.median, contract.iqr = np.nan_to_num(med).tolist(), iqr.tolist()
         scaled = [contract.scale(c) for c in cleaned]
     for rec, x in zip(recordings, scaled):
-        windows, _ = model.windows(x)
+        try:
+            windows, _ = model.windows(x)
+        except BrainLMInputError as e:
+            raise BrainLMInputError(e.reason, rec.source or rec.id) from None
         ids = {"recording_id": rec.id, "subject": rec.subject, "session": rec.session,
                "task": rec.task, "run": rec.run, "site": rec.site, **dict(rec.phenotypes)}
         yield ModelInput(ids=ids, windows=windows, xyz=xyz, atlas=atlas)

@@ -127,10 +127,10 @@ def _print_groups(con, r: dict) -> None:
     n = ", ".join(f"{r['group_by']}={g}: {v[r['unit'] + 's']}" for g, v in r["n"].items())
     t = Table(title=f"CLS attention by {r['group_by']} ({n} {r['unit']}s); {r['significant']['attention']} "
               f"parcel(s) FDR q < {r['settings']['alpha']}")
-    for col in ("network", "parcels", "mean t", "significant", "enrichment p", "FC-strength mean t"):
+    for col in ("network", "parcels", "mean t", "significant", "shift p", "FC-strength mean t"):
         t.add_column(col, justify="left" if col == "network" else "right")
     fc = {x["network"]: x for x in r["networks"].get("fc_strength", [])}
     for x in r["networks"]["attention"]:
         t.add_row(x["network"], str(x["parcels"]), f"{x['mean_t']:+.2f}", str(x["significant_parcels"]),
-                  f"{x['enrichment_p']:.4f}", f"{fc[x['network']]['mean_t']:+.2f}" if x["network"] in fc else "")
+                  f"{x['shift_p']:.4f}", f"{fc[x['network']]['mean_t']:+.2f}" if x["network"] in fc else "")
     con.print(t)

@@ -7,9 +7,9 @@ comparable. Recordings are averaged per subject (the exchangeable unit of a betw
 design; ``unit="recording"`` when recordings are independent). Two groups are compared parcel
 by parcel with a studentised (Welch t) permutation test of the group labels, exact when the
 number of distinct labellings is at most ``n_permutations``, and Benjamini-Hochberg FDR over
-parcels. Per network, the mean t and an enrichment test: do the network's parcels rank higher
-in |t| than random sets of as many parcels? (Parcels are permuted independently, so spatial
-autocorrelation is ignored; read it as descriptive.) The same test on each parcel's FC strength
+parcels. Per network, the mean t and a set-shift test: do the network's parcels rank, as a
+set, higher or lower in t than random sets of as many parcels? (Parcels are exchanged
+independently, so spatial autocorrelation is ignored; read it as descriptive.) The same test on each parcel's FC strength
 (mean Fisher-z correlation with all other parcels) is the baseline.
 """
 
@@ -114,21 +114,29 @@ def _smallest_p(n: int, nb: int, n_permutations: int) -> float:
     return 1 / (1 + n_permutations)
 
 
-def parcel_set_enrichment(values: np.ndarray, members: np.ndarray, *, n_permutations: int = 10000,
-                          seed: int = 0) -> dict:
-    """Do the ``members`` parcels rank higher in ``values`` than random parcel sets of that size?
+def parcel_set_enrichment(values: np.ndarray, members: np.ndarray, *, alternative: str = "two-sided",
+                          n_permutations: int = 10000, seed: int = 0) -> dict:
+    """Do the ``members`` parcels rank differently in ``values`` than random parcel sets of that size?
+
+    The statistic is the members' mean rank as a percentile of all parcels (0.5 expected by
+    chance); its null distribution comes from random sets of as many parcels. Ranks make it
+    robust to a few extreme parcels; parcels are exchanged independently, so spatial
+    autocorrelation is not modelled.
 
     Parameters
     ----------
     values : ndarray, shape (P,)
-        E.g. |t| of a group difference; higher = more different.
+        E.g. the t map of a group difference.
     members : ndarray of bool, shape (P,)
+    alternative : {"two-sided", "greater", "less"}
+        "two-sided": the set is shifted up or down as a whole; "greater": it ranks higher.
 
     Returns
     -------
-    dict: ``mean_percentile`` (mean rank of the members as a percentile, 0.5 expected by
-    chance), ``p`` (share of random sets with a mean percentile as high, plus one), ``n``.
+    dict: ``mean_percentile``, ``p`` (``(1 + #as extreme) / (1 + n_permutations)``), ``n``.
     """
+    if alternative not in ("two-sided", "greater", "less"):
+        raise BrainLMInputError(f"alternative is {alternative!r}; expected 'two-sided', 'greater' or 'less'")
     v = np.asarray(values, dtype=np.float64)
     members = np.asarray(members, dtype=bool)
     k, p = int(members.sum()), v.size
@@ -137,9 +145,19 @@ def parcel_set_enrichment(values: np.ndarray, members: np.ndarray, *, n_permutat
     pct = (pd.Series(v).rank(method="average").to_numpy() - 0.5) / p
     obs = pct[members].mean()
     rng = np.random.default_rng(seed)
-    null = np.array([pct[rng.choice(p, k, replace=False)].mean() for _ in range(n_permutations)])
-    return {"mean_percentile": float(obs), "p": float((1 + (null >= obs - 1e-12).sum()) / (1 + n_permutations)),
-            "n": k}
+    # Each row of a random ordering of the parcels: its first k entries are a random set of k.
+    null = np.empty(n_permutations)
+    for start in range(0, n_permutations, 1000):
+        m = min(1000, n_permutations - start)
+        draws = np.argsort(rng.random((m, p)), axis=1)[:, :k]
+        null[start:start + m] = pct[draws].mean(axis=1)
+    if alternative == "two-sided":
+        hits = np.abs(null - 0.5) >= abs(obs - 0.5) - 1e-12
+    elif alternative == "greater":
+        hits = null >= obs - 1e-12
+    else:
+        hits = null <= obs + 1e-12
+    return {"mean_percentile": float(obs), "p": float((1 + hits.sum()) / (1 + n_permutations)), "n": k}
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -161,7 +179,8 @@ def _group_table(data, group_by: str) -> tuple[pd.DataFrame, str]:
             raise BrainLMInputError(f"corpus has no column {group_by!r}; phenotype columns: "
                                     f"{corpus.phenotype_columns}, ids: subject, session, task, run, site",
                                     str(path))
-        return m[["recording_id", "subject", group_by]].rename(columns={group_by: "group"}), str(path)
+        return pd.DataFrame({"recording_id": m["recording_id"], "subject": m["subject"],
+                             "group": m[group_by]}), str(path)
     recs = list(data)
     if not recs or not all(isinstance(r, Recording) for r in recs):
         raise BrainLMInputError("data must be a prepared corpus or a list of Recording objects")
@@ -233,7 +252,8 @@ def _natural(v: str):
 def group_attention(checkpoint, data, group_by: str, out=None, *, groups=None, unit: str = "subject",
                     layers=None, n_permutations: int = 5000, alpha: float = 0.05,
                     transfer_atlas: bool = False, target_tr: float | None = None, fc_baseline: bool = True,
-                    batch_size: int = 8, device: str = "cpu", seed: int = 0, figures: bool = True) -> dict:
+                    parcel_sets: dict | None = None, batch_size: int = 8, device: str = "cpu", seed: int = 0,
+                    figures: bool = True) -> dict:
     """Mean CLS attention per parcel per group, the difference map and its permutation test.
 
     Parameters
@@ -257,6 +277,9 @@ def group_attention(checkpoint, data, group_by: str, out=None, *, groups=None, u
         FDR level for ``significant``.
     fc_baseline : bool
         Run the same test on each parcel's FC strength.
+    parcel_sets : dict of str -> bool array (P,), optional
+        Hypothesis sets (e.g. the parcels a known effect alters) scored like the networks: mean
+        t, mean t percentile and the two-sided set-shift p (:func:`parcel_set_enrichment`).
 
     Returns
     -------
@@ -329,6 +352,7 @@ def group_attention(checkpoint, data, group_by: str, out=None, *, groups=None, u
         "permutations": {k: {"n": v["n_permutations"], "exact": v["exact"]} for k, v in result_maps.items()},
         "significant": {k: int(np.sum(v["significant"])) for k, v in result_maps.items()},
         "networks": {k: _network_summary(v, nets, seed) for k, v in result_maps.items()},
+        "parcel_sets": {k: _set_summary(v, atlas, parcel_sets or {}, seed) for k, v in result_maps.items()},
         "parcels_table": parcels.to_dict(orient="list"),
         "figures": {},
     }
@@ -373,11 +397,24 @@ def _network_summary(r: dict, nets, seed: int) -> list[dict]:
     out = []
     for n in names:
         members = arr == n
-        e = parcel_set_enrichment(np.abs(r["t"]), members, seed=seed)
+        e = parcel_set_enrichment(r["t"], members, seed=seed)
         out.append({"network": n, "parcels": int(members.sum()),
                     "mean_difference": float(r["difference"][members].mean()),
                     "mean_t": float(r["t"][members].mean()), "significant_parcels": int(r["significant"][members].sum()),
-                    "abs_t_mean_percentile": e["mean_percentile"], "enrichment_p": e["p"]})
+                    "t_mean_percentile": e["mean_percentile"], "shift_p": e["p"]})
+    return out
+
+
+def _set_summary(r: dict, atlas: Atlas, sets: dict, seed: int) -> list[dict]:
+    out = []
+    for name, members in sets.items():
+        members = np.asarray(members, dtype=bool)
+        if members.shape != (atlas.n_parcels,):
+            raise BrainLMInputError(f"parcel set {name!r} has shape {members.shape}; expected "
+                                    f"({atlas.n_parcels},), one flag per parcel of atlas {atlas.name!r}")
+        e = parcel_set_enrichment(r["t"], members, seed=seed)
+        out.append({"set": str(name), "parcels": int(members.sum()), "mean_t": float(r["t"][members].mean()),
+                    "t_mean_percentile": e["mean_percentile"], "shift_p": e["p"]})
     return out
 
 
@@ -396,11 +433,13 @@ def markdown(result: dict, parcels: pd.DataFrame, top: int = 10) -> str:
         if what not in r["networks"]:
             continue
         lines += [f"## {title}: {r['significant'][what]} parcel(s) with q < {r['settings']['alpha']}", "",
-                  "| network | parcels | mean difference | mean t | significant | mean |t| percentile | enrichment p |",
+                  "| network | parcels | mean difference | mean t | significant | mean t percentile | network shift p |",
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {n['network']} | {n['parcels']} | {n['mean_difference']:+.4f} | {n['mean_t']:+.2f} | "
-                  f"{n['significant_parcels']} | {n['abs_t_mean_percentile']:.2f} | {n['enrichment_p']:.4f} |"
+                  f"{n['significant_parcels']} | {n['t_mean_percentile']:.2f} | {n['shift_p']:.4f} |"
                   for n in r["networks"][what]]
+        lines += [f"| set: {n['set']} | {n['parcels']} | | {n['mean_t']:+.2f} | | {n['t_mean_percentile']:.2f} | "
+                  f"{n['shift_p']:.4f} |" for n in r["parcel_sets"].get(what, [])]
         best = parcels.reindex(parcels[f"{what}_t"].abs().sort_values(ascending=False).index).head(top)
         lines += ["", f"Top {top} parcels by |t|:", "", "| parcel | network | mean " + a + " | mean " + b
                   + " | difference | t | p | q |", "|---|---|---|---|---|---|---|---|"]

@@ -254,7 +254,7 @@ def evaluate_features(x: np.ndarray, y: np.ndarray, *, n_neighbors: int = 5, see
         z = PCA().fit_transform(StandardScaler().fit_transform(x))
         loo = LeaveOneOut()
         knn_pred = cross_val_predict(KNeighborsClassifier(n_neighbors=n_neighbors), z, y, cv=loo)
-        lr_pred = cross_val_predict(LogisticRegression(C=1.0, max_iter=5000), z, y, cv=loo)
+        lr_pred = cross_val_predict(LogisticRegression(C=1.0, solver="newton-cg", max_iter=1000), z, y, cv=loo)
         clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(z)
     return {
         "knn_accuracy": float(accuracy_score(y, knn_pred)),
@@ -283,7 +283,7 @@ def spectral_clusters(affinity: np.ndarray, y: np.ndarray, *, seed: int = 0) -> 
             "cluster": labels.tolist()}
 
 
-def chance_levels(y: np.ndarray, *, n_permutations: int = 1000, seed: int = 0) -> dict:
+def chance_levels(y: np.ndarray, *, n_permutations: int = 200, seed: int = 0) -> dict:
     """Accuracy of always predicting the largest network, expected accuracy of guessing with the
     network frequencies, and the NMI (mean, 95th percentile) of clusterings with the sizes of
     the true networks shuffled over parcels (chance NMI is above 0 for few parcels)."""
@@ -402,7 +402,7 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
         "recordings": trained.n_recordings, "windows": trained.n_windows,
         "settings": {"n_neighbors": n_neighbors, "knn_metric": "euclidean on standardised features",
                      "standardisation": "per feature over the labelled parcels (label-free)",
-                     "logreg": "L2, C=1, standardised features", "cv": "leave one parcel out",
+                     "logreg": "multinomial, L2, C=1, standardised features", "cv": "leave one parcel out",
                      "kmeans": "k = number of networks, 10 initialisations", "seed": seed,
                      "transfer_atlas": transfer_atlas, "max_recordings": max_recordings,
                      "model": model.config.to_dict()},

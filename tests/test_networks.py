@@ -1,0 +1,111 @@
+"""``brainlm networks``: functional-network identification from attention, on the embedded real data
+(HCP on AAL2, the Schaefer-100 run through parcel coordinates), with its baselines and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainlm import BrainLMInputError
+from brainlm.cli import main
+from brainlm.data.atlas import Atlas, load_atlas
+from brainlm.data.samples import load_schaefer100_rest
+from brainlm.model import BrainLM
+from brainlm.tasks.networks import evaluate_features, identify_networks, network_labels
+
+
+def test_networks_cli_on_real_hcp(trained, hcp_corpus, tmp_path, capsys):
+    out = tmp_path / "networks"
+    assert main(["networks", str(trained / "model"), hcp_corpus.path, "--out", str(out),
+                 "--max-recordings", "3"]) == 0
+    assert "network identification" in capsys.readouterr().out
+    r = json.loads((out / "networks.json").read_text())
+    assert r["atlas"] == "aal2" and r["recordings"] == 3 and r["windows"] == 18
+    # AAL2's 14 subcortical/medial-temporal regions have no Yeo label and are left out.
+    assert r["labelled_parcels"] == 80 and len(r["unlabelled_parcels"]) == 14
+    assert sum(r["networks"].values()) == 80
+    rows = {(m["model"], m["features"]): m for m in r["methods"]}
+    assert set(rows) == {(model, f) for model in ("BrainLM", "BrainLM untrained")
+                         for f in ("cls_attention", "parcel_attention", "token_embedding")} | {
+        ("baseline", f) for f in ("fc_profile", "raw_timeseries", "coordinates")}
+    chance = r["chance"]
+    assert chance["majority_network"] == "Default" and chance["majority_accuracy"] == pytest.approx(23 / 80)
+    # Real signal: the FC baseline and the pretrained model's attention both find networks far
+    # above the best chance rule (always "Default", 29%).
+    assert rows[("baseline", "fc_profile")]["knn_accuracy"] > chance["majority_accuracy"] + 0.2
+    assert rows[("BrainLM", "cls_attention")]["knn_accuracy"] > chance["majority_accuracy"] + 0.1
+    assert rows[("BrainLM", "token_embedding")]["logreg_accuracy"] > chance["majority_accuracy"] + 0.2
+    conf = np.array(r["confusion"]["BrainLM: cls_attention (kNN)"])
+    assert conf.shape == (7, 7) and conf.sum() == 80
+    assert np.trace(conf) / 80 == pytest.approx(rows[("BrainLM", "cls_attention")]["knn_accuracy"])
+    table = pd.read_csv(out / "parcels.tsv", sep="\t", keep_default_na=False)
+    assert len(table) == 94 and (table["knn[BrainLM: cls_attention]"] == "").sum() == 14
+    for name in r["figures"].values():
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| BrainLM | cls_attention |" in (out / "networks.md").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
+
+
+def test_networks_on_schaefer100_through_coordinates(trained):
+    """The real Schaefer-100 run (exact Yeo-7 labels) on the AAL2-pretrained model via coordinates."""
+    model = BrainLM.from_pretrained(trained / "model")
+    rest = load_schaefer100_rest()
+    with pytest.raises(BrainLMInputError, match="transfer"):
+        identify_networks(model, [rest])
+    r = identify_networks(model, [rest], transfer_atlas=True, target_tr=0.72, untrained_control=False)
+    assert r["atlas"] == "schaefer100" and r["labelled_parcels"] == 100 and r["windows"] == 2
+    rows = {(m["model"], m["features"]): m for m in r["methods"]}
+    assert r["chance"]["majority_accuracy"] == pytest.approx(0.24)
+    assert rows[("baseline", "fc_profile")]["knn_accuracy"] > 0.4
+    assert rows[("BrainLM", "token_embedding")]["knn_accuracy"] > r["chance"]["majority_accuracy"]
+
+
+def test_evaluate_features_scores_known_structure():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.array(["A", "B", "C", "D"]), 12)
+    centres = rng.normal(size=(4, 30)) * 3
+    clear = centres[np.searchsorted(["A", "B", "C", "D"], y)] + rng.normal(size=(48, 30))
+    r = evaluate_features(clear, y)
+    assert r["knn_accuracy"] == 1.0 and r["logreg_accuracy"] == 1.0 and r["kmeans_ari"] == 1.0
+    noise = evaluate_features(rng.normal(size=(48, 30)), y)
+    assert noise["knn_accuracy"] < 0.5 and noise["kmeans_ari"] < 0.2
+    assert evaluate_features(clear, y) == r
+
+
+def test_network_labels_from_table_and_bad_labels(tmp_path, capsys, trained, hcp_corpus):
+    atlas = load_atlas("schaefer100")
+    shuffled = atlas.to_frame().sample(frac=1.0, random_state=0)
+    good = tmp_path / "labels.tsv"
+    shuffled[["name", "network"]].to_csv(good, sep="\t", index=False)
+    assert list(network_labels(atlas, good)) == list(atlas.networks)
+
+    missing = tmp_path / "missing.tsv"
+    shuffled.iloc[3:][["name", "network"]].to_csv(missing, sep="\t", index=False)
+    with pytest.raises(BrainLMInputError, match=r"missing.tsv.*3 parcel\(s\) without a row"):
+        network_labels(atlas, missing)
+    renamed = shuffled.assign(name=shuffled["name"].str.replace("7Networks_", "", regex=False))
+    renamed[["name", "network"]].to_csv(tmp_path / "renamed.tsv", sep="\t", index=False)
+    with pytest.raises(BrainLMInputError, match="100 unknown name"):
+        network_labels(atlas, tmp_path / "renamed.tsv")
+    shuffled[["name", "x"]].to_csv(tmp_path / "nonet.tsv", sep="\t", index=False)
+    with pytest.raises(BrainLMInputError, match="expected name, network"):
+        network_labels(atlas, tmp_path / "nonet.tsv")
+    with pytest.raises(BrainLMInputError, match="expected 100"):
+        network_labels(atlas, ["Vis"] * 99)
+    with pytest.raises(BrainLMInputError, match="at least two networks"):
+        network_labels(atlas, ["Vis"] * 100)
+    bare = Atlas("bare", atlas.parcel_names, atlas.xyz)
+    with pytest.raises(BrainLMInputError, match="no network labels"):
+        network_labels(bare)
+
+    # The command checks the labels against the data's parcels before running the model.
+    aal2_labels = tmp_path / "aal2.tsv"
+    load_atlas("aal2").to_frame().iloc[:-1].to_csv(aal2_labels, sep="\t", index=False)
+    code = main(["networks", str(trained / "model"), hcp_corpus.path, "--out", str(tmp_path / "o"),
+                 "--labels", str(aal2_labels)])
+    err = capsys.readouterr().err
+    assert code == 2 and "aal2.tsv" in err and "1 parcel(s) without a row ['Temporal_Inf_R']" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
