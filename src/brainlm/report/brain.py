@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # figures are files: never open a window, work on headless machines
 
@@ -79,7 +80,8 @@ def _node_size(n_parcels: int) -> float:
 def plot_parcel_values(values, atlas: Atlas, path: str | Path, *, title: str = "",
                        cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None,
                        symmetric: bool | None = None, colorbar_label: str | None = None,
-                       display_mode: str = "lzry", node_size: float | None = None) -> Path:
+                       marked=None, marked_label: str = "marked", display_mode: str = "lzry",
+                       node_size: float | None = None) -> Path:
     """Draw one value per parcel as a marker at the parcel's MNI centre on a glass brain.
 
     Parameters
@@ -99,6 +101,8 @@ def plot_parcel_values(values, atlas: Atlas, path: str | Path, *, title: str = "
         Centre the colour range on 0 (default: True when the values have both signs).
     colorbar_label : str, optional
         Written above the colour bar (the quantity and its unit).
+    marked : array-like of bool, shape (P,), optional
+        Parcels ringed in black (e.g. significant ones), named ``marked_label`` in a legend.
     display_mode : str
         nilearn glass-brain views: ``"lzry"`` (left, top, right, front) or ``"ortho"`` ...
 
@@ -109,6 +113,7 @@ def plot_parcel_values(values, atlas: Atlas, path: str | Path, *, title: str = "
     from nilearn import plotting
 
     v = _check_values(values, atlas, "values")
+    ring = None if marked is None else _check_values(marked, atlas, "marked").astype(bool)
     keep = np.isfinite(v)
     if not keep.any():
         raise BrainLMInputError("values are all NaN; nothing to draw")
@@ -133,10 +138,22 @@ def plot_parcel_values(values, atlas: Atlas, path: str | Path, *, title: str = "
                                     node_vmin=vmin, node_vmax=vmax, display_mode=display_mode,
                                     figure=fig, title=None, colorbar=True, alpha=0.9,
                                     node_kwargs={"edgecolors": "k", "linewidths": 0.3})
+    if ring is not None and ring.any():
+        display.add_markers(atlas.xyz[ring].astype(np.float64), marker_color="none",
+                            marker_size=float(sizes.max()) * 2.0, edgecolors="k", linewidths=1.4)
+        fig.legend(handles=[plt.Line2D([], [], marker="o", color="none", markeredgecolor="k",
+                                       markeredgewidth=1.4, markersize=8, label=marked_label)],
+                   loc="lower center", frameon=False, bbox_to_anchor=(0.5, -0.06), fontsize=9)
     if title:
         fig.suptitle(title, fontsize=12, y=1.02)
-    if colorbar_label and getattr(display, "_cbar", None) is not None:
-        display._cbar.ax.set_title(colorbar_label, fontsize=8, pad=6)
+    cbar = getattr(display, "_cbar", None)  # nilearn keeps its colour bar here
+    if cbar is not None:
+        # Round, evenly spaced ticks instead of nilearn's data-dependent ones.
+        ticks = matplotlib.ticker.MaxNLocator(6).tick_values(vmin, vmax)
+        cbar.set_ticks(ticks[(ticks >= vmin - 1e-12) & (ticks <= vmax + 1e-12)])
+        cbar.ax.tick_params(labelsize=8)
+        if colorbar_label:
+            cbar.ax.set_title(colorbar_label, fontsize=8, pad=6)
     return _save(fig, path)
 
 

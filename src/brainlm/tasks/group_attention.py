@@ -464,9 +464,11 @@ def _write(result, parcels, per_recording, out, atlas: Atlas, nets, maps, figure
             plot_parcel_values(r["difference"], atlas, build / "difference_map.png", cmap="RdBu_r",
                                title=f"CLS attention, {col}={b} minus {col}={a} "
                                f"({sig} parcel(s) FDR q < {result['settings']['alpha']})",
-                               colorbar_label="difference\n(relative)")
+                               colorbar_label="difference\n(relative)", marked=r["significant"],
+                               marked_label=f"FDR q < {result['settings']['alpha']}")
             plot_parcel_values(r["t"], atlas, build / "t_map.png", cmap="RdBu_r",
-                               title=f"Welch t, CLS attention {col}={b} vs {col}={a}", colorbar_label="t")
+                               title=f"Welch t, CLS attention {col}={b} vs {col}={a}", colorbar_label="t",
+                               marked=r["significant"], marked_label=f"FDR q < {result['settings']['alpha']}")
             hi = float(max(r["mean_a"].max(), r["mean_b"].max()))
             lo = float(min(r["mean_a"].min(), r["mean_b"].min()))
             for g, mean in ((a, r["mean_a"]), (b, r["mean_b"])):
