@@ -364,9 +364,10 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
     sets = [("BrainLM", name, trained.features[name]) for name in NETWORK_FEATURES]
     control = None
     if untrained_control:
-        torch.manual_seed(seed)
-        random_model = BrainLM(model.config, contract=model.contract, atlas=model.atlas).to(
-            next(model.parameters()).device)
+        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+            torch.manual_seed(seed)
+            random_model = BrainLM(model.config, contract=model.contract, atlas=model.atlas).to(
+                next(model.parameters()).device)
         control = parcel_features(random_model, inputs, batch_size=batch_size, baselines=False)
         sets += [("BrainLM untrained", name, control.features[name]) for name in NETWORK_FEATURES]
     sets += [("baseline", name, trained.features[name]) for name in BASELINE_FEATURES]
