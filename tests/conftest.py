@@ -88,3 +88,14 @@ def trained(hcp_corpus, tmp_path_factory):
         shutil.rmtree(cache, ignore_errors=True)
         shutil.copytree(run, cache)
     return run
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """``brainlm demo --quick``: every step of the main job with little training; the folder
+    holds summary.json, results/, figures/ and report.html."""
+    from brainlm.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--jobs", "1"]) == 0
+    return out

@@ -1,19 +1,29 @@
+"""`brainlm demo --quick`: every step of the main job on the embedded data."""
+
 import json
 
-from brainlm.cli import main
+import numpy as np
 
 
-def test_demo_runs_on_embedded_data(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--jobs", "1", "--epochs", "2"]) == 0
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+def test_demo_runs_every_step_on_embedded_data(demo_run):
+    summary = json.loads((demo_run / "summary.json").read_text())
     hcp = summary["corpora"]["hcp7_aal2"]
     assert hcp["recordings"] == 7 and hcp["atlas"]["parcels"] == 94
     assert {k: v["subjects"] for k, v in hcp["splits"].items()} == {"train": 5, "val": 1, "test": 1}
     s100 = summary["corpora"]["schaefer100"]
     assert s100["source_trs_s"] == [2.0] and s100["tr_s"] == 0.72 and s100["n_trs"]["min"] == 403
-    assert summary["windows"]["val_tiles"] == 6  # 1200 TRs -> 6 tiles of 200 for the val subject
+    cohort = summary["corpora"]["synthetic_cohort"]
+    assert cohort["subjects"] == 24 and {"age", "group", "null_score"} <= set(cohort["phenotypes"])
+    assert len(cohort["source_trs_s"]) > 1 and cohort["tr_s"] == 0.72  # sites resampled to one TR
     pre = summary["pretraining"]
     assert pre["epochs"] == 2 and set(pre["validation"]) >= {"val/masked_mse", "val/r2"}
-    assert summary["embeddings"] == {"recordings": 7, "deterministic": True}
-    assert (tmp_path / "demo" / "run-tiny" / "model" / "model.safetensors").is_file()
-    assert "summary.json" in capsys.readouterr().out
+    assert pre["embeddings_deterministic"] and pre["embedded_recordings"] == 7
+    assert (demo_run / "run-tiny" / "model" / "model.safetensors").is_file()
+    recon = json.loads((demo_run / "results" / "reconstruction" / "reconstruction.json").read_text())
+    assert recon["split"] == "test" and recon["recordings"] == 1 and recon["windows"] == 6
+    ex = np.load(demo_run / "results" / "reconstruction_example.npz")
+    assert ex["target"].shape == ex["prediction"].shape == ex["mask"].shape == (200, 94)
+    assert abs(ex["mask"].mean() - 0.75) < 0.01
+    assert set(summary["step_seconds"]) >= {"data", "pretraining", "reconstruction", "prediction",
+                                            "forecasting", "networks", "attention"}
+    assert (demo_run / "report.html").is_file()

@@ -176,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job end to end on the embedded real data")
     p.add_argument("--out", default="demo-out", help="output folder (default: ./demo-out)")
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=40, help="pretraining epochs of the tiny model")
+    p.add_argument("--epochs", type=int, help="pretraining epochs of the tiny model (default 40)")
+    p.add_argument("--quick", action="store_true",
+                   help="every step with much less training (a smoke test of a few minutes)")
     return parser
 
 
@@ -203,9 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "handler", None) is not None:
             return args.handler(args)
         if args.command == "demo":
-            from brainlm.demo import run_demo
+            from dataclasses import replace
 
-            run_demo(Path(args.out), jobs=args.jobs, epochs=args.epochs)
+            from brainlm.demo import DemoSettings, run_demo
+
+            settings = DemoSettings.quick() if args.quick else DemoSettings()
+            if args.epochs is not None:
+                settings = replace(settings, epochs=args.epochs)
+            run_demo(Path(args.out), jobs=args.jobs, settings=settings)
             return 0
     except BrainLMInputError as e:
         print(f"brainlm {args.command}: error: {e}", file=sys.stderr)

@@ -1,49 +1,130 @@
-"""``brainlm demo``: the main job end to end on the real data shipped with the package.
+"""``brainlm demo``: the main job end to end on the data shipped with the package.
 
-Today: two corpora from real fMRI (7 HCP subjects on AAL2 at TR 0.72 s; one Schaefer-100 run at
-TR 2 s resampled to 0.72 s) with subject-level splits and robust scaling fitted on the training
-split; windows streamed through the Lightning data module; the ``tiny`` model pretrained on the
-HCP training subjects and validated on a held-out subject against trivial baselines; and
-deterministic embeddings from the exported checkpoint. Evaluation, forecasting, attention and
-the HTML report plug in here as they land.
+1. Corpora from real fMRI: 7 HCP subjects on AAL2 at TR 0.72 s, and one Schaefer-100 run at
+   TR 2 s resampled to 0.72 s. A miniature fMRIPrep folder of 4-D NIfTI scans, parcellated with
+   an atlas image and denoised with fMRIPrep confounds in one ``prepare`` call. A synthetic cohort on AAL2 with known phenotype effects (age,
+   group, a null score), simulated at three sites' TRs and resampled to 0.72 s. Every corpus is
+   split by subject, with robust scaling fitted on its training split.
+2. The ``tiny`` model is pretrained on the HCP training subjects and validated on a held-out
+   subject against trivial baselines. Embeddings from the exported checkpoint are checked to be
+   deterministic.
+3. Masked reconstruction on the HCP test subject, against interpolation and spatial baselines
+   on the same masks.
+4. Phenotype prediction on the synthetic cohort, with grouped nested cross-validation:
+   zero-shot and fine-tuned BrainLM against FC + ridge and the other baselines.
+5. Forecasting of the next 20 TRs from 180 on HCP: fine-tuned BrainLM against persistence,
+   AR, VAR, LSTM, Neural ODE and the same architecture trained from scratch.
+6. Functional-network identification from attention (HCP on AAL2 and the Schaefer-100 run),
+   against FC and raw-signal baselines.
+7. Group attention maps on the synthetic cohort (patients vs controls), with a permutation test.
+8. ``DIR/report.html``, the self-contained report (``brainlm report DIR`` draws it again).
 """
 
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+
+import numpy as np
 
 from brainlm.data.atlas import load_atlas
 from brainlm.data.atomic import write_text_atomic
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import HCP7_TR, load_hcp7_aal2, load_schaefer100_rest
-from brainlm.data.windows import CorpusDataModule
-from brainlm.tasks.embed import embed
-from brainlm.train.pretrain import PretrainSettings, pretrain
 
 WINDOW_TRS = 200
 
 
-def run_demo(out: Path, jobs: int = 2, epochs: int = 40) -> dict:
-    """Run the demo into ``out``; returns (and writes ``out/summary.json``) the key numbers."""
+@dataclass(frozen=True)
+class DemoSettings:
+    """How much of each step the demo runs (the default fits in 15 minutes on 2 CPU cores).
+
+    Parameters
+    ----------
+    epochs : int
+        Pretraining epochs of the tiny model on the HCP training subjects.
+    cohort_subjects, cohort_trs : int
+        Synthetic cohort size and length (TRs at each site's own TR, before resampling).
+    prediction_targets : tuple of str
+        Phenotypes predicted on the cohort (``age`` regression, ``group`` classification...).
+    prediction_quick : bool
+        ``PredictionSettings.quick()`` (3 folds, 1 seed) instead of the full protocol.
+    forecast_epochs : int
+        Fine-tuning epochs for forecasting (BrainLM, its scratch control and the neural baselines).
+    permutations : int
+        Permutations of the group-attention test.
+    seed : int
+        Seed of the cohort, the splits, the crops, the masks and the folds.
+    """
+
+    epochs: int = 40
+    cohort_subjects: int = 80
+    cohort_trs: int = 500
+    prediction_targets: tuple[str, ...] = ("age", "group")
+    prediction_quick: bool = True
+    forecast_epochs: int = 3
+    permutations: int = 2000
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> "DemoSettings":
+        """A smoke-test run (a few minutes): every step, much less training."""
+        return cls(epochs=2, cohort_subjects=24, cohort_trs=420, prediction_targets=("group",),
+                   forecast_epochs=1, permutations=200)
+
+
+class _Steps:
+    """Times each step and prints a rule before it."""
+
+    def __init__(self, console):
+        self.con, self.seconds, self._t = console, {}, None
+        self._name = None
+
+    def start(self, name: str, title: str) -> None:
+        self.stop()
+        self.con.rule(f"[bold]{len(self.seconds) + 1}. {title}")
+        self._name, self._t = name, time.perf_counter()
+
+    def stop(self) -> None:
+        if self._name is not None:
+            self.seconds[self._name] = round(time.perf_counter() - self._t, 1)
+            self._name = None
+
+
+def run_demo(out: Path, jobs: int = 2, settings: DemoSettings = DemoSettings()) -> dict:
+    """Run the demo into ``out``; returns (and writes ``out/summary.json``) the key numbers and
+    ``out/report.html``."""
     from rich.console import Console
 
+    from brainlm import __version__
     from brainlm.cli import print_summary
 
     con = Console()
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    results = out / "results"
+    if results.exists():
+        shutil.rmtree(results)  # every result of this run comes from this run
+    results.mkdir()
     t0 = time.perf_counter()
-    contract = PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True)
+    steps = _Steps(con)
+    s = settings
+    summary: dict = {"brainlm_version": __version__, "command": _command(settings),
+                     "settings": {"demo": asdict(s)}, "seed": s.seed, "device": "cpu",
+                     "key_numbers": [], "data_notes": {}}
 
-    con.rule("[bold]1. HCP young adults (7 subjects, AAL2, TR 0.72 s) -> corpus")
+    # -- 1. data ----------------------------------------------------------------------------------
+    steps.start("data", "Corpora: HCP (7 subjects, AAL2), Schaefer-100 rest run, synthetic cohort")
+    contract = PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True)
     hcp = prepare_corpus(load_hcp7_aal2(), out / "corpus-hcp7-aal2", atlas=load_atlas("aal2"),
                          contract=contract, min_trs=WINDOW_TRS, jobs=jobs, overwrite=True, progress=True)
     print_summary(hcp.summary())
-
-    con.rule("[bold]2. Schaefer-100 rest run (TR 2 s, confounds) -> resampled to TR 0.72 s")
     rest = load_schaefer100_rest()
     contract_rest = PreprocessingContract(
         target_tr=HCP7_TR, percent_signal_change=True, high_pass_hz=0.01,
@@ -51,53 +132,187 @@ def run_demo(out: Path, jobs: int = 2, epochs: int = 40) -> dict:
     s100 = prepare_corpus([rest], out / "corpus-schaefer100", atlas=load_atlas("schaefer100"),
                           contract=contract_rest, min_trs=WINDOW_TRS, jobs=1, overwrite=True)
     print_summary(s100.summary())
+    cohort = _cohort(out, s, contract, jobs)
+    print_summary(cohort.summary())
+    scans = _scans(out, jobs)
+    print_summary(scans.summary())
+    summary["corpora"] = {"hcp7_aal2": hcp.summary(), "schaefer100": s100.summary(),
+                          "synthetic_cohort": cohort.summary(), "fmriprep_scans": scans.summary()}
+    summary["data_notes"] = {
+        "hcp7_aal2": "7 HCP young adults, resting state, AAL2 (94 regions), TR 0.72 s (embedded, real).",
+        "schaefer100": "one real resting-state run on Schaefer-100 (Yeo-7 labels), TR 2 s, nuisance "
+                       "confounds regressed and resampled to 0.72 s (embedded, real).",
+        "synthetic_cohort": f"{s.cohort_subjects} simulated subjects on AAL2 (coupled oscillators on "
+                            "the HCP connectome -> hemodynamics -> BOLD) at three sites with different TRs; "
+                            "age, group (patients: altered limbic/frontal coupling) and a null score "
+                            "with known effects (docs/simulation.md).",
+        "fmriprep_scans": "from scans, as a new user would: a miniature fMRIPrep folder (4-D NIfTI at "
+                          "6 mm painted from 4 HCP subjects, sidecars, confounds tables with motion "
+                          "spikes, participants.tsv) parcellated with a labels atlas image by one "
+                          "prepare call, with the 'simple' fMRIPrep confound strategy.",
+    }
 
-    con.rule(f"[bold]3. Windows of {WINDOW_TRS} TRs through the Lightning data module")
-    dm = CorpusDataModule(hcp.path, window_trs=WINDOW_TRS, batch_size=16)
-    train_batch = next(iter(dm.train_dataloader()))
-    n_val = sum(b["window"].shape[0] for b in dm.val_dataloader())
-    t = time.perf_counter()
-    n_read = sum(b["window"].shape[0] for _ in range(5) for b in dm.train_dataloader())
-    rate = n_read / (time.perf_counter() - t)
-    w = train_batch["window"]
-    con.print(f"train batch: window {tuple(w.shape)} (batch x TRs x parcels), xyz "
-              f"{tuple(train_batch['xyz'].shape)}; scaled median {w.median():.3f}, "
-              f"IQR {w.quantile(0.75) - w.quantile(0.25):.3f}")
-    con.print(f"validation tiles: {n_val} windows (deterministic); training windows read at "
-              f"{rate:.0f} windows/s")
+    # -- 2. pretraining -----------------------------------------------------------------------------
+    steps.start("pretraining", f"Pretrain the tiny model on the HCP training subjects ({s.epochs} epochs)")
+    checkpoint = _pretrain(out, hcp, s, summary)
 
-    con.rule(f"[bold]4. Pretrain the tiny model on the HCP training subjects ({epochs} epochs, CPU)")
+    # -- 3. reconstruction --------------------------------------------------------------------------
+    steps.start("reconstruction", "Masked reconstruction on the HCP test subject vs baselines")
+    _reconstruction(checkpoint, hcp, results, s, summary, con)
+
+    # -- 4. prediction ------------------------------------------------------------------------------
+    steps.start("prediction", f"Predict {', '.join(s.prediction_targets)} on the synthetic cohort "
+                "(grouped nested CV) vs FC + ridge")
+    _prediction(checkpoint, cohort, results, s, summary, con)
+
+    steps.stop()
+    summary["step_seconds"] = steps.seconds
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    summary["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    summary["versions"] = _versions()
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
+
+    from brainlm.report.html import render_report
+
+    con.rule("[bold]Report")
+    report = render_report(out)
+    con.print(f"report: [bold]{report.resolve()}[/bold]")
+    for k in summary["key_numbers"]:
+        con.print(f"  {k['label']}: [bold]{k['value']}[/bold]")
+    con.print(f"({summary['seconds'] / 60:.1f} min; summary: {(out / 'summary.json').resolve()})")
+    return summary
+
+
+def _command(s: DemoSettings) -> str:
+    return "brainlm demo" + (" --quick" if s == DemoSettings.quick() else "")
+
+
+def _cohort(out: Path, s: DemoSettings, contract: PreprocessingContract, jobs: int):
+    from brainlm.simulate.cohort import simulate_cohort
+
+    recordings = simulate_cohort(s.cohort_subjects, atlas="aal2", n_trs=s.cohort_trs, seed=s.seed, jobs=jobs)
+    return prepare_corpus(recordings, out / "corpus-synthetic-aal2", atlas=load_atlas("aal2"),
+                          contract=contract, min_trs=WINDOW_TRS, jobs=jobs, split_seed=s.seed,
+                          overwrite=True, progress=True)
+
+
+def _scans(out: Path, jobs: int):
+    from brainlm.data.example_scans import write_fmriprep_example
+
+    folder = out / "fmriprep-example"
+    if folder.exists():
+        shutil.rmtree(folder)
+    ex = write_fmriprep_example(folder, subjects=4, n_trs=240)
+    return prepare_corpus([ex.derivatives], out / "corpus-fmriprep-example", atlas_image=ex.atlas_image,
+                          atlas_labels=ex.atlas_labels, space=ex.space, min_trs=WINDOW_TRS, jobs=jobs,
+                          contract=PreprocessingContract(percent_signal_change=True), overwrite=True)
+
+
+def _pretrain(out: Path, hcp, s: DemoSettings, summary: dict) -> Path:
+    from brainlm.model import BrainLM
+    from brainlm.tasks.embed import embed
+    from brainlm.train.pretrain import PretrainSettings, pretrain
+
     run = out / "run-tiny"
     if run.exists():
         shutil.rmtree(run)
     t = time.perf_counter()
-    metrics = pretrain(PretrainSettings(corpus=hcp.path, preset="tiny", epochs=epochs), run, progress=True)
-    train_s = time.perf_counter() - t
-    baseline = min(metrics["val/baseline_zero_mse"], metrics["val/baseline_mean_mse"])
-    con.print(f"validation (held-out subject, 75% of tokens masked): masked MSE "
-              f"{metrics['val/masked_mse']:.3f} vs {metrics['val/baseline_zero_mse']:.3f} for predicting "
-              f"zero and {metrics['val/baseline_mean_mse']:.3f} for each parcel's visible mean; "
-              f"R^2 {metrics['val/r2']:.3f} ({train_s:.0f} s)")
-
-    con.rule("[bold]5. Embeddings from the checkpoint (deterministic)")
+    settings = PretrainSettings(corpus=hcp.path, preset="tiny", epochs=s.epochs, seed=s.seed)
+    metrics = pretrain(settings, run, progress=True)
+    seconds = time.perf_counter() - t
+    model = BrainLM.from_pretrained(run / "model")
     first = embed(run / "model", [hcp.path], out / "embeddings.parquet")
     second = embed(run / "model", [hcp.path])
-    identical = bool(first.equals(second))
-    con.print(f"{len(first)} recordings x {sum(c.startswith('cls_') for c in first)} CLS dims -> "
-              f"{out / 'embeddings.parquet'}; a second run is bit-identical: {identical}")
+    summary["pretraining"] = {
+        "run": run.name, "preset": "tiny", "epochs": s.epochs, "seconds": round(seconds, 1),
+        "device": "cpu", "window_trs": model.config.window_trs, "mask_ratio": settings.mask_ratio,
+        "parameters": model.count_parameters(), "validation": metrics,
+        "embeddings_deterministic": bool(first.equals(second)), "embedded_recordings": len(first)}
+    summary["settings"]["pretraining"] = asdict(settings)
+    best = min(metrics["val/baseline_zero_mse"], metrics["val/baseline_mean_mse"])
+    summary["key_numbers"].append({
+        "value": f"{metrics['val/masked_mse']:.3f} vs {best:.3f}",
+        "label": "pretraining: validation masked MSE (held-out subject) vs the best trivial baseline"})
+    return run / "model"
 
-    summary = {
-        "corpora": {"hcp7_aal2": hcp.summary(), "schaefer100": s100.summary()},
-        "windows": {"window_trs": WINDOW_TRS, "val_tiles": n_val, "train_windows_per_s": round(rate, 1)},
-        "pretraining": {"preset": "tiny", "epochs": epochs, "seconds": round(train_s, 1),
-                        "validation": metrics, "beats_trivial_baselines": metrics["val/masked_mse"] < baseline},
-        "embeddings": {"recordings": len(first), "deterministic": identical},
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
-    con.rule("[bold]done")
-    con.print(f"Corpora, run and embeddings in {out.resolve()}; summary: "
-              f"{(out / 'summary.json').resolve()} ({summary['seconds']} s). Evaluation against "
-              "baselines, forecasting, attention maps and the HTML report are not implemented yet "
-              "in this version.")
-    return summary
+
+def _reconstruction(checkpoint: Path, hcp, results: Path, s: DemoSettings, summary: dict, con) -> None:
+    from brainlm.model import BrainLM, MaskSpec
+    from brainlm.tasks.reconstruction import evaluate_reconstruction, reconstruction_markdown
+
+    res = evaluate_reconstruction(checkpoint, hcp.path, split="test", seed=s.seed,
+                                  out=results / "reconstruction")
+    con.print(reconstruction_markdown(res))
+    at = next(e for e in res["results"] if e["mask_ratio"] == 0.75)["methods"]
+    best = max((m for m in at if m != "brainlm"), key=lambda m: at[m]["r2"])
+    summary["reconstruction"] = {"r2_at_0.75": at["brainlm"]["r2"], "best_baseline": best,
+                                 "best_baseline_r2_at_0.75": at[best]["r2"]}
+    summary["key_numbers"].append({
+        "value": f"R² {at['brainlm']['r2']:.3f} vs {at[best]['r2']:.3f}",
+        "label": f"reconstruction of 75% masked tokens (HCP test subject) vs the best baseline ({best})"})
+    # One test window for the report's carpet plots.
+    import torch
+
+    model = BrainLM.from_pretrained(checkpoint)
+    row = int(hcp.split_indices("test")[0])
+    wins, _ = model.windows(hcp.read(row))
+    mask = model.sample_mask(MaskSpec("random", 0.75), len(wins), hcp.atlas.n_parcels, _generator(s.seed))
+    with torch.inference_mode():
+        xyz = torch.from_numpy(np.array(hcp.atlas.xyz, dtype=np.float32)).expand(len(wins), -1, -1)
+        _, pred = model(wins, xyz, mask)
+    k = model.config.patch_trs
+    subject = hcp.manifest.iloc[row]["subject"]
+    np.savez_compressed(
+        results / "reconstruction_example.npz", target=wins[0].numpy(),
+        prediction=model.unpatchify(pred)[0].numpy(),
+        mask=mask.repeat_interleave(k, dim=2).transpose(1, 2)[0].numpy(),
+        parcel_names=np.array(hcp.atlas.parcel_names), tr_s=np.float64(hcp.contract.target_tr),
+        title=np.array(f"HCP test subject {subject}, first window, 75% of tokens masked"))
+
+
+def _prediction(checkpoint: Path, cohort, results: Path, s: DemoSettings, summary: dict, con) -> None:
+    from brainlm.tasks.prediction.evaluate import (PredictionSettings, evaluate_prediction, headline,
+                                                   prediction_markdown)
+
+    settings = PredictionSettings.quick() if s.prediction_quick else PredictionSettings()
+    summary["settings"]["prediction"] = asdict(settings)
+    for target in s.prediction_targets:
+        res = evaluate_prediction(checkpoint, cohort.path, target, settings=settings,
+                                  out=results / f"prediction-{target}")
+        con.print(prediction_markdown(res))
+        ref = res["reference"]
+        metric = res["primary_metric"]
+        best = _best_brainlm(res)
+        summary["key_numbers"].append({
+            "value": f"{metric} {res['summary'][best][metric]['mean']:.3f} vs {res['summary'][ref][metric]['mean']:.3f}",
+            "label": f"{target} on the synthetic cohort: best BrainLM method ({best}) vs FC reference "
+                     f"({res['comparison'][best]['verdict']})"})
+        summary.setdefault("prediction", {})[target] = headline(res)
+
+
+def _best_brainlm(res: dict) -> str:
+    from brainlm.tasks.prediction.evaluate import FAMILIES
+
+    metric, sign = res["primary_metric"], 1 if res["higher_is_better"] else -1
+    names = [m["name"] for m in res["methods"] if m["family"] in (FAMILIES[0], FAMILIES[3])
+             and res["summary"][m["name"]][metric]["mean"] is not None]
+    return max(names, key=lambda n: sign * res["summary"][n][metric]["mean"])
+
+
+def _generator(seed: int):
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("brainlm", "torch", "lightning", "numpy", "scipy", "pandas", "scikit-learn", "nilearn",
+                 "zarr", "matplotlib", "torchdiffeq"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out

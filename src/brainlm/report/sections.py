@@ -29,15 +29,7 @@ def subtitle(summary: dict) -> str:
 
 def key_numbers(run_dir: Path, summary: dict) -> list[dict]:
     """The headline numbers shown above the table of contents."""
-    keys = []
-    pre = summary.get("pretraining")
-    if pre:
-        v = pre["validation"]
-        keys.append({"value": f"{v['val/masked_mse']:.3f} vs {min(v['val/baseline_zero_mse'], v['val/baseline_mean_mse']):.3f}",
-                     "label": "validation masked MSE of the pretrained model vs the best trivial baseline"})
-    for k in summary.get("key_numbers", []):
-        keys.append(k)
-    return keys
+    return list(summary.get("key_numbers", []))
 
 
 def _missing(anchor: str, title: str, what: str) -> Section:
@@ -117,7 +109,7 @@ def reconstruction_section(run_dir: Path, summary: dict, figures: Path) -> Secti
         return _missing("reconstruction", "Masked reconstruction", "the reconstruction evaluation")
     s = Section("reconstruction", "Masked reconstruction")
     s.paragraphs.append(
-        f"{res['recordings']} recordings of the <code>{escape(res['split'])}</code> split "
+        f"{res['recordings']} recording(s) of the <code>{escape(res['split'])}</code> split "
         f"({res['windows']} windows of {res['window_trs']} TRs) with {escape(res['strategy'])} masks drawn "
         f"with seed {res['seed']}; every method fills in the very same masked values. R² is pooled over "
         "all masked values (1 − SSE/SST, as in the paper); units are the model's scaled signal.")
@@ -165,6 +157,67 @@ def reconstruction_section(run_dir: Path, summary: dict, figures: Path) -> Secti
     return s
 
 
+# -- prediction ----------------------------------------------------------------------------------
+def prediction_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+    from brainlm.report.figures import prediction_scores
+
+    found = sorted((run_dir / "results").glob("prediction-*/prediction.json"))
+    if not found:
+        return _missing("prediction", "Phenotype prediction", "the phenotype prediction evaluation")
+    results = [read_json(p) for p in found]
+    s = Section("prediction", "Phenotype prediction")
+    first = results[0]
+    st = first["settings"]
+    s.paragraphs.append(
+        f"{first['recordings']} recordings of {first['subjects']} subjects of "
+        f"<code>{escape(Path(first['corpus']).name)}</code>. Outer folds: {st['n_folds']}, grouped by subject "
+        f"(no subject on both sides, inner folds included), × {len(st['seeds'])} seed(s); hyper-parameters "
+        f"by a {st['inner_folds']}-fold grouped search inside each training fold. "
+        + (f"{escape(first['standardisation'])}. " if first.get("standardisation") else "")
+        + "Every method is compared with the functional-connectivity "
+        f"reference on the same folds by a {escape(first['test'])}.")
+    verdicts = []
+    for res in results:
+        metrics = res["metrics"]
+        rows = []
+        for m in res["methods"]:
+            name = m["name"]
+            cells = [name, m["family"]]
+            for k in metrics:
+                st_ = res["summary"][name][k]
+                spread = st_["sd_seeds"] if st_["sd_seeds"] is not None else st_["sd_folds"]
+                cells.append("n/a" if st_["mean"] is None else
+                             f"{st_['mean']:.3f}" + (f" ± {spread:.3f}" if spread is not None else ""))
+            c = res["comparison"].get(name)
+            if c is None:
+                cells += ["—", "—", "reference"]
+            else:
+                cells += [None if c["mean_difference"] is None else f"{c['mean_difference']:+.3f}",
+                          None if c["p"] is None else f"{c['p']:.3g}", c["verdict"]]
+            rows.append({"cells": [fmt(v) for v in cells], "highlight": name == res["reference"]})
+        t = res["target"]
+        s.tables.append(Table(
+            f"{t['column']} ({t['task']}): mean ± SD over seeds (over folds for methods run on one seed)",
+            ["method", "family", *[k.replace("_", " ") for k in metrics], f"Δ {res['primary_metric']}",
+             "p", "verdict"], rows))
+        verdicts.append(f"<b>{escape(t['column'])}</b>: {_headline_html(res)}")
+    png = prediction_scores(results, figures / "prediction_scores.png")
+    s.figures.append(embed_png(png, "prediction_scores",
+                               "Primary metric of every method (bars: mean; whiskers: spread); dashed "
+                               "line: the FC + ridge/logistic reference."))
+    s.verdict = "<br>".join(verdicts)
+    return s
+
+
+def _headline_html(res: dict) -> str:
+    from brainlm.tasks.prediction.evaluate import headline
+
+    text = escape(headline(res)).replace("`", "")
+    for word, cls in (("better than the reference", "win"), ("worse than the reference", "lose")):
+        text = text.replace(word, f"<span class='{cls}'>{word}</span>")
+    return text
+
+
 # -- provenance ----------------------------------------------------------------------------------
 def provenance_section(run_dir: Path, summary: dict, figures: Path) -> Section:
     s = Section("provenance", "How this report was produced")
@@ -182,4 +235,5 @@ def provenance_section(run_dir: Path, summary: dict, figures: Path) -> Section:
     return s
 
 
-BUILDERS = [data_section, pretraining_section, reconstruction_section, provenance_section]
+BUILDERS = [data_section, pretraining_section, reconstruction_section, prediction_section,
+            provenance_section]
