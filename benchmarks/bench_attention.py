@@ -9,13 +9,19 @@ known group effect on synthetic cohorts.
    Yeo-7 labels on 80 regions), the 2 of them the model never saw in pretraining, and the real
    Schaefer-100 run (exact Yeo-7 labels) through parcel coordinates; plus a kNN k sweep for the
    paper's feature (CLS attention) and the FC-profile baseline.
-3. Group attention (``group_attention``) on AAL2 cohorts from ``simulate_cohort`` (one site, TR
+3. Network identification on simulated cohorts (12 subjects x 1200 TRs, one site): AAL2, whose
+   simulated signals follow the DTI wiring and carry little Yeo-7 structure (a control: what
+   BrainLM's features know about networks from the coordinates alone), and Schaefer-100, whose
+   coupling is built from the HCP group FC (run through coordinates).
+4. Group attention (``group_attention``) on AAL2 cohorts from ``simulate_cohort`` (one site, TR
    0.72 s), prepared with the checkpoint's contract: does the patient - control t map single out
    the limbic parcels the group effect alters? Default effect, 40 subjects x 1200 TRs, seeds
    0-2; the doubled effect at 24 x 600 TRs used by the test; and no effect at all (a false
    positive control).
 
-    python benchmarks/bench_attention.py --checkpoint RUN/model
+    python benchmarks/bench_attention.py --checkpoint RUN/model [--sections cost,networks,synthetic,groups]
+
+``--sections`` re-runs a subset and replaces those sections in an existing results file.
 
 The checkpoint used for results/attention.json is the tests' shared run: ``tiny``, 40 epochs on
 the 5 HCP training subjects (``brainlm pretrain`` defaults, percent signal change, TR 0.72 s).
@@ -119,43 +125,69 @@ def bench_groups(model: BrainLM, n: int, trs: int, effect: float, seeds) -> list
     return rows
 
 
+def bench_synthetic_networks(model: BrainLM) -> dict:
+    out = {}
+    for atlas in ("aal2", "schaefer100"):
+        recs = simulate_cohort(12, atlas=atlas, n_trs=1200, sites=1, seed=0)
+        out[f"simulated_{atlas}_12x1200"] = summarise_networks(
+            identify_networks(model, recs, transfer_atlas=atlas != "aal2"))
+    return out
+
+
+SECTIONS = ("cost", "networks", "synthetic", "groups")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="checkpoint folder of a model pretrained on HCP AAL2")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "attention.json"))
     ap.add_argument("--quick", action="store_true", help="one seed per group setting")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     args = ap.parse_args()
+    sections = [x for x in args.sections.split(",") if x]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"unknown section(s) {unknown}; expected some of {SECTIONS}")
     model = BrainLM.from_pretrained(args.checkpoint)
     hcp = load_hcp7_aal2()
     seeds = (0,) if args.quick else (0, 1, 2)
-    res = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                       "torch_threads": torch.get_num_threads(),
-                       "load_average_at_start": [round(v, 2) for v in os.getloadavg()]},
-           "checkpoint": str(args.checkpoint), "model": model.config.to_dict()}
+    out = Path(args.out)
+    res = json.loads(out.read_text()) if out.is_file() and set(sections) != set(SECTIONS) else {}
+    res.update({"checkpoint": str(args.checkpoint), "model": model.config.to_dict()})
+    res.setdefault("machine", {})
+    res["machine"][",".join(sections)] = {
+        "platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(), "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
     t0 = time.perf_counter()
 
-    res["cost"] = bench_cost(model, hcp)
-    print(json.dumps(res["cost"], indent=1), flush=True)
-
-    inputs = list(model_inputs(model, hcp))
-    held_out = [i for i in inputs if i.ids["subject"] not in _training_subjects(args.checkpoint)]
-    res["networks"] = {
-        "hcp7_aal2": summarise_networks(identify_networks(model, hcp)),
-        "hcp_held_out_aal2": summarise_networks(identify_networks(model, [r for r in hcp if r.subject in
-                                                                        {i.ids["subject"] for i in held_out}])),
-        "schaefer100_rest_transfer": summarise_networks(identify_networks(
-            model, [load_schaefer100_rest()], transfer_atlas=True, target_tr=0.72)),
-        "knn_k_sweep_hcp7": k_sweep(model, inputs),
-    }
-    print(json.dumps(res["networks"], indent=1), flush=True)
-
-    res["group_attention"] = {
-        "default_effect_40x1200": bench_groups(model, 40, 1200, 0.15, seeds),
-        "doubled_effect_24x600 (test setting)": bench_groups(model, 24, 600, 0.30, seeds),
-        "no_effect_40x1200": bench_groups(model, 40, 1200, 0.0, seeds[:1] if args.quick else (0, 1)),
-    }
-    res["seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out)
+    if "cost" in sections:
+        res["cost"] = bench_cost(model, hcp)
+        print(json.dumps(res["cost"], indent=1), flush=True)
+    if "networks" in sections:
+        inputs = list(model_inputs(model, hcp))
+        trained_on = _training_subjects(args.checkpoint)
+        res["networks"] = {
+            "hcp7_aal2": summarise_networks(identify_networks(model, hcp)),
+            "hcp_held_out_aal2": summarise_networks(identify_networks(
+                model, [r for r in hcp if r.subject not in trained_on])),
+            "schaefer100_rest_transfer": summarise_networks(identify_networks(
+                model, [load_schaefer100_rest()], transfer_atlas=True, target_tr=0.72)),
+            "knn_k_sweep_hcp7": k_sweep(model, inputs),
+        }
+        print(json.dumps(res["networks"], indent=1), flush=True)
+    if "synthetic" in sections:
+        res["networks_simulated"] = bench_synthetic_networks(model)
+        print(json.dumps(res["networks_simulated"], indent=1), flush=True)
+    if "groups" in sections:
+        res["group_attention"] = {
+            "default_effect_40x1200": bench_groups(model, 40, 1200, 0.15, seeds),
+            "doubled_effect_24x600 (test setting)": bench_groups(model, 24, 600, 0.30, seeds),
+            "no_effect_40x1200": bench_groups(model, 40, 1200, 0.0, seeds[:1] if args.quick else (0, 1)),
+        }
+    res.setdefault("seconds", {})
+    if not isinstance(res["seconds"], dict):
+        res["seconds"] = {",".join(SECTIONS): res["seconds"]}
+    res["seconds"][",".join(sections)] = round(time.perf_counter() - t0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(res, indent=1))
     print(f"written {out} ({res['seconds']} s)")

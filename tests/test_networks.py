@@ -14,7 +14,8 @@ from brainlm.cli import main
 from brainlm.data.atlas import Atlas, load_atlas
 from brainlm.data.samples import load_schaefer100_rest
 from brainlm.model import BrainLM
-from brainlm.tasks.networks import evaluate_features, identify_networks, network_labels
+from brainlm.tasks.attention import model_inputs
+from brainlm.tasks.networks import evaluate_features, identify_networks, network_labels, time_shifted
 
 
 def test_networks_cli_on_real_hcp(trained, hcp_corpus, tmp_path, capsys):
@@ -28,7 +29,7 @@ def test_networks_cli_on_real_hcp(trained, hcp_corpus, tmp_path, capsys):
     assert r["labelled_parcels"] == 80 and len(r["unlabelled_parcels"]) == 14
     assert sum(r["networks"].values()) == 80
     rows = {(m["model"], m["features"]): m for m in r["methods"]}
-    assert set(rows) == {(model, f) for model in ("BrainLM", "BrainLM untrained")
+    assert set(rows) == {(model, f) for model in ("BrainLM", "BrainLM untrained", "BrainLM, time-shifted input")
                          for f in ("cls_attention", "parcel_attention", "token_embedding")} | {
         ("baseline", f) for f in ("fc_profile", "raw_timeseries", "coordinates")}
     chance = r["chance"]
@@ -61,6 +62,22 @@ def test_networks_on_schaefer100_through_coordinates(trained):
     assert r["chance"]["majority_accuracy"] == pytest.approx(0.24)
     assert rows[("baseline", "fc_profile")]["knn_accuracy"] > 0.4
     assert rows[("BrainLM", "token_embedding")]["knn_accuracy"] > r["chance"]["majority_accuracy"]
+
+
+def test_time_shifted_control_removes_co_fluctuation(trained, hcp):
+    model = BrainLM.from_pretrained(trained / "model")
+    inputs = list(model_inputs(model, hcp[:2]))
+    shifted = time_shifted(inputs, seed=0)
+    for before, after in zip(inputs, shifted):
+        assert after.windows.shape == before.windows.shape
+        x, z = before.timeseries, after.timeseries
+        for p in (0, 50, 93):  # every parcel keeps its own signal, rotated in time
+            k = int(np.argmax([np.array_equal(np.roll(x[:, p], s), z[:, p]) for s in range(len(x))]))
+            assert np.array_equal(np.roll(x[:, p], k), z[:, p]) and len(x) // 4 <= k <= 3 * len(x) // 4
+        fc_x, fc_z = np.corrcoef(x, rowvar=False), np.corrcoef(z, rowvar=False)
+        off = ~np.eye(94, dtype=bool)
+        assert np.abs(fc_x[off]).mean() > 0.2 > 0.1 > np.abs(fc_z[off]).mean()
+    assert all(np.array_equal(a.windows, b.windows) for a, b in zip(shifted, time_shifted(inputs, seed=0)))
 
 
 def test_evaluate_features_scores_known_structure():

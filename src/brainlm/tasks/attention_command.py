@@ -32,7 +32,8 @@ def register(subparsers) -> list[argparse.ArgumentParser]:
         "parcel-by-parcel attention, token embeddings) and classify parcels into known networks "
         "(Yeo-7) by leave-one-parcel-out kNN and logistic regression, and cluster them (k-means); "
         "against FC-profile, raw-time-series and coordinate baselines, spectral clustering of FC, "
-        "a randomly initialised model and chance. Writes networks.json, networks.md, parcels.tsv "
+        "a randomly initialised model, the model on input with parcels shifted in time "
+        "independently (co-fluctuation removed) and chance. Writes networks.json, networks.md, parcels.tsv "
         "and figures to --out.")
     p.add_argument("checkpoint", help="a checkpoint folder (RUN/model)")
     p.add_argument("data", nargs="+", help="a prepared corpus, or time-series files/folders on the checkpoint's atlas")
@@ -42,6 +43,9 @@ def register(subparsers) -> list[argparse.ArgumentParser]:
     p.add_argument("--max-recordings", type=int, metavar="N", help="use the first N recordings only")
     p.add_argument("--no-untrained-control", action="store_true",
                    help="skip the randomly initialised model of the same architecture")
+    p.add_argument("--no-shifted-control", action="store_true",
+                   help="skip the pretrained model on input whose parcels are shifted in time "
+                   "independently (co-fluctuation removed)")
     _common(p)
     p.add_argument("--tr", type=float, help="TR in seconds for files without a sidecar")
     p.add_argument("--orientation", default="auto", choices=["auto", "time-by-parcel", "parcel-by-time"])
@@ -86,7 +90,8 @@ def run(args) -> int:
         r = identify_networks(args.checkpoint, args.data, args.out, labels=args.labels,
                               transfer_atlas=args.transfer_atlas, n_neighbors=args.neighbors,
                               max_recordings=args.max_recordings,
-                              untrained_control=not args.no_untrained_control, batch_size=args.batch_size,
+                              untrained_control=not args.no_untrained_control,
+                              shifted_control=not args.no_shifted_control, batch_size=args.batch_size,
                               device=args.device, seed=args.seed, figures=not args.no_figures,
                               tr=args.tr, orientation=args.orientation, key=args.key)
         _print_networks(con, r)

@@ -19,7 +19,10 @@ and the same model-input signal, for baselines: the parcel's functional-connecti
 correlated parcels), its MNI coordinates (networks are spatially clustered, so location alone
 predicts much), spectral clustering of the FC, and chance. A randomly initialised model of the
 same architecture is the control that separates what pretraining learned from what the
-architecture and the coordinate embedding give for free.
+architecture and the coordinate embedding give for free; the pretrained model on the same data
+with every parcel circularly shifted in time by its own offset (co-fluctuation between parcels
+removed) is the control that separates network membership read from the signal from what the
+model knows about a parcel's location.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from brainlm.model.brainlm import BrainLM
 from brainlm.tasks.attention import ModelInput, extract_attention, model_inputs
 
 __all__ = ["NETWORK_FEATURES", "BASELINE_FEATURES", "ParcelFeatures", "evaluate_features",
-           "identify_networks", "network_labels", "parcel_features"]
+           "identify_networks", "network_labels", "parcel_features", "time_shifted"]
 
 #: Feature sets read from a BrainLM model.
 NETWORK_FEATURES = ("cls_attention", "parcel_attention", "token_embedding")
@@ -210,6 +213,33 @@ def parcel_features(model: BrainLM | None, inputs: list[ModelInput], *, batch_si
                           n_recordings=len(inputs), n_windows=n_win)
 
 
+def time_shifted(inputs: list[ModelInput], *, seed: int = 0) -> list[ModelInput]:
+    """The same recordings with each parcel circularly shifted in time by its own random offset.
+
+    Parameters
+    ----------
+    inputs : list of ModelInput
+        Each recording's windows are consecutive tiles, so they are shifted end to end
+        (``W * window_trs`` TRs) and cut into the same tiles again.
+
+    Returns
+    -------
+    list of ModelInput, same shapes; offsets uniform in [T/4, 3T/4] TRs, seeded.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for item in inputs:
+        w, t, p = item.windows.shape
+        x = item.timeseries
+        total = w * t
+        offsets = rng.integers(total // 4, 3 * total // 4 + 1, size=p)
+        rows = (np.arange(total)[:, None] - offsets[None, :]) % total
+        shifted = np.take_along_axis(x, rows, axis=0).reshape(w, t, p)
+        out.append(ModelInput(ids=dict(item.ids), windows=torch.from_numpy(np.ascontiguousarray(shifted)),
+                              xyz=item.xyz, atlas=item.atlas))
+    return out
+
+
 # -- evaluation --------------------------------------------------------------------------------
 def evaluate_features(x: np.ndarray, y: np.ndarray, *, n_neighbors: int = 5, seed: int = 0,
                       n_clusters: int | None = None) -> dict:
@@ -302,7 +332,7 @@ def chance_levels(y: np.ndarray, *, n_permutations: int = 200, seed: int = 0) ->
 def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas: bool = False,
                       target_tr: float | None = None, n_neighbors: int = 5,
                       max_recordings: int | None = None, untrained_control: bool = True,
-                      batch_size: int = 8, device: str = "cpu", seed: int = 0, figures: bool = True,
+                      shifted_control: bool = True, batch_size: int = 8, device: str = "cpu", seed: int = 0, figures: bool = True,
                       tr: float | None = None, orientation: str = "auto", key: str | None = None) -> dict:
     """Identify functional networks from a pretrained BrainLM; see the module docstring.
 
@@ -327,6 +357,13 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
         Use the first N recordings only (memory: token embeddings are kept per window).
     untrained_control : bool
         Also score a randomly initialised model of the same architecture (seeded by ``seed``).
+    shifted_control : bool
+        Also score the pretrained model on the same recordings with every parcel's time series
+        circularly shifted by its own random offset (a quarter to three quarters of the run).
+        This keeps each parcel's own signal but removes its co-fluctuation with the other
+        parcels, the thing functional networks are made of. Features that classify networks as
+        well as before read the parcel's location (through the coordinate embedding) or its
+        own dynamics, not network membership from the signal.
 
     Returns
     -------
@@ -370,6 +407,9 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
                 next(model.parameters()).device)
         control = parcel_features(random_model, inputs, batch_size=batch_size, baselines=False)
         sets += [("BrainLM untrained", name, control.features[name]) for name in NETWORK_FEATURES]
+    if shifted_control:
+        shifted = parcel_features(model, time_shifted(inputs, seed=seed), batch_size=batch_size, baselines=False)
+        sets += [("BrainLM, time-shifted input", name, shifted.features[name]) for name in NETWORK_FEATURES]
     sets += [("baseline", name, trained.features[name]) for name in BASELINE_FEATURES]
 
     rows, predictions = [], {}
@@ -406,6 +446,9 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
                      "logreg": "multinomial, L2, C=1, standardised features", "cv": "leave one parcel out",
                      "kmeans": "k = number of networks, 10 initialisations", "seed": seed,
                      "transfer_atlas": transfer_atlas, "max_recordings": max_recordings,
+                     "controls": {"untrained": "same architecture, random weights" if untrained_control else None,
+                                  "time-shifted input": "each parcel circularly shifted by its own random "
+                                  "offset (co-fluctuation removed)" if shifted_control else None},
                      "model": model.config.to_dict()},
         "methods": rows,
         "spectral": {k: {"ari": v["ari"], "nmi": v["nmi"]} for k, v in spectral.items()},
