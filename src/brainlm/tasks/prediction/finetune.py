@@ -162,7 +162,7 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
         if not hasattr(self, "window_trs_"):
             model = load_model(self.checkpoint, self.device)
             atlas = self.atlas if self.atlas is not None else model.atlas
-            self.window_trs_, self.xyz_ = model.config.window_trs, np.asarray(atlas.xyz, dtype=np.float32)
+            self.window_trs_, self.xyz_ = model.config.window_trs, np.array(atlas.xyz, dtype=np.float32)
         return check_series(X, self.window_trs_, len(self.xyz_))
 
     def _build(self, items):

@@ -19,7 +19,7 @@ from brainlm.errors import BrainLMInputError
 
 #: Head kinds; ``linear`` is ridge regression or L2 logistic regression.
 HEADS = ("linear", "svm", "knn")
-RIDGE_ALPHAS = np.logspace(-2, 5, 8)
+RIDGE_ALPHAS = np.logspace(-1, 6, 8)
 LOGISTIC_CS = np.logspace(-4, 2, 7)
 SVM_CS = (0.1, 1.0, 10.0)
 KNN_NEIGHBOURS = (5, 10, 20)

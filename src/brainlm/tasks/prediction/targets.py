@@ -91,7 +91,7 @@ def load_target(manifest: pd.DataFrame, column: str, *, task: str = "auto", rows
                                 f"available: {candidates}", source)
     rows = np.arange(len(manifest)) if rows is None else np.asarray(rows, dtype=int)
     raw = manifest[column].iloc[rows]
-    present = raw.notna().to_numpy()
+    present = raw.notna().to_numpy().copy()
     if raw.dtype == object or pd.api.types.is_string_dtype(raw):
         # participants.tsv writes missing values as text ("n/a", "", "NaN").
         present &= ~raw.astype(str).str.strip().str.lower().isin(["", "n/a", "na", "nan", "none"]).to_numpy()
@@ -106,8 +106,10 @@ def load_target(manifest: pd.DataFrame, column: str, *, task: str = "auto", rows
             f"{len(raw)}); at most {max_missing:.0%} may be missing (max_missing)", source)
     kept, vals = rows[present], raw[present]
     distinct = pd.unique(vals)
+    numeric = pd.to_numeric(vals, errors="coerce")
     if task == "auto":
-        task = "classification" if len(distinct) == 2 else "regression"
+        # Two values are two classes; text labels are classes however many there are.
+        task = "classification" if len(distinct) == 2 or numeric.isna().any() else "regression"
     if task == "classification":
         if len(distinct) == 1:
             raise BrainLMInputError(f"classification target {column!r} has one class ({_plain(distinct[0])!r}) "
@@ -119,7 +121,6 @@ def load_target(manifest: pd.DataFrame, column: str, *, task: str = "auto", rows
         classes = sorted(distinct.tolist(), key=lambda v: (str(type(v)), v))
         y = (vals.to_numpy() == classes[1]).astype(np.int64)
         return Target(column, task, y, kept, classes, n_missing)
-    numeric = pd.to_numeric(vals, errors="coerce")
     bad = numeric.isna().to_numpy()
     if bad.any():
         raise BrainLMInputError(

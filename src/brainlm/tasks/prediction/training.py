@@ -135,7 +135,7 @@ def train_early_stopping(net: nn.Module, optimizer: torch.optim.Optimizer, *,
             loss = loss_fn(net(inputs[idx]).float(), targets[idx])
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         val = float(loss_fn(predict_batched(net, val_inputs, batch_size), val_targets))
         log.train_loss.append(total / len(order))
         log.val_loss.append(val)
