@@ -121,7 +121,7 @@ def _print_networks(con, r: dict) -> None:
     for k, v in r["spectral"].items():
         t.add_row("spectral", k, "", "", f"{v['ari']:.3f}", f"{v['nmi']:.3f}")
     c = r["chance"]
-    t.add_row("chance", f"majority / stratified", f"{c['majority_accuracy']:.3f} / {c['stratified_accuracy']:.3f}",
+    t.add_row("chance", "majority / stratified", f"{c['majority_accuracy']:.3f} / {c['stratified_accuracy']:.3f}",
               "", "0", f"{c['nmi_mean']:.3f}")
     con.print(t)
 
