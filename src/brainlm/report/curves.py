@@ -33,12 +33,13 @@ def plot_step_curves(results: dict, path: str | Path, metrics=("mse", "r2", "pea
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     path = Path(path)
     methods = results["methods"]
     horizon = int(results["horizon_trs"])
     steps = list(range(1, horizon + 1))
-    fig = Figure(figsize=(5.2 * len(metrics), 4.2))
+    fig = Figure(figsize=(5.2 * len(metrics), 4.8))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(metrics), squeeze=False)
     colors = colormaps["tab10"]
@@ -54,10 +55,15 @@ def plot_step_curves(results: dict, path: str | Path, metrics=("mse", "r2", "pea
         ax.set_xlabel(f"predicted step (TR{f' = {tr:g} s' if tr else ''})")
         ax.set_xlim(0.5, horizon + 0.5)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="best")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # One legend below the panels, so no curve is hidden behind it.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    ncol = min(len(labels), 5)
+    rows = -(-len(labels) // ncol)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(f"Forecast of {horizon} TRs from {results.get('context_trs', '?')} TRs "
                  f"({results.get('n_windows', '?')} test windows)", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 + 0.05 * rows, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)

@@ -1,5 +1,5 @@
 """Future brain-state forecasting: fine-tune BrainLM with the future mask and compare it, step by
-step, with persistence, parcel-wise AR(p), ridge VAR, LSTM, a neural ODE and the same
+step, with persistence, the context mean, parcel-wise AR(p), ridge VAR, LSTM, a neural ODE and the same
 architecture trained from scratch.
 
 Main entry points: :func:`finetune`, :func:`evaluate` / :func:`evaluate_run`, :func:`compare`
@@ -7,7 +7,7 @@ Main entry points: :func:`finetune`, :func:`evaluate` / :func:`evaluate_run`, :f
 """
 
 from brainlm.tasks.forecasting.api import BrainLMForecaster, forecast, load_forecaster, predict_future
-from brainlm.tasks.forecasting.baselines import (BASELINES, BaselineSettings, LSTMForecaster,
+from brainlm.tasks.forecasting.baselines import (BASELINES, BaselineSettings, ContextMean, LSTMForecaster,
                                                  NeuralODEForecaster, NeuralTraining, ParcelAR,
                                                  Persistence, RidgeVAR, make_baseline)
 from brainlm.tasks.forecasting.comparison import compare
@@ -15,7 +15,7 @@ from brainlm.tasks.forecasting.evaluate import evaluate, evaluate_run, step_metr
 from brainlm.tasks.forecasting.finetune import FinetuneSettings, finetune
 from brainlm.tasks.forecasting.windows import ForecastWindows, check_lengths, forecast_windows
 
-__all__ = ["BASELINES", "BaselineSettings", "BrainLMForecaster", "FinetuneSettings", "ForecastWindows",
+__all__ = ["BASELINES", "BaselineSettings", "BrainLMForecaster", "ContextMean", "FinetuneSettings", "ForecastWindows",
            "LSTMForecaster", "NeuralODEForecaster", "NeuralTraining", "ParcelAR", "Persistence",
            "RidgeVAR", "check_lengths", "compare", "evaluate", "evaluate_run", "finetune", "forecast",
            "forecast_windows", "load_forecaster", "make_baseline", "predict_future", "step_metrics"]

@@ -1,4 +1,5 @@
-"""Forecasting baselines: persistence, parcel-wise AR(p), ridge VAR, LSTM and a neural ODE.
+"""Forecasting baselines: persistence, context mean, parcel-wise AR(p), ridge VAR, LSTM and a
+neural ODE.
 
 Every forecaster has the same two methods:
 
@@ -28,7 +29,7 @@ from torch import nn
 from brainlm.errors import BrainLMInputError
 
 #: Baseline names in the order they are reported.
-BASELINES = ("persistence", "ar", "var", "lstm", "neural_ode")
+BASELINES = ("persistence", "context_mean", "ar", "var", "lstm", "neural_ode")
 
 
 def _check_context(context: np.ndarray, min_trs: int, name: str) -> np.ndarray:
@@ -56,6 +57,27 @@ class Persistence:
         """context: (B, C, P) -> (B, horizon_trs, P)."""
         context = _check_context(context, 1, self.name)
         return np.repeat(context[:, -1:], self.horizon_trs, axis=1)
+
+    def describe(self) -> dict:
+        return {}
+
+
+class ContextMean:
+    """Every future TR equals each parcel's mean over the context: the level a mean-reverting
+    signal returns to, and the reference a forecast must beat to carry information beyond it."""
+
+    name = "context_mean"
+
+    def __init__(self, horizon_trs: int):
+        self.horizon_trs = int(horizon_trs)
+
+    def fit(self, recordings, val=None) -> "ContextMean":
+        return self
+
+    def predict(self, context: np.ndarray) -> np.ndarray:
+        """context: (B, C, P) -> (B, horizon_trs, P)."""
+        context = _check_context(context, 1, self.name)
+        return np.repeat(context.mean(axis=1, keepdims=True), self.horizon_trs, axis=1)
 
     def describe(self) -> dict:
         return {}
@@ -345,6 +367,8 @@ def make_baseline(name: str, context_trs: int, horizon_trs: int, settings: Basel
     s = settings or BaselineSettings()
     if name == "persistence":
         return Persistence(horizon_trs)
+    if name == "context_mean":
+        return ContextMean(horizon_trs)
     if name == "ar":
         return ParcelAR(horizon_trs, s.ar_order)
     if name == "var":

@@ -26,8 +26,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "forecast", help="forecast future brain states: fine-tune BrainLM, compare with baselines",
         description="Fine-tune a pretrained BrainLM to predict the next TRs from the past ones (future "
-        "masking), then compare it step by step with persistence, parcel-wise AR(p), ridge VAR, LSTM, a "
-        "neural ODE and the same architecture trained from scratch.")
+        "masking), then compare it step by step with persistence, the context mean, parcel-wise AR(p), ridge "
+        "VAR, LSTM, a neural ODE and the same architecture trained from scratch.")
     sub = p.add_subparsers(dest="forecast_command", required=True)
 
     ft = sub.add_parser("finetune", help="fine-tune a checkpoint with the future mask",

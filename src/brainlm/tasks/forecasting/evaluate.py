@@ -38,6 +38,7 @@ LABELS = {
     "brainlm_scratch": "BrainLM from scratch",
     "brainlm_pretrained": "BrainLM pretrained, zero-shot",
     "persistence": "persistence",
+    "context_mean": "context mean",
     "ar": "AR(p) per parcel",
     "var": "ridge VAR",
     "lstm": "LSTM",
@@ -102,7 +103,7 @@ def evaluate(corpus, *, context_trs: int, horizon_trs: int, models: dict | None 
         Already fine-tuned BrainLM models (``BrainLMForecaster`` or checkpoint folders); run at
         window ``context_trs + step`` and rolled out when ``horizon_trs`` exceeds their step.
     baselines : sequence of str
-        Any of ``persistence``, ``ar``, ``var``, ``lstm``, ``neural_ode``.
+        Any of ``persistence``, ``context_mean``, ``ar``, ``var``, ``lstm``, ``neural_ode``.
     settings : BaselineSettings
         Orders, sizes and training of the baselines (small values give a fast run).
     max_train_recordings : int, optional
