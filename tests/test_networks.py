@@ -56,7 +56,8 @@ def test_networks_on_schaefer100_through_coordinates(trained):
     rest = load_schaefer100_rest()
     with pytest.raises(BrainLMInputError, match="transfer"):
         identify_networks(model, [rest])
-    r = identify_networks(model, [rest], transfer_atlas=True, target_tr=0.72, untrained_control=False)
+    r = identify_networks(model, [rest], transfer_atlas=True, target_tr=0.72, untrained_control=False,
+                          shifted_control=False)
     assert r["atlas"] == "schaefer100" and r["labelled_parcels"] == 100 and r["windows"] == 2
     rows = {(m["model"], m["features"]): m for m in r["methods"]}
     assert r["chance"]["majority_accuracy"] == pytest.approx(0.24)
