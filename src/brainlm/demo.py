@@ -165,6 +165,19 @@ def run_demo(out: Path, jobs: int = 2, settings: DemoSettings = DemoSettings()) 
                 "(grouped nested CV) vs FC + ridge")
     _prediction(checkpoint, cohort, results, s, summary, con)
 
+    # -- 5. forecasting -----------------------------------------------------------------------------
+    steps.start("forecasting", "Forecast 20 TRs from 180 on HCP: fine-tuned BrainLM vs persistence, AR, "
+                "VAR, LSTM, Neural ODE, scratch")
+    _forecasting(checkpoint, hcp, results, s, summary, con)
+
+    # -- 6. networks --------------------------------------------------------------------------------
+    steps.start("networks", "Functional networks from attention (HCP on AAL2; Schaefer-100 run) vs baselines")
+    _networks(checkpoint, hcp, rest, results, s, summary, con)
+
+    # -- 7. group attention -------------------------------------------------------------------------
+    steps.start("attention", "Group attention maps on the synthetic cohort (patients vs controls)")
+    _attention(checkpoint, cohort, results, s, summary, con)
+
     steps.stop()
     summary["step_seconds"] = steps.seconds
     summary["seconds"] = round(time.perf_counter() - t0, 1)
@@ -288,6 +301,71 @@ def _prediction(checkpoint: Path, cohort, results: Path, s: DemoSettings, summar
             "label": f"{target} on the synthetic cohort: best BrainLM method ({best}) vs FC reference "
                      f"({res['comparison'][best]['verdict']})"})
         summary.setdefault("prediction", {})[target] = headline(res)
+
+
+def _forecasting(checkpoint: Path, hcp, results: Path, s: DemoSettings, summary: dict, con) -> None:
+    from brainlm.tasks.forecasting.baselines import BaselineSettings, NeuralTraining
+    from brainlm.tasks.forecasting.comparison import compare
+    from brainlm.tasks.forecasting.finetune import FinetuneSettings
+
+    fine = FinetuneSettings(epochs=s.forecast_epochs, crops_per_recording=16, seed=s.seed)
+    base = BaselineSettings(neural=NeuralTraining(epochs=s.forecast_epochs, crops_per_recording=16))
+    summary["settings"]["forecasting"] = {"finetune": asdict(fine), "baselines": asdict(base)}
+    res = compare(checkpoint, hcp.path, results / "forecasting", finetune_settings=fine,
+                  baseline_settings=base, overwrite=True)
+    con.print(res["summary"])
+    methods = res["methods"]
+    ours = [n for n, m in methods.items() if m["kind"] == "brainlm"]
+    baselines = [n for n, m in methods.items() if m["kind"] == "baseline"]
+    best_b = min(baselines, key=lambda n: methods[n]["mean"]["mse"])
+    best_o = min(ours, key=lambda n: methods[n]["mean"]["mse"])
+    summary["forecasting"] = res["summary"]
+    summary["key_numbers"].append({
+        "value": f"MSE {methods[best_o]['mean']['mse']:.3f} vs {methods[best_b]['mean']['mse']:.3f}",
+        "label": f"forecasting 20 TRs (HCP test subject): {methods[best_o]['label']} vs the best baseline "
+                 f"({methods[best_b]['label']}), mean over steps"})
+
+
+def _networks(checkpoint: Path, hcp, rest, results: Path, s: DemoSettings, summary: dict, con) -> None:
+    from brainlm.tasks.networks import identify_networks
+
+    # Three HCP recordings are enough for stable parcel features and keep the step under a minute;
+    # the Schaefer-100 run is read raw and cleaned with the checkpoint's own contract (the demo's
+    # Schaefer corpus was cleaned with confounds, so the model would refuse it).
+    for name, data, kwargs in (("hcp7_aal2", hcp.path, {"max_recordings": 3}),
+                               ("schaefer100", [rest], {"transfer_atlas": True, "target_tr": HCP7_TR,
+                                                        "untrained_control": False})):
+        r = identify_networks(checkpoint, data, results / f"networks-{name}", seed=s.seed, **kwargs)
+        ours = next(m for m in r["methods"] if m["model"].startswith("BrainLM") and m["features"] == "cls_attention")
+        fc = next(m for m in r["methods"] if m["features"] == "fc_profile")
+        con.print(f"{name}: kNN accuracy from CLS attention {ours['knn_accuracy']:.1%} vs FC profile "
+                  f"{fc['knn_accuracy']:.1%} (majority {r['chance']['majority_accuracy']:.1%})")
+        summary.setdefault("networks", {})[name] = {
+            "cls_attention_knn_accuracy": ours["knn_accuracy"], "fc_profile_knn_accuracy": fc["knn_accuracy"],
+            "majority_accuracy": r["chance"]["majority_accuracy"]}
+        if name == "hcp7_aal2":
+            summary["key_numbers"].append({
+                "value": f"{ours['knn_accuracy']:.1%} vs {fc['knn_accuracy']:.1%}",
+                "label": f"Yeo-7 network of each AAL2 parcel from CLS attention (kNN, leave one parcel out) vs "
+                         f"FC profiles; chance {r['chance']['majority_accuracy']:.1%}"})
+
+
+def _attention(checkpoint: Path, cohort, results: Path, s: DemoSettings, summary: dict, con) -> None:
+    from brainlm.simulate.cohort import limbic_prefrontal
+    from brainlm.tasks.group_attention import group_attention
+
+    # The simulation alters limbic coupling in patients: the ground truth the map should find.
+    limbic, prefrontal = limbic_prefrontal(cohort.atlas)
+    r = group_attention(checkpoint, cohort.path, "group", results / "attention",
+                        n_permutations=s.permutations, seed=s.seed,
+                        parcel_sets={"limbic (altered in the simulation)": limbic,
+                                     "prefrontal (altered in the simulation)": prefrontal})
+    sets = r["parcel_sets"].get("attention", [])
+    con.print(f"{r['significant']['attention']} parcel(s) with q < {r['settings']['alpha']}; altered "
+              "network: " + "; ".join(f"{n['set']}: mean |t| percentile {n['t_mean_percentile']:.2f}, "
+                                      f"p {n['shift_p']:.3g}" for n in sets))
+    summary["attention"] = {"significant_parcels": r["significant"]["attention"],
+                            "altered_sets": [{k: n[k] for k in ("set", "t_mean_percentile", "shift_p")} for n in sets]}
 
 
 def _best_brainlm(res: dict) -> str:

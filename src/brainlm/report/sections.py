@@ -218,6 +218,125 @@ def _headline_html(res: dict) -> str:
     return text
 
 
+# -- forecasting ---------------------------------------------------------------------------------
+def forecasting_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+    from brainlm.report.curves import plot_step_curves
+
+    folder = run_dir / "results" / "forecasting"
+    res = read_json(folder / "forecast.json")
+    if res is None:
+        return _missing("forecasting", "Forecasting future brain states", "the forecasting comparison")
+    s = Section("forecasting", "Forecasting future brain states")
+    s.paragraphs.append(
+        f"From {res['context_trs']} TRs of context, every method predicts the next {res['horizon_trs']} TRs "
+        f"of all {res['n_parcels']} parcels on {res['n_windows']} windows of {res['n_test_recordings']} "
+        f"test recording(s) (TR {res['tr_s']} s). All methods are fitted on the same training split; "
+        "BrainLM is the pretrained checkpoint fine-tuned with the future mask, next to the same "
+        "architecture trained from scratch with the same budget.")
+    s.verdict = escape(res["summary"])
+    methods = res["methods"]
+    best = min(methods, key=lambda n: methods[n]["mean"]["mse"])
+    rows = [row([m["label"], m["mean"]["mse"], m["mean"]["r2"], m["mean"]["pearson_r"], m["mse"][0],
+                 m["mse"][-1], round(m["fit_seconds"], 1), round(m["predict_ms_per_window"], 2)],
+                highlight=n == best) for n, m in methods.items()]
+    s.tables.append(Table("Mean over predicted steps (best mean MSE highlighted)",
+                          ["method", "MSE", "R²", "r", "MSE step 1", f"MSE step {res['horizon_trs']}",
+                           "fit (s)", "predict (ms/window)"], rows,
+                          note="; ".join(f"{k}: {v}" for k, v in res["pooling"].items())))
+    png = plot_step_curves(res, figures / "forecast_error_by_step.png")
+    s.figures.append(embed_png(png, "forecast_error_by_step",
+                               "MSE, R² and Pearson r against the predicted step for every method."))
+    return s
+
+
+# -- networks ------------------------------------------------------------------------------------
+def networks_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+    found = sorted((run_dir / "results").glob("networks-*/networks.json"))
+    if not found:
+        return _missing("networks", "Functional networks from attention", "network identification")
+    s = Section("networks", "Functional networks from attention")
+    s.paragraphs.append(
+        "Each parcel is described by the model's attention (CLS-to-parcel attention profiles and "
+        "parcel-by-parcel attention) or by its token embeddings, and assigned to a Yeo-7 network by "
+        "leave-one-parcel-out kNN (the paper's protocol: 58.8% vs 25.9% for a GCN-based kNN on A424) and "
+        "logistic regression; k-means with k = number of networks is scored by ARI and NMI. Baselines "
+        "use the same parcels: FC profiles, raw time series, spectral clustering of FC, and chance.")
+    verdicts = []
+    for k, path in enumerate(found):
+        r = read_json(path)
+        name = path.parent.name.removeprefix("networks-")
+        rows = [row([m["model"], m["features"], m["dims"], m["knn_accuracy"], m["knn_balanced_accuracy"],
+                     m["logreg_accuracy"], m["logreg_balanced_accuracy"], m["kmeans_ari"], m["kmeans_nmi"]],
+                    highlight=m["model"].startswith("BrainLM") and m["features"] == "cls_attention")
+                for m in r["methods"]]
+        c = r["chance"]
+        rows.append(row([f"chance (majority: {c['majority_network']})", "", "", c["majority_accuracy"],
+                         c["balanced_accuracy"], c["stratified_accuracy"], c["balanced_accuracy"], 0.0,
+                         c["nmi_mean"]]))
+        s.tables.append(Table(
+            f"{name}: {r['atlas']}, {r['labelled_parcels']} labelled parcels, {r['recordings']} recording(s)",
+            ["model", "features", "dims", "kNN acc", "kNN bal. acc", "logreg acc", "logreg bal. acc",
+             "k-means ARI", "k-means NMI"], rows,
+            note="Spectral clustering: " + "; ".join(f"{a}: ARI {v['ari']:.3f}, NMI {v['nmi']:.3f}"
+                                                       for a, v in r["spectral"].items())))
+        ours = next((m for m in r["methods"] if m["model"].startswith("BrainLM") and m["features"] == "cls_attention"), None)
+        fc = next((m for m in r["methods"] if m["features"] == "fc_profile"), None)
+        if ours and fc:
+            word = "<span class='win'>above</span>" if ours["knn_accuracy"] > fc["knn_accuracy"] else "<span class='lose'>below</span>"
+            verdicts.append(f"{escape(name)}: kNN accuracy from CLS attention {ours['knn_accuracy']:.1%}, {word} "
+                            f"the FC-profile baseline ({fc['knn_accuracy']:.1%}); chance (majority) "
+                            f"{c['majority_accuracy']:.1%}.")
+        figs = r.get("figures", {})
+        if k == 0:
+            conf = figs.get("BrainLM: cls_attention (kNN)")
+            if conf:
+                s.figures.append(embed_png(path.parent / conf, "networks_confusion",
+                                           f"{name}: confusion matrix of the paper's protocol (kNN on CLS attention)."))
+            if figs.get("networks_predicted") and figs.get("networks_true"):
+                s.figures.append(embed_png(path.parent / figs["networks_true"], "networks_true",
+                                           f"{name}: the atlas' network labels at the parcel centres."))
+                s.figures.append(embed_png(path.parent / figs["networks_predicted"], "networks_brain",
+                                           f"{name}: networks predicted from attention (leave one parcel out)."))
+    s.verdict = "<br>".join(verdicts)
+    return s
+
+
+# -- group attention -----------------------------------------------------------------------------
+def attention_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+    folder = run_dir / "results" / "attention"
+    r = read_json(folder / "group_attention.json")
+    if r is None:
+        return _missing("attention", "Group attention maps", "the group attention analysis")
+    s = Section("attention", "Group attention maps")
+    a, b = r["groups"]["a"], r["groups"]["b"]
+    perm = r["permutations"]["attention"]
+    s.paragraphs.append(
+        f"Mean CLS attention per parcel for {escape(r['group_by'])} = {escape(b)} against {escape(a)}: "
+        + ", ".join(f"{escape(g)}: {v[r['unit'] + 's']} {r['unit']}s" for g, v in r["n"].items())
+        + f". Welch-t permutation test over {r['unit']}s ({perm['n']} labellings, "
+        f"{'exact' if perm['exact'] else 'random'}), Benjamini-Hochberg FDR at {r['settings']['alpha']}. "
+        "FC strength per parcel is the baseline map.")
+    for what, title in (("attention", "relative CLS attention"), ("fc_strength", "FC strength (baseline)")):
+        if what not in r["networks"]:
+            continue
+        rows = [row([n["network"], n["parcels"], n["mean_difference"], n["mean_t"], n["significant_parcels"],
+                     n["t_mean_percentile"], n["shift_p"]]) for n in r["networks"][what]]
+        rows += [row([f"set: {n['set']}", n["parcels"], None, n["mean_t"], None, n["t_mean_percentile"],
+                      n["shift_p"]], highlight=True) for n in r["parcel_sets"].get(what, [])]
+        s.tables.append(Table(f"{title}: {r['significant'][what]} parcel(s) with q < {r['settings']['alpha']}",
+                              ["network", "parcels", "mean difference", "mean t", "significant",
+                               "mean t percentile", "network shift p"], rows))
+    figs = r.get("figures", {})
+    if figs.get("t"):
+        s.figures.append(embed_png(folder / figs["t"], "attention_group_difference",
+                                   f"Welch t of CLS attention, {b} − {a}, at the parcel centres (ringed: q < "
+                                   f"{r['settings']['alpha']})."))
+    if figs.get("networks"):
+        s.figures.append(embed_png(folder / figs["networks"], "attention_network_difference",
+                                   "The group difference summarised per network."))
+    return s
+
+
 # -- provenance ----------------------------------------------------------------------------------
 def provenance_section(run_dir: Path, summary: dict, figures: Path) -> Section:
     s = Section("provenance", "How this report was produced")
@@ -236,4 +355,4 @@ def provenance_section(run_dir: Path, summary: dict, figures: Path) -> Section:
 
 
 BUILDERS = [data_section, pretraining_section, reconstruction_section, prediction_section,
-            provenance_section]
+            forecasting_section, networks_section, attention_section, provenance_section]
