@@ -14,9 +14,9 @@ on CPU, the other known-answer targets, and reconstruction on the held-out HCP s
 
     python benchmarks/bench_predict.py [--subjects 500] [--checkpoint RUN/model]
 
-Results: benchmarks/results/predict.json and a summary on stdout. ``--blas-threads`` (default 1)
-caps BLAS threads: on a machine shared with other jobs a spinning multi-threaded BLAS is many
-times slower than one thread.
+Results: benchmarks/results/predict.json and a summary on stdout. ``--blas-threads`` and
+``--torch-threads`` (default 1 each) cap the threads: on a machine shared with other jobs,
+multi-threaded BLAS and torch kernels spin-wait and run many times slower than one thread.
 """
 
 from __future__ import annotations
@@ -63,9 +63,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40, help="pretraining epochs when no --checkpoint")
     ap.add_argument("--finetune-epochs", type=int, default=PredictionSettings().finetune_epochs)
     ap.add_argument("--blas-threads", type=int, default=1)
+    ap.add_argument("--torch-threads", type=int, default=1)
     ap.add_argument("--targets", default="age,trait,group,null_score")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "predict.json"))
     args = ap.parse_args()
+    torch.set_num_threads(args.torch_threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-predict-"))
     work.mkdir(parents=True, exist_ok=True)
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
@@ -120,10 +122,15 @@ def main() -> None:
                 "summary": r["summary"], "comparison": r["comparison"],
                 "timing_seconds": r["timing_seconds"], "shared_feature_seconds": r["shared_feature_seconds"],
                 "table": prediction_markdown(r)}
+            _save(args.out, report, complete=False)  # a long run keeps what it has finished
     report["load_average_at_end"] = _load()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out, json.dumps(report, indent=1))
+    _save(args.out, report, complete=True)
     print(f"results in {args.out}")
+
+
+def _save(path: str, report: dict, complete: bool) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({**report, "complete": complete}, indent=1))
 
 
 if __name__ == "__main__":

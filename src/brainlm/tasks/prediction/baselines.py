@@ -146,7 +146,7 @@ class LSTMEstimator(WindowedHead, BaseEstimator):
     def _prepare(self, X):
         return check_series(X, self.window_trs)
 
-    def _build(self, items):
+    def _build(self, items, targets):
         net = _LSTMNet(items[0].shape[1], self.hidden)
         return net, torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 

@@ -95,8 +95,8 @@ class PredictionSettings:
     @classmethod
     def quick(cls) -> "PredictionSettings":
         """Small settings for a demo or a smoke test (3 folds, 1 seed, a few epochs)."""
-        return cls(n_folds=3, inner_folds=2, seeds=(0,), deep_seeds=1, lstm_epochs=4,
-                   finetune_epochs=2, probe_epochs=50, patience=2)
+        return cls(n_folds=3, inner_folds=2, seeds=(0,), deep_seeds=1, lstm_epochs=3,
+                   finetune_epochs=1, probe_epochs=50, patience=2)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@ nothing masked. A recording's prediction averages its windows.
   ``W x + (alpha / r) B A x`` (Hu et al. 2021), B initialised to zero so training starts from
   the pretrained encoder.
 
+For ``full`` and ``lora`` the head starts from a linear probe on the frozen features (LP-FT:
+fine-tuning from a random head distorts pretrained features before the head is useful), and
+the starting point is a candidate of early stopping.
+
 The decoder is never used and never trained.
 """
 
@@ -23,6 +27,7 @@ import math
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.linear_model import LogisticRegression, RidgeCV
 from torch import nn
 
 from brainlm.errors import BrainLMInputError
@@ -122,6 +127,9 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
     max_epochs, patience, batch_size, val_fraction, random_state
         As in :class:`~brainlm.tasks.prediction.baselines.LSTMEstimator`; every epoch draws one
         random window per training recording.
+    probe_init : bool
+        Start the head from a linear probe fitted on the frozen encoder's features of the
+        training windows (LP-FT): fine-tuning then starts where the probe ends.
     atlas : Atlas, optional
         Atlas of the inputs (default: the checkpoint's), for the parcel coordinates.
     device : str
@@ -134,7 +142,7 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
                  lr: float = 1e-3, encoder_lr: float = 1e-4, weight_decay: float = 0.01,
                  lora_rank: int = 4, lora_alpha: float = 8.0, max_epochs: int = 10, patience: int = 3,
                  batch_size: int = 16, val_fraction: float = 0.2, random_state: int = 0,
-                 atlas=None, device: str = "cpu"):
+                 probe_init: bool = True, atlas=None, device: str = "cpu"):
         self.checkpoint = checkpoint
         self.mode = mode
         self.task = task
@@ -148,6 +156,7 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.random_state = random_state
+        self.probe_init = probe_init
         self.atlas = atlas
         self.device = device
 
@@ -165,7 +174,7 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
             self.window_trs_, self.xyz_ = model.config.window_trs, np.array(atlas.xyz, dtype=np.float32)
         return check_series(X, self.window_trs_, len(self.xyz_))
 
-    def _build(self, items):
+    def _build(self, items, targets):
         model = self._model()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -182,8 +191,28 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
             adapters = [p for n, p in model.named_parameters() if "lora_" in n]
             groups.append({"params": adapters, "lr": self.lr})
         model.to(self.device)
+        if self.probe_init:
+            self._fit_head(net, items, targets)
         self.n_trainable_ = int(sum(p.numel() for g in groups for p in g["params"]))
         return net, torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+
+    @torch.no_grad()
+    def _fit_head(self, net: EncoderHead, items, targets: torch.Tensor) -> None:
+        """Start the head from a linear probe on the frozen encoder (LP-FT, Kumar et al. 2022):
+        ridge (regression) or logistic regression (classification) on the training windows'
+        ``[CLS, mean]`` features, so fine-tuning starts from the probe's solution and early
+        stopping can only improve on it (the start is epoch 0)."""
+        wins, owner = tiles(items, self.window_trs_)
+        net.eval()
+        feats = torch.cat([net.features(wins[i:i + self.batch_size].to(self.device)).float().cpu()
+                           for i in range(0, len(wins), self.batch_size)]).numpy()
+        y = targets.numpy()[owner]
+        if self.task == "classification":
+            probe = LogisticRegression(C=1.0, max_iter=2000).fit(feats, y.astype(int))
+        else:
+            probe = RidgeCV(alphas=np.logspace(-2, 4, 7)).fit(feats, y)
+        net.head.weight.copy_(torch.as_tensor(np.atleast_2d(probe.coef_), dtype=torch.float32))
+        net.head.bias.copy_(torch.as_tensor(np.atleast_1d(probe.intercept_), dtype=torch.float32))
 
     def _train_examples(self, items, generator):
         return random_crops(items, self.window_trs_, generator).to(self.device), np.arange(len(items))
@@ -235,7 +264,7 @@ class LinearProbe(WindowedHead, BaseEstimator):
                                     "the same number of features")
         return items
 
-    def _build(self, items):
+    def _build(self, items, targets):
         stacked = np.concatenate(items)
         self.mean_, self.scale_ = stacked.mean(axis=0), stacked.std(axis=0) + 1e-6
         net = nn.Linear(stacked.shape[1], 1)

@@ -71,14 +71,15 @@ def validation_split(y: np.ndarray, groups: np.ndarray | None, fraction: float, 
 
 @dataclass
 class TrainingLog:
-    """What happened during :func:`train_early_stopping`."""
+    """What happened during :func:`train_early_stopping` (``val_loss[0]`` is before training)."""
 
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     best_epoch: int = -1
 
     def to_dict(self) -> dict:
-        return {"epochs": len(self.val_loss), "best_epoch": self.best_epoch,
+        """Epochs trained, the best epoch (0: the starting point) and its validation loss."""
+        return {"epochs": len(self.train_loss), "best_epoch": self.best_epoch,
                 "best_val_loss": min(self.val_loss) if self.val_loss else None}
 
 
@@ -118,13 +119,23 @@ def train_early_stopping(net: nn.Module, optimizer: torch.optim.Optimizer, *,
     generator : torch.Generator
         Shuffles the examples within each epoch.
 
-    The best epoch's parameters (lowest validation loss) are loaded back into ``net``.
+    The parameters with the lowest validation loss are loaded back into ``net``; the starting
+    point counts as epoch 0, so training never ends worse on validation than it began (which
+    matters when the head starts from a fitted probe).
     """
     if max_epochs < 1 or patience < 1:
         raise BrainLMInputError(f"max_epochs {max_epochs} and patience {patience}; expected >= 1")
     loss_fn = loss_function(classification)
-    log, best_state, best, stale = TrainingLog(), None, float("inf"), 0
-    for epoch in range(max_epochs):
+    log, stale = TrainingLog(), 0
+
+    def validate() -> float:
+        val = float(loss_fn(predict_batched(net, val_inputs, batch_size), val_targets))
+        log.val_loss.append(val)
+        return val
+
+    best, log.best_epoch = validate(), 0
+    best_state = copy.deepcopy({k: v.detach().clone() for k, v in net.state_dict().items()})
+    for epoch in range(1, max_epochs + 1):
         inputs, targets = epoch_data(epoch)
         order = torch.randperm(len(inputs), generator=generator)
         net.train()
@@ -136,9 +147,8 @@ def train_early_stopping(net: nn.Module, optimizer: torch.optim.Optimizer, *,
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)
-        val = float(loss_fn(predict_batched(net, val_inputs, batch_size), val_targets))
         log.train_loss.append(total / len(order))
-        log.val_loss.append(val)
+        val = validate()
         if val < best:
             best, stale, log.best_epoch = val, 0, epoch
             best_state = copy.deepcopy({k: v.detach().clone() for k, v in net.state_dict().items()})
@@ -159,7 +169,7 @@ class WindowedHead:
 
     Subclasses are scikit-learn estimators with parameters ``task``, ``max_epochs``,
     ``patience``, ``batch_size``, ``val_fraction``, ``random_state`` and implement
-    ``_prepare(X) -> list``, ``_build(train_items) -> (net, optimizer)``,
+    ``_prepare(X) -> list``, ``_build(train_items, train_targets) -> (net, optimizer)``,
     ``_train_examples(items, generator) -> (inputs, owner)`` and
     ``_eval_examples(items) -> (inputs, owner)``. Regression targets are standardised with the
     training statistics inside ``fit`` and mapped back in ``predict``.
@@ -200,7 +210,7 @@ class WindowedHead:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.random_state))
             gen = torch.Generator().manual_seed(int(self.random_state))
-            net, optimizer = self._build(train_items)
+            net, optimizer = self._build(train_items, train_z)
             val_inputs, owner = self._eval_examples([items[i] for i in va])
             val_targets = torch.tensor(z[va][owner], dtype=torch.float32)
 
