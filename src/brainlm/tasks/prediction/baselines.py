@@ -12,7 +12,7 @@
   are not aligned across people, so this baseline sees amplitude and noise structure more than
   anything a subject's brain does at a given moment: a floor, not a rival;
 * an LSTM over the windows of the time series (one window in, one output; a recording
-  averages its windows), trained with early stopping.
+  averages its windows), trained on random crops with early stopping.
 """
 
 from __future__ import annotations
@@ -101,9 +101,10 @@ class _LSTMNet(nn.Module):
         self.out = nn.Linear(hidden, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, P] -> [B] (the last hidden state through a linear layer)."""
-        _, (h, _) = self.lstm(x)
-        return self.out(h[-1]).squeeze(-1)
+        """x: [B, T, P] -> [B]: hidden states averaged over time, then a linear layer (a
+        phenotype is a property of the whole window, not of its last TR)."""
+        h, _ = self.lstm(x)
+        return self.out(h.mean(dim=1)).squeeze(-1)
 
 
 class LSTMEstimator(WindowedHead, BaseEstimator):
@@ -116,6 +117,10 @@ class LSTMEstimator(WindowedHead, BaseEstimator):
         Window length in TRs (as BrainLM's, so both see the same stretch of signal).
     hidden : int
         LSTM hidden size.
+    crops_per_recording : int
+        Random windows per training recording per epoch (with one, a few hundred recordings
+        give the LSTM too few steps per epoch to leave its initial plateau before early
+        stopping ends it).
     lr, weight_decay : float
         AdamW settings.
     max_epochs, patience : int
@@ -129,12 +134,14 @@ class LSTMEstimator(WindowedHead, BaseEstimator):
     ``fit(X, y, groups)`` takes X as a list of (T, P) model-input arrays.
     """
 
-    def __init__(self, task: str = "regression", *, window_trs: int = 200, hidden: int = 32,
-                 lr: float = 1e-3, weight_decay: float = 1e-4, max_epochs: int = 30, patience: int = 5,
-                 batch_size: int = 32, val_fraction: float = 0.2, random_state: int = 0):
+    def __init__(self, task: str = "regression", *, window_trs: int = 200, hidden: int = 64,
+                 crops_per_recording: int = 8, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 max_epochs: int = 30, patience: int = 5, batch_size: int = 32, val_fraction: float = 0.2,
+                 random_state: int = 0):
         self.task = task
         self.window_trs = window_trs
         self.hidden = hidden
+        self.crops_per_recording = crops_per_recording
         self.lr = lr
         self.weight_decay = weight_decay
         self.max_epochs = max_epochs
@@ -151,7 +158,8 @@ class LSTMEstimator(WindowedHead, BaseEstimator):
         return net, torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def _train_examples(self, items, generator):
-        return random_crops(items, self.window_trs, generator), np.arange(len(items))
+        crops = [random_crops(items, self.window_trs, generator) for _ in range(self.crops_per_recording)]
+        return torch.cat(crops), np.tile(np.arange(len(items)), self.crops_per_recording)
 
     def _eval_examples(self, items):
         return tiles(items, self.window_trs)

@@ -309,7 +309,6 @@ def evaluate_prediction(checkpoint: str | Path | BrainLM, corpus: str | Path | C
                             else None),
         "test": "corrected resampled t-test (Nadeau & Bengio 2003) over (seed, fold) pairs, two-sided",
         **result,
-        "seconds": None,
     }
     oof = result.pop("_predictions")
     oof.insert(3, "recording_id", m["recording_id"].to_numpy()[tgt.rows][oof.pop("index").to_numpy()])
