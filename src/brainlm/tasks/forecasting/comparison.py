@@ -21,11 +21,11 @@ def compare(checkpoint: str | Path, corpus: str | Path, out: str | Path, *,
     ``out/forecast.{json,md}``, ``out/forecast_error.png`` (see
     :func:`~brainlm.tasks.forecasting.evaluate.evaluate`).
 
-    A fast version (about a minute on 2 CPU cores with the tiny preset on the HCP sample)::
+    A fast version (55 s on 2 shared CPU cores with the tiny preset on the HCP sample)::
 
         compare(ckpt, corpus, out,
-                finetune_settings=FinetuneSettings(epochs=3, crops_per_recording=16),
-                baseline_settings=BaselineSettings(neural=NeuralTraining(epochs=3, crops_per_recording=16)))
+                finetune_settings=FinetuneSettings(epochs=2, crops_per_recording=8),
+                baseline_settings=BaselineSettings(neural=NeuralTraining(epochs=2, crops_per_recording=8)))
 
     Returns
     -------
