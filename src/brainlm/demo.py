@@ -64,7 +64,7 @@ class DemoSettings:
     """
 
     epochs: int = 40
-    cohort_subjects: int = 80
+    cohort_subjects: int = 40
     cohort_trs: int = 500
     prediction_targets: tuple[str, ...] = ("age", "group")
     prediction_quick: bool = True
