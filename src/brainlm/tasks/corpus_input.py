@@ -7,6 +7,7 @@ through here so that reconstruction, prediction and ``brainlm embed`` see the sa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -57,14 +58,21 @@ def model_scaler(model: BrainLM, corpus: Corpus, *, transfer_atlas: bool = False
     return corpus.contract
 
 
+def iter_model_input(corpus: Corpus, rows, scaler: PreprocessingContract) -> Iterator[np.ndarray]:
+    """Recordings ``rows`` (manifest row indices) as model input, one at a time: (T_i, P)
+    float32 arrays, cleaned and robust-scaled, missing parcels 0."""
+    for i in rows:
+        yield scaler.scale(corpus.read(int(i), scaled=False))
+
+
 def read_model_input(corpus: Corpus, rows, scaler: PreprocessingContract) -> list[np.ndarray]:
-    """Recordings ``rows`` (manifest row indices) as model input.
+    """Recordings ``rows`` (manifest row indices) as model input, all in memory.
 
     Returns
     -------
     list of ndarray, each (T_i, P) float32: cleaned and robust-scaled, missing parcels 0.
     """
-    return [scaler.scale(corpus.read(int(i), scaled=False)) for i in rows]
+    return list(iter_model_input(corpus, rows, scaler))
 
 
 def subject_keys(corpus: Corpus, rows) -> np.ndarray:

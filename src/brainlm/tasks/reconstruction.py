@@ -35,7 +35,7 @@ from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.model.masking import MaskSpec
-from brainlm.tasks.corpus_input import load_model, model_scaler, open_corpus, read_model_input
+from brainlm.tasks.corpus_input import iter_model_input, load_model, model_scaler, open_corpus
 from brainlm.tasks.results_folder import check_results_folder, publish_results
 
 __all__ = ["BASELINES", "ReconstructionScores", "SpatialImputer", "evaluate_reconstruction",
@@ -167,7 +167,7 @@ def _training_frames(corpus: Corpus, scaler, max_frames: int) -> np.ndarray:
     rows = corpus.split_indices("train")
     lengths = corpus.manifest["n_trs"].to_numpy()[rows]
     step = max(1, int(math.ceil(lengths.sum() / max_frames)))
-    frames = [x[::step] for x in read_model_input(corpus, rows, scaler)]
+    frames = [np.ascontiguousarray(x[::step]) for x in iter_model_input(corpus, rows, scaler)]
     return np.concatenate(frames)[:max_frames]
 
 
@@ -233,7 +233,7 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
     model.eval()
     dev = next(model.parameters()).device
     n_windows, used, too_short = 0, 0, 0
-    for x in read_model_input(corpus, rows, scaler):
+    for x in iter_model_input(corpus, rows, scaler):  # one recording in memory at a time
         if x.shape[0] < cfg.window_trs:
             too_short += 1
             continue
