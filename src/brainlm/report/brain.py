@@ -9,9 +9,6 @@ parcel centres), which needs no template download.
 
 from __future__ import annotations
 
-import io
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +22,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from brainlm.data.atlas import Atlas  # noqa: E402
+from brainlm.report.figures import save_figure  # noqa: E402
 from brainlm.errors import BrainLMInputError  # noqa: E402
 
 __all__ = ["NETWORK_COLOURS", "YEO7_ORDER", "network_colour", "plot_confusion", "plot_network_summary",
@@ -47,21 +45,6 @@ def network_colour(name: str | None, index: int = 0) -> str:
     if name is None:
         return UNLABELLED
     return NETWORK_COLOURS.get(name, matplotlib.colors.to_hex(_FALLBACK(index % 10)))
-
-
-def _save(fig, path: str | Path, dpi: int = 150) -> Path:
-    path = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 def _check_values(values, atlas: Atlas, what: str) -> np.ndarray:
@@ -154,7 +137,7 @@ def plot_parcel_values(values, atlas: Atlas, path: str | Path, *, title: str = "
         cbar.ax.tick_params(labelsize=8)
         if colorbar_label:
             cbar.ax.set_title(colorbar_label, fontsize=8, pad=6)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=150)
 
 
 def plot_parcel_networks(labels: Sequence[str | None], atlas: Atlas, path: str | Path, *,
@@ -203,7 +186,7 @@ def plot_parcel_networks(labels: Sequence[str | None], atlas: Atlas, path: str |
                bbox_to_anchor=(0.5, -0.1), fontsize=9)
     if title:
         fig.suptitle(title, fontsize=12, y=1.02)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=150)
 
 
 def plot_network_summary(values, networks: Sequence[str | None], path: str | Path, *,
@@ -244,7 +227,7 @@ def plot_network_summary(values, networks: Sequence[str | None], path: str | Pat
     ax.set_title(title, fontsize=11)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=150)
 
 
 def plot_confusion(matrix, labels: Sequence[str], path: str | Path, *, title: str = "",
@@ -280,4 +263,4 @@ def plot_confusion(matrix, labels: Sequence[str], path: str | Path, *, title: st
     ax.set_ylabel("true network")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=150)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+from brainlm.report.figures import save_figure
 from pathlib import Path
 
 #: Titles and whether lower is better, per metric key.
@@ -64,12 +63,4 @@ def plot_step_curves(results: dict, path: str | Path, metrics=("mse", "r2", "pea
     fig.suptitle(f"Forecast of {horizon} TRs from {results.get('context_trs', '?')} TRs "
                  f"({results.get('n_windows', '?')} test windows)", fontsize=11)
     fig.tight_layout(rect=(0, 0.04 + 0.05 * rows, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path, dpi=dpi, bbox_inches=None)

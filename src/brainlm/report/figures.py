@@ -22,14 +22,15 @@ import pandas as pd  # noqa: E402
 from brainlm.errors import BrainLMInputError  # noqa: E402
 
 
-def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` as PNG to ``path`` atomically and close it."""
+def save_figure(fig, path: str | Path, dpi: int = 110, bbox_inches: str | None = "tight") -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically and close it (every figure of the package
+    goes through here: brain maps, forecasting curves and the report's own figures)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        fig.savefig(tmp, dpi=dpi, bbox_inches=bbox_inches, facecolor="white")
         os.replace(tmp, path)
     finally:
         plt.close(fig)
