@@ -134,3 +134,18 @@ def test_ddp_on_two_cpu_processes(hcp_corpus, tmp_path):
     assert r0["world"] == r1["world"] == 2
     assert r0["seen"] and r1["seen"] and r0["seen"] != r1["seen"]   # each rank its own data
     assert r0["weights"] == r1["weights"]                           # gradients were all-reduced
+
+
+def test_progress_off_a_terminal_is_one_line_per_epoch(hcp_corpus, tmp_path, capsys):
+    # pytest's captured stdout is not a terminal: what a CI log or `brainlm demo > log` sees.
+    run = tmp_path / "run"
+    assert main(["pretrain", hcp_corpus.path, "--out", str(run), "--crops-per-recording", "2",
+                 "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "\r" not in out  # no bar redrawn over itself
+    lines = [ln for ln in out.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split(" · ")[0] for ln in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "min left" in lines[0] and "min left" not in lines[1]
+    logged = pd.read_csv(next((run / "logs" / "csv").glob("version_*/metrics.csv")))
+    last_val = logged["val/masked_mse"].dropna().iloc[-1]
+    assert f"val masked MSE {last_val:.4f}" in lines[1]

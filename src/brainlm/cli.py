@@ -299,12 +299,22 @@ def _info(args) -> int:
     return 0
 
 
-def print_summary(s: dict) -> None:
-    """Corpus summary as rich tables."""
+def make_console():
+    """The rich console every command prints through. Off a terminal (a log file, CI) long lines
+    are left whole rather than hard-wrapped at 80 columns, so tables and numbers stay on one line."""
     from rich.console import Console
-    from rich.table import Table
 
     con = Console()
+    if not con.is_terminal:
+        con.soft_wrap = True
+    return con
+
+
+def print_summary(s: dict) -> None:
+    """Corpus summary as rich tables."""
+    from rich.table import Table
+
+    con = make_console()
     n = s["n_trs"]
     con.print(f"[bold]{s['path']}[/bold]: {s['recordings']} recordings, {s['subjects']} subjects, "
               f"{s['hours']} h at TR {s['tr_s']} s (source TRs {s['source_trs_s']}); TRs per "

@@ -100,12 +100,10 @@ class _Steps:
 def run_demo(out: Path, jobs: int = 2, settings: DemoSettings = DemoSettings()) -> dict:
     """Run the demo into ``out``; returns (and writes ``out/summary.json``) the key numbers and
     ``out/report.html``."""
-    from rich.console import Console
-
     from brainlm import __version__
-    from brainlm.cli import print_summary
+    from brainlm.cli import make_console, print_summary
 
-    con = Console()
+    con = make_console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results"

@@ -36,6 +36,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
+from brainlm.tasks.corpus_input import input_atlas, recording_windows
 
 __all__ = ["AttentionMaps", "ModelInput", "extract_attention", "model_inputs", "recording_attention"]
 
@@ -248,21 +249,10 @@ def model_inputs(model: BrainLM, data, *, transfer_atlas: bool = False, target_t
         return
     if any(isinstance(d, Recording) for d in data):
         raise BrainLMInputError("data mixes Recording objects and paths; pass one kind")
-    from brainlm.tasks.embed import _recordings  # the reader `brainlm embed` uses, contract checks included
-
-    atlas = _data_atlas(model, [Path(d) for d in data])
-    for ids, windows, _, xyz in _recordings(model, data, tr, orientation, key, transfer_atlas):
+    atlas = input_atlas(model, data)
+    for ids, windows, _, xyz in recording_windows(model, data, tr=tr, orientation=orientation, key=key,
+                                                  transfer_atlas=transfer_atlas):
         yield ModelInput(ids=ids, windows=windows, xyz=xyz, atlas=atlas)
-
-
-def _data_atlas(model: BrainLM, paths: list[Path]) -> Atlas:
-    if len(paths) == 1 and (paths[0] / "corpus.json").is_file():
-        from brainlm.data.corpus import Corpus
-
-        return Corpus(paths[0]).atlas
-    if model.atlas is None:
-        raise BrainLMInputError("checkpoint has no atlas; pass a prepared corpus", str(paths[0]))
-    return model.atlas
 
 
 def _from_recordings(model: BrainLM, recordings: list[Recording], transfer_atlas: bool,

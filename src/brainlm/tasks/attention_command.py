@@ -81,9 +81,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from rich.console import Console
+    from brainlm.cli import make_console
 
-    con = Console()
+    con = make_console()
     if args.command == "networks":
         from brainlm.tasks.networks import identify_networks
 

@@ -1,8 +1,9 @@
-"""A checkpoint's view of a prepared corpus: the recordings as model input.
+"""A checkpoint's view of its input data: prepared corpora or time-series files as model input.
 
 A corpus stores cleaned, unscaled recordings; the model expects them cleaned the way its
-pretraining data were and scaled with its pretraining statistics. Evaluation tasks read corpora
-through here so that reconstruction, prediction and ``brainlm embed`` see the same numbers.
+pretraining data were and scaled with its pretraining statistics. Every task reads data through
+here (reconstruction, prediction, ``brainlm embed``, attention and networks), so all of them see
+the same numbers and the same contract checks.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
+from brainlm.data.atlas import Atlas
 from brainlm.model.brainlm import BrainLM
 
 #: Contract fields that change the cleaned signal; a corpus must match the checkpoint on all.
@@ -82,3 +85,82 @@ def subject_keys(corpus: Corpus, rows) -> np.ndarray:
     site = m["site"].astype(object).where(m["site"].notna(), "")
     keys = (site.astype(str) + "/" + m["subject"].astype(str)).to_numpy(dtype=object)
     return keys[np.asarray(rows, dtype=int)]
+
+
+def is_corpus(paths: list[Path]) -> bool:
+    """Whether ``paths`` name one prepared corpus folder (rather than time-series files)."""
+    return len(paths) == 1 and (paths[0] / "corpus.json").is_file()
+
+
+def input_atlas(model: BrainLM, data) -> Atlas:
+    """The atlas that the recordings of ``data`` (a corpus, or files on the checkpoint's atlas)
+    are on."""
+    paths = [Path(d) for d in data]
+    if is_corpus(paths):
+        return open_corpus(paths[0]).atlas
+    if model.atlas is None:
+        raise BrainLMInputError("checkpoint has no atlas; pass a prepared corpus instead", paths[0])
+    return model.atlas
+
+
+def recording_windows(model: BrainLM, data, *, tr: float | None = None, orientation: str = "auto",
+                      key: str | None = None, transfer_atlas: bool = False,
+                      ) -> Iterator[tuple[dict, torch.Tensor, np.ndarray, torch.Tensor]]:
+    """Every recording of ``data`` as the model's windows, one recording at a time.
+
+    Parameters
+    ----------
+    data : list of paths
+        One prepared corpus folder (cleaning checked against the checkpoint, scaled by
+        :func:`model_scaler`; recordings shorter than one window are skipped), or time-series
+        files/folders on the checkpoint's atlas, read with ``tr`` (seconds), ``orientation`` and
+        ``key`` and preprocessed with the checkpoint's contract.
+
+    Yields
+    ------
+    ids : dict
+        ``recording_id``, ``subject``, ``session``, ``task``, ``run``, ``site`` (and ``split``
+        for a corpus).
+    windows : Tensor (W, window_trs, P) float32
+    starts : ndarray (W,) int, first TR of each window
+    xyz : Tensor (P, 3) float32, parcel centroids in mm
+    """
+    paths = [Path(d) for d in data]
+    if not paths:
+        raise BrainLMInputError("no data given; expected a prepared corpus or time-series files")
+    if is_corpus(paths):
+        yield from _corpus_windows(model, open_corpus(paths[0]), transfer_atlas)
+        return
+    from brainlm.data.sources import check_unique_ids, discover_files, specs_from_files
+
+    atlas = input_atlas(model, paths)
+    files, _ = discover_files(paths)
+    specs = specs_from_files(files, tr=tr)
+    check_unique_ids(specs)
+    xyz = torch.from_numpy(np.array(atlas.xyz, dtype=np.float32))
+    for spec in specs:
+        rec = spec.load(atlas, orientation=orientation, key=key)
+        windows, starts = model.windows(model.preprocess(rec))
+        yield (_ids(spec.recording_id, rec.subject, rec.session, rec.task, rec.run, rec.site),
+               windows, starts, xyz)
+
+
+def _corpus_windows(model: BrainLM, corpus: Corpus, transfer_atlas: bool):
+    scaler = model_scaler(model, corpus, transfer_atlas=transfer_atlas)
+    xyz = torch.from_numpy(np.array(corpus.atlas.xyz, dtype=np.float32))
+    m = corpus.manifest
+    for i, scaled in enumerate(iter_model_input(corpus, range(len(m)), scaler)):
+        if scaled.shape[0] < model.config.window_trs:
+            continue
+        windows, starts = model.windows(scaled)
+        r = m.iloc[i]
+        yield (_ids(r["recording_id"], r["subject"], r["session"], r["task"], r["run"], r["site"],
+                    split=r["split"]), windows, starts, xyz)
+
+
+def _ids(recording_id, subject, session, task, run, site, split=None) -> dict:
+    ids = {"recording_id": recording_id, "subject": subject, "session": session, "task": task,
+           "run": run, "site": site}
+    if split is not None:
+        ids["split"] = split
+    return ids

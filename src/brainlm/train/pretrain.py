@@ -76,6 +76,7 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
     from brainlm.model.config import preset
     from brainlm.model.masking import MaskSpec
     from brainlm.train.module import PretrainModule
+    from brainlm.train.progress import progress_callbacks
 
     out = Path(out)
     config = preset(settings.preset, **settings.model_overrides)
@@ -115,14 +116,15 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
         strategy = FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block})
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/masked_mse",
                                  mode="min", save_last=True)
+    bar, progress_lines = progress_callbacks(progress)
     trainer = L.Trainer(
         max_epochs=settings.epochs, accelerator=settings.accelerator, devices=settings.devices,
         num_nodes=settings.num_nodes, strategy=strategy, precision=precision,
         accumulate_grad_batches=settings.accumulate, gradient_clip_val=settings.clip,
         # A new version_N folder per (re)start, so --resume never overwrites earlier logs.
         logger=[TensorBoardLogger(out / "logs", name="tensorboard"), CSVLogger(out / "logs", name="csv")],
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
-        enable_progress_bar=progress, log_every_n_steps=5, default_root_dir=out,
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), *progress_lines],
+        enable_progress_bar=bar, log_every_n_steps=5, default_root_dir=out,
         limit_train_batches=limit_train_batches, num_sanity_val_steps=0, enable_model_summary=progress)
     last = out / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)

@@ -154,6 +154,7 @@ def _train(init_state, config, data, mask, s: FinetuneSettings, tmp: Path, kind:
 
     from brainlm.data.windows import CorpusDataModule
     from brainlm.train.module import PretrainModule
+    from brainlm.train.progress import progress_callbacks
 
     L.seed_everything(s.seed, workers=True, verbose=False)
     module = PretrainModule(config.to_dict(), mask.to_dict(), lr=s.lr, weight_decay=s.weight_decay,
@@ -171,10 +172,11 @@ def _train(init_state, config, data, mask, s: FinetuneSettings, tmp: Path, kind:
     timer = _EpochTimes()
     best = ModelCheckpoint(dirpath=tmp / f".checkpoints-{kind}", filename="best", monitor="val/masked_mse",
                            mode="min", save_top_k=1)
+    bar, progress_lines = progress_callbacks(progress)
     trainer = L.Trainer(
         max_epochs=s.epochs, accelerator=s.accelerator, devices=1, precision=precision,
-        gradient_clip_val=s.clip, logger=CSVLogger(tmp / "logs", name=kind), callbacks=[best, timer],
-        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+        gradient_clip_val=s.clip, logger=CSVLogger(tmp / "logs", name=kind),
+        callbacks=[best, timer, *progress_lines], enable_progress_bar=bar, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=1, default_root_dir=tmp,
         # no_grad rather than inference mode in validate(): the metric states it resets must stay
         # ordinary tensors for the validation inside fit().
