@@ -27,3 +27,20 @@ def test_demo_runs_every_step_on_embedded_data(demo_run):
     assert set(summary["step_seconds"]) >= {"data", "pretraining", "reconstruction", "prediction",
                                             "forecasting", "networks", "attention"}
     assert (demo_run / "report.html").is_file()
+    assert summary["command"] == "brainlm demo --quick"
+    import torch
+
+    training = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU threads"
+    assert training in summary["device"] and training in pre["device"]
+
+
+def test_summary_names_the_command_that_reproduces_the_run():
+    from dataclasses import replace
+
+    from brainlm.demo import DemoSettings, _command
+
+    assert _command(DemoSettings()) == "brainlm demo"
+    assert _command(replace(DemoSettings(), epochs=7)) == "brainlm demo --epochs 7"
+    assert _command(replace(DemoSettings.quick(), epochs=3)) == "brainlm demo --quick --epochs 3"
+    custom = replace(DemoSettings(), cohort_subjects=11)
+    assert _command(custom).startswith("brainlm.demo.run_demo(") and "cohort_subjects=11" in _command(custom)

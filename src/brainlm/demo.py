@@ -26,7 +26,7 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -114,7 +114,7 @@ def run_demo(out: Path, jobs: int = 2, settings: DemoSettings = DemoSettings()) 
     steps = _Steps(con)
     s = settings
     summary: dict = {"brainlm_version": __version__, "command": _command(settings),
-                     "settings": {"demo": asdict(s)}, "seed": s.seed, "device": "cpu",
+                     "settings": {"demo": asdict(s)}, "seed": s.seed, "device": _device(),
                      "key_numbers": [], "data_notes": {}}
 
     # -- 1. data ----------------------------------------------------------------------------------
@@ -195,7 +195,29 @@ def run_demo(out: Path, jobs: int = 2, settings: DemoSettings = DemoSettings()) 
 
 
 def _command(s: DemoSettings) -> str:
-    return "brainlm demo" + (" --quick" if s == DemoSettings.quick() else "")
+    """The command line that reproduces a run with settings ``s``."""
+    for flag, base in (("", DemoSettings()), (" --quick", DemoSettings.quick())):
+        if replace(s, epochs=base.epochs) == base:
+            return "brainlm demo" + flag + ("" if s.epochs == base.epochs else f" --epochs {s.epochs}")
+    return f"brainlm.demo.run_demo(settings={s!r})"  # settings the command line cannot express
+
+
+def _training_device() -> str:
+    """Where pretraining and fine-tuning run: Lightning takes the GPU when there is one."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{torch.get_num_threads()} CPU threads"
+
+
+def _device() -> str:
+    """Where the demo ran; the evaluation steps use the CPU even when training had a GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{_training_device()} for training, {torch.get_num_threads()} CPU threads otherwise"
+    return _training_device()
 
 
 def _cohort(out: Path, s: DemoSettings, contract: PreprocessingContract, jobs: int):
@@ -236,7 +258,7 @@ def _pretrain(out: Path, hcp, s: DemoSettings, summary: dict) -> Path:
     second = embed(run / "model", [hcp.path])
     summary["pretraining"] = {
         "run": run.name, "preset": "tiny", "epochs": s.epochs, "seconds": round(seconds, 1),
-        "device": "cpu", "window_trs": model.config.window_trs, "mask_ratio": settings.mask_ratio,
+        "device": _training_device(), "window_trs": model.config.window_trs, "mask_ratio": settings.mask_ratio,
         "parameters": model.count_parameters(), "validation": metrics,
         "embeddings_deterministic": bool(first.equals(second)), "embedded_recordings": len(first)}
     summary["settings"]["pretraining"] = asdict(settings)
