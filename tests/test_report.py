@@ -34,6 +34,25 @@ def test_report_has_every_section_and_figure(demo_run):
     assert again.read_text().count("<figure") == page.count("<figure")
 
 
+def test_report_draws_every_figure_from_the_saved_numbers(demo_run, tmp_path, capsys):
+    # The tasks' own PNGs are not needed: the report redraws from JSON and TSV results.
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run, ignore=shutil.ignore_patterns("*.png", "report.html", "again.html"))
+    assert not list(run.rglob("*.png"))
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert {name for name in EXPECTED_FIGURES if f'data-figure="{name}"' in page} == EXPECTED_FIGURES
+    assert page.count("<figure") == (demo_run / "report.html").read_text().count("<figure")
+    # A damaged results table is named in a one-line error, not a traceback.
+    (run / "results" / "attention" / "parcels.tsv").write_text("parcel\tnetwork\nA\tVis\n")
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "parcels.tsv" in err and "lacks column(s)" in err and "Traceback" not in err
+    (run / "results" / "attention" / "parcels.tsv").unlink()
+    assert main(["report", str(run)]) == 2
+    assert "results table not found" in capsys.readouterr().err
+
+
 def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err

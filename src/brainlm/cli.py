@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job end to end on the embedded real data")
     p.add_argument("--out", default="demo-out", help="output folder (default: ./demo-out)")
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--epochs", type=int, help="pretraining epochs of the tiny model (default 40)")
+    p.add_argument("--epochs", type=int, help="pretraining epochs of the tiny model (default 50; --quick: 2)")
     p.add_argument("--quick", action="store_true",
                    help="every step with much less training (a smoke test of a few minutes)")
     return parser

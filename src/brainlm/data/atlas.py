@@ -136,22 +136,28 @@ class Atlas:
         except Exception as e:  # noqa: BLE001 - any parser failure is a bad file
             raise BrainLMInputError(f"cannot read atlas table ({e})", str(path)) from None
         df.columns = [str(c).strip().lower() for c in df.columns]
-        missing = [c for c in ("name", "x", "y", "z") if c not in df.columns]
+        return cls.from_frame(df, name or path.stem, source=str(path))
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, name: str, *, names_column: str = "name",
+                   source: str | None = None) -> "Atlas":
+        """An atlas from one row per parcel: ``names_column``, ``x, y, z`` (MNI mm) and optional
+        ``network`` (empty or missing for unlabelled parcels). ``source`` names the file in errors."""
+        missing = [c for c in (names_column, "x", "y", "z") if c not in df.columns]
         if missing:
             raise BrainLMInputError(
-                f"atlas table lacks column(s) {missing}; expected columns name, x, y, z "
-                f"[, network], found {list(df.columns)}", str(path))
+                f"atlas table lacks column(s) {missing}; expected columns {names_column}, x, y, z "
+                f"[, network], found {list(df.columns)}", source)
         try:
             xyz = df[["x", "y", "z"]].to_numpy(dtype=np.float64)
         except (TypeError, ValueError):
-            raise BrainLMInputError("columns x, y, z must be numbers (MNI mm)", str(path)) from None
+            raise BrainLMInputError("columns x, y, z must be numbers (MNI mm)", source) from None
         nets = df["network"].tolist() if "network" in df.columns else None
-        space = "MNI152"
         try:
-            return cls(name=name or path.stem, parcel_names=df["name"].astype(str).tolist(),
-                       xyz=xyz, networks=nets, space=space)
+            return cls(name=name, parcel_names=df[names_column].astype(str).tolist(), xyz=xyz,
+                       networks=nets, space="MNI152")
         except BrainLMInputError as e:
-            raise BrainLMInputError(e.reason, str(path)) from None
+            raise BrainLMInputError(e.reason, source) from None
 
     def to_table(self, path: str | Path) -> None:
         """Write the atlas as a TSV table readable by :meth:`from_table`."""

@@ -286,17 +286,18 @@ def networks_section(run_dir: Path, summary: dict, figures: Path) -> Section:
             verdicts.append(f"{escape(name)}: kNN accuracy from CLS attention {ours['knn_accuracy']:.1%}, {word} "
                             f"the FC-profile baseline ({fc['knn_accuracy']:.1%}); chance (majority) "
                             f"{c['majority_accuracy']:.1%}.")
-        figs = r.get("figures", {})
         if k == 0:
-            conf = figs.get("BrainLM: cls_attention (kNN)")
-            if conf:
-                s.figures.append(embed_png(path.parent / conf, "networks_confusion",
-                                           f"{name}: confusion matrix of the paper's protocol (kNN on CLS attention)."))
-            if figs.get("networks_predicted") and figs.get("networks_true"):
-                s.figures.append(embed_png(path.parent / figs["networks_true"], "networks_true",
-                                           f"{name}: the atlas' network labels at the parcel centres."))
-                s.figures.append(embed_png(path.parent / figs["networks_predicted"], "networks_brain",
-                                           f"{name}: networks predicted from attention (leave one parcel out)."))
+            from brainlm.tasks.networks import draw_figures, read_parcels
+
+            drawn = figures / path.parent.name
+            drawn.mkdir(exist_ok=True)
+            figs = draw_figures(r, read_parcels(path.parent / "parcels.tsv"), drawn)
+            s.figures.append(embed_png(drawn / figs["BrainLM: cls_attention (kNN)"], "networks_confusion",
+                                       f"{name}: confusion matrix of the paper's protocol (kNN on CLS attention)."))
+            s.figures.append(embed_png(drawn / figs["networks_true"], "networks_true",
+                                       f"{name}: the atlas' network labels at the parcel centres."))
+            s.figures.append(embed_png(drawn / figs["networks_predicted"], "networks_brain",
+                                       f"{name}: networks predicted from attention (leave one parcel out)."))
     s.verdict = "<br>".join(verdicts)
     return s
 
@@ -326,14 +327,16 @@ def attention_section(run_dir: Path, summary: dict, figures: Path) -> Section:
         s.tables.append(Table(f"{title}: {r['significant'][what]} parcel(s) with q < {r['settings']['alpha']}",
                               ["network", "parcels", "mean difference", "mean t", "significant",
                                "mean t percentile", "network shift p"], rows))
-    figs = r.get("figures", {})
-    if figs.get("t"):
-        s.figures.append(embed_png(folder / figs["t"], "attention_group_difference",
-                                   f"Welch t of CLS attention, {b} − {a}, at the parcel centres (ringed: q < "
-                                   f"{r['settings']['alpha']})."))
-    if figs.get("networks"):
-        s.figures.append(embed_png(folder / figs["networks"], "attention_network_difference",
-                                   "The group difference summarised per network."))
+    from brainlm.tasks.group_attention import draw_figures, read_parcels
+
+    drawn = figures / "attention"
+    drawn.mkdir(exist_ok=True)
+    figs = draw_figures(r, read_parcels(folder / "parcels.tsv"), drawn)
+    s.figures.append(embed_png(drawn / figs["t"], "attention_group_difference",
+                               f"Welch t of CLS attention, {b} − {a}, at the parcel centres (ringed: q < "
+                               f"{r['settings']['alpha']})."))
+    s.figures.append(embed_png(drawn / figs["networks"], "attention_network_difference",
+                               "The group difference summarised per network."))
     return s
 
 

@@ -363,7 +363,7 @@ def group_attention(checkpoint, data, group_by: str, out=None, *, groups=None, u
     per_recording.insert(2, group_by, table["group"].to_numpy())
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if out is not None:
-        _write(result, parcels, per_recording, out, atlas, nets, result_maps, figures)
+        _write(result, parcels, per_recording, out, figures)
     return result
 
 
@@ -450,43 +450,88 @@ def markdown(result: dict, parcels: pd.DataFrame, top: int = 10) -> str:
     return "\n".join(lines)
 
 
-def _write(result, parcels, per_recording, out, atlas: Atlas, nets, maps, figures) -> None:
+def read_parcels(path: str | Path) -> pd.DataFrame:
+    """A saved ``parcels.tsv`` (one row per parcel), unlabelled networks kept as empty strings."""
+    from brainlm.tasks.results_folder import read_results_table
+
+    return read_results_table(path, ("parcel", "network", "x", "y", "z", "attention_mean_a", "attention_mean_b",
+                                     "attention_difference", "attention_t", "attention_significant"),
+                              dtype={"parcel": str, "network": str}, keep_default_na=False,
+                              na_values={c: ["", "nan", "NaN"] for c in _NUMERIC_COLUMNS})
+
+
+_NUMERIC_COLUMNS = tuple(f"{what}_{col}" for what in ("attention", "fc_strength")
+                         for col in ("mean_a", "mean_b", "difference", "hedges_g", "t", "p", "q"))
+
+
+def draw_figures(result: dict, parcels: pd.DataFrame, folder: str | Path) -> dict[str, str]:
+    """The figures of one group comparison, drawn from its saved results alone.
+
+    Parameters
+    ----------
+    result : dict
+        ``group_attention.json``.
+    parcels : DataFrame
+        ``parcels.tsv`` (:func:`read_parcels`): parcel, network, x, y, z (MNI mm) and per map
+        (``attention``, ``fc_strength``) the group means, difference, Welch t, p, q, significance.
+    folder : path
+        Where the PNGs go.
+
+    Returns
+    -------
+    dict
+        Figure name -> file name in ``folder``.
+    """
     from brainlm.report.brain import plot_network_summary, plot_parcel_values
 
+    folder = Path(folder)
+    atlas = Atlas.from_frame(parcels, result["atlas"], names_column="parcel", source=str(folder))
+    nets = [n or None for n in parcels["network"].astype(str)]
+    a, b, col = result["groups"]["a"], result["groups"]["b"], result["group_by"]
+    alpha = result["settings"]["alpha"]
+
+    def column(what, name):
+        return parcels[f"{what}_{name}"].to_numpy(dtype=np.float64)
+
+    significant = parcels["attention_significant"].astype(str).str.lower().eq("true").to_numpy()
+    names = {}
+    plot_parcel_values(column("attention", "difference"), atlas, folder / "difference_map.png", cmap="RdBu_r",
+                       title=f"CLS attention, {col}={b} minus {col}={a} "
+                       f"({int(significant.sum())} parcel(s) FDR q < {alpha})",
+                       colorbar_label="difference\n(relative)", marked=significant,
+                       marked_label=f"FDR q < {alpha}")
+    plot_parcel_values(column("attention", "t"), atlas, folder / "t_map.png", cmap="RdBu_r",
+                       title=f"Welch t, CLS attention {col}={b} vs {col}={a}", colorbar_label="t",
+                       marked=significant, marked_label=f"FDR q < {alpha}")
+    means = {a: column("attention", "mean_a"), b: column("attention", "mean_b")}
+    hi = float(max(m.max() for m in means.values()))
+    lo = float(min(m.min() for m in means.values()))
+    for g, mean in means.items():
+        fname = f"group_{_safe(g)}_map.png"
+        plot_parcel_values(mean, atlas, folder / fname, cmap="magma_r", vmin=lo, vmax=hi, symmetric=False,
+                           title=f"Mean CLS attention, {col}={g} ({result['n'][str(g)][result['unit'] + 's']} "
+                           f"{result['unit']}s; 1 = uniform)", colorbar_label="relative\nattention")
+        names[f"group {g}"] = fname
+    plot_network_summary(column("attention", "t"), nets, folder / "network_difference.png",
+                         title=f"CLS attention, {col}={b} vs {col}={a}: t per parcel by network",
+                         ylabel="Welch t")
+    names.update({"difference": "difference_map.png", "t": "t_map.png", "networks": "network_difference.png"})
+    if "fc_strength_t" in parcels.columns:
+        plot_parcel_values(column("fc_strength", "t"), atlas, folder / "fc_strength_t_map.png",
+                           cmap="RdBu_r", title=f"Baseline: FC strength, Welch t {col}={b} vs {col}={a}",
+                           colorbar_label="t")
+        names["fc strength t"] = "fc_strength_t_map.png"
+    return names
+
+
+def _write(result, parcels, per_recording, out, figures) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    a, b, col = result["groups"]["a"], result["groups"]["b"], result["group_by"]
     try:
         if figures:
-            r = maps["attention"]
-            sig = result["significant"]["attention"]
-            plot_parcel_values(r["difference"], atlas, build / "difference_map.png", cmap="RdBu_r",
-                               title=f"CLS attention, {col}={b} minus {col}={a} "
-                               f"({sig} parcel(s) FDR q < {result['settings']['alpha']})",
-                               colorbar_label="difference\n(relative)", marked=r["significant"],
-                               marked_label=f"FDR q < {result['settings']['alpha']}")
-            plot_parcel_values(r["t"], atlas, build / "t_map.png", cmap="RdBu_r",
-                               title=f"Welch t, CLS attention {col}={b} vs {col}={a}", colorbar_label="t",
-                               marked=r["significant"], marked_label=f"FDR q < {result['settings']['alpha']}")
-            hi = float(max(r["mean_a"].max(), r["mean_b"].max()))
-            lo = float(min(r["mean_a"].min(), r["mean_b"].min()))
-            for g, mean in ((a, r["mean_a"]), (b, r["mean_b"])):
-                fname = f"group_{_safe(g)}_map.png"
-                plot_parcel_values(mean, atlas, build / fname, cmap="magma_r", vmin=lo, vmax=hi, symmetric=False,
-                                   title=f"Mean CLS attention, {col}={g} ({result['n'][g][result['unit'] + 's']} "
-                                   f"{result['unit']}s; 1 = uniform)", colorbar_label="relative\nattention")
-                result["figures"][f"group {g}"] = fname
-            plot_network_summary(r["t"], nets, build / "network_difference.png",
-                                 title=f"CLS attention, {col}={b} vs {col}={a}: t per parcel by network",
-                                 ylabel="Welch t")
-            result["figures"].update({"difference": "difference_map.png", "t": "t_map.png",
-                                      "networks": "network_difference.png"})
-            if "fc_strength" in maps:
-                plot_parcel_values(maps["fc_strength"]["t"], atlas, build / "fc_strength_t_map.png",
-                                   cmap="RdBu_r", title=f"Baseline: FC strength, Welch t {col}={b} vs {col}={a}",
-                                   colorbar_label="t")
-                result["figures"]["fc strength t"] = "fc_strength_t_map.png"
+            result["figures"].update(draw_figures(json.loads(json.dumps(result, default=_json_default)),
+                                                  parcels, build))
         parcels.to_csv(build / "parcels.tsv", sep="\t", index=False, float_format="%.6g")
         per_recording.to_parquet(build / "recordings.parquet", index=False)
         write_text_atomic(build / "group_attention.md", markdown(result, parcels))

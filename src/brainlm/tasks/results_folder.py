@@ -51,3 +51,20 @@ def publish_results(out: Path, files: dict[str, str | pd.DataFrame]) -> None:
         publish_directory(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_results_table(path: str | Path, required: tuple[str, ...] = (), **read_csv) -> pd.DataFrame:
+    """A TSV table of a results folder (``read_csv`` options passed on to pandas); an error
+    naming the file when it is missing, unreadable or lacks a ``required`` column."""
+    path = Path(path)
+    if not path.is_file():
+        raise BrainLMInputError("results table not found; run the task again to write it", str(path))
+    try:
+        table = pd.read_csv(path, sep="\t", **read_csv)
+    except Exception as e:  # noqa: BLE001 - any parser failure is a damaged file
+        raise BrainLMInputError(f"cannot read results table ({e})", str(path)) from None
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise BrainLMInputError(f"results table lacks column(s) {missing}; found {list(table.columns)}",
+                                str(path))
+    return table
