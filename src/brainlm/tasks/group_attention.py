@@ -450,6 +450,10 @@ def markdown(result: dict, parcels: pd.DataFrame, top: int = 10) -> str:
     return "\n".join(lines)
 
 
+_NUMERIC_COLUMNS = tuple(f"{what}_{col}" for what in ("attention", "fc_strength")
+                         for col in ("mean_a", "mean_b", "difference", "hedges_g", "t", "p", "q"))
+
+
 def read_parcels(path: str | Path) -> pd.DataFrame:
     """A saved ``parcels.tsv`` (one row per parcel), unlabelled networks kept as empty strings."""
     from brainlm.tasks.results_folder import read_results_table
@@ -458,10 +462,6 @@ def read_parcels(path: str | Path) -> pd.DataFrame:
                                      "attention_difference", "attention_t", "attention_significant"),
                               dtype={"parcel": str, "network": str}, keep_default_na=False,
                               na_values={c: ["", "nan", "NaN"] for c in _NUMERIC_COLUMNS})
-
-
-_NUMERIC_COLUMNS = tuple(f"{what}_{col}" for what in ("attention", "fc_strength")
-                         for col in ("mean_a", "mean_b", "difference", "hedges_g", "t", "p", "q"))
 
 
 def draw_figures(result: dict, parcels: pd.DataFrame, folder: str | Path) -> dict[str, str]:
