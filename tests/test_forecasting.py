@@ -191,6 +191,10 @@ def test_evaluate_cli_scores_every_method_per_step(finetuned, hcp_corpus, tmp_pa
     for name, m in res["methods"].items():
         assert all(len(m[k]) == H and np.isfinite(m[k]).all() for k in ("mse", "r2", "pearson_r")), name
     assert len(res["best_by_step"]["mse"]) == H and res["summary"].startswith("Lowest MSE per step")
+    # Fine-tuned models report the training time of their fine-tuning run, not 0.
+    trained_for = json.loads((finetuned / "finetune.json").read_text())["models"]
+    assert res["methods"]["brainlm_finetuned"]["fit_seconds"] == trained_for["finetuned"]["fit_seconds"] > 0
+    assert res["methods"]["brainlm_scratch"]["fit_seconds"] == trained_for["scratch"]["fit_seconds"] > 0
     md = (out / "forecast.md").read_text()
     assert "| 20 |" in md and "BrainLM fine-tuned" in md and "neural ODE" in md
     import matplotlib.image

@@ -96,3 +96,11 @@ def test_report_loads_in_headless_chromium(demo_run, tmp_path):
     for name, complete, width, height in figures:
         assert complete and width > 200 and height > 100, (name, width, height)
     assert shot.stat().st_size > 50_000
+
+
+def test_table_numbers_never_round_a_real_value_to_zero():
+    from brainlm.report.html import fmt
+
+    assert fmt(1 / 2001) == "0.0005" and fmt(-3e-6) == "-3e-06"
+    assert fmt(0.0) == "0.000" and fmt(0.12345) == "0.123" and fmt(1234) == "1,234"
+    assert fmt(float("nan")) == "n/a" and fmt(None) == "n/a"

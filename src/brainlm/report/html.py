@@ -57,12 +57,16 @@ class Section:
 
 
 def fmt(v, digits: int = 3) -> str:
-    """A number for a table cell: fixed digits, ``n/a`` for missing."""
+    """A number for a table cell: fixed digits, ``n/a`` for missing. A non-zero value too small
+    for the fixed digits (a permutation p of 1/2001) keeps two significant digits instead of
+    reading as 0."""
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "n/a"
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         return f"{v:,}"
     if isinstance(v, (float, np.floating)):
+        if v != 0 and abs(v) < 0.5 * 10 ** -digits:
+            return f"{v:.2g}"
         return f"{v:.{digits}f}"
     return str(v)
 

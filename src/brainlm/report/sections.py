@@ -242,7 +242,10 @@ def forecasting_section(run_dir: Path, summary: dict, figures: Path) -> Section:
     s.tables.append(Table("Mean over predicted steps (best mean MSE highlighted)",
                           ["method", "MSE", "R²", "r", "MSE step 1", f"MSE step {res['horizon_trs']}",
                            "fit (s)", "predict (ms/window)"], rows,
-                          note="; ".join(f"{k}: {v}" for k, v in res["pooling"].items())))
+                          note="; ".join(f"{k}: {v}" for k, v in res["pooling"].items())
+                          + "; fit (s): training time on the training split (the fine-tuned and scratch "
+                          "BrainLM models: their fine-tuning run; the zero-shot checkpoint is not trained "
+                          "here, its pretraining is above)"))
     png = plot_step_curves(res, figures / "forecast_error_by_step.png")
     s.figures.append(embed_png(png, "forecast_error_by_step",
                                "MSE, R² and Pearson r against the predicted step for every method."))
@@ -349,7 +352,7 @@ def provenance_section(run_dir: Path, summary: dict, figures: Path) -> Section:
     steps = summary.get("step_seconds", {})
     if steps:
         s.tables.append(Table("Time per step", ["step", "seconds"],
-                              [row([k, round(v, 1)]) for k, v in steps.items()]))
+                              [row([k, f"{v:.1f}"]) for k, v in steps.items()]))
     s.paragraphs.append(f"Command: <code>{escape(summary.get('command', 'brainlm demo'))}</code>; seed "
                         f"{summary.get('seed', 0)} everywhere (splits, crops, masks, folds, models). The "
                         "settings of every step follow.")

@@ -217,6 +217,11 @@ def evaluate_run(run: str | Path, corpus, out: str | Path | None = None, *, hori
         k: {f: v[f] for f in ("best_val_mse", "val_mse_before", "best_epoch", "fit_seconds",
                               "train_seconds_per_epoch")}
         for k, v in info["models"].items()}
+    # These two were trained by `forecast finetune`, not here: their fit time is that run's.
+    for run_key, name in (("finetuned", "brainlm_finetuned"), ("scratch", "brainlm_scratch")):
+        if name in results["methods"] and run_key in info["models"]:
+            results["methods"][name]["fit_seconds"] = info["models"][run_key]["fit_seconds"]
+            results["methods"][name]["fit_seconds_from"] = "finetune.json"
     if out is not None:
         write_outputs(results, out)
     return results
