@@ -25,11 +25,20 @@ COMMAND_MODULES = (
 )
 
 
-def _floats(text: str) -> list[float]:
+def comma_floats(text: str) -> list[float]:
+    """``argparse`` type for options such as ``--ratios 0.2,0.5``."""
     try:
         return [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def comma_ints(text: str) -> list[int]:
+    """``argparse`` type for options such as ``--layers 0,3``."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--on-error", default="fail", choices=["fail", "skip"],
                    help="a recording that cannot be read: stop, or skip it and report it")
     g = p.add_argument_group("splits and storage")
-    g.add_argument("--splits", type=_floats, default=[0.8, 0.1, 0.1], metavar="TRAIN,VAL,TEST")
+    g.add_argument("--splits", type=comma_floats, default=[0.8, 0.1, 0.1], metavar="TRAIN,VAL,TEST")
     g.add_argument("--seed", type=int, default=0, help="split seed")
     g.add_argument("--split-by", default="subject", choices=["subject", "site"])
     g.add_argument("--jobs", type=int, default=1, help="worker processes (-1: all cores)")

@@ -7,14 +7,9 @@ from __future__ import annotations
 
 import argparse
 
+from brainlm.cli import comma_ints
+
 __all__ = ["register", "run"]
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _two(text: str) -> list[str]:
@@ -63,7 +58,7 @@ def register(subparsers) -> list[argparse.ArgumentParser]:
     q.add_argument("--groups", type=_two, metavar="A,B", help="the two levels to compare (difference B - A)")
     q.add_argument("--unit", default="subject", choices=["subject", "recording"],
                    help="what group labels are permuted over (default: subject)")
-    q.add_argument("--layers", type=_ints, metavar="I,J", help="encoder layers to average (default: all)")
+    q.add_argument("--layers", type=comma_ints, metavar="I,J", help="encoder layers to average (default: all)")
     q.add_argument("--permutations", type=int, default=5000, help="random labellings (default 5000)")
     q.add_argument("--alpha", type=float, default=0.05, help="FDR level (default 0.05)")
     q.add_argument("--no-fc-baseline", action="store_true", help="skip the FC-strength baseline test")

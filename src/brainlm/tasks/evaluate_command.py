@@ -10,23 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from brainlm.cli import comma_floats, comma_ints
 from brainlm.errors import BrainLMInputError
 
 __all__ = ["register", "run"]
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -49,7 +36,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("corpus", help="a corpus prepared with the checkpoint's cleaning settings")
     p.add_argument("--out", required=True, help="results folder (reconstruction.json, .md)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--ratios", type=_floats, default=list(DEFAULT_RATIOS), metavar="R,R,...",
+    p.add_argument("--ratios", type=comma_floats, default=list(DEFAULT_RATIOS), metavar="R,R,...",
                    help="mask ratios (default 0.2,0.5,0.75,0.9)")
     p.add_argument("--mask", default="random", choices=["random", "parcels", "time"])
     p.add_argument("--seed", type=int, default=0, help="mask seed")
@@ -77,7 +64,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--folds", type=int, default=d.n_folds, help=f"outer folds (default {d.n_folds})")
     g.add_argument("--inner-folds", type=int, default=d.inner_folds,
                    help=f"folds of the nested search (default {d.inner_folds})")
-    g.add_argument("--seeds", type=_ints, default=list(d.seeds), metavar="S,S,...",
+    g.add_argument("--seeds", type=comma_ints, default=list(d.seeds), metavar="S,S,...",
                    help="one outer split per seed (default 0,1,2)")
     g.add_argument("--deep-seeds", type=int, default=d.deep_seeds, metavar="N",
                    help="run LSTM and full/LoRA fine-tuning on the first N seeds (default 1)")
