@@ -144,11 +144,16 @@ def test_known_effect_found_and_negative_control_at_chance(trained, cohort):
         assert s["r2"]["mean"] < age["summary"][name]["r2"]["mean"], name
 
 
-def test_same_call_same_numbers(trained, cohort):
+def test_same_call_same_numbers(trained, cohort, capsys):
     kw = dict(methods=["fc_tangent_ridge", "brainlm_cls_knn"], settings=QUICK)
     a = evaluate_prediction(trained / "model", cohort, "trait", **kw)
-    b = evaluate_prediction(trained / "model", cohort, "trait", **kw)
+    b = evaluate_prediction(trained / "model", cohort, "trait", progress="folds", **kw)
     assert a["summary"] == b["summary"] and a["folds"] == b["folds"]
+    # progress="folds": one line per outer fold with the reference's score on that fold.
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [ln.split(":")[1].strip() for ln in lines] == [f"seed 0 fold {k}/{QUICK.n_folds}" for k in (1, 2, 3)]
+    ref = [f["metrics"]["mse"] for f in b["fits"] if f["method"] == "fc_correlation_ridge"]
+    assert all(f"fc_correlation_ridge {m:.3f}" in ln for m, ln in zip(ref, lines)) and len(ref) == 3
 
 
 def test_embedding_transformer_in_a_pipeline(trained, cohort, hcp):

@@ -317,7 +317,7 @@ def _prediction(checkpoint: Path, cohort, results: Path, s: DemoSettings, summar
     summary["settings"]["prediction"] = asdict(settings)
     for target in s.prediction_targets:
         res = evaluate_prediction(checkpoint, cohort.path, target, settings=settings,
-                                  out=results / f"prediction-{target}")
+                                  out=results / f"prediction-{target}", progress="folds")
         con.print(prediction_markdown(res))
         ref = res["reference"]
         metric = res["primary_metric"]

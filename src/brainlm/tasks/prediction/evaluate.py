@@ -244,7 +244,7 @@ def evaluate_prediction(checkpoint: str | Path | BrainLM, corpus: str | Path | C
                         task: str = "auto", methods=None, settings: PredictionSettings = PredictionSettings(),
                         split: str | None = None, transfer_atlas: bool = False, device: str = "cpu",
                         out: str | Path | None = None, overwrite: bool = False,
-                        progress: bool = False) -> dict:
+                        progress: bool | str = False) -> dict:
     """Predict ``target`` with every selected method under grouped, nested cross-validation.
 
     Parameters
@@ -267,8 +267,9 @@ def evaluate_prediction(checkpoint: str | Path | BrainLM, corpus: str | Path | C
     out : path, optional
         Folder for ``prediction.json``, ``prediction.md`` and ``predictions.parquet``
         (out-of-fold predictions), published only when everything succeeded.
-    progress : bool
-        Print one line per fitted fold to stderr.
+    progress : {False, True, "folds"}
+        Print to stderr one line per method and fold (``True``) or one line per fold with the
+        reference and the best method (``"folds"``).
 
     Returns
     -------
@@ -365,8 +366,20 @@ def _fit_fold(method: Method, tgt: Target, groups: np.ndarray, y: np.ndarray, tr
     return record, pred, score
 
 
+def _print_fold(fold_fits: list[dict], tgt: Target, seed: int, k: int, n_folds: int) -> None:
+    """One line for a finished outer fold: the reference's score and the best method's."""
+    primary, higher = PRIMARY[tgt.task]
+    scores = {f["method"]: f["metrics"][primary] for f in fold_fits if primary in f["metrics"]}
+    ref = reference_name(tgt.task)
+    best = (max if higher else min)(scores, key=scores.get)
+    seconds = sum(f["seconds"] for f in fold_fits)
+    print(f"{tgt.column}: seed {seed} fold {k + 1}/{n_folds}: {len(fold_fits)} methods in {seconds:.0f} s; "
+          f"{primary} {ref} {scores.get(ref, float('nan')):.3f}, best {best} {scores[best]:.3f}",
+          file=sys.stderr, flush=True)
+
+
 def _cross_validate(methods: list[Method], tgt: Target, groups: np.ndarray, inputs: _Inputs,
-                    progress: bool) -> dict:
+                    progress: bool | str) -> dict:
     s = inputs.settings
     classification = tgt.task == "classification"
     metric_names = CLASSIFICATION_METRICS if classification else REGRESSION_METRICS
@@ -375,6 +388,7 @@ def _cross_validate(methods: list[Method], tgt: Target, groups: np.ndarray, inpu
     for seed in s.seeds:
         for k, (tr, te) in enumerate(grouped_folds(groups, tgt.values, s.n_folds, seed, classification)):
             folds.append({"seed": seed, "fold": k, "test_subjects": sorted(set(groups[te]))})
+            fold_start = len(fits)
             if classification:
                 y = tgt.values.astype(np.int64)
             else:
@@ -392,10 +406,12 @@ def _cross_validate(methods: list[Method], tgt: Target, groups: np.ndarray, inpu
                     "y_true_standardised": np.nan if classification else y[te],
                     "prediction": pred.astype(np.float64),
                     "score": np.nan if score is None else score}))
-                if progress:
+                if progress is True:
                     shown = ", ".join(f"{name} {v:.3f}" for name, v in record["metrics"].items())
                     print(f"seed {seed} fold {k + 1}/{s.n_folds} {method.name}: {shown} "
                           f"({record['seconds']:.1f} s)", file=sys.stderr, flush=True)
+            if progress == "folds":
+                _print_fold(fits[fold_start:], tgt, seed, k, s.n_folds)
     ref = reference_name(tgt.task)
     primary, higher = PRIMARY[tgt.task]
     summary = {m.name: _summarise([f for f in fits if f["method"] == m.name], metric_names)
