@@ -149,3 +149,8 @@ def test_progress_off_a_terminal_is_one_line_per_epoch(hcp_corpus, tmp_path, cap
     logged = pd.read_csv(next((run / "logs" / "csv").glob("version_*/metrics.csv")))
     last_val = logged["val/masked_mse"].dropna().iloc[-1]
     assert f"val masked MSE {last_val:.4f}" in lines[1]
+    # A resumed run counts on from where it stopped.
+    assert main(["pretrain", hcp_corpus.path, "--out", str(run), "--crops-per-recording", "2",
+                 "--epochs", "4", "--resume"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split(" · ")[0] for ln in lines] == ["epoch 3/4", "epoch 4/4"]

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from brainlm.data.atlas import Atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
-from brainlm.data.atlas import Atlas
 from brainlm.model.brainlm import BrainLM
 
 #: Contract fields that change the cleaned signal; a corpus must match the checkpoint on all.
@@ -99,7 +99,7 @@ def input_atlas(model: BrainLM, data) -> Atlas:
     if is_corpus(paths):
         return open_corpus(paths[0]).atlas
     if model.atlas is None:
-        raise BrainLMInputError("checkpoint has no atlas; pass a prepared corpus instead", paths[0])
+        raise BrainLMInputError("checkpoint has no atlas; pass a prepared corpus instead", str(paths[0]))
     return model.atlas
 
 

@@ -23,10 +23,12 @@ class EpochLines(L.Callback):
     def __init__(self, stream=None):
         self.stream = stream
         self._t0 = self._t_epoch = 0.0
+        self._first_epoch = 0
         self._loss_sum, self._batches = 0.0, 0
 
     def on_train_start(self, trainer, pl_module):
-        self._t0 = time.perf_counter()
+        # A resumed run starts at a later epoch: only epochs run in this process time the rest.
+        self._t0, self._first_epoch = time.perf_counter(), trainer.current_epoch
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._t_epoch = time.perf_counter()
@@ -54,7 +56,7 @@ class EpochLines(L.Callback):
             parts.append(f"val R² {float(metrics['val/r2']):.3f}")
         parts.append(f"{now - self._t_epoch:.0f} s")
         if total and total > 0 and done < total:
-            left = (now - self._t0) / done * (total - done)
+            left = (now - self._t0) / (done - self._first_epoch) * (total - done)
             parts.append(f"~{left / 60:.1f} min left")
         print(" · ".join(parts), file=self.stream or sys.stdout, flush=True)
 

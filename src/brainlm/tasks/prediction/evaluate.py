@@ -279,6 +279,8 @@ def evaluate_prediction(checkpoint: str | Path | BrainLM, corpus: str | Path | C
     every split used), timings.
     """
     t0 = time.perf_counter()
+    if progress not in (False, True, "folds"):
+        raise BrainLMInputError(f"progress is {progress!r}; expected False, True or 'folds'")
     out = check_results_folder(out, overwrite)
     corpus = open_corpus(corpus)
     rows = None if split is None else corpus.split_indices(split)
