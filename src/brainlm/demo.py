@@ -46,10 +46,10 @@ class DemoSettings:
     """How much of each step the demo runs.
 
     The default took 8.6 min on an idle 2-core CPU machine (pretraining 3.9 min, prediction
-    3.1 min; ``benchmarks/bench_demo.py``); the budget is 15 minutes on 2 CPU cores. The cohort is large enough for the
-    prediction step to say something: with 40 simulated subjects no BrainLM method differed
-    significantly from FC + ridge on age; with 150, full fine-tuning beats it (MSE 0.28 vs 0.64,
-    p 0.047), the direction the 500-subject benchmark found.
+    3.1 min; ``benchmarks/bench_demo.py``); the budget is 15 minutes on 2 CPU cores. The cohort
+    is large enough for the prediction step to say something: with 40 simulated subjects no
+    BrainLM method differed significantly from FC + ridge on age; with 150, full fine-tuning
+    beats it (MSE 0.28 vs 0.64, p 0.047), the direction the 500-subject benchmark found.
 
     Parameters
     ----------
