@@ -45,7 +45,8 @@ from brainlm.data.samples import load_hcp7_aal2, load_schaefer100_rest
 from brainlm.model import BrainLM, preset
 from brainlm.simulate import simulate_cohort
 from brainlm.simulate.cohort import LatentEffects, limbic_prefrontal
-from brainlm.tasks.attention import extract_attention, model_inputs
+from brainlm.tasks.attention import extract_attention
+from brainlm.tasks.model_input import model_inputs
 from brainlm.tasks.group_attention import group_attention, parcel_set_enrichment
 from brainlm.tasks.networks import evaluate_features, identify_networks, network_labels, parcel_features
 

@@ -21,7 +21,8 @@ from brainlm.model import BrainLM, BrainLMConfig
 from brainlm.simulate import simulate_cohort, write_cohort
 from brainlm.simulate.cohort import LatentEffects, limbic_prefrontal
 from brainlm.report.brain import plot_confusion, plot_network_summary, plot_parcel_networks, plot_parcel_values
-from brainlm.tasks.attention import extract_attention, model_inputs
+from brainlm.tasks.attention import extract_attention
+from brainlm.tasks.model_input import model_inputs
 from brainlm.tasks.group_attention import (group_attention, parcel_set_enrichment, permutation_test,
                                            welch_t)
 

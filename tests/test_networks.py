@@ -14,7 +14,7 @@ from brainlm.cli import main
 from brainlm.data.atlas import Atlas, load_atlas
 from brainlm.data.samples import load_schaefer100_rest
 from brainlm.model import BrainLM
-from brainlm.tasks.attention import model_inputs
+from brainlm.tasks.model_input import model_inputs
 from brainlm.tasks.networks import evaluate_features, identify_networks, network_labels, time_shifted
 
 

@@ -25,7 +25,7 @@ from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.model import BrainLM
 from brainlm.simulate import simulate_cohort
-from brainlm.tasks.corpus_input import model_scaler, read_model_input, subject_keys
+from brainlm.tasks.model_input import model_scaler, read_model_input, subject_keys
 from brainlm.tasks.prediction import (
     BrainLMEmbedding, BrainLMFineTuner, PredictionSettings, add_lora, corrected_resampled_ttest,
     evaluate_prediction, grouped_folds, subject_leaks)

@@ -3,7 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from brainlm.data.contract import PreprocessingContract
-from brainlm.data.scaling import QuartileHistogram, recording_quartiles
+from brainlm.data.scaling import QuartileHistogram, pooled_scaling, recording_quartiles
 
 
 def pooled(recs):
@@ -65,3 +65,23 @@ def test_pooled_quartiles_property(n_recs, n, scale, seed):
         gap = allx[min(hi_i + 1, N - 1)] - allx[max(lo_i - 1, 0)]
         h = pooled(recs)
         assert np.all(np.abs(est[k] - exact[k]) <= gap + 2 * h.width + 1e-9)
+
+
+def test_in_memory_pooled_scaling_matches_the_streaming_fit_and_handles_degenerate_parcels(hcp):
+    import warnings
+
+    c = PreprocessingContract(percent_signal_change=True)
+    recs = [c.clean(r.timeseries, r.tr).data.astype(np.float64) for r in hcp]
+    q25, q50, q75 = pooled(recs).quantiles()
+    med, iqr, degenerate = pooled_scaling(recs)
+    assert not degenerate.any()
+    assert np.abs(med - q50).max() < 1e-3 * iqr.min() and np.abs(iqr - (q75 - q25)).max() < 2e-3 * iqr.min()
+    # A flat parcel and a parcel missing everywhere are kept centred, never divided by 0.
+    for r in recs:
+        r[:, 0] = 3.0
+        r[:, 1] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy: all-NaN slice
+        med, iqr, degenerate = pooled_scaling(recs)
+    assert degenerate[:2].all() and not degenerate[2:].any()
+    assert (med[0], iqr[0], med[1], iqr[1]) == (3.0, 1.0, 0.0, 1.0)

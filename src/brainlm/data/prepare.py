@@ -34,7 +34,7 @@ from brainlm.data.atomic import publish_directory, write_parquet_atomic, write_t
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import CORPUS_FORMAT, CORPUS_VERSION, MANIFEST_COLUMNS, Corpus
 from brainlm.data.recording import Recording
-from brainlm.data.scaling import QuartileHistogram, QuartileRange
+from brainlm.data.scaling import QuartileHistogram, QuartileRange, scaling_from_quartiles
 from brainlm.data.sources import (SourceSpec, attach_phenotypes, check_unique_ids, discover_files,
                                   specs_from_files, specs_from_recordings, specs_from_scans)
 from brainlm.data.splits import assign_splits
@@ -581,11 +581,7 @@ def _fit_scaler(build: Path, train: pd.DataFrame, train_range: QuartileRange, at
     parts = [ids[k::n_parts] for k in range(n_parts)]
     for counts in Parallel(n_jobs=n_parts)(delayed(_histogram_part)(build, part, hist) for part in parts):
         hist.counts += counts
-    q25, med, q75 = hist.quantiles()
-    iqr = q75 - q25
-    degenerate = ~(np.isfinite(iqr) & (iqr > 0))
-    med = np.where(np.isfinite(med), med, 0.0)
-    iqr = np.where(degenerate, 1.0, iqr)
+    med, iqr, degenerate = scaling_from_quartiles(*hist.quantiles())
     fitted = PreprocessingContract.from_dict(contract.to_dict())
     fitted.median = [float(v) for v in med]
     fitted.iqr = [float(v) for v in iqr]

@@ -138,6 +138,30 @@ class QuartileRange:
         return QuartileHistogram(lo=lo, hi=hi, n_bins=n_bins)
 
 
+def scaling_from_quartiles(q25: np.ndarray, median: np.ndarray, q75: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median and IQR per parcel from pooled quartiles, with the degenerate-parcel policy.
+
+    Returns
+    -------
+    median, iqr : ndarray, shape (P,), float64
+        A parcel never observed gets median 0; one without variance (or unobserved) gets IQR 1,
+        so scaling leaves it centred rather than dividing by zero.
+    degenerate : ndarray of bool, shape (P,)
+    """
+    iqr = np.asarray(q75, dtype=np.float64) - np.asarray(q25, dtype=np.float64)
+    degenerate = ~(np.isfinite(iqr) & (iqr > 0))
+    median = np.asarray(median, dtype=np.float64)
+    return np.where(np.isfinite(median), median, 0.0), np.where(degenerate, 1.0, iqr), degenerate
+
+
+def pooled_scaling(recordings: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`scaling_from_quartiles` of the exact pooled quartiles of recordings held in memory
+    (each (T_i, P), NaN for missing parcels); corpora use the streaming histogram instead."""
+    q25, med, q75 = np.nanpercentile(np.concatenate(recordings), [25, 50, 75], axis=0)
+    return scaling_from_quartiles(q25, med, q75)
+
+
 def robust_scale(x: np.ndarray, median: np.ndarray, iqr: np.ndarray) -> np.ndarray:
     """``(x - median) / iqr`` per parcel.
 

@@ -16,7 +16,7 @@ import torch
 
 from brainlm.data.atomic import write_parquet_atomic
 from brainlm.model.brainlm import BrainLM
-from brainlm.tasks.corpus_input import recording_windows
+from brainlm.tasks.model_input import recording_windows
 
 
 def embed(checkpoint: str | Path, data: list[str | Path], out: str | Path | None = None, *,

@@ -32,7 +32,8 @@ from brainlm.data.atomic import publish_directory, write_text_atomic
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
-from brainlm.tasks.attention import extract_attention, model_inputs
+from brainlm.tasks.attention import extract_attention
+from brainlm.tasks.model_input import model_inputs
 
 __all__ = ["group_attention", "parcel_set_enrichment", "permutation_test", "welch_t"]
 

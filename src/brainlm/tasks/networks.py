@@ -42,7 +42,8 @@ from brainlm.data.atlas import Atlas
 from brainlm.data.atomic import publish_directory, write_text_atomic
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
-from brainlm.tasks.attention import ModelInput, extract_attention, model_inputs
+from brainlm.tasks.attention import extract_attention
+from brainlm.tasks.model_input import ModelInput, model_inputs
 
 __all__ = ["NETWORK_FEATURES", "BASELINE_FEATURES", "ParcelFeatures", "evaluate_features",
            "identify_networks", "network_labels", "parcel_features", "time_shifted"]
@@ -341,7 +342,7 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
     checkpoint : path or BrainLM
         A checkpoint folder (``RUN/model``) or a loaded model.
     data : path, list of paths, or list of Recording
-        See :func:`brainlm.tasks.attention.model_inputs` (corpus, files, or recordings).
+        See :func:`brainlm.tasks.model_input.model_inputs` (corpus, files, or recordings).
     out : path, optional
         Folder to write (replaced atomically when complete): ``networks.json``, ``networks.md``,
         ``parcels.tsv`` and PNG figures.

@@ -35,7 +35,7 @@ from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.model.masking import MaskSpec
-from brainlm.tasks.corpus_input import iter_model_input, load_model, model_scaler, open_corpus
+from brainlm.tasks.model_input import iter_model_input, load_model, model_scaler, open_corpus
 from brainlm.tasks.results_folder import check_results_folder, publish_results
 
 __all__ = ["BASELINES", "ReconstructionScores", "SpatialImputer", "evaluate_reconstruction",

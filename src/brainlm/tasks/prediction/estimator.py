@@ -24,7 +24,7 @@ from brainlm.data.atlas import Atlas
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
-from brainlm.tasks.corpus_input import load_model
+from brainlm.tasks.model_input import load_model
 
 POOLINGS = ("cls", "mean", "both")
 WEIGHTS = ("pretrained", "random")

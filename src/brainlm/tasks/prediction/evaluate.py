@@ -23,7 +23,7 @@ import pandas as pd
 from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
-from brainlm.tasks.corpus_input import (
+from brainlm.tasks.model_input import (
     load_model, model_scaler, open_corpus, read_model_input, subject_keys)
 from brainlm.tasks.prediction.baselines import (
     LSTMEstimator, TangentSpace, correlation_features, raw_pca_pipeline)

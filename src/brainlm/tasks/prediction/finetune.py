@@ -32,7 +32,7 @@ from torch import nn
 
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
-from brainlm.tasks.corpus_input import load_model
+from brainlm.tasks.model_input import load_model
 from brainlm.tasks.prediction.training import WindowedHead, check_series, random_crops, tiles
 
 MODES = ("linear_probe", "full", "lora")

@@ -1,14 +1,15 @@
-"""A checkpoint's view of its input data: prepared corpora or time-series files as model input.
+"""A checkpoint's view of its input data: corpora, time-series files or recordings as model input.
 
 A corpus stores cleaned, unscaled recordings; the model expects them cleaned the way its
 pretraining data were and scaled with its pretraining statistics. Every task reads data through
-here (reconstruction, prediction, ``brainlm embed``, attention and networks), so all of them see
-the same numbers and the same contract checks.
+here (reconstruction, prediction, ``brainlm embed``, attention, networks and group maps), so all
+of them see the same numbers and the same contract checks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ import torch
 from brainlm.data.atlas import Atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
+from brainlm.data.recording import Recording
+from brainlm.data.scaling import pooled_scaling
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 
@@ -164,3 +167,117 @@ def _ids(recording_id, subject, session, task, run, site, split=None) -> dict:
     if split is not None:
         ids["split"] = split
     return ids
+
+
+@dataclass
+class ModelInput:
+    """One recording ready for the model.
+
+    Attributes
+    ----------
+    ids : dict
+        ``recording_id``, ``subject`` (and, where known, session, task, run, site, split).
+    windows : torch.Tensor, shape (W, window_trs, P), float32
+        Deterministic non-overlapping tiles of the preprocessed (scaled) recording.
+    xyz : torch.Tensor, shape (P, 3), float32
+        Parcel centres, MNI mm.
+    atlas : Atlas
+        The parcellation of the data (the model's, or another one with ``transfer_atlas``).
+    """
+
+    ids: dict
+    windows: torch.Tensor
+    xyz: torch.Tensor
+    atlas: Atlas
+
+    @property
+    def timeseries(self) -> np.ndarray:
+        """The tiles end to end: (W * window_trs, P) float32, the model's input signal."""
+        w = self.windows.numpy()
+        return w.reshape(-1, w.shape[2])
+
+
+def model_inputs(model: BrainLM, data, *, transfer_atlas: bool = False, target_tr: float | None = None,
+                 tr: float | None = None, orientation: str = "auto", key: str | None = None,
+                 ) -> Iterator[ModelInput]:
+    """Model input for every recording of ``data``.
+
+    Parameters
+    ----------
+    model : BrainLM
+        A pretrained model with its preprocessing contract.
+    data : path, list of paths, or list of Recording
+        * a prepared corpus folder (its cleaning must match the checkpoint's contract; on the
+          checkpoint's atlas the checkpoint's scaling is applied, on another atlas the corpus'
+          own training-split scaling), or time-series files/folders on the checkpoint's atlas
+          (read with ``tr``, ``orientation``, ``key``) -- exactly as ``brainlm embed`` reads them;
+        * ``Recording`` objects: on the checkpoint's atlas, ``model.preprocess``; on another
+          atlas (``transfer_atlas``), cleaned with the checkpoint's settings, resampled to
+          ``target_tr`` (default: the contract's) and robust-scaled with statistics pooled over
+          the recordings given (the checkpoint has none for that atlas).
+    transfer_atlas : bool
+        Allow an atlas other than the checkpoint's (through parcel coordinates).
+
+    Yields
+    ------
+    ModelInput
+        Recordings shorter than one window are skipped for corpora (as in ``brainlm embed``)
+        and an error for ``Recording`` objects.
+    """
+    if isinstance(data, Recording):
+        data = [data]
+    if isinstance(data, (str, Path)):
+        data = [data]
+    data = list(data)
+    if not data:
+        raise BrainLMInputError("no data given; expected a corpus, files, or recordings")
+    if all(isinstance(d, Recording) for d in data):
+        yield from _from_recordings(model, data, transfer_atlas, target_tr)
+        return
+    if any(isinstance(d, Recording) for d in data):
+        raise BrainLMInputError("data mixes Recording objects and paths; pass one kind")
+    atlas = input_atlas(model, data)
+    for ids, windows, _, xyz in recording_windows(model, data, tr=tr, orientation=orientation, key=key,
+                                                  transfer_atlas=transfer_atlas):
+        yield ModelInput(ids=ids, windows=windows, xyz=xyz, atlas=atlas)
+
+
+def _from_recordings(model: BrainLM, recordings: list[Recording], transfer_atlas: bool,
+                     target_tr: float | None) -> Iterator[ModelInput]:
+    atlas = recordings[0].atlas
+    for rec in recordings:
+        if not rec.atlas.matches(atlas):
+            raise BrainLMInputError(f"recordings are on different atlases ({atlas.name!r} and "
+                                    f"{rec.atlas.name!r}); pass recordings of one atlas",
+                                    rec.source or rec.id)
+        model.check_atlas(rec.atlas, transfer=transfer_atlas, source=rec.source or rec.id)
+    if model.contract is None:
+        raise BrainLMInputError("the model has no preprocessing contract; load a pretrained checkpoint")
+    xyz = torch.from_numpy(np.array(atlas.xyz, dtype=np.float32))
+    on_model_atlas = model.atlas is not None and atlas.matches(model.atlas)
+    if on_model_atlas and target_tr is None:
+        scaled = [model.preprocess(rec) for rec in recordings]
+    else:
+        cleaning = {k: v for k, v in model.contract.to_dict().items()
+                    if k not in ("median", "iqr", "scaler_fit")}
+        if target_tr is not None:
+            cleaning["target_tr"] = float(target_tr)
+        contract = PreprocessingContract.from_dict(cleaning)
+        cleaned = [contract.clean(r.timeseries, r.tr, confounds=r.confounds,
+                                  parcel_names=r.atlas.parcel_names, source=r.source or r.id).data
+                   for r in recordings]
+        if on_model_atlas:
+            contract.median, contract.iqr = model.contract.median, model.contract.iqr
+        else:
+            # The checkpoint holds no scaling statistics for this atlas: pool them over the data.
+            med, iqr, _ = pooled_scaling(cleaned)
+            contract.median, contract.iqr = med.tolist(), iqr.tolist()
+        scaled = [contract.scale(c) for c in cleaned]
+    for rec, x in zip(recordings, scaled):
+        try:
+            windows, _ = model.windows(x)
+        except BrainLMInputError as e:
+            raise BrainLMInputError(e.reason, rec.source or rec.id) from None
+        ids = {"recording_id": rec.id, "subject": rec.subject, "session": rec.session,
+               "task": rec.task, "run": rec.run, "site": rec.site, **dict(rec.phenotypes)}
+        yield ModelInput(ids=ids, windows=windows, xyz=xyz, atlas=atlas)
