@@ -66,3 +66,11 @@ def test_recording_validation():
         Recording(x, 0.8, atlas, subject=" ")
     with pytest.raises(BrainLMInputError, match="confounds have 10 rows; expected 50"):
         Recording(x, 0.8, atlas, subject="a", confounds=np.zeros((10, 2)))
+
+
+def test_network_display_order_puts_yeo7_first_and_drops_unlabelled():
+    from brainlm.data.atlas import network_order
+
+    assert network_order(["Default", None, "", "Vis", "Zeta", "Alpha", "Vis"]) == ["Vis", "Default", "Alpha", "Zeta"]
+    assert network_order(load_atlas("schaefer100").networks) == [
+        "Vis", "SomMot", "DorsAttn", "SalVentAttn", "Limbic", "Cont", "Default"]

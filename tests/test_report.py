@@ -1,6 +1,5 @@
 """The HTML report: rendered from a quick demo run, checked in a real headless Chromium."""
 
-import json
 import os
 import shutil
 from pathlib import Path

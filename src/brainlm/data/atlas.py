@@ -17,6 +17,17 @@ from brainlm.errors import BrainLMInputError
 
 EMBEDDED_ATLASES = ("aal2", "schaefer100", "schaefer200", "schaefer400")
 
+#: The Yeo-7 networks in their usual order (Yeo et al. 2011).
+YEO7_ORDER = ("Vis", "SomMot", "DorsAttn", "SalVentAttn", "Limbic", "Cont", "Default")
+
+
+def network_order(names) -> list[str]:
+    """The distinct network names among ``names`` in display order: the Yeo-7 networks in their
+    usual order, then any others alphabetically. ``None`` and empty names (unlabelled parcels)
+    are left out."""
+    present = {str(n) for n in names if n is not None and str(n) != ""}
+    return [n for n in YEO7_ORDER if n in present] + sorted(present - set(YEO7_ORDER))
+
 
 @dataclass(frozen=True, eq=False)
 class Atlas:

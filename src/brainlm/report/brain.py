@@ -21,16 +21,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from brainlm.data.atlas import Atlas  # noqa: E402
+from brainlm.data.atlas import Atlas, network_order  # noqa: E402
 from brainlm.report.figures import save_figure  # noqa: E402
 from brainlm.errors import BrainLMInputError  # noqa: E402
 
-__all__ = ["NETWORK_COLOURS", "YEO7_ORDER", "network_colour", "plot_confusion", "plot_network_summary",
+__all__ = ["NETWORK_COLOURS", "network_colour", "plot_confusion", "plot_network_summary",
            "plot_parcel_networks", "plot_parcel_values"]
 
-#: The Yeo-7 networks in their usual order (Yeo et al. 2011) with the colours of the published
-#: 7-network colour table.
-YEO7_ORDER = ("Vis", "SomMot", "DorsAttn", "SalVentAttn", "Limbic", "Cont", "Default")
+#: The colours of the published Yeo-7 network colour table.
 NETWORK_COLOURS = {
     "Vis": "#781286", "SomMot": "#4682B4", "DorsAttn": "#00760E", "SalVentAttn": "#C43AFA",
     "Limbic": "#B5C47A", "Cont": "#E69422", "Default": "#CD3E4E",
@@ -159,8 +157,7 @@ def plot_parcel_networks(labels: Sequence[str | None], atlas: Atlas, path: str |
     if len(labels) != atlas.n_parcels:
         raise BrainLMInputError(f"labels have {len(labels)} entries; expected {atlas.n_parcels} "
                                 f"(one per parcel of atlas {atlas.name!r})")
-    names = [n for n in YEO7_ORDER if n in labels]
-    names += sorted({n for n in labels if n is not None and n not in YEO7_ORDER})
+    names = network_order(labels)
     colour = {n: network_colour(n, i) for i, n in enumerate(names)}
     colours = [colour.get(n, UNLABELLED) for n in labels]
     size = _node_size(atlas.n_parcels)
@@ -205,8 +202,7 @@ def plot_network_summary(values, networks: Sequence[str | None], path: str | Pat
     nets = ["no label" if n is None else str(n) for n in networks]
     if v.shape != (len(nets),):
         raise BrainLMInputError(f"values have shape {v.shape}; expected ({len(nets)},), one per parcel")
-    names = [n for n in YEO7_ORDER if n in nets]
-    names += sorted(set(nets) - set(YEO7_ORDER) - {"no label"}) + (["no label"] if "no label" in nets else [])
+    names = network_order(n for n in nets if n != "no label") + (["no label"] if "no label" in nets else [])
     fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2.0, 3.8))
     rng = np.random.default_rng(0)  # fixed jitter: the same figure every time
     for i, n in enumerate(names):

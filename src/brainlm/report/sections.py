@@ -290,11 +290,12 @@ def networks_section(run_dir: Path, summary: dict, figures: Path) -> Section:
                             f"the FC-profile baseline ({fc['knn_accuracy']:.1%}); chance (majority) "
                             f"{c['majority_accuracy']:.1%}.")
         if k == 0:
-            from brainlm.tasks.networks import draw_figures, read_parcels
+            from brainlm.report.attention_figures import draw_network_figures
+            from brainlm.tasks.networks import read_parcels
 
             drawn = figures / path.parent.name
             drawn.mkdir(exist_ok=True)
-            figs = draw_figures(r, read_parcels(path.parent / "parcels.tsv"), drawn)
+            figs = draw_network_figures(r, read_parcels(path.parent / "parcels.tsv"), drawn)
             s.figures.append(embed_png(drawn / figs["BrainLM: cls_attention (kNN)"], "networks_confusion",
                                        f"{name}: confusion matrix of the paper's protocol (kNN on CLS attention)."))
             s.figures.append(embed_png(drawn / figs["networks_true"], "networks_true",
@@ -330,11 +331,12 @@ def attention_section(run_dir: Path, summary: dict, figures: Path) -> Section:
         s.tables.append(Table(f"{title}: {r['significant'][what]} parcel(s) with q < {r['settings']['alpha']}",
                               ["network", "parcels", "mean difference", "mean t", "significant",
                                "mean t percentile", "network shift p"], rows))
-    from brainlm.tasks.group_attention import draw_figures, read_parcels
+    from brainlm.report.attention_figures import draw_group_figures
+    from brainlm.tasks.group_attention import read_parcels
 
     drawn = figures / "attention"
     drawn.mkdir(exist_ok=True)
-    figs = draw_figures(r, read_parcels(folder / "parcels.tsv"), drawn)
+    figs = draw_group_figures(r, read_parcels(folder / "parcels.tsv"), drawn)
     s.figures.append(embed_png(drawn / figs["t"], "attention_group_difference",
                                f"Welch t of CLS attention, {b} − {a}, at the parcel centres (ringed: q < "
                                f"{r['settings']['alpha']})."))

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import false_discovery_control
 
-from brainlm.data.atlas import Atlas
+from brainlm.data.atlas import Atlas, network_order
 from brainlm.data.atomic import publish_directory, write_text_atomic
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
@@ -391,9 +391,7 @@ def _compare(x: np.ndarray, in_b: np.ndarray, n_permutations: int, alpha: float,
 
 
 def _network_summary(r: dict, nets, seed: int) -> list[dict]:
-    from brainlm.report.brain import YEO7_ORDER
-
-    names = [n for n in YEO7_ORDER if n in nets] + sorted({n for n in nets if n and n not in YEO7_ORDER})
+    names = network_order(nets)
     arr = np.array([n or "" for n in nets])
     out = []
     for n in names:
@@ -465,74 +463,18 @@ def read_parcels(path: str | Path) -> pd.DataFrame:
                               na_values={c: ["", "nan", "NaN"] for c in _NUMERIC_COLUMNS})
 
 
-def draw_figures(result: dict, parcels: pd.DataFrame, folder: str | Path) -> dict[str, str]:
-    """The figures of one group comparison, drawn from its saved results alone.
-
-    Parameters
-    ----------
-    result : dict
-        ``group_attention.json``.
-    parcels : DataFrame
-        ``parcels.tsv`` (:func:`read_parcels`): parcel, network, x, y, z (MNI mm) and per map
-        (``attention``, ``fc_strength``) the group means, difference, Welch t, p, q, significance.
-    folder : path
-        Where the PNGs go.
-
-    Returns
-    -------
-    dict
-        Figure name -> file name in ``folder``.
-    """
-    from brainlm.report.brain import plot_network_summary, plot_parcel_values
-
-    folder = Path(folder)
-    atlas = Atlas.from_frame(parcels, result["atlas"], names_column="parcel", source=str(folder))
-    nets = [n or None for n in parcels["network"].astype(str)]
-    a, b, col = result["groups"]["a"], result["groups"]["b"], result["group_by"]
-    alpha = result["settings"]["alpha"]
-
-    def column(what, name):
-        return parcels[f"{what}_{name}"].to_numpy(dtype=np.float64)
-
-    significant = parcels["attention_significant"].astype(str).str.lower().eq("true").to_numpy()
-    names = {}
-    plot_parcel_values(column("attention", "difference"), atlas, folder / "difference_map.png", cmap="RdBu_r",
-                       title=f"CLS attention, {col}={b} minus {col}={a} "
-                       f"({int(significant.sum())} parcel(s) FDR q < {alpha})",
-                       colorbar_label="difference\n(relative)", marked=significant,
-                       marked_label=f"FDR q < {alpha}")
-    plot_parcel_values(column("attention", "t"), atlas, folder / "t_map.png", cmap="RdBu_r",
-                       title=f"Welch t, CLS attention {col}={b} vs {col}={a}", colorbar_label="t",
-                       marked=significant, marked_label=f"FDR q < {alpha}")
-    means = {a: column("attention", "mean_a"), b: column("attention", "mean_b")}
-    hi = float(max(m.max() for m in means.values()))
-    lo = float(min(m.min() for m in means.values()))
-    for g, mean in means.items():
-        fname = f"group_{_safe(g)}_map.png"
-        plot_parcel_values(mean, atlas, folder / fname, cmap="magma_r", vmin=lo, vmax=hi, symmetric=False,
-                           title=f"Mean CLS attention, {col}={g} ({result['n'][str(g)][result['unit'] + 's']} "
-                           f"{result['unit']}s; 1 = uniform)", colorbar_label="relative\nattention")
-        names[f"group {g}"] = fname
-    plot_network_summary(column("attention", "t"), nets, folder / "network_difference.png",
-                         title=f"CLS attention, {col}={b} vs {col}={a}: t per parcel by network",
-                         ylabel="Welch t")
-    names.update({"difference": "difference_map.png", "t": "t_map.png", "networks": "network_difference.png"})
-    if "fc_strength_t" in parcels.columns:
-        plot_parcel_values(column("fc_strength", "t"), atlas, folder / "fc_strength_t_map.png",
-                           cmap="RdBu_r", title=f"Baseline: FC strength, Welch t {col}={b} vs {col}={a}",
-                           colorbar_label="t")
-        names["fc strength t"] = "fc_strength_t_map.png"
-    return names
-
-
 def _write(result, parcels, per_recording, out, figures) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         if figures:
-            result["figures"].update(draw_figures(json.loads(json.dumps(result, default=_json_default)),
-                                                  parcels, build))
+            from brainlm.report.attention_figures import draw_group_figures
+
+            # Drawn from the result as it will be read back (JSON keys are strings), so the
+            # report, which redraws from the saved files, gets the same figures.
+            result["figures"].update(draw_group_figures(json.loads(json.dumps(result, default=_json_default)),
+                                                        parcels, build))
         parcels.to_csv(build / "parcels.tsv", sep="\t", index=False, float_format="%.6g")
         per_recording.to_parquet(build / "recordings.parquet", index=False)
         write_text_atomic(build / "group_attention.md", markdown(result, parcels))
@@ -552,7 +494,3 @@ def _json_default(v):
     if isinstance(v, np.bool_):
         return bool(v)
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in str(text))

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from brainlm.data.atlas import Atlas
+from brainlm.data.atlas import Atlas, network_order
 from brainlm.data.atomic import publish_directory, write_text_atomic
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
@@ -430,7 +430,7 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
 
     from sklearn.metrics import confusion_matrix
 
-    order = _network_order(y)
+    order = network_order(y)
     paper = predictions["BrainLM: cls_attention"]["knn_predicted"]
     fc_pred = predictions["baseline: fc_profile"]["knn_predicted"]
     result = {
@@ -472,13 +472,6 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
     if out is not None:
         _write(result, table, out, figures)
     return result
-
-
-def _network_order(y) -> list[str]:
-    from brainlm.report.brain import YEO7_ORDER
-
-    present = set(np.asarray(y).astype(str))
-    return [n for n in YEO7_ORDER if n in present] + sorted(present - set(YEO7_ORDER))
 
 
 def _describe(data) -> str | list:
@@ -525,69 +518,15 @@ def read_parcels(path: str | Path) -> pd.DataFrame:
                               na_values={"relative_cls_attention": [""]})
 
 
-def draw_figures(result: dict, parcels: pd.DataFrame, folder: str | Path) -> dict[str, str]:
-    """The figures of one network identification, drawn from its saved results alone.
-
-    Parameters
-    ----------
-    result : dict
-        ``networks.json``.
-    parcels : DataFrame
-        ``parcels.tsv`` (:func:`read_parcels`): parcel, x, y, z (MNI mm), network, the kNN
-        predictions per feature set and ``relative_cls_attention`` (1 = uniform).
-    folder : path
-        Where the PNGs go.
-
-    Returns
-    -------
-    dict
-        Figure name -> file name in ``folder``.
-    """
-    from brainlm.report.brain import plot_confusion, plot_network_summary, plot_parcel_networks, plot_parcel_values
-
-    folder = Path(folder)
-    atlas = Atlas.from_frame(parcels, result["atlas"], names_column="parcel", source=str(folder))
-    y_all = [n or None for n in parcels["network"].astype(str)]
-    labelled = np.array([n is not None for n in y_all])
-    order = result["confusion"]["labels"]
-    acc = {f"{m['model']}: {m['features']}": m["knn_accuracy"] for m in result["methods"]}
-    names = {}
-    for key, fname in (("BrainLM: cls_attention (kNN)", "confusion_cls_attention.png"),
-                       ("baseline: fc_profile (kNN)", "confusion_fc_profile.png")):
-        tag = key.removesuffix(" (kNN)")
-        plot_confusion(result["confusion"][key], order, folder / fname,
-                       title=f"{key}: accuracy {acc[tag]:.1%}\n(leave one parcel out, "
-                       f"{result['labelled_parcels']} parcels, {atlas.name})")
-        names[key] = fname
-    plot_parcel_networks(y_all, atlas, folder / "networks_true.png",
-                         title=f"Network labels ({result['labels']}), {atlas.name}")
-    pred = parcels["knn[BrainLM: cls_attention]"].astype(str).to_numpy()
-    wrong = labelled & (pred != parcels["network"].astype(str).to_numpy())
-    plot_parcel_networks([p or None for p in pred], atlas, folder / "networks_predicted.png",
-                         title=f"Networks predicted from CLS attention (kNN, leave one parcel out): "
-                         f"{acc['BrainLM: cls_attention']:.1%} correct", marked=wrong,
-                         marked_label="misclassified")
-    cls_map = parcels["relative_cls_attention"].to_numpy(dtype=np.float64)
-    plot_parcel_values(cls_map, atlas, folder / "cls_attention_map.png", cmap="magma_r",
-                       title=f"Mean CLS attention per parcel ({result['recordings']} recordings, "
-                       f"{result['windows']} windows; 1 = uniform)", symmetric=False,
-                       colorbar_label="relative\nattention")
-    plot_network_summary(cls_map, y_all, folder / "cls_attention_networks.png",
-                         title="Mean CLS attention by network", ylabel="relative CLS attention (1 = uniform)",
-                         reference=1.0)
-    names.update({"networks_true": "networks_true.png", "networks_predicted": "networks_predicted.png",
-                  "cls_attention_map": "cls_attention_map.png",
-                  "cls_attention_networks": "cls_attention_networks.png"})
-    return names
-
-
 def _write(result, table, out, figures) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         if figures:
-            result["figures"] = draw_figures(result, table, build)
+            from brainlm.report.attention_figures import draw_network_figures
+
+            result["figures"] = draw_network_figures(result, table, build)
         table.to_csv(build / "parcels.tsv", sep="\t", index=False, float_format="%.6g")
         write_text_atomic(build / "networks.md", markdown(result))
         write_text_atomic(build / "networks.json", json.dumps(result, indent=2))
