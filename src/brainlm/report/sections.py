@@ -220,7 +220,7 @@ def _headline_html(res: dict) -> str:
 
 # -- forecasting ---------------------------------------------------------------------------------
 def forecasting_section(run_dir: Path, summary: dict, figures: Path) -> Section:
-    from brainlm.report.curves import plot_step_curves
+    from brainlm.report.forecasting_figures import plot_step_curves
 
     folder = run_dir / "results" / "forecasting"
     res = read_json(folder / "forecast.json")

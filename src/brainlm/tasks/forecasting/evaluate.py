@@ -294,7 +294,7 @@ def markdown(results: dict) -> str:
 def write_outputs(results: dict, out: str | Path) -> None:
     """``forecast_error.png``, ``forecast.md`` and ``forecast.json`` in ``out`` (each atomic; the
     JSON last, so its presence means the set is complete)."""
-    from brainlm.report.curves import plot_step_curves
+    from brainlm.report.forecasting_figures import plot_step_curves
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,11 @@
-"""Metric-against-step curves (e.g. forecast error at each predicted TR), saved as PNG."""
+"""The figure of ``brainlm forecast evaluate``: each metric against the predicted step (TR), one
+curve per method, drawn from ``forecast.json`` and saved as PNG."""
 
 from __future__ import annotations
 
-from brainlm.report.figures import save_figure
 from pathlib import Path
+
+from brainlm.report.figures import save_figure
 
 #: Titles and whether lower is better, per metric key.
 _METRIC_TITLES = {"mse": ("MSE", "lower is better"), "r2": ("R$^2$", "higher is better"),
