@@ -2,9 +2,9 @@
 and :func:`save_figure`, through which every PNG of the project is written.
 
 Every figure is written as PNG through :func:`save_figure` (temporary name, then rename), so a
-report never embeds a half-written image. Other modules here: the brain-map and confusion-matrix primitives in ``report.brain``, the network and
-group-attention figures in ``report.attention_figures``, forecasting error curves in
-``report.forecasting_figures``.
+report never embeds a half-written image. Other modules here: the brain-map and confusion-matrix
+primitives in ``report.brain``, the network and group-attention figures in
+``report.attention_figures``, forecasting error curves in ``report.forecasting_figures``.
 """
 
 from __future__ import annotations
