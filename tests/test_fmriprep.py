@@ -56,6 +56,20 @@ def _scan(dataset, hcp, i):
 def test_example_dataset_checks_its_size(tmp_path):
     with pytest.raises(BrainLMInputError, match="expected 1-7 subjects"):
         write_fmriprep_example(tmp_path, subjects=9)
+    with pytest.raises(BrainLMInputError, match=r"spikes_in_last=\(100, 101, 150\); expected volume indices in 0-19"):
+        write_fmriprep_example(tmp_path, n_trs=20)
+
+
+def test_example_dataset_never_clobbers_a_folder_and_leaves_no_partial_tree(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(BrainLMInputError, match="not empty.*overwrite") as err:
+        write_fmriprep_example(mine, subjects=1, n_trs=20, spikes_in_last=(5,))
+    assert str(mine) in str(err.value) and (mine / "notes.txt").read_text() == "keep me"
+    ex = write_fmriprep_example(mine, subjects=1, n_trs=20, spikes_in_last=(5,), overwrite=True)
+    assert not (mine / "notes.txt").exists() and ex.derivatives.is_dir() and ex.atlas_image.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temporary folder left
 
 
 def test_find_scans_by_space(dataset, hcp):

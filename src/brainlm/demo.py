@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from brainlm.data.atlas import load_atlas
-from brainlm.data.atomic import write_text_atomic
+from brainlm.data.atomic import write_npz_atomic, write_text_atomic
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import HCP7_TR, load_hcp7_aal2, load_schaefer100_rest
@@ -238,10 +238,7 @@ def _cohort(out: Path, s: DemoSettings, contract: PreprocessingContract, jobs: i
 def _scans(out: Path, jobs: int):
     from brainlm.data.example_scans import write_fmriprep_example
 
-    folder = out / "fmriprep-example"
-    if folder.exists():
-        shutil.rmtree(folder)
-    ex = write_fmriprep_example(folder, subjects=4, n_trs=240)
+    ex = write_fmriprep_example(out / "fmriprep-example", subjects=4, n_trs=240, overwrite=True)
     return prepare_corpus([ex.derivatives], out / "corpus-fmriprep-example", atlas_image=ex.atlas_image,
                           atlas_labels=ex.atlas_labels, space=ex.space, min_trs=WINDOW_TRS, jobs=jobs,
                           contract=PreprocessingContract(percent_signal_change=True), overwrite=True)
@@ -301,7 +298,7 @@ def _reconstruction(checkpoint: Path, hcp, results: Path, s: DemoSettings, summa
         _, pred = model(wins, xyz, mask)
     k = model.config.patch_trs
     subject = hcp.manifest.iloc[row]["subject"]
-    np.savez_compressed(
+    write_npz_atomic(
         results / "reconstruction_example.npz", target=wins[0].numpy(),
         prediction=model.unpatchify(pred)[0].numpy(),
         mask=mask.repeat_interleave(k, dim=2).transpose(1, 2)[0].numpy(),

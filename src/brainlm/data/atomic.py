@@ -5,37 +5,46 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
-def _tmp_beside(path: Path) -> Path:
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file name beside ``path`` to write to; renamed to ``path`` when the block ends
+    without an error, deleted otherwise. Readers see the old file or the whole new one."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    return Path(tmp)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path``; readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    tmp = _tmp_beside(path)
+    tmp = Path(tmp)
     try:
-        tmp.write_text(text)
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_parquet_atomic(df: pd.DataFrame, path: str | Path) -> None:
     """Write a DataFrame as Parquet, atomically."""
-    path = Path(path)
-    tmp = _tmp_beside(path)
-    try:
+    with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+def write_npz_atomic(path: str | Path, **arrays) -> None:
+    """Write arrays as a compressed ``.npz``, atomically (``np.load(path)`` reads them back)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # A file object, not a name: numpy would append ".npz" to the temporary name.
+        np.savez_compressed(f, **arrays)
 
 
 def publish_directory(finished: str | Path, target: str | Path) -> None:

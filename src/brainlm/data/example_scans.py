@@ -13,6 +13,8 @@ written beside it (so confound regression has something real to remove).
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from brainlm.data.atlas import Atlas
+from brainlm.data.atomic import publish_directory
 from brainlm.errors import BrainLMInputError
 
 SPACE = "MNI152NLin2009cAsym"
@@ -142,11 +145,12 @@ def confounds_table(n: int, seed: int, spikes=(), tr: float = TR) -> tuple[pd.Da
 
 def write_fmriprep_example(root: str | Path, *, subjects: int = 4, n_trs: int = 240,
                            voxel_mm: int = 6, spikes_in_last: tuple[int, ...] = (100, 101, 150),
-                           other_space: bool = True, seed: int = 3) -> ExampleScans:
+                           other_space: bool = True, seed: int = 3, overwrite: bool = False) -> ExampleScans:
     """Write a miniature fMRIPrep dataset from the embedded HCP recordings.
 
-    Layout: ``root/participants.tsv`` (age, sex, group), ``root/derivatives/fmriprep/sub-*/ses-1/
-    func/`` with ``*_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz`` (float32, ``voxel_mm``
+    The tree is written into a temporary folder beside ``root`` and renamed to ``root`` only when
+    complete. A ``root`` that exists and is not empty is an error unless ``overwrite``. Layout: ``root/dataset/participants.tsv`` (age, sex, group),
+    ``root/dataset/derivatives/fmriprep/sub-*/ses-1/func/`` with ``*_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz`` (float32, ``voxel_mm``
     voxels, ``n_trs`` volumes), its JSON sidecar (RepetitionTime 0.72), ``*_desc-brain_mask``,
     ``*_desc-confounds_timeseries.tsv`` + ``.json`` (see :func:`confounds_table`; the last
     subject has motion spikes at ``spikes_in_last``) and, with ``other_space``, a placeholder
@@ -164,18 +168,39 @@ def write_fmriprep_example(root: str | Path, *, subjects: int = 4, n_trs: int = 
     -------
     ExampleScans
     """
-    import nibabel as nib
-
-    from brainlm.data.atlas import load_atlas
     from brainlm.data.samples import load_hcp7_aal2
 
     if not 1 <= subjects <= 7 or not 2 <= n_trs <= 1200:
         raise BrainLMInputError(f"subjects={subjects}, n_trs={n_trs}; expected 1-7 subjects "
                                 "and 2-1200 volumes (the embedded HCP data)")
-    root = Path(root)
+    if any(not 0 <= t < n_trs for t in spikes_in_last):
+        raise BrainLMInputError(f"spikes_in_last={tuple(spikes_in_last)}; expected volume indices "
+                                f"in 0-{n_trs - 1} (n_trs={n_trs})")
+    final = Path(root)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())) and not overwrite:
+        raise BrainLMInputError("folder exists and is not empty; pass overwrite=True to replace it",
+                                str(final))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        _write_tree(root, load_hcp7_aal2(), subjects, n_trs, voxel_mm, spikes_in_last, other_space, seed)
+        publish_directory(root, final)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    dataset = final / "dataset"
+    return ExampleScans(dataset=dataset, derivatives=dataset / "derivatives" / "fmriprep",
+                        atlas_image=final / "atlas-AAL2cells_dseg.nii.gz",
+                        atlas_labels=final / "atlas-AAL2cells_dseg.tsv")
+
+
+def _write_tree(root: Path, hcp, subjects: int, n_trs: int, voxel_mm: int, spikes_in_last, other_space: bool,
+                seed: int) -> None:
+    import nibabel as nib
+
+    from brainlm.data.atlas import load_atlas
+
     aal2: Atlas = load_atlas("aal2")
     labels_img = voronoi_labels(aal2.xyz, voxel_mm)
-    root.mkdir(parents=True, exist_ok=True)
     nib.save(labels_img, root / "atlas-AAL2cells_dseg.nii.gz")
     pd.DataFrame({"index": np.arange(1, aal2.n_parcels + 1), "name": aal2.parcel_names}).to_csv(
         root / "atlas-AAL2cells_dseg.tsv", sep="\t", index=False)
@@ -187,7 +212,6 @@ def write_fmriprep_example(root: str | Path, *, subjects: int = 4, n_trs: int = 
     (deriv / "dataset_description.json").write_text(json.dumps(
         {"Name": "fMRIPrep (simulated layout)", "DatasetType": "derivative",
          "GeneratedBy": [{"Name": "brainlm.data.example_scans"}]}))
-    hcp = load_hcp7_aal2()
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels_img.dataobj)
     parcel_of_voxel = labels[np.nonzero(labels)] - 1
@@ -220,8 +244,6 @@ def write_fmriprep_example(root: str | Path, *, subjects: int = 4, n_trs: int = 
         rows.append({"participant_id": f"sub-{rec.subject}", "age": 22 + 3 * i, "sex": "FM"[i % 2],
                      "group": "patient" if i % 2 else "control"})
     pd.DataFrame(rows).to_csv(dataset / "participants.tsv", sep="\t", index=False)
-    return ExampleScans(dataset=dataset, derivatives=deriv, atlas_image=root / "atlas-AAL2cells_dseg.nii.gz",
-                        atlas_labels=root / "atlas-AAL2cells_dseg.tsv")
 
 
 __all__ = ["ExampleScans", "confounds_table", "paint", "voronoi_labels", "write_fmriprep_example"]

@@ -9,8 +9,6 @@ primitives in ``report.brain``, the network and group-attention figures in
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from brainlm.data.atomic import atomic_path  # noqa: E402
 from brainlm.errors import BrainLMInputError  # noqa: E402
 
 
@@ -28,15 +27,11 @@ def save_figure(fig, path: str | Path, dpi: int = 110, bbox_inches: str | None =
     goes through here: brain maps, forecasting curves and the report's own figures)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches=bbox_inches, facecolor="white")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches=bbox_inches, facecolor="white")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
