@@ -18,6 +18,38 @@ from brainlm.errors import BrainLMInputError
 MODES = ("random", "tiles")
 
 
+def tile_starts(n_trs: int, window_trs: int, stride: int | None = None) -> np.ndarray:
+    """First TR of every window of ``window_trs`` TRs that fits in ``n_trs`` TRs, from TR 0 in
+    steps of ``stride`` TRs (default: non-overlapping). Shape (W,), int64; empty when the
+    recording is shorter than one window (the tail shorter than a window is never used)."""
+    stride = int(stride or window_trs)
+    if n_trs < window_trs:
+        return np.zeros(0, dtype=np.int64)
+    return np.arange(0, n_trs - window_trs + 1, stride, dtype=np.int64)
+
+
+def tile(series: np.ndarray, window_trs: int, stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic tiles of one recording: series (T, P) -> (tiles (W, window_trs, P) float32,
+    starts (W,)). The one tiling used for evaluation and inference everywhere."""
+    starts = tile_starts(series.shape[0], window_trs, stride)
+    if starts.size == 0:
+        return np.zeros((0, window_trs, series.shape[1]), dtype=np.float32), starts
+    return np.stack([np.asarray(series[s:s + window_trs], dtype=np.float32) for s in starts]), starts
+
+
+def require_window(corpus: Corpus, split: str | None, window_trs: int, what: str = "window") -> None:
+    """Error, naming the corpus, when ``window_trs`` is longer than every recording of ``split``
+    (``what`` names the window in the message, e.g. "context + horizon")."""
+    rows = corpus.split_indices(split)
+    if rows.size == 0:
+        raise BrainLMInputError(f"split {split!r} has no recordings", corpus.path)
+    longest = int(corpus.manifest["n_trs"].to_numpy()[rows].max())
+    if longest < window_trs:
+        raise BrainLMInputError(
+            f"{what} of {window_trs} TRs is longer than every recording of split {split!r} "
+            f"(longest {longest} TRs at TR {corpus.tr} s)", corpus.path)
+
+
 class WindowDataset(Dataset):
     """Windows of ``window_trs`` TRs from the recordings of one split.
 
@@ -61,10 +93,9 @@ class WindowDataset(Dataset):
         self.n_dropped = int((~fits).sum())
         self.xyz = torch.from_numpy(np.array(self.corpus.atlas.xyz, dtype=np.float32))
         if mode == "tiles":
-            per = (self.lengths - self.window_trs) // self.stride + 1
-            self.tile_rows = np.repeat(self.rows, per)
-            first = np.repeat(np.cumsum(per) - per, per)
-            self.tile_starts = (np.arange(per.sum()) - first) * self.stride
+            starts = [tile_starts(int(n), self.window_trs, self.stride) for n in self.lengths]
+            self.tile_rows = np.repeat(self.rows, [len(s) for s in starts])
+            self.tile_starts = np.concatenate(starts)
         else:
             self.crops = int(crops_per_recording)
 
