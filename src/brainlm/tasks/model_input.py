@@ -20,8 +20,11 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
 from brainlm.data.recording import Recording
 from brainlm.data.scaling import pooled_scaling
+from brainlm.data.windows import tile
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
+from brainlm.model.checkpoint import load_pretrained
+from brainlm.model.masking import MaskSpec
 
 #: Contract fields that change the cleaned signal; a corpus must match the checkpoint on all.
 CLEANING_KEYS = ("target_tr", "drop_initial_trs", "percent_signal_change", "detrend", "high_pass_hz",
@@ -32,7 +35,47 @@ def load_model(checkpoint: str | Path | BrainLM, device: str = "cpu") -> BrainLM
     """A BrainLM from a checkpoint folder (``RUN/model``), or the model itself when given one."""
     if isinstance(checkpoint, BrainLM):
         return checkpoint
-    return BrainLM.from_pretrained(checkpoint, map_location=device)
+    return load_pretrained(checkpoint, map_location=device)
+
+
+def check_atlas(model: BrainLM, atlas: Atlas, *, transfer: bool = False, source: str | None = None) -> None:
+    """Error when ``atlas`` is not the one the model was pretrained on, unless ``transfer`` (the
+    coordinate embedding makes any atlas usable, but results differ)."""
+    if model.atlas is None or transfer or atlas.matches(model.atlas):
+        return
+    raise BrainLMInputError(
+        f"data are on atlas {atlas.name!r} ({atlas.n_parcels} parcels) but the model was "
+        f"pretrained on {model.atlas.name!r} ({model.atlas.n_parcels} parcels); pass "
+        "transfer_atlas=True (--transfer-atlas) to run it through parcel coordinates anyway", source)
+
+
+def preprocess(model: BrainLM, recording: Recording, *, transfer_atlas: bool = False) -> np.ndarray:
+    """The checkpoint's preprocessing contract on a raw recording: (T_out, P) float32, cleaned,
+    resampled to the contract's TR and robust-scaled with the pretraining statistics."""
+    if model.contract is None or not model.contract.is_fitted:
+        raise BrainLMInputError("this model has no fitted preprocessing contract; load a "
+                                "pretrained checkpoint or set model.contract", recording.source or recording.id)
+    check_atlas(model, recording.atlas, transfer=transfer_atlas, source=recording.source or recording.id)
+    return model.contract.transform(recording)
+
+
+def model_windows(model: BrainLM, data: np.ndarray, source: str | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Deterministic non-overlapping tiles of a preprocessed recording for ``model``.
+
+    data: (T, P) -> (windows Tensor (W, window_trs, P) float32, starts (W,) first TR of each);
+    an error naming ``source`` when T < window_trs.
+    """
+    w = model.config.window_trs
+    if data.shape[0] < w:
+        raise BrainLMInputError(f"recording has {data.shape[0]} TRs after preprocessing; the "
+                                f"model needs windows of {w} TRs", source)
+    tiles, starts = tile(data, w)
+    return torch.from_numpy(tiles), starts
+
+
+def parcel_xyz(atlas: Atlas) -> torch.Tensor:
+    """Parcel centres of ``atlas`` as the model's coordinate input: (P, 3) float32, MNI mm."""
+    return torch.from_numpy(np.array(atlas.xyz, dtype=np.float32))
 
 
 def open_corpus(corpus: str | Path | Corpus) -> Corpus:
@@ -281,3 +324,86 @@ def _from_recordings(model: BrainLM, recordings: list[Recording], transfer_atlas
         ids = {"recording_id": rec.id, "subject": rec.subject, "session": rec.session,
                "task": rec.task, "run": rec.run, "site": rec.site, **dict(rec.phenotypes)}
         yield ModelInput(ids=ids, windows=windows, xyz=xyz, atlas=atlas)
+
+
+@torch.inference_mode()
+def embed_windows(model: BrainLM, windows: torch.Tensor, xyz: torch.Tensor,
+                  batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder embeddings of windows with nothing masked.
+
+    windows: (W, T, P), xyz: (P, 3) mm -> (cls (W, D), mean over tokens (W, D)) float32 on CPU.
+    Deterministic: no masking, no shuffling, a fixed order of operations.
+    """
+    model.eval()
+    dev = next(model.parameters()).device
+    cls, mean = [], []
+    for i in range(0, len(windows), batch_size):
+        x = windows[i:i + batch_size].to(dev)
+        enc = model.forward_encoder(x, xyz.to(dev).expand(len(x), -1, -1))
+        cls.append(enc.latent[:, 0].float().cpu())
+        mean.append(enc.latent[:, 1:].mean(dim=1).float().cpu())
+    return torch.cat(cls), torch.cat(mean)
+
+
+@torch.inference_mode()
+def predict_masked(model: BrainLM, windows: torch.Tensor, xyz: torch.Tensor, mask: torch.Tensor,
+                   batch_size: int = 32) -> torch.Tensor:
+    """The model's reconstruction of masked windows.
+
+    windows: (W, T, P); xyz: (P, 3) mm; mask: (W, P, N) bool, True where hidden ->
+    predictions (W, T, P) float32 on CPU (every value, masked or not).
+    """
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for i in range(0, len(windows), batch_size):
+        x, m = windows[i:i + batch_size].to(dev), mask[i:i + batch_size].to(dev)
+        _, pred = model(x, xyz.to(dev).expand(len(x), -1, -1), m)
+        out.append(model.unpatchify(pred.float()).cpu())
+    return torch.cat(out)
+
+
+def token_mask_to_values(model: BrainLM, mask: torch.Tensor) -> np.ndarray:
+    """Token mask (W, P, N) -> value mask (W, T, P) bool, True where the model had to predict."""
+    return mask.repeat_interleave(model.config.patch_trs, dim=2).transpose(1, 2).cpu().numpy()
+
+
+def encode(model: BrainLM | str | Path, recordings: list[Recording] | Recording, *, batch_size: int = 32,
+           transfer_atlas: bool = False, target_tr: float | None = None) -> list[dict]:
+    """Embeddings of raw recordings, per window and averaged over each recording's windows.
+
+    Returns
+    -------
+    list of dict, one per recording: ``windows_cls``, ``windows_mean`` (W, D) float32,
+    ``cls``, ``mean`` (D,), and ``ids``.
+    """
+    model = load_model(model)
+    out = []
+    for item in model_inputs(model, recordings, transfer_atlas=transfer_atlas, target_tr=target_tr):
+        cls, mean = embed_windows(model, item.windows, item.xyz, batch_size)
+        out.append({"ids": item.ids, "windows_cls": cls.numpy(), "windows_mean": mean.numpy(),
+                    "cls": cls.mean(0).numpy(), "mean": mean.mean(0).numpy()})
+    return out
+
+
+def reconstruct(model: BrainLM | str | Path, recording: Recording, mask: MaskSpec | torch.Tensor = MaskSpec(),
+                *, seed: int = 0, transfer_atlas: bool = False) -> dict:
+    """Masked reconstruction of a raw recording's tiles.
+
+    Parameters
+    ----------
+    mask : MaskSpec (drawn with ``seed``) or bool Tensor (W, P, N).
+
+    Returns
+    -------
+    dict with ``target`` and ``prediction`` (W, T, P) in model input units, ``mask`` (W, T, P)
+    bool (True where the model had to predict) and ``starts`` (W,).
+    """
+    model = load_model(model)
+    data = preprocess(model, recording, transfer_atlas=transfer_atlas)
+    wins, starts = model_windows(model, data, source=recording.source or recording.id)
+    if isinstance(mask, MaskSpec):
+        mask = model.sample_mask(mask, len(wins), wins.shape[2], torch.Generator().manual_seed(seed))
+    pred = predict_masked(model, wins, parcel_xyz(recording.atlas), mask)
+    return {"target": wins.numpy(), "prediction": pred.numpy(), "mask": token_mask_to_values(model, mask),
+            "starts": starts}
