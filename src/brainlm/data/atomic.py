@@ -1,7 +1,15 @@
-"""Writes that never leave a half-written file: write to a temporary name, then rename."""
+"""Writes that never leave a half-written file or folder: write to a temporary name, then rename.
+
+* :func:`atomic_path` and the ``write_*_atomic`` functions: one file;
+* :func:`atomic_directory`: a folder published whole (results, checkpoints, corpora);
+* :func:`to_json` / :func:`write_json`: the one JSON encoding (numpy scalars and arrays, paths;
+  NaN and infinities become ``null``, never the invalid ``NaN`` token).
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -11,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from brainlm.errors import BrainLMInputError
 
 
 @contextmanager
@@ -58,3 +68,57 @@ def publish_directory(finished: str | Path, target: str | Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(finished, target)
+
+
+@contextmanager
+def atomic_directory(target: str | Path, *, overwrite: bool = False, suffix: str = "") -> Iterator[Path]:
+    """A private temporary folder beside ``target`` to build in; published as ``target`` in one
+    rename when the block ends without an error, deleted otherwise.
+
+    An existing ``target`` is an error naming it (before any work) unless ``overwrite``, and
+    then it is replaced only once the new folder is complete, so readers see the old folder or
+    the whole new one. The published folder gets the permissions the umask allows (temporary
+    folders are private), like any other folder the user creates.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise BrainLMInputError("output folder exists; pass overwrite=True (--overwrite) to replace it",
+                                str(target))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent))
+    try:
+        yield build
+        umask = os.umask(0)
+        os.umask(umask)
+        build.chmod(0o777 & ~umask)
+        publish_directory(build, target)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+
+
+def _plain(value):
+    """``value`` with numpy types, paths and non-finite floats made JSON-safe (recursively)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def to_json(value, indent: int | None = 2) -> str:
+    """The JSON text of ``value``: numpy scalars and arrays become numbers and lists, paths
+    strings, NaN and infinities ``null``; anything else not serialisable is a TypeError."""
+    return json.dumps(_plain(value), indent=indent, allow_nan=False)
+
+
+def write_json(path: str | Path, value, indent: int | None = 2) -> None:
+    """Write :func:`to_json` of ``value`` to ``path`` atomically."""
+    write_text_atomic(path, to_json(value, indent))
