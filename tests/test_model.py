@@ -4,6 +4,7 @@ import torch
 
 from brainlm import BrainLMInputError
 from brainlm.model import BrainLM, BrainLMConfig, MaskSpec, masked_mse, preset
+from brainlm.tasks.model_input import model_windows
 
 
 def small(**kw):
@@ -96,7 +97,22 @@ def test_bad_shapes():
     with pytest.raises(BrainLMInputError, match="unknown preset"):
         preset("huge")
     with pytest.raises(BrainLMInputError, match="needs windows of 40"):
-        model.windows(np.zeros((20, 4), dtype=np.float32))
+        model_windows(model, np.zeros((20, 4), dtype=np.float32))
+
+
+def test_tiles_for_the_model_are_deterministic_non_overlapping_windows():
+    model = small()
+    x = np.arange(130 * 4, dtype=np.float32).reshape(130, 4)
+    wins, starts = model_windows(model, x)
+    assert wins.shape == (3, 40, 4) and starts.tolist() == [0, 40, 80]
+    np.testing.assert_array_equal(wins[1].numpy(), x[40:80])  # the 10-TR tail is not used
+
+
+def test_the_model_file_is_a_pure_module():
+    """The nn.Module knows tensors only: data handling and checkpoint I/O live elsewhere."""
+    for name in ("preprocess", "windows", "encode", "reconstruct", "forecast", "check_atlas",
+                 "save_pretrained", "from_pretrained", "embed_windows"):
+        assert not hasattr(BrainLM, name), name
 
 
 def _group_loop_decoder(model: BrainLM, h: torch.Tensor) -> torch.Tensor:

@@ -340,7 +340,7 @@ def test_write_cohort_is_atomic_and_refuses_to_overwrite(tmp_path, small):
         write_cohort(breaks_midway(), out)
     assert list(tmp_path.iterdir()) == []  # neither the cohort nor a partial folder
     write_cohort(small, out)
-    with pytest.raises(BrainLMInputError, match="already exists"):
+    with pytest.raises(BrainLMInputError, match="output folder exists"):
         write_cohort(small[:2], out)
     write_cohort(small[:2], out, overwrite=True)
     assert len(pd.read_csv(out / "participants.tsv", sep="\t")) == 2

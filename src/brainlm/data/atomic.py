@@ -23,6 +23,13 @@ import pandas as pd
 from brainlm.errors import BrainLMInputError
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it; it is put back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary file name beside ``path`` to write to; renamed to ``path`` when the block ends
@@ -33,6 +40,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        # mkstemp files are private (0600); the result gets the permissions the umask gives any
+        # other file the user writes.
+        tmp.chmod(0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -78,7 +88,8 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False, suffix: str
     An existing ``target`` is an error naming it (before any work) unless ``overwrite``, and
     then it is replaced only once the new folder is complete, so readers see the old folder or
     the whole new one. The published folder gets the permissions the umask allows (temporary
-    folders are private), like any other folder the user creates.
+    folders are private), like any other folder the user creates; so do files written in it
+    with :func:`atomic_path`.
     """
     target = Path(target)
     if target.exists() and not overwrite:
@@ -88,9 +99,7 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False, suffix: str
     build = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent))
     try:
         yield build
-        umask = os.umask(0)
-        os.umask(umask)
-        build.chmod(0o777 & ~umask)
+        build.chmod(0o777 & ~_umask())
         publish_directory(build, target)
     finally:
         shutil.rmtree(build, ignore_errors=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import resample_poly
 
+from brainlm.data.atomic import write_json
 from brainlm.data.recording import Recording
 from brainlm.data.scaling import robust_scale
 from brainlm.errors import BrainLMInputError
@@ -289,9 +290,7 @@ class PreprocessingContract:
 
     def save(self, path: str | Path) -> None:
         """Write as JSON (atomically: a temporary file renamed into place)."""
-        from brainlm.data.atomic import write_text_atomic
-
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2))
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "PreprocessingContract":

@@ -13,8 +13,6 @@ written beside it (so confound regression has something real to remove).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainlm.data.atlas import Atlas
-from brainlm.data.atomic import publish_directory
+from brainlm.data.atlas import Atlas, load_atlas
+from brainlm.data.atomic import atomic_directory
+from brainlm.data.samples import load_hcp7_aal2
 from brainlm.errors import BrainLMInputError
 
 SPACE = "MNI152NLin2009cAsym"
@@ -168,8 +167,6 @@ def write_fmriprep_example(root: str | Path, *, subjects: int = 4, n_trs: int = 
     -------
     ExampleScans
     """
-    from brainlm.data.samples import load_hcp7_aal2
-
     if not 1 <= subjects <= 7 or not 2 <= n_trs <= 1200:
         raise BrainLMInputError(f"subjects={subjects}, n_trs={n_trs}; expected 1-7 subjects "
                                 "and 2-1200 volumes (the embedded HCP data)")
@@ -180,13 +177,9 @@ def write_fmriprep_example(root: str | Path, *, subjects: int = 4, n_trs: int = 
     if final.exists() and (not final.is_dir() or any(final.iterdir())) and not overwrite:
         raise BrainLMInputError("folder exists and is not empty; pass overwrite=True to replace it",
                                 str(final))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    # An empty folder may be filled; anything else was refused above unless overwrite.
+    with atomic_directory(final, overwrite=True) as root:
         _write_tree(root, load_hcp7_aal2(), subjects, n_trs, voxel_mm, spikes_in_last, other_space, seed)
-        publish_directory(root, final)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
     dataset = final / "dataset"
     return ExampleScans(dataset=dataset, derivatives=dataset / "derivatives" / "fmriprep",
                         atlas_image=final / "atlas-AAL2cells_dseg.nii.gz",
@@ -196,8 +189,6 @@ def write_fmriprep_example(root: str | Path, *, subjects: int = 4, n_trs: int = 
 def _write_tree(root: Path, hcp, subjects: int, n_trs: int, voxel_mm: int, spikes_in_last, other_space: bool,
                 seed: int) -> None:
     import nibabel as nib
-
-    from brainlm.data.atlas import load_atlas
 
     aal2: Atlas = load_atlas("aal2")
     labels_img = voronoi_labels(aal2.xyz, voxel_mm)

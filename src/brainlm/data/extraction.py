@@ -17,8 +17,9 @@ import numpy as np
 from brainlm.data.atlas import Atlas
 from brainlm.data.fmriprep import ConfoundStrategy, denoise
 from brainlm.data.readers import RawSeries
-from brainlm.data.surfaces import SurfaceAtlas, is_surface_atlas_file, load_surface_atlas
-from brainlm.data.volumes import VolumeAtlas, load_volume_atlas
+from brainlm.data.surfaces import (SurfaceAtlas, extract_surface_signals, is_surface_atlas_file,
+                                   load_surface_atlas, read_cifti_series, read_gifti_series)
+from brainlm.data.volumes import VolumeAtlas, extract_volume_signals, load_volume_atlas
 from brainlm.errors import BrainLMInputError
 
 
@@ -86,7 +87,6 @@ class ImageParcellation:
             if self.surface:
                 raise BrainLMInputError("a volumetric scan needs a volumetric atlas image "
                                         "(the atlas given is a surface atlas)", source)
-            from brainlm.data.volumes import extract_volume_signals
 
             sig = extract_volume_signals(files[0], self.atlas_image, mask=mask,
                                          read_volumes=self.read_volumes)
@@ -96,8 +96,6 @@ class ImageParcellation:
             if not self.surface:
                 raise BrainLMInputError("a surface scan (GIfTI/CIFTI) needs a surface atlas "
                                         "(.annot or .label.gii pair, or .dlabel.nii)", source)
-            from brainlm.data.surfaces import (extract_surface_signals, read_cifti_series,
-                                               read_gifti_series)
 
             if kind == "gifti":
                 data = read_gifti_series(files[0], files[1])

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from brainlm.data.volumes import is_nifti
 from brainlm.errors import BrainLMInputError
 
 #: Preset strategies of nilearn's ``load_confounds_strategy``, plus ``none``.
@@ -306,8 +307,6 @@ def find_scans(paths: Sequence[str | Path], *, surface: bool, space: str | None 
     -------
     list of Scan, sorted by file name.
     """
-    from brainlm.data.volumes import is_nifti
-
     scans: list[Scan] = []
     for p in map(Path, paths):
         if p.is_dir():

@@ -33,12 +33,17 @@ from brainlm.data.atlas import Atlas
 from brainlm.data.atomic import publish_directory, write_parquet_atomic, write_text_atomic
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import CORPUS_FORMAT, CORPUS_VERSION, MANIFEST_COLUMNS, Corpus
+from brainlm.data.extraction import ImageParcellation, load_atlas_image
+from brainlm.data.fmriprep import confounds_file_for, find_scans, parse_confound_strategy, participants_file
 from brainlm.data.recording import Recording
-from brainlm.data.scaling import QuartileHistogram, QuartileRange, scaling_from_quartiles
+from brainlm.data.scaling import QuartileHistogram, QuartileRange, recording_quartiles, scaling_from_quartiles
 from brainlm.data.sources import (SourceSpec, attach_phenotypes, check_unique_ids, discover_files,
                                   specs_from_files, specs_from_recordings, specs_from_scans)
 from brainlm.data.splits import assign_splits
+from brainlm.data.surfaces import SurfaceAtlas
+from brainlm.data.volumes import AtlasResampledWarning, VolumeAtlas
 from brainlm.errors import BrainLMInputError
+from brainlm.version import __version__
 
 TOO_SHORT_POLICIES = ("skip", "error")
 ON_ERROR_POLICIES = ("fail", "skip")
@@ -279,8 +284,6 @@ def prepare_corpus(
     if parcellation is not None:
         ingestion = _ingestion_record(parcellation, records, space, res)
         write_parquet_atomic(_ingestion_table(records), build / "ingestion.parquet")
-    from brainlm import __version__
-
     info = {
         "format": CORPUS_FORMAT, "version": CORPUS_VERSION, "brainlm_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -306,10 +309,6 @@ def _check_choice(value, allowed, name):
 
 
 def _image_parcellation(atlas, atlas_image, atlas_labels, surface_mesh, read_volumes, contract):
-    from brainlm.data.extraction import ImageParcellation, load_atlas_image
-    from brainlm.data.surfaces import SurfaceAtlas
-    from brainlm.data.volumes import VolumeAtlas
-
     if atlas is not None:
         raise BrainLMInputError("pass either atlas (--atlas: parcellated time series) or atlas_image "
                                 "(--atlas-image: scans), not both; an atlas image defines its own "
@@ -329,7 +328,6 @@ def _with_confounds(parcellation, confounds, options, max_censored, specs):
     scans, which have a confounds table beside them; ``none`` otherwise)."""
     from dataclasses import replace
 
-    from brainlm.data.fmriprep import confounds_file_for, parse_confound_strategy
 
     if confounds == "auto" or confounds is None:
         has_tables = any(s.path is not None and s.kind != "table" and confounds_file_for(s.path)
@@ -350,8 +348,6 @@ def _collect_specs(sources, tr, parcellation=None, space=None, res=None) -> tupl
     specs: list[SourceSpec] = specs_from_recordings(recordings)
     found_participants = None
     if paths and parcellation is not None:
-        from brainlm.data.fmriprep import find_scans, participants_file
-
         specs += specs_from_scans(find_scans(paths, surface=parcellation.surface, space=space, res=res),
                                   tr=tr)
         found = sorted({str(f) for f in map(participants_file, paths) if f is not None})
@@ -455,8 +451,14 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return lambda: None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TimeElapsedColumn(), TimeRemainingColumn())
@@ -501,7 +503,6 @@ def _process_one(spec: SourceSpec, build: Path, atlas: Atlas, contract: Preproce
         return result
     import zarr
 
-    from brainlm.data.scaling import recording_quartiles
 
     group = zarr.open_group(build / "timeseries.zarr", mode="a")
     arr = group.create_array(spec.recording_id, shape=cleaned.data.shape, dtype="float32",
@@ -520,8 +521,6 @@ def _process_one(spec: SourceSpec, build: Path, atlas: Atlas, contract: Preproce
 def _ingestion_record(parcellation, records: list[dict], space, res) -> dict:
     """What turned scans into parcel series (``corpus.json`` -> ``ingestion``); warns once per
     distinct note (e.g. the atlas was resampled to the data grid)."""
-    from brainlm.data.volumes import AtlasResampledWarning
-
     notes: dict[str, int] = {}
     for r in records:
         for note in r.get("extraction", {}).get("notes", []):

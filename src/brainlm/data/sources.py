@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from brainlm.data.atlas import Atlas
+from brainlm.data.participants import phenotypes_for, read_participants
+from brainlm.data.readers import _sidecar_path, is_timeseries_file, read_sidecar_tr, read_timeseries
 from brainlm.data.recording import Recording, recording_id
 from brainlm.errors import BrainLMInputError
 
@@ -75,7 +77,6 @@ class SourceSpec:
             raise BrainLMInputError(
                 f"a {self.kind} scan must be parcellated with an atlas image (--atlas-image); "
                 "--atlas reads only parcellated time series", self.label)
-        from brainlm.data.readers import read_timeseries
 
         raw = read_timeseries(self.path, key=key, orientation=orientation, n_parcels=atlas.n_parcels)
         return self.to_recording(raw, atlas)
@@ -90,8 +91,6 @@ class SourceSpec:
                 f"TR conflict: the file says {raw.tr} s, the sidecar/--tr says {tr} s", self.label)
         tr = tr if tr is not None else raw.tr
         if tr is None:
-            from brainlm.data.readers import _sidecar_path
-
             hint = (f"; the NIfTI header says {header_tr:g} s: pass --tr {header_tr:g} if that is "
                     "right" if header_tr else "")
             raise BrainLMInputError(
@@ -132,8 +131,6 @@ def parse_entities(path: Path) -> dict[str, str]:
 def discover_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
     """Time-series files under ``paths`` (files taken as given, folders searched recursively),
     and any ``participants.tsv`` found at the top of a given folder."""
-    from brainlm.data.readers import is_timeseries_file
-
     files: list[Path] = []
     participants: list[Path] = []
     for p in map(Path, paths):
@@ -161,8 +158,6 @@ def discover_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]
 def specs_from_files(files: Iterable[Path], *, tr: float | None = None) -> list[SourceSpec]:
     """One SourceSpec per file: ids from BIDS entities (the file stem when there is no ``sub-``),
     TR from ``tr`` and/or the JSON sidecar (a disagreement is an error)."""
-    from brainlm.data.readers import read_sidecar_tr
-
     specs = []
     for f in files:
         ent = parse_entities(f)
@@ -180,8 +175,6 @@ def specs_from_files(files: Iterable[Path], *, tr: float | None = None) -> list[
 def specs_from_scans(scans, *, tr: float | None = None) -> list[SourceSpec]:
     """One SourceSpec per scan found by :func:`brainlm.data.fmriprep.find_scans`; TR from the
     JSON sidecar (of either hemisphere for GIfTI) and/or ``tr`` (a disagreement is an error)."""
-    from brainlm.data.readers import read_sidecar_tr
-
     specs = []
     for scan in scans:
         first = scan.files[0]
@@ -226,8 +219,6 @@ def attach_phenotypes(specs: Sequence[SourceSpec], participants_path: Path, *,
 
     Returns the phenotype column names.
     """
-    from brainlm.data.participants import phenotypes_for, read_participants
-
     table = read_participants(participants_path, id_column=id_column)
     pheno = phenotypes_for(table, [s.subject for s in specs], source=str(participants_path),
                            allow_missing=allow_missing)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from brainlm.data.atlas import Atlas
+from brainlm.data.volumes import read_labels_table
 from brainlm.errors import BrainLMInputError
 
 HEMISPHERES = ("left", "right")
@@ -268,8 +269,6 @@ def load_surface_atlas(files: str | Path | Sequence[str | Path], labels: str | P
         raise BrainLMInputError("surface atlas has no label other than background", srcs)
     networks = None
     if labels is not None:
-        from brainlm.data.volumes import read_labels_table
-
         table = read_labels_table(labels)
         values = [v for _, v, _ in parcels]
         if len(set(values)) != len(values):

@@ -1,4 +1,4 @@
-"""The BrainLM masked autoencoder.
+"""The BrainLM masked autoencoder: embeddings, encoder, decoder and loss (no I/O, no data handling).
 
 Each parcel's window (``window_trs`` TRs) is cut into ``n_patches`` patches of ``patch_trs``
 TRs; every (parcel, patch) is a token, so a window of P parcels is ``L = P * n_patches`` tokens
@@ -6,19 +6,24 @@ plus a CLS token. A token's embedding is ``Linear(patch)`` + the parcel's coordi
 a sinusoidal embedding of the patch index. The encoder sees the visible tokens only; a lighter
 decoder gets them back in place, with a learned mask token elsewhere, and predicts the
 ``patch_trs`` values of every token; the loss is the MSE over masked tokens only.
+
+Shapes: B windows, T = ``window_trs`` TRs, P parcels, N = ``n_patches`` patches per parcel,
+k = ``patch_trs`` TRs per patch, L = P * N tokens, D the encoder width.
+
+Turning recordings, files and corpora into model input (the preprocessing contract, atlas
+checks, tiling, batching) is :mod:`brainlm.tasks.model_input`; reading and writing checkpoints
+is :mod:`brainlm.model.checkpoint`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from brainlm.data.atlas import Atlas
 from brainlm.data.contract import PreprocessingContract
-from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.model.config import BrainLMConfig
 from brainlm.model.layers import Block, CoordinateEmbedding, sinusoidal_positions
@@ -43,9 +48,10 @@ class BrainLM(nn.Module):
     ----------
     config : BrainLMConfig
     contract : PreprocessingContract, optional
-        How raw data become model input (set by pretraining; saved with the checkpoint).
+        How raw data became the pretraining input (set by pretraining, saved with the
+        checkpoint). Carried, never used here: :mod:`brainlm.tasks.model_input` applies it.
     atlas : Atlas, optional
-        The parcellation the model was pretrained on (saved with the checkpoint).
+        The parcellation the model was pretrained on (carried like ``contract``).
     """
 
     def __init__(self, config: BrainLMConfig, contract: PreprocessingContract | None = None,
@@ -170,133 +176,12 @@ class BrainLM(nn.Module):
         pred = self.forward_decoder(enc, xyz, x.shape[2])
         return masked_mse(pred, self.patchify(x), mask), pred
 
-    # -- inference ----------------------------------------------------------------------------
-    def preprocess(self, recording: Recording) -> np.ndarray:
-        """The checkpoint's preprocessing contract on a raw recording: [T_out, P] float32."""
-        if self.contract is None or not self.contract.is_fitted:
-            raise BrainLMInputError("this model has no fitted preprocessing contract; load a "
-                                    "pretrained checkpoint or set model.contract")
-        self.check_atlas(recording.atlas, source=recording.source or recording.id)
-        return self.contract.transform(recording)
-
-    def check_atlas(self, atlas: Atlas, *, transfer: bool = False, source: str | None = None) -> None:
-        """Error when ``atlas`` is not the one the model was trained on, unless ``transfer``
-        (the coordinate embedding makes any atlas usable, but results differ)."""
-        if self.atlas is None or transfer or atlas.matches(self.atlas):
-            return
-        raise BrainLMInputError(
-            f"data are on atlas {atlas.name!r} ({atlas.n_parcels} parcels) but the model was "
-            f"pretrained on {self.atlas.name!r} ({self.atlas.n_parcels} parcels); pass "
-            "transfer_atlas=True (--transfer-atlas) to run it through parcel coordinates anyway",
-            source)
-
-    def windows(self, data: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        """Deterministic non-overlapping tiles of a preprocessed recording.
-
-        data: [T, P] -> (windows [W, window_trs, P], starts [W]); error if T < window_trs.
-        """
-        w = self.config.window_trs
-        if data.shape[0] < w:
-            raise BrainLMInputError(f"recording has {data.shape[0]} TRs after preprocessing; the "
-                                    f"model needs windows of {w} TRs")
-        starts = np.arange(0, data.shape[0] - w + 1, w)
-        tiles = np.stack([data[s:s + w] for s in starts])
-        return torch.from_numpy(tiles), starts
-
-    @torch.inference_mode()
-    def embed_windows(self, windows: torch.Tensor, xyz: torch.Tensor, batch_size: int = 32):
-        """windows: [W, T, P], xyz: [P, 3] -> (cls [W, D], mean [W, D]) with nothing masked.
-
-        Deterministic: no masking, no shuffling, fixed order of operations.
-        """
-        self.eval()
-        dev = next(self.parameters()).device
-        cls, mean = [], []
-        for i in range(0, len(windows), batch_size):
-            x = windows[i:i + batch_size].to(dev)
-            enc = self.forward_encoder(x, xyz.to(dev).expand(len(x), -1, -1))
-            cls.append(enc.latent[:, 0].float().cpu())
-            mean.append(enc.latent[:, 1:].mean(dim=1).float().cpu())
-        return torch.cat(cls), torch.cat(mean)
-
-    def encode(self, recordings: list[Recording], batch_size: int = 32, transfer_atlas: bool = False):
-        """Embeddings of each recording, per window and averaged over its windows.
-
-        Returns
-        -------
-        list of dict, one per recording: ``windows_cls``, ``windows_mean`` [W, D] float32 numpy,
-        ``starts`` [W] (first TR of each window, at the contract's TR), ``cls``, ``mean`` [D].
-        """
-        out = []
-        for rec in recordings:
-            self.check_atlas(rec.atlas, transfer=transfer_atlas, source=rec.source or rec.id)
-            data = self.contract.transform(rec) if self.contract is not None else rec.timeseries
-            wins, starts = self.windows(data)
-            xyz = torch.from_numpy(np.array(rec.atlas.xyz, dtype=np.float32))
-            cls, mean = self.embed_windows(wins, xyz, batch_size)
-            out.append({"windows_cls": cls.numpy(), "windows_mean": mean.numpy(), "starts": starts,
-                        "cls": cls.mean(0).numpy(), "mean": mean.mean(0).numpy()})
-        return out
-
-    @torch.inference_mode()
-    def reconstruct(self, recording: Recording, mask: MaskSpec | torch.Tensor = MaskSpec(),
-                    seed: int = 0, transfer_atlas: bool = False) -> dict:
-        """Masked reconstruction of a recording's tiles.
-
-        Parameters
-        ----------
-        mask : MaskSpec (drawn with ``seed``) or bool tensor [W, P, N].
-
-        Returns
-        -------
-        dict with ``target`` and ``prediction`` [W, T, P] (model input units), ``mask`` [W, T, P]
-        bool (True where the model had to predict), ``starts`` [W].
-        """
-        self.eval()
-        self.check_atlas(recording.atlas, transfer=transfer_atlas, source=recording.source)
-        data = self.contract.transform(recording) if self.contract is not None else recording.timeseries
-        wins, starts = self.windows(data)
-        p = wins.shape[2]
-        if isinstance(mask, MaskSpec):
-            mask = self.sample_mask(mask, len(wins), p, torch.Generator().manual_seed(seed))
-        dev = next(self.parameters()).device
-        xyz = torch.from_numpy(np.array(recording.atlas.xyz, dtype=np.float32)).expand(len(wins), -1, -1)
-        _, pred = self.forward(wins.to(dev), xyz.to(dev), mask.to(dev))
-        k = self.config.patch_trs
-        return {"target": wins.numpy(), "prediction": self.unpatchify(pred.float()).cpu().numpy(),
-                "mask": mask.repeat_interleave(k, dim=2).transpose(1, 2).cpu().numpy(), "starts": starts}
-
-    def forecast(self, recording, horizon: int, **kwargs):
-        """Forecast the ``horizon`` TRs after a recording: [horizon, P] in model input units.
-
-        Each pass hides the last ``step_trs`` TRs of a window (the future mask) and predicts
-        them from the rest; longer horizons are rolled out by feeding predictions back. Keyword
-        arguments (``step_trs``, ``context_end``, ``transfer_atlas``) and details:
-        :func:`brainlm.tasks.forecasting.api.forecast`.
-        """
-        from brainlm.tasks.forecasting.api import forecast
-
-        return forecast(self, recording, horizon, **kwargs)
-
     # -- bookkeeping --------------------------------------------------------------------------
     def count_parameters(self) -> dict[str, int]:
         """Trainable parameters: encoder (incl. embeddings), decoder, total."""
         dec = sum(p.numel() for n, p in self.named_parameters() if n.startswith(("decoder", "mask_token")))
         total = sum(p.numel() for p in self.parameters())
         return {"encoder": total - dec, "decoder": dec, "total": total}
-
-    def save_pretrained(self, directory) -> None:
-        """Write safetensors weights, config, contract and atlas (see ``model.checkpoint``)."""
-        from brainlm.model.checkpoint import save_pretrained
-
-        save_pretrained(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory, map_location: str = "cpu") -> "BrainLM":
-        """Load a checkpoint written by :meth:`save_pretrained` (strict, sha256-verified)."""
-        from brainlm.model.checkpoint import load_pretrained
-
-        return load_pretrained(directory, map_location=map_location)
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

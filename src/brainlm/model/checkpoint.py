@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
 from brainlm.data.atlas import Atlas
-from brainlm.data.atomic import publish_directory, write_text_atomic
+from brainlm.data.atomic import atomic_directory, write_json
 from brainlm.data.contract import PreprocessingContract
 from brainlm.errors import BrainLMInputError
+from brainlm.model.brainlm import BrainLM
+from brainlm.model.config import BrainLMConfig
+from brainlm.version import __version__
 
 FORMAT = "brainlm-checkpoint"
 WEIGHTS = "model.safetensors"
@@ -36,38 +40,26 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_pretrained(model, directory) -> None:
-    """Write ``model`` to ``directory`` atomically (a temporary folder renamed into place)."""
-    from safetensors.torch import save_file
-
-    from brainlm import __version__
-
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+def save_pretrained(model: BrainLM, directory, *, extra: dict[str, dict] | None = None) -> None:
+    """Write ``model`` (weights, config, and the contract and atlas it carries) to ``directory``,
+    published whole (built in a temporary folder, then renamed; an existing checkpoint is
+    replaced only once the new one is complete). ``extra`` maps further JSON file names to
+    their content (e.g. a forecaster's ``forecasting.json``)."""
+    with atomic_directory(directory, overwrite=True) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
-        config = {"format": FORMAT, "brainlm_version": __version__, "model": model.config.to_dict(),
-                  "sha256": sha256_file(tmp / WEIGHTS)}
-        write_text_atomic(tmp / "config.json", json.dumps(config, indent=2))
+        write_json(tmp / "config.json", {"format": FORMAT, "brainlm_version": __version__,
+                                         "model": model.config.to_dict(), "sha256": sha256_file(tmp / WEIGHTS)})
         if model.contract is not None:
             model.contract.save(tmp / "contract.json")
         if model.atlas is not None:
-            write_text_atomic(tmp / "atlas.json", json.dumps(model.atlas.to_dict()))
-        publish_directory(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            write_json(tmp / "atlas.json", model.atlas.to_dict(), indent=None)
+        for name, content in (extra or {}).items():
+            write_json(tmp / name, content)
 
 
-def load_pretrained(directory, map_location: str = "cpu"):
+def load_pretrained(directory, map_location: str = "cpu") -> BrainLM:
     """Read a checkpoint folder; see the module docstring for what is checked."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from brainlm.model.brainlm import BrainLM
-    from brainlm.model.config import BrainLMConfig
-
     directory = Path(directory)
     cfg_path, weights = directory / "config.json", directory / WEIGHTS
     for p in (cfg_path, weights):

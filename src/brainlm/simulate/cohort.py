@@ -38,8 +38,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,11 +48,13 @@ import numpy as np
 import pandas as pd
 
 from brainlm.data.atlas import Atlas
+from brainlm.data.atomic import atomic_directory, write_json
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.simulate.connectomes import Connectome, check_atlas_name, load_connectome
 from brainlm.simulate.hemodynamics import BalloonParameters
 from brainlm.simulate.neural import simulate_bold
+from brainlm.version import __version__
 
 __all__ = ["DEFAULT_SITES", "LatentEffects", "ModelSettings", "SimulatedRecording", "Site",
            "iter_cohort", "simulate_cohort", "write_cohort"]
@@ -762,12 +762,7 @@ def write_cohort(recordings: Iterable[Recording], out_dir: str | Path, *, fmt: s
     if fmt not in FORMATS:
         raise BrainLMInputError(f"field 'fmt' is {fmt!r}; expected one of {list(FORMATS)}",
                                 str(out))
-    if out.exists() and not overwrite:
-        raise BrainLMInputError("output folder already exists; pass overwrite=True (--overwrite) "
-                                "to replace it", str(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with atomic_directory(out, overwrite=overwrite, suffix=".partial") as build:
         rows, atlases = [], set()
         for rec in recordings:
             rows.append(_write_recording(rec, build, fmt))
@@ -784,8 +779,7 @@ def write_cohort(recordings: Iterable[Recording], out_dir: str | Path, *, fmt: s
                                                 if c not in known and c != "participant_id"]
         table[columns].to_csv(build / "participants.tsv", sep="\t", index=False, na_rep="n/a")
         described = {c: _COLUMN_DESCRIPTIONS[c] for c in columns if c in _COLUMN_DESCRIPTIONS}
-        (build / "participants.json").write_text(json.dumps(described, indent=2))
-        from brainlm import __version__
+        write_json(build / "participants.json", described)
 
         description = {"Name": "brainlm synthetic resting-state cohort", "BIDSVersion": "1.9.0",
                        "DatasetType": "derivative",
@@ -793,11 +787,7 @@ def write_cohort(recordings: Iterable[Recording], out_dir: str | Path, *, fmt: s
                        "Atlas": sorted(atlases)}
         if settings is not None:
             description["SimulationSettings"] = settings
-        (build / "dataset_description.json").write_text(json.dumps(description, indent=2))
-        _publish(build, out, overwrite)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
+        write_json(build / "dataset_description.json", description)
     return out
 
 
@@ -822,15 +812,3 @@ def _write_recording(rec: Recording, root: Path, fmt: str) -> dict:
         row["site"] = rec.site
     return row
 
-
-def _publish(build: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished build into place; an old cohort is removed only after that."""
-    old = None
-    if out.exists():
-        if not overwrite:
-            raise BrainLMInputError("output folder appeared while writing; not replaced", str(out))
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(build, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

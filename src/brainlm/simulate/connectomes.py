@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from brainlm.data.atlas import Atlas, load_atlas
-from brainlm.data.samples import load_packaged_npz
+from brainlm.data.samples import load_hcp7_aal2, load_packaged_npz
 from brainlm.errors import BrainLMInputError
 
 __all__ = ["SIMULATION_ATLASES", "Connectome", "check_atlas_name", "functional_coupling",
@@ -221,7 +221,6 @@ def reference_fc(atlas: str) -> np.ndarray:
     if name == "aal2":
         from scipy.signal import detrend
 
-        from brainlm.data.samples import load_hcp7_aal2
 
         fcs = [np.corrcoef(detrend(r.timeseries.astype(np.float64), axis=0), rowvar=False)
                for r in load_hcp7_aal2()]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from brainlm.errors import BrainLMInputError
+from brainlm.simulate.hemodynamics import BalloonParameters, BalloonWindkessel
 
 __all__ = ["HopfNetwork", "simulate_bold"]
 
@@ -137,8 +138,6 @@ def simulate_bold(coupling: np.ndarray, *, frequency_hz, bifurcation, noise, tr:
     ndarray, shape (B, n_trs, P), float32
         BOLD signal change in percent, one row per TR starting after the burn-in.
     """
-    from brainlm.simulate.hemodynamics import BalloonParameters, BalloonWindkessel
-
     b, p, _ = np.shape(coupling)
     if len(rngs) != b:
         raise BrainLMInputError(f"field 'rngs' has {len(rngs)} noise streams; expected one per "

@@ -15,8 +15,7 @@ import pandas as pd
 import torch
 
 from brainlm.data.atomic import write_parquet_atomic
-from brainlm.model.brainlm import BrainLM
-from brainlm.tasks.model_input import recording_windows
+from brainlm.tasks.model_input import embed_windows, load_model, recording_windows
 
 
 def embed(checkpoint: str | Path, data: list[str | Path], out: str | Path | None = None, *,
@@ -24,11 +23,11 @@ def embed(checkpoint: str | Path, data: list[str | Path], out: str | Path | None
           key: str | None = None, transfer_atlas: bool = False, batch_size: int = 32,
           device: str = "cpu") -> pd.DataFrame:
     """Embeddings of every recording in ``data``; written to ``out`` (Parquet) when given."""
-    model = BrainLM.from_pretrained(checkpoint, map_location=device)
+    model = load_model(checkpoint, device)
     rows = []
     for ids, windows, starts, xyz in recording_windows(model, data, tr=tr, orientation=orientation,
                                                        key=key, transfer_atlas=transfer_atlas):
-        cls, mean = model.embed_windows(windows, xyz, batch_size)
+        cls, mean = embed_windows(model, windows, xyz, batch_size)
         if per_window:
             for k, s in enumerate(starts):
                 rows.append({**ids, "start_tr": int(s), **_columns(cls[k], mean[k])})

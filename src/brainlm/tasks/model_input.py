@@ -1,9 +1,18 @@
-"""A checkpoint's view of its input data: corpora, time-series files or recordings as model input.
+"""The one road from data to model input: corpora, time-series files or recordings as a
+checkpoint's windows, and the model's forward passes on them.
 
 A corpus stores cleaned, unscaled recordings; the model expects them cleaned the way its
-pretraining data were and scaled with its pretraining statistics. Every task reads data through
-here (reconstruction, prediction, ``brainlm embed``, attention, networks and group maps), so all
-of them see the same numbers and the same contract checks.
+pretraining data were and scaled with its pretraining statistics. Every task and the demo read
+data through here (reconstruction, prediction, forecasting, ``brainlm embed``, attention,
+networks and group maps), so all of them see the same numbers and refuse the same mismatches.
+
+* loading: :func:`load_model`, :func:`open_corpus`;
+* the checkpoint's contract: :func:`check_atlas`, :func:`preprocess` (a raw recording),
+  :func:`model_scaler` (a corpus: its cleaning must match), :func:`iter_model_input`;
+* windows: :func:`model_windows` (deterministic tiles), :func:`recording_windows` and
+  :func:`model_inputs` (every recording of a corpus, files or recordings), :func:`parcel_xyz`;
+* forward passes: :func:`embed_windows`, :func:`predict_masked`, and the high-level
+  :func:`encode` and :func:`reconstruct` (also ``brainlm.encode`` / ``brainlm.reconstruct``).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
 from brainlm.data.recording import Recording
 from brainlm.data.scaling import pooled_scaling
+from brainlm.data.sources import check_unique_ids, discover_files, specs_from_files
 from brainlm.data.windows import tile
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
@@ -91,7 +101,7 @@ def model_scaler(model: BrainLM, corpus: Corpus, *, transfer_atlas: bool = False
     training split, no targets involved) is used. Errors when the corpus was cleaned differently
     from the pretraining data or is on another atlas without ``transfer_atlas``.
     """
-    model.check_atlas(corpus.atlas, transfer=transfer_atlas, source=corpus.path)
+    check_atlas(model, corpus.atlas, transfer=transfer_atlas, source=corpus.path)
     if model.contract is None or not model.contract.is_fitted:
         raise BrainLMInputError("checkpoint has no fitted preprocessing contract (contract.json)",
                                 corpus.path)
@@ -177,28 +187,26 @@ def recording_windows(model: BrainLM, data, *, tr: float | None = None, orientat
     if is_corpus(paths):
         yield from _corpus_windows(model, open_corpus(paths[0]), transfer_atlas)
         return
-    from brainlm.data.sources import check_unique_ids, discover_files, specs_from_files
-
     atlas = input_atlas(model, paths)
     files, _ = discover_files(paths)
     specs = specs_from_files(files, tr=tr)
     check_unique_ids(specs)
-    xyz = torch.from_numpy(np.array(atlas.xyz, dtype=np.float32))
+    xyz = parcel_xyz(atlas)
     for spec in specs:
         rec = spec.load(atlas, orientation=orientation, key=key)
-        windows, starts = model.windows(model.preprocess(rec))
+        windows, starts = model_windows(model, preprocess(model, rec), source=spec.recording_id)
         yield (_ids(spec.recording_id, rec.subject, rec.session, rec.task, rec.run, rec.site),
                windows, starts, xyz)
 
 
 def _corpus_windows(model: BrainLM, corpus: Corpus, transfer_atlas: bool):
     scaler = model_scaler(model, corpus, transfer_atlas=transfer_atlas)
-    xyz = torch.from_numpy(np.array(corpus.atlas.xyz, dtype=np.float32))
+    xyz = parcel_xyz(corpus.atlas)
     m = corpus.manifest
     for i, scaled in enumerate(iter_model_input(corpus, range(len(m)), scaler)):
         if scaled.shape[0] < model.config.window_trs:
             continue
-        windows, starts = model.windows(scaled)
+        windows, starts = model_windows(model, scaled)
         r = m.iloc[i]
         yield (_ids(r["recording_id"], r["subject"], r["session"], r["task"], r["run"], r["site"],
                     split=r["split"]), windows, starts, xyz)
@@ -254,7 +262,7 @@ def model_inputs(model: BrainLM, data, *, transfer_atlas: bool = False, target_t
           checkpoint's atlas the checkpoint's scaling is applied, on another atlas the corpus'
           own training-split scaling), or time-series files/folders on the checkpoint's atlas
           (read with ``tr``, ``orientation``, ``key``) -- exactly as ``brainlm embed`` reads them;
-        * ``Recording`` objects: on the checkpoint's atlas, ``model.preprocess``; on another
+        * ``Recording`` objects: on the checkpoint's atlas, :func:`preprocess`; on another
           atlas (``transfer_atlas``), cleaned with the checkpoint's settings, resampled to
           ``target_tr`` (default: the contract's) and robust-scaled with statistics pooled over
           the recordings given (the checkpoint has none for that atlas).
@@ -293,13 +301,13 @@ def _from_recordings(model: BrainLM, recordings: list[Recording], transfer_atlas
             raise BrainLMInputError(f"recordings are on different atlases ({atlas.name!r} and "
                                     f"{rec.atlas.name!r}); pass recordings of one atlas",
                                     rec.source or rec.id)
-        model.check_atlas(rec.atlas, transfer=transfer_atlas, source=rec.source or rec.id)
+        check_atlas(model, rec.atlas, transfer=transfer_atlas, source=rec.source or rec.id)
     if model.contract is None:
         raise BrainLMInputError("the model has no preprocessing contract; load a pretrained checkpoint")
-    xyz = torch.from_numpy(np.array(atlas.xyz, dtype=np.float32))
+    xyz = parcel_xyz(atlas)
     on_model_atlas = model.atlas is not None and atlas.matches(model.atlas)
     if on_model_atlas and target_tr is None:
-        scaled = [model.preprocess(rec) for rec in recordings]
+        scaled = [preprocess(model, rec) for rec in recordings]
     else:
         cleaning = {k: v for k, v in model.contract.to_dict().items()
                     if k not in ("median", "iqr", "scaler_fit")}
@@ -317,10 +325,7 @@ def _from_recordings(model: BrainLM, recordings: list[Recording], transfer_atlas
             contract.median, contract.iqr = med.tolist(), iqr.tolist()
         scaled = [contract.scale(c) for c in cleaned]
     for rec, x in zip(recordings, scaled):
-        try:
-            windows, _ = model.windows(x)
-        except BrainLMInputError as e:
-            raise BrainLMInputError(e.reason, rec.source or rec.id) from None
+        windows, _ = model_windows(model, x, source=rec.source or rec.id)
         ids = {"recording_id": rec.id, "subject": rec.subject, "session": rec.session,
                "task": rec.task, "run": rec.run, "site": rec.site, **dict(rec.phenotypes)}
         yield ModelInput(ids=ids, windows=windows, xyz=xyz, atlas=atlas)

@@ -35,7 +35,8 @@ from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.model.masking import MaskSpec
-from brainlm.tasks.model_input import iter_model_input, load_model, model_scaler, open_corpus
+from brainlm.tasks.model_input import (iter_model_input, load_model, model_scaler, model_windows,
+                                       open_corpus, parcel_xyz, predict_masked, token_mask_to_values)
 from brainlm.tasks.results_folder import check_results_folder, publish_results
 
 __all__ = ["BASELINES", "ReconstructionScores", "SpatialImputer", "evaluate_reconstruction",
@@ -229,21 +230,19 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
     methods = ("brainlm",) + BASELINES
     scores = {r: {m: ReconstructionScores(p) for m in methods} for r in ratios}
     generators = {r: torch.Generator().manual_seed(_mask_seed(seed, r)) for r in ratios}
-    xyz = torch.from_numpy(np.array(corpus.atlas.xyz, dtype=np.float32))
-    model.eval()
-    dev = next(model.parameters()).device
+    xyz = parcel_xyz(corpus.atlas)
     n_windows, used, too_short = 0, 0, 0
     for x in iter_model_input(corpus, rows, scaler):  # one recording in memory at a time
         if x.shape[0] < cfg.window_trs:
             too_short += 1
             continue
-        wins, _ = model.windows(x)
+        wins, _ = model_windows(model, x)
         used += 1
         n_windows += len(wins)
         for r, spec in zip(ratios, specs):
             mask_tok = model.sample_mask(spec, len(wins), p, generators[r])
-            pred = _predict(model, wins, xyz, mask_tok, batch_size, dev)
-            mask = mask_tok.repeat_interleave(cfg.patch_trs, dim=2).transpose(1, 2).numpy()
+            pred = predict_masked(model, wins, xyz, mask_tok, batch_size).numpy()
+            mask = token_mask_to_values(model, mask_tok)
             target = wins.numpy()
             sc = scores[r]
             sc["brainlm"].update(target, pred, mask)
@@ -285,19 +284,6 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
         publish_results(out, {"reconstruction.json": json.dumps(result, indent=1, allow_nan=False),
                        "reconstruction.md": reconstruction_markdown(result)})
     return result
-
-
-@torch.inference_mode()
-def _predict(model: BrainLM, wins: torch.Tensor, xyz: torch.Tensor, mask: torch.Tensor,
-             batch_size: int, dev) -> np.ndarray:
-    """wins: [W, T, P], mask: [W, P, N] -> predictions [W, T, P] (float32 numpy)."""
-    preds = []
-    for i in range(0, len(wins), batch_size):
-        x = wins[i:i + batch_size].to(dev)
-        m = mask[i:i + batch_size].to(dev)
-        _, pred = model(x, xyz.to(dev).expand(len(x), -1, -1), m)
-        preds.append(model.unpatchify(pred.float()).cpu())
-    return torch.cat(preds).numpy()
 
 
 def _json_list(v: np.ndarray) -> list:

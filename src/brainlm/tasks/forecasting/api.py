@@ -18,7 +18,9 @@ import torch
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
+from brainlm.model.checkpoint import load_pretrained
 from brainlm.model.masking import MaskSpec
+from brainlm.tasks.model_input import preprocess
 
 #: Written beside the weights of a fine-tuned forecaster: the context and horizon it learned.
 FORECASTING_FILE = "forecasting.json"
@@ -46,7 +48,7 @@ def with_window(model: BrainLM, window_trs: int) -> BrainLM:
 def load_forecaster(directory, map_location: str = "cpu") -> BrainLM:
     """Load a checkpoint; a fine-tuned forecaster's horizon (``forecasting.json``) becomes the
     default ``step_trs`` of :func:`forecast` (attribute ``forecast_trs``)."""
-    model = BrainLM.from_pretrained(directory, map_location=map_location)
+    model = load_pretrained(directory, map_location=map_location)
     info = Path(directory) / FORECASTING_FILE
     model.forecast_trs = json.loads(info.read_text())["horizon_trs"] if info.is_file() else None
     return model
@@ -129,7 +131,7 @@ def forecast(model: BrainLM | str | Path, recording: Recording | np.ndarray, hor
         Best a forecaster fine-tuned by :func:`brainlm.tasks.forecasting.finetune.finetune`.
     recording : Recording or ndarray (T, P)
         A raw :class:`Recording` is preprocessed with the model's contract (cleaning, TR
-        resampling, robust scaling); an array is taken as already in model input units, on the
+        resampling, robust scaling; :func:`brainlm.tasks.model_input.preprocess`); an array is taken as already in model input units, on the
         model's atlas.
     horizon : int
         TRs to forecast, at the contract's TR. Beyond one pass (``step_trs``) the forecast is
@@ -149,9 +151,7 @@ def forecast(model: BrainLM | str | Path, recording: Recording | np.ndarray, hor
     if not isinstance(model, BrainLM):
         model = load_forecaster(model)
     if isinstance(recording, Recording):
-        model.check_atlas(recording.atlas, transfer=transfer_atlas, source=recording.source or recording.id)
-        data = (model.contract.transform(recording) if model.contract is not None
-                else recording.timeseries)
+        data = preprocess(model, recording, transfer_atlas=transfer_atlas)
         xyz = np.array(recording.atlas.xyz, dtype=np.float32)
     else:
         data = np.asarray(recording, dtype=np.float32)

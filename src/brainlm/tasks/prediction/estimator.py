@@ -24,7 +24,7 @@ from brainlm.data.atlas import Atlas
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
-from brainlm.tasks.model_input import load_model
+from brainlm.tasks.model_input import check_atlas, embed_windows, load_model, model_windows, preprocess
 
 POOLINGS = ("cls", "mean", "both")
 WEIGHTS = ("pretrained", "random")
@@ -73,8 +73,8 @@ class BrainLMEmbedding(TransformerMixin, BaseEstimator):
     Notes
     -----
     Array inputs are taken to be model input already: cleaned and scaled with the checkpoint's
-    preprocessing contract (what ``model.preprocess`` and a corpus read give). ``Recording``
-    inputs are raw and go through ``model.preprocess`` here. Each recording needs at least one
+    preprocessing contract (what :func:`brainlm.tasks.model_input.preprocess` and a corpus read give). ``Recording``
+    inputs are raw and go through :func:`~brainlm.tasks.model_input.preprocess` here. Each recording needs at least one
     window (``config.window_trs`` TRs); the tail shorter than a window is not used.
     ``fit`` learns nothing from the data (the encoder is frozen), so the transform of a
     recording does not depend on which other recordings were in the training fold.
@@ -107,7 +107,7 @@ class BrainLMEmbedding(TransformerMixin, BaseEstimator):
         atlas = self.atlas if self.atlas is not None else model.atlas
         if atlas is None:
             raise BrainLMInputError("the checkpoint has no atlas; pass atlas= for array inputs")
-        model.check_atlas(atlas, transfer=self.transfer_atlas, source="BrainLMEmbedding(atlas=...)")
+        check_atlas(model, atlas, transfer=self.transfer_atlas, source="BrainLMEmbedding(atlas=...)")
         self.model_, self.atlas_ = model, atlas
         self.n_features_out_ = model.config.dim * (2 if self.pooling == "both" else 1)
         self._inputs(X)
@@ -135,7 +135,7 @@ class BrainLMEmbedding(TransformerMixin, BaseEstimator):
                         f"recording is on atlas {item.atlas.name!r}, not the checkpoint's; prepare "
                         "it into a corpus and pass its arrays with atlas= and transfer_atlas=True",
                         item.source or where)
-                x = model.preprocess(item)
+                x = preprocess(model, item)
                 xyz = np.array(item.atlas.xyz, dtype=np.float32)
             else:
                 x = np.asarray(item, dtype=np.float32)
@@ -160,8 +160,8 @@ class BrainLMEmbedding(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         out = []
         for x, xyz in self._inputs(X):
-            wins, _ = self.model_.windows(x)
-            cls, mean = self.model_.embed_windows(wins, torch.from_numpy(xyz), self.batch_size)
+            wins, _ = model_windows(self.model_, x)
+            cls, mean = embed_windows(self.model_, wins, torch.from_numpy(xyz), self.batch_size)
             parts = {"cls": [cls], "mean": [mean], "both": [cls, mean]}[self.pooling]
             out.append(torch.cat(parts, dim=1).numpy())
         return out
