@@ -19,6 +19,17 @@ import pytest
 from brainlm.data.samples import load_hcp7_aal2
 
 
+#: Fixtures that train a model or run the demo: a test that uses one (directly or through another
+#: fixture) is in the slow tier. `pytest -m "not slow"` is the fast tier (see README).
+SLOW_FIXTURES = {"trained", "demo_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def hcp():
     """The 7 embedded HCP recordings (1200 TRs x 94 AAL2 regions, TR 0.72 s)."""
@@ -76,7 +87,7 @@ def hcp_corpus(tmp_path_factory, hcp):
 def trained(hcp_corpus, tmp_path_factory):
     """A run folder of `brainlm pretrain` with the tiny preset, 40 epochs (a few CPU minutes);
     the checkpoint is ``trained / "model"``."""
-    from brainlm.cli import main
+    from brainlm.commands import main
 
     cache = os.environ.get("BRAINLM_TEST_RUN_CACHE")
     if cache and (Path(cache) / "model" / "model.safetensors").exists():
@@ -94,7 +105,7 @@ def trained(hcp_corpus, tmp_path_factory):
 def demo_run(tmp_path_factory):
     """``brainlm demo --quick``: every step of the main job with little training; the folder
     holds summary.json, results/, figures/ and report.html."""
-    from brainlm.cli import main
+    from brainlm.commands import main
 
     out = tmp_path_factory.mktemp("demo") / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--jobs", "1"]) == 0

@@ -21,7 +21,6 @@ Statistics are accumulated as sums, so the split is streamed window batch by win
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 
+from brainlm.data.atomic import to_json
 from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
@@ -281,7 +281,7 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
         result["results"].append(entry)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     if out is not None:
-        publish_results(out, {"reconstruction.json": json.dumps(result, indent=1, allow_nan=False),
+        publish_results(out, {"reconstruction.json": to_json(result, indent=1),
                        "reconstruction.md": reconstruction_markdown(result)})
     return result
 

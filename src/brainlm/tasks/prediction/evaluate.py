@@ -11,7 +11,6 @@ corrected resampled t-test over all (seed, fold) pairs.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brainlm.data.atomic import to_json
 from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
@@ -320,18 +320,10 @@ def evaluate_prediction(checkpoint: str | Path | BrainLM, corpus: str | Path | C
         # Subjects per side of every split stay in the returned dict (for audits and tests); the
         # JSON keeps each outer fold's test subjects, from which the rest follows by seed.
         slim = {**result, "fits": [{k: v for k, v in f.items() if k != "subjects"} for f in result["fits"]]}
-        publish_results(out, {"prediction.json": json.dumps(slim, indent=1, allow_nan=False, default=_json),
+        publish_results(out, {"prediction.json": to_json(slim, indent=1),
                               "prediction.md": prediction_markdown(result),
                               "predictions.parquet": oof})
     return result
-
-
-def _json(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    raise TypeError(type(v))
 
 
 def _fit_fold(method: Method, tgt: Target, groups: np.ndarray, y: np.ndarray, tr: np.ndarray,
