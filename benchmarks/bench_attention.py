@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,13 +41,16 @@ import numpy as np
 import torch
 
 from brainlm.data.atlas import load_atlas
-from brainlm.data.atomic import write_text_atomic
+from brainlm.data.atomic import write_json
+from brainlm.data.contract import PreprocessingContract
+from brainlm.data.corpus import Corpus
+from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import load_hcp7_aal2, load_schaefer100_rest
 from brainlm.model import BrainLM, preset
 from brainlm.simulate import simulate_cohort
 from brainlm.simulate.cohort import LatentEffects, limbic_prefrontal
 from brainlm.tasks.attention import extract_attention
-from brainlm.tasks.model_input import model_inputs
+from brainlm.tasks.model_input import load_model, model_inputs
 from brainlm.tasks.group_attention import group_attention, parcel_set_enrichment
 from brainlm.tasks.networks import evaluate_features, identify_networks, network_labels, parcel_features
 
@@ -110,7 +114,7 @@ def bench_groups(model: BrainLM, n: int, trs: int, effect: float, seeds) -> list
         recs = simulate_cohort(n, atlas="aal2", n_trs=trs, sites=1, seed=seed,
                                effects=LatentEffects(group_on_coupling=effect))
         t = time.perf_counter()
-        r = group_attention(model, recs, "group", n_permutations=2000, figures=False,
+        r = group_attention(model, recs, "group", n_permutations=2000,
                             parcel_sets={"limbic (altered)": limbic})
         row = {"seed": seed, "subjects": n, "trs": trs, "group_on_coupling": effect,
                "seconds": round(time.perf_counter() - t, 1)}
@@ -149,7 +153,7 @@ def main() -> None:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"unknown section(s) {unknown}; expected some of {SECTIONS}")
-    model = BrainLM.from_pretrained(args.checkpoint)
+    model = load_model(args.checkpoint)
     hcp = load_hcp7_aal2()
     seeds = (0,) if args.quick else (0, 1, 2)
     out = Path(args.out)
@@ -190,7 +194,7 @@ def main() -> None:
         res["seconds"] = {",".join(SECTIONS): res["seconds"]}
     res["seconds"][",".join(sections)] = round(time.perf_counter() - t0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, json.dumps(res, indent=1))
+    write_json(out, res, indent=1)
     print(f"written {out} ({res['seconds']} s)")
 
 
@@ -199,19 +203,13 @@ def _training_subjects(checkpoint) -> set[str]:
     pytest folder that is gone by now, so the corpus is rebuilt the way the test fixture built it
     (splits depend only on the seed and the subjects) and checked against the checkpoint's
     scaling statistics, which come from exactly that training split."""
-    import tempfile
-
-    from brainlm.data.contract import PreprocessingContract
-    from brainlm.data.corpus import Corpus
-    from brainlm.data.prepare import prepare_corpus
-
     cfg = json.loads((Path(checkpoint).parent / "run_config.json").read_text())
     if Path(cfg["corpus"], "corpus.json").is_file():
         corpus = Corpus(cfg["corpus"])
     else:
         corpus = prepare_corpus(load_hcp7_aal2(), Path(tempfile.mkdtemp()) / "corpus", atlas=load_atlas("aal2"),
                                 contract=PreprocessingContract(percent_signal_change=True), progress=False)
-    if not np.allclose(corpus.contract.median, BrainLM.from_pretrained(checkpoint).contract.median):
+    if not np.allclose(corpus.contract.median, load_model(checkpoint).contract.median):
         raise SystemExit("cannot tell which HCP subjects the checkpoint was pretrained on")
     m = corpus.manifest
     return set(m.loc[m["split"] == "train", "subject"])

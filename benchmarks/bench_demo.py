@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from brainlm.data.atomic import write_text_atomic
+from brainlm.data.atomic import write_json
 
 RESULTS = Path(__file__).parent / "results" / "demo.json"
 
@@ -32,7 +32,7 @@ RESULTS = Path(__file__).parent / "results" / "demo.json"
 def run(quick: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
         out = Path(tmp) / "demo"
-        cmd = [sys.executable, "-m", "brainlm.cli", "demo", "--out", str(out)] + (["--quick"] if quick else [])
+        cmd = [sys.executable, "-m", "brainlm.commands", "demo", "--out", str(out)] + (["--quick"] if quick else [])
         load_before = os.getloadavg()
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -61,7 +61,7 @@ def main() -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results["quick" if args.quick else "default"] = result
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(RESULTS, json.dumps(results, indent=2) + "\n")
+    write_json(RESULTS, results)
     print(f"{result['command']}: {result['wall_seconds'] / 60:.1f} min wall on {result['machine']['cpus']} CPUs "
           f"(load {result['machine']['load_average_1_5_15_before'][0]} -> "
           f"{result['machine']['load_average_1_5_15_after'][0]})")

@@ -1,8 +1,12 @@
 """`brainlm demo --quick`: every step of the main job on the embedded data."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
+import torch
+
+from brainlm.commands.demo import DemoSettings, _command
 
 
 def test_demo_runs_every_step_on_embedded_data(demo_run):
@@ -28,19 +32,17 @@ def test_demo_runs_every_step_on_embedded_data(demo_run):
                                             "forecasting", "networks", "attention"}
     assert (demo_run / "report.html").is_file()
     assert summary["command"] == "brainlm demo --quick"
-    import torch
-
+    # Tasks write numbers; the demo drew each step's figures from them into its results folder.
+    for folder, png in (("forecasting", "forecast_error.png"), ("networks-hcp7_aal2", "networks_predicted.png"),
+                        ("networks-schaefer100", "cls_attention_map.png"), ("attention", "t_map.png")):
+        assert (demo_run / "results" / folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     training = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU threads"
     assert training in summary["device"] and training in pre["device"]
 
 
 def test_summary_names_the_command_that_reproduces_the_run():
-    from dataclasses import replace
-
-    from brainlm.demo import DemoSettings, _command
-
     assert _command(DemoSettings()) == "brainlm demo"
     assert _command(replace(DemoSettings(), epochs=7)) == "brainlm demo --epochs 7"
     assert _command(replace(DemoSettings.quick(), epochs=3)) == "brainlm demo --quick --epochs 3"
     custom = replace(DemoSettings(), cohort_subjects=11)
-    assert _command(custom).startswith("brainlm.demo.run_demo(") and "cohort_subjects=11" in _command(custom)
+    assert _command(custom).startswith("brainlm.commands.demo.run_demo(") and "cohort_subjects=11" in _command(custom)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import r2_score
 
-from brainlm.cli import main
+from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from brainlm import BrainLMInputError
-from brainlm.cli import main
+from brainlm.commands import main
 from brainlm.data.corpus import Corpus
 from brainlm.data.example_scans import SPACE, TR, write_fmriprep_example
 from brainlm.data.extraction import ImageParcellation

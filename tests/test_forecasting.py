@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from brainlm import BrainLMInputError
-from brainlm.cli import main
+from brainlm.commands import main
 from brainlm.model import BrainLM, MaskSpec
 from brainlm.tasks.forecasting import (BASELINES, BaselineSettings, BrainLMForecaster, FinetuneSettings,
                                        NeuralTraining, check_lengths, evaluate, finetune, forecast,

@@ -17,7 +17,7 @@ from sklearn.model_selection import GroupKFold, KFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from threadpoolctl import threadpool_limits
 
-from brainlm.cli import main
+from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus

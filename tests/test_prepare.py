@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from brainlm import BrainLMInputError
-from brainlm.cli import main
+from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from brainlm import BrainLMInputError
-from brainlm.cli import main
+from brainlm.commands import main
+from brainlm.report.blocks import fmt
+from brainlm.report.html import render_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Every figure the report must carry after a full demo run.
@@ -58,8 +60,6 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert "summary.json is missing" in err and str(tmp_path) in err and "Traceback" not in err
     (tmp_path / "summary.json").write_text("{not json")
     with pytest.raises(BrainLMInputError, match="not valid JSON"):
-        from brainlm.report.html import render_report
-
         render_report(tmp_path)
     assert not (tmp_path / "report.html").exists()
 
@@ -98,8 +98,6 @@ def test_report_loads_in_headless_chromium(demo_run, tmp_path):
 
 
 def test_table_numbers_never_round_a_real_value_to_zero():
-    from brainlm.report.html import fmt
-
     assert fmt(1 / 2001) == "0.0005" and fmt(-3e-6) == "-3e-06"
     assert fmt(0.0) == "0.000" and fmt(0.12345) == "0.123" and fmt(1234) == "1,234"
     assert fmt(float("nan")) == "n/a" and fmt(None) == "n/a"

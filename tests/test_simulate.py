@@ -23,7 +23,8 @@ from brainlm.errors import BrainLMInputError
 from brainlm.simulate import (DEFAULT_SITES, LatentEffects, ModelSettings, SimulatedRecording,
                               load_connectome, reference_fc, simulate_cohort, write_cohort)
 from brainlm.simulate.cohort import auto_batch_size, effect_masks, limbic_prefrontal
-from brainlm.simulate.command import register, run
+from brainlm.commands import dispatch as run
+from brainlm.commands.simulate import register
 from brainlm.simulate.hemodynamics import BalloonWindkessel
 from brainlm.simulate.neural import HopfNetwork
 

@@ -15,7 +15,7 @@ from nibabel import cifti2
 from nibabel.gifti import GiftiDataArray, GiftiImage, GiftiLabel, GiftiLabelTable
 
 from brainlm import BrainLMInputError
-from brainlm.cli import main
+from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.corpus import Corpus
 from brainlm.data.extraction import ImageParcellation

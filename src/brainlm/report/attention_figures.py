@@ -1,9 +1,11 @@
 """The figures of ``brainlm networks`` and ``brainlm attention``, drawn from their saved results.
 
-Each task writes its numbers (``networks.json`` / ``group_attention.json`` and a ``parcels.tsv``
-table) and calls the function here to draw its PNGs; ``brainlm report`` calls the same function
-on the saved files. So a results folder written without figures still gets every figure in the
-report, and each figure has one definition.
+Each task writes numbers only (``networks.json`` / ``group_attention.json`` and a ``parcels.tsv``
+table). The commands and the demo draw the PNGs into the results folder with
+:func:`draw_network_folder` / :func:`draw_group_folder`, and ``brainlm report`` calls
+:func:`draw_network_figures` / :func:`draw_group_figures` on the same saved files. So a results
+folder written without figures still gets every figure in the report, and each figure has one
+definition.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import pandas as pd
 
 from brainlm.data.atlas import Atlas
 from brainlm.report.brain import plot_confusion, plot_network_summary, plot_parcel_networks, plot_parcel_values
+from brainlm.tasks.group_attention import read_parcels as read_group_parcels
+from brainlm.tasks.networks import read_parcels as read_network_parcels
+from brainlm.tasks.results_folder import read_results_json
 
-__all__ = ["draw_group_figures", "draw_network_figures"]
+__all__ = ["draw_group_figures", "draw_group_folder", "draw_network_figures", "draw_network_folder"]
 
 
 def draw_network_figures(result: dict, parcels: pd.DataFrame, folder: str | Path) -> dict[str, str]:
@@ -131,6 +136,22 @@ def draw_group_figures(result: dict, parcels: pd.DataFrame, folder: str | Path) 
                            colorbar_label="t")
         names["fc strength t"] = "fc_strength_t_map.png"
     return names
+
+
+def draw_network_folder(folder: str | Path) -> dict[str, str]:
+    """Draw the figures of a saved ``brainlm networks`` results folder (``networks.json``,
+    ``parcels.tsv``) into that folder; figure name -> file name, as :func:`draw_network_figures`."""
+    folder = Path(folder)
+    return draw_network_figures(read_results_json(folder / "networks.json"),
+                                read_network_parcels(folder / "parcels.tsv"), folder)
+
+
+def draw_group_folder(folder: str | Path) -> dict[str, str]:
+    """Draw the figures of a saved ``brainlm attention`` results folder (``group_attention.json``,
+    ``parcels.tsv``) into that folder; figure name -> file name, as :func:`draw_group_figures`."""
+    folder = Path(folder)
+    return draw_group_figures(read_results_json(folder / "group_attention.json"),
+                              read_group_parcels(folder / "parcels.tsv"), folder)
 
 
 def _safe(text: str) -> str:

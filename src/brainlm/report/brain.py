@@ -20,6 +20,7 @@ matplotlib.use("Agg")  # figures are files: never open a window, work on headles
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from brainlm.data.atlas import Atlas, network_order  # noqa: E402
 from brainlm.report.figures import save_figure  # noqa: E402
@@ -91,6 +92,7 @@ def plot_parcel_values(values, atlas: Atlas, path: str | Path, *, title: str = "
     -------
     pathlib.Path of the PNG.
     """
+    # nilearn.plotting takes seconds to import; only the brain figures need it.
     from nilearn import plotting
 
     v = _check_values(values, atlas, "values")
@@ -151,6 +153,7 @@ def plot_parcel_networks(labels: Sequence[str | None], atlas: Atlas, path: str |
         Parcels drawn with a thick black edge (e.g. misclassified ones), named ``marked_label``
         in the legend.
     """
+    # nilearn.plotting takes seconds to import; only the brain figures need it.
     from nilearn import plotting
 
     labels = list(labels)
@@ -237,8 +240,6 @@ def plot_confusion(matrix, labels: Sequence[str], path: str | Path, *, title: st
     normalize : bool
         Colour by the share of each true network (row), annotate "count" and the share.
     """
-    from sklearn.metrics import ConfusionMatrixDisplay
-
     m = np.asarray(matrix, dtype=np.float64)
     if m.shape != (len(labels), len(labels)):
         raise BrainLMInputError(f"confusion matrix has shape {m.shape}; expected ({len(labels)}, {len(labels)})")

@@ -1,11 +1,23 @@
 """The figure of ``brainlm forecast evaluate``: each metric against the predicted step (TR), one
-curve per method, drawn from ``forecast.json`` and saved as PNG."""
+curve per method, drawn from ``forecast.json`` and saved as PNG.
+
+The forecasting task writes numbers only; ``brainlm forecast evaluate``, the demo and
+``brainlm report`` draw this figure from the saved ``forecast.json``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
 from brainlm.report.figures import save_figure
+from brainlm.tasks.results_folder import read_results_json
+
+__all__ = ["draw_forecast_figure", "plot_step_curves"]
 
 #: Titles and whether lower is better, per metric key.
 _METRIC_TITLES = {"mse": ("MSE", "lower is better"), "r2": ("R$^2$", "higher is better"),
@@ -30,16 +42,11 @@ def plot_step_curves(results: dict, path: str | Path, metrics=("mse", "r2", "pea
     -------
     Path of the written figure.
     """
-    # A Figure on the Agg canvas directly: no pyplot global state, no display needed.
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     path = Path(path)
     methods = results["methods"]
     horizon = int(results["horizon_trs"])
     steps = list(range(1, horizon + 1))
+    # A Figure on the Agg canvas directly: no pyplot global state, no display needed.
     fig = Figure(figsize=(5.2 * len(metrics), 4.8))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(metrics), squeeze=False)
@@ -66,3 +73,10 @@ def plot_step_curves(results: dict, path: str | Path, metrics=("mse", "r2", "pea
                  f"({results.get('n_windows', '?')} test windows)", fontsize=11)
     fig.tight_layout(rect=(0, 0.04 + 0.05 * rows, 1, 1))
     return save_figure(fig, path, dpi=dpi, bbox_inches=None)
+
+
+def draw_forecast_figure(folder: str | Path) -> Path:
+    """``folder/forecast_error.png`` drawn from ``folder/forecast.json`` (a results folder of
+    ``brainlm forecast evaluate`` or the demo's forecasting step); returns its path."""
+    folder = Path(folder)
+    return plot_step_curves(read_results_json(folder / "forecast.json"), folder / "forecast_error.png")

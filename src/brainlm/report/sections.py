@@ -7,12 +7,20 @@ step is absent from the run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from brainlm.report.html import Section, Table, embed_png, escape, fmt, read_json, row
+from brainlm.data.atlas import Atlas
+from brainlm.data.atomic import to_json
+from brainlm.report.attention_figures import draw_group_figures, draw_network_figures
+from brainlm.report.blocks import Section, Table, embed_png, escape, fmt, read_json, row
+from brainlm.report.brain import plot_parcel_values
+from brainlm.report.figures import prediction_scores, reconstruction_example, training_curves
+from brainlm.report.forecasting_figures import plot_step_curves
+from brainlm.tasks.group_attention import read_parcels as read_group_parcels
+from brainlm.tasks.networks import read_parcels as read_network_parcels
+from brainlm.tasks.prediction.evaluate import headline
 
 METHOD_NAMES = {
     "brainlm": "BrainLM (pretrained)", "zero": "predict 0 (the scaled median)",
@@ -58,7 +66,8 @@ def data_section(run_dir: Path, summary: dict, figures: Path) -> Section:
         s.paragraphs.append(f"<b>{escape(name)}</b>: {escape(text)}")
     contract = next(iter(corpora.values()))["contract"]
     s.paragraphs.append(
-        "Preprocessing contract (saved with the checkpoint and applied by <code>model.preprocess</code>): "
+        "Preprocessing contract (saved with the checkpoint and applied by "
+        "<code>brainlm.tasks.model_input.preprocess</code>): "
         f"percent signal change {contract['percent_signal_change']}, linear detrend {contract['detrend']}, "
         f"band-pass {contract['high_pass_hz']}–{contract['low_pass_hz']} Hz, resampled to TR "
         f"{contract['target_tr']} s, per-parcel robust scaling (x − median) / IQR fitted on the "
@@ -68,8 +77,6 @@ def data_section(run_dir: Path, summary: dict, figures: Path) -> Section:
 
 # -- pretraining ---------------------------------------------------------------------------------
 def pretraining_section(run_dir: Path, summary: dict, figures: Path) -> Section:
-    from brainlm.report.figures import training_curves
-
     pre = summary.get("pretraining")
     if not pre:
         return _missing("pretraining", "Pretraining", "a pretraining run")
@@ -100,10 +107,6 @@ def pretraining_section(run_dir: Path, summary: dict, figures: Path) -> Section:
 
 # -- reconstruction ------------------------------------------------------------------------------
 def reconstruction_section(run_dir: Path, summary: dict, figures: Path) -> Section:
-    from brainlm.data.atlas import Atlas
-    from brainlm.report.brain import plot_parcel_values
-    from brainlm.report.figures import reconstruction_example
-
     res = read_json(run_dir / "results" / "reconstruction" / "reconstruction.json")
     if res is None:
         return _missing("reconstruction", "Masked reconstruction", "the reconstruction evaluation")
@@ -159,8 +162,6 @@ def reconstruction_section(run_dir: Path, summary: dict, figures: Path) -> Secti
 
 # -- prediction ----------------------------------------------------------------------------------
 def prediction_section(run_dir: Path, summary: dict, figures: Path) -> Section:
-    from brainlm.report.figures import prediction_scores
-
     found = sorted((run_dir / "results").glob("prediction-*/prediction.json"))
     if not found:
         return _missing("prediction", "Phenotype prediction", "the phenotype prediction evaluation")
@@ -210,8 +211,6 @@ def prediction_section(run_dir: Path, summary: dict, figures: Path) -> Section:
 
 
 def _headline_html(res: dict) -> str:
-    from brainlm.tasks.prediction.evaluate import headline
-
     text = escape(headline(res)).replace("`", "")
     for word, cls in (("better than the reference", "win"), ("worse than the reference", "lose")):
         text = text.replace(word, f"<span class='{cls}'>{word}</span>")
@@ -220,8 +219,6 @@ def _headline_html(res: dict) -> str:
 
 # -- forecasting ---------------------------------------------------------------------------------
 def forecasting_section(run_dir: Path, summary: dict, figures: Path) -> Section:
-    from brainlm.report.forecasting_figures import plot_step_curves
-
     folder = run_dir / "results" / "forecasting"
     res = read_json(folder / "forecast.json")
     if res is None:
@@ -290,12 +287,9 @@ def networks_section(run_dir: Path, summary: dict, figures: Path) -> Section:
                             f"the FC-profile baseline ({fc['knn_accuracy']:.1%}); chance (majority) "
                             f"{c['majority_accuracy']:.1%}.")
         if k == 0:
-            from brainlm.report.attention_figures import draw_network_figures
-            from brainlm.tasks.networks import read_parcels
-
             drawn = figures / path.parent.name
             drawn.mkdir(exist_ok=True)
-            figs = draw_network_figures(r, read_parcels(path.parent / "parcels.tsv"), drawn)
+            figs = draw_network_figures(r, read_network_parcels(path.parent / "parcels.tsv"), drawn)
             s.figures.append(embed_png(drawn / figs["BrainLM: cls_attention (kNN)"], "networks_confusion",
                                        f"{name}: confusion matrix of the paper's protocol (kNN on CLS attention)."))
             s.figures.append(embed_png(drawn / figs["networks_true"], "networks_true",
@@ -331,12 +325,9 @@ def attention_section(run_dir: Path, summary: dict, figures: Path) -> Section:
         s.tables.append(Table(f"{title}: {r['significant'][what]} parcel(s) with q < {r['settings']['alpha']}",
                               ["network", "parcels", "mean difference", "mean t", "significant",
                                "mean t percentile", "network shift p"], rows))
-    from brainlm.report.attention_figures import draw_group_figures
-    from brainlm.tasks.group_attention import read_parcels
-
     drawn = figures / "attention"
     drawn.mkdir(exist_ok=True)
-    figs = draw_group_figures(r, read_parcels(folder / "parcels.tsv"), drawn)
+    figs = draw_group_figures(r, read_group_parcels(folder / "parcels.tsv"), drawn)
     s.figures.append(embed_png(drawn / figs["t"], "attention_group_difference",
                                f"Welch t of CLS attention, {b} − {a}, at the parcel centres (ringed: q < "
                                f"{r['settings']['alpha']})."))
@@ -358,7 +349,7 @@ def provenance_section(run_dir: Path, summary: dict, figures: Path) -> Section:
     s.paragraphs.append(f"Command: <code>{escape(summary.get('command', 'brainlm demo'))}</code>; seed "
                         f"{summary.get('seed', 0)} everywhere (splits, crops, masks, folds, models). The "
                         "settings of every step follow.")
-    s.pre = json.dumps(summary.get("settings", {}), indent=2, default=str)
+    s.pre = to_json(summary.get("settings", {}))
     return s
 
 

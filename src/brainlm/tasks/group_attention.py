@@ -15,10 +15,7 @@ independently, so spatial autocorrelation is ignored; read it as descriptive.) T
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import tempfile
 import time
 from itertools import combinations
 from pathlib import Path
@@ -28,12 +25,14 @@ import pandas as pd
 from scipy.stats import false_discovery_control
 
 from brainlm.data.atlas import Atlas, network_order
-from brainlm.data.atomic import publish_directory, write_text_atomic
+from brainlm.data.atomic import atomic_directory, write_json, write_text_atomic
+from brainlm.data.corpus import Corpus
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.tasks.attention import extract_attention
-from brainlm.tasks.model_input import model_inputs
+from brainlm.tasks.model_input import load_model, model_inputs
+from brainlm.tasks.results_folder import read_results_table
 
 __all__ = ["group_attention", "parcel_set_enrichment", "permutation_test", "welch_t"]
 
@@ -172,8 +171,6 @@ def _group_table(data, group_by: str) -> tuple[pd.DataFrame, str]:
         if not (path / "corpus.json").is_file():
             raise BrainLMInputError("not a prepared corpus (corpus.json missing); the group column is "
                                     "read from the corpus manifest", str(path))
-        from brainlm.data.corpus import Corpus
-
         corpus = Corpus(path)
         m = corpus.manifest
         if group_by not in m.columns or group_by in ("recording_id", "source", "split"):
@@ -249,12 +246,12 @@ def _natural(v: str):
         return (1, 0.0, v)
 
 
-# -- the command ---------------------------------------------------------------------------------
+# -- the task ------------------------------------------------------------------------------------
 def group_attention(checkpoint, data, group_by: str, out=None, *, groups=None, unit: str = "subject",
                     layers=None, n_permutations: int = 5000, alpha: float = 0.05,
                     transfer_atlas: bool = False, target_tr: float | None = None, fc_baseline: bool = True,
-                    parcel_sets: dict | None = None, batch_size: int = 8, device: str = "cpu", seed: int = 0,
-                    figures: bool = True) -> dict:
+                    parcel_sets: dict | None = None, batch_size: int = 8, device: str = "cpu",
+                    seed: int = 0) -> dict:
     """Mean CLS attention per parcel per group, the difference map and its permutation test.
 
     Parameters
@@ -265,7 +262,9 @@ def group_attention(checkpoint, data, group_by: str, out=None, *, groups=None, u
         A manifest/phenotype column with two levels (or more, with ``groups``).
     out : path, optional
         Folder to write (replaced atomically when complete): ``group_attention.json``,
-        ``group_attention.md``, ``parcels.tsv``, ``recordings.parquet`` and PNG figures.
+        ``group_attention.md``, ``parcels.tsv`` and ``recordings.parquet``. Numbers only: the
+        figures are drawn from these files by
+        :func:`brainlm.report.attention_figures.draw_group_folder` (``brainlm attention`` does).
     groups : (A, B), optional
         The two levels to compare; the difference is B - A (default: sorted levels).
     unit : {"subject", "recording"}
@@ -294,7 +293,7 @@ def group_attention(checkpoint, data, group_by: str, out=None, *, groups=None, u
         raise BrainLMInputError("n_permutations must be >= 1 and alpha in (0, 1)")
     table, source = _group_table(data, group_by)
     table, chosen = _choose_groups(table, group_by, groups, unit, n_permutations, alpha, source)
-    model = checkpoint if isinstance(checkpoint, BrainLM) else BrainLM.from_pretrained(checkpoint, map_location=device)
+    model = load_model(checkpoint, device)
     if layers is not None:
         layers = [int(i) for i in layers]
         bad = [i for i in layers if not -model.config.depth <= i < model.config.depth]
@@ -355,7 +354,6 @@ def group_attention(checkpoint, data, group_by: str, out=None, *, groups=None, u
         "networks": {k: _network_summary(v, nets, seed) for k, v in result_maps.items()},
         "parcel_sets": {k: _set_summary(v, atlas, parcel_sets or {}, seed) for k, v in result_maps.items()},
         "parcels_table": parcels.to_dict(orient="list"),
-        "figures": {},
     }
     per_recording = pd.DataFrame(
         np.stack([rows[r]["attention"] for r in table["recording_id"]]), columns=list(atlas.parcel_names))
@@ -364,7 +362,7 @@ def group_attention(checkpoint, data, group_by: str, out=None, *, groups=None, u
     per_recording.insert(2, group_by, table["group"].to_numpy())
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if out is not None:
-        _write(result, parcels, per_recording, out, figures)
+        _write(result, parcels, per_recording, out)
     return result
 
 
@@ -455,42 +453,17 @@ _NUMERIC_COLUMNS = tuple(f"{what}_{col}" for what in ("attention", "fc_strength"
 
 def read_parcels(path: str | Path) -> pd.DataFrame:
     """A saved ``parcels.tsv`` (one row per parcel), unlabelled networks kept as empty strings."""
-    from brainlm.tasks.results_folder import read_results_table
-
     return read_results_table(path, ("parcel", "network", "x", "y", "z", "attention_mean_a", "attention_mean_b",
                                      "attention_difference", "attention_t", "attention_significant"),
                               dtype={"parcel": str, "network": str}, keep_default_na=False,
                               na_values={c: ["", "nan", "NaN"] for c in _NUMERIC_COLUMNS})
 
 
-def _write(result, parcels, per_recording, out, figures) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        if figures:
-            from brainlm.report.attention_figures import draw_group_figures
-
-            # Drawn from the result as it will be read back (JSON keys are strings), so the
-            # report, which redraws from the saved files, gets the same figures.
-            result["figures"].update(draw_group_figures(json.loads(json.dumps(result, default=_json_default)),
-                                                        parcels, build))
+def _write(result: dict, parcels: pd.DataFrame, per_recording: pd.DataFrame, out) -> None:
+    """``group_attention.json``, ``group_attention.md``, ``parcels.tsv`` and
+    ``recordings.parquet`` in ``out``, published whole."""
+    with atomic_directory(out, overwrite=True) as build:
         parcels.to_csv(build / "parcels.tsv", sep="\t", index=False, float_format="%.6g")
         per_recording.to_parquet(build / "recordings.parquet", index=False)
         write_text_atomic(build / "group_attention.md", markdown(result, parcels))
-        write_text_atomic(build / "group_attention.json", json.dumps(result, indent=2, default=_json_default))
-        publish_directory(build, out)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
-
-
-def _json_default(v):
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return float(v)
-    if isinstance(v, np.bool_):
-        return bool(v)
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+        write_json(build / "group_attention.json", result)

@@ -27,9 +27,6 @@ model knows about a parcel's location.
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +34,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.cluster import KMeans, SpectralClustering
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (accuracy_score, adjusted_rand_score, balanced_accuracy_score, confusion_matrix,
+                             normalized_mutual_info_score)
+from sklearn.model_selection import LeaveOneOut, cross_val_predict
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from brainlm.data.atlas import Atlas, network_order
-from brainlm.data.atomic import publish_directory, write_text_atomic
+from brainlm.data.atomic import atomic_directory, write_json, write_text_atomic
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.tasks.attention import extract_attention
-from brainlm.tasks.model_input import ModelInput, model_inputs
+from brainlm.tasks.model_input import ModelInput, load_model, model_inputs
+from brainlm.tasks.results_folder import read_results_table
 
 __all__ = ["NETWORK_FEATURES", "BASELINE_FEATURES", "ParcelFeatures", "evaluate_features",
            "identify_networks", "network_labels", "parcel_features", "time_shifted"]
@@ -263,16 +270,6 @@ def evaluate_features(x: np.ndarray, y: np.ndarray, *, n_neighbors: int = 5, see
     ``logreg_balanced_accuracy``, ``kmeans_ari``, ``kmeans_nmi`` and the predictions
     ``knn_predicted``, ``logreg_predicted``, ``kmeans_cluster`` (lists, order of ``y``).
     """
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import (accuracy_score, adjusted_rand_score, balanced_accuracy_score,
-                                 normalized_mutual_info_score)
-    from sklearn.model_selection import LeaveOneOut, cross_val_predict
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-
     y = np.asarray(y).astype(str)
     # Features are standardised over all parcels (no labels involved) and rotated onto their
     # principal axes, keeping every component: Euclidean distances (kNN, k-means) are unchanged,
@@ -302,9 +299,6 @@ def evaluate_features(x: np.ndarray, y: np.ndarray, *, n_neighbors: int = 5, see
 def spectral_clusters(affinity: np.ndarray, y: np.ndarray, *, seed: int = 0) -> dict:
     """Spectral clustering of a parcel affinity (negative entries set to 0), k = number of
     networks, scored by ARI and NMI against ``y``."""
-    from sklearn.cluster import SpectralClustering
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
     a = np.clip((affinity + affinity.T) / 2, 0, None)
     np.fill_diagonal(a, 0.0)
     k = len(set(y))
@@ -318,8 +312,6 @@ def chance_levels(y: np.ndarray, *, n_permutations: int = 200, seed: int = 0) ->
     """Accuracy of always predicting the largest network, expected accuracy of guessing with the
     network frequencies, and the NMI (mean, 95th percentile) of clusterings with the sizes of
     the true networks shuffled over parcels (chance NMI is above 0 for few parcels)."""
-    from sklearn.metrics import normalized_mutual_info_score
-
     y = np.asarray(y).astype(str)
     share = pd.Series(y).value_counts(normalize=True)
     rng = np.random.default_rng(seed)
@@ -329,11 +321,11 @@ def chance_levels(y: np.ndarray, *, n_permutations: int = 200, seed: int = 0) ->
             "ari": 0.0, "nmi_mean": float(nmi.mean()), "nmi_95th": float(np.quantile(nmi, 0.95))}
 
 
-# -- the command ---------------------------------------------------------------------------------
+# -- the task ------------------------------------------------------------------------------------
 def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas: bool = False,
                       target_tr: float | None = None, n_neighbors: int = 5,
                       max_recordings: int | None = None, untrained_control: bool = True,
-                      shifted_control: bool = True, batch_size: int = 8, device: str = "cpu", seed: int = 0, figures: bool = True,
+                      shifted_control: bool = True, batch_size: int = 8, device: str = "cpu", seed: int = 0,
                       tr: float | None = None, orientation: str = "auto", key: str | None = None) -> dict:
     """Identify functional networks from a pretrained BrainLM; see the module docstring.
 
@@ -344,8 +336,9 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
     data : path, list of paths, or list of Recording
         See :func:`brainlm.tasks.model_input.model_inputs` (corpus, files, or recordings).
     out : path, optional
-        Folder to write (replaced atomically when complete): ``networks.json``, ``networks.md``,
-        ``parcels.tsv`` and PNG figures.
+        Folder to write (replaced atomically when complete): ``networks.json``, ``networks.md``
+        and ``parcels.tsv``. Numbers only: the figures are drawn from these files by
+        :func:`brainlm.report.attention_figures.draw_network_folder` (``brainlm networks`` does).
     labels : None, path or sequence
         Network labels (see :func:`network_labels`); default: the atlas' networks.
     transfer_atlas : bool
@@ -379,7 +372,7 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
         raise BrainLMInputError(f"n_neighbors is {n_neighbors}; expected an integer >= 1")
     if max_recordings is not None and max_recordings < 1:
         raise BrainLMInputError(f"max_recordings is {max_recordings}; expected an integer >= 1")
-    model = checkpoint if isinstance(checkpoint, BrainLM) else BrainLM.from_pretrained(checkpoint, map_location=device)
+    model = load_model(checkpoint, device)
     inputs = []
     for item in model_inputs(model, data, transfer_atlas=transfer_atlas, target_tr=target_tr, tr=tr,
                              orientation=orientation, key=key):
@@ -427,9 +420,6 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
         spectral["BrainLM untrained: parcel_attention"] = spectral_clusters(
             control.parcel_attention[np.ix_(labelled, labelled)], y, seed=seed)
     chance = chance_levels(y, seed=seed)
-
-    from sklearn.metrics import confusion_matrix
-
     order = network_order(y)
     paper = predictions["BrainLM: cls_attention"]["knn_predicted"]
     fc_pred = predictions["baseline: fc_profile"]["knn_predicted"]
@@ -458,7 +448,6 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
             "labels": order,
             "BrainLM: cls_attention (kNN)": confusion_matrix(y, paper, labels=order).tolist(),
             "baseline: fc_profile (kNN)": confusion_matrix(y, fc_pred, labels=order).tolist()},
-        "figures": {},
     }
     table = pd.DataFrame({"parcel": atlas.parcel_names, "x": atlas.xyz[:, 0], "y": atlas.xyz[:, 1],
                           "z": atlas.xyz[:, 2], "network": [n or "" for n in y_all]})
@@ -470,7 +459,7 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
     table["relative_cls_attention"] = trained.cls_map
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if out is not None:
-        _write(result, table, out, figures)
+        _write(result, table, out)
     return result
 
 
@@ -510,26 +499,15 @@ def markdown(result: dict) -> str:
 def read_parcels(path: str | Path) -> pd.DataFrame:
     """A saved ``parcels.tsv`` (one row per parcel), with empty network and prediction cells
     (unlabelled parcels) kept as empty strings."""
-    from brainlm.tasks.results_folder import read_results_table
-
     return read_results_table(path, ("parcel", "x", "y", "z", "network", "knn[BrainLM: cls_attention]",
                                      "relative_cls_attention"),
                               dtype={"parcel": str, "network": str}, keep_default_na=False,
                               na_values={"relative_cls_attention": [""]})
 
 
-def _write(result, table, out, figures) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        if figures:
-            from brainlm.report.attention_figures import draw_network_figures
-
-            result["figures"] = draw_network_figures(result, table, build)
+def _write(result: dict, table: pd.DataFrame, out) -> None:
+    """``networks.json``, ``networks.md`` and ``parcels.tsv`` in ``out``, published whole."""
+    with atomic_directory(out, overwrite=True) as build:
         table.to_csv(build / "parcels.tsv", sep="\t", index=False, float_format="%.6g")
         write_text_atomic(build / "networks.md", markdown(result))
-        write_text_atomic(build / "networks.json", json.dumps(result, indent=2))
-        publish_directory(build, out)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
+        write_json(build / "networks.json", result)

@@ -1,24 +1,27 @@
 """Evaluation results are a folder published in one rename: all files or none.
 
 A run that fails half-way (bad input, an interrupted fit) leaves no result files behind, and an
-existing results folder is replaced only once the new one is complete.
+existing results folder is replaced only once the new one is complete. The mechanism is
+:func:`brainlm.data.atomic.atomic_directory`; this module adds the early check, the writing of a
+name -> content mapping, and the readers of saved results.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+import json
 from pathlib import Path
 
 import pandas as pd
 
-from brainlm.data.atomic import publish_directory, write_parquet_atomic, write_text_atomic
+from brainlm.data.atomic import atomic_directory, write_parquet_atomic, write_text_atomic
 from brainlm.errors import BrainLMInputError
+
+__all__ = ["check_results_folder", "publish_results", "read_results_json", "read_results_table"]
 
 
 def check_results_folder(out: str | Path | None, overwrite: bool) -> Path | None:
-    """``out`` as a Path; an error, before any work is done, if it exists and not ``overwrite``."""
+    """``out`` as a Path; an error, before any work is done, if it exists and not ``overwrite``
+    (the same refusal :func:`~brainlm.data.atomic.atomic_directory` gives when publishing)."""
     if out is None:
         return None
     out = Path(out)
@@ -31,26 +34,26 @@ def check_results_folder(out: str | Path | None, overwrite: bool) -> Path | None
 
 
 def publish_results(out: Path, files: dict[str, str | pd.DataFrame]) -> None:
-    """Write ``files`` (name -> text, or a DataFrame written as Parquet) into a temporary folder
-    beside ``out`` and rename it to ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    """Write ``files`` (name -> text, or a DataFrame written as Parquet) into a private folder
+    beside ``out`` and publish it as ``out`` in one rename (an existing ``out`` is replaced: the
+    caller checked it first with :func:`check_results_folder`)."""
+    with atomic_directory(out, overwrite=True) as build:
         for name, content in files.items():
             if isinstance(content, pd.DataFrame):
-                write_parquet_atomic(content, tmp / name)
+                write_parquet_atomic(content, build / name)
             else:
-                write_text_atomic(tmp / name, content)
-        # Temporary files and folders are private (0600/0700); results are for everyone the
-        # umask allows, like any other file the user writes.
-        umask = os.umask(0)
-        os.umask(umask)
-        for f in tmp.iterdir():
-            f.chmod(0o666 & ~umask)
-        tmp.chmod(0o777 & ~umask)
-        publish_directory(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                write_text_atomic(build / name, content)
+
+
+def read_results_json(path: str | Path) -> dict:
+    """A JSON file of a results folder; an error naming the file when it is missing or damaged."""
+    path = Path(path)
+    if not path.is_file():
+        raise BrainLMInputError("results file not found; run the task again to write it", str(path))
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BrainLMInputError(f"results file is not valid JSON ({e})", str(path)) from None
 
 
 def read_results_table(path: str | Path, required: tuple[str, ...] = (), **read_csv) -> pd.DataFrame:

@@ -1,26 +1,24 @@
 """``brainlm evaluate recon|predict``: honest evaluation of a checkpoint against baselines.
 
-``register(subparsers)`` adds the ``evaluate`` sub-command (with ``recon`` and ``predict``
-beneath it) to the ``brainlm`` parser; ``run(args)`` executes it. Results go to an ``--out``
-folder (JSON for machines, Markdown for people), published only when the evaluation finished.
+Results go to an ``--out`` folder (JSON for machines, Markdown for people), published only when
+the evaluation finished.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from brainlm.cli import comma_floats, comma_ints
+from brainlm.commands.arguments import comma_floats, comma_ints
 from brainlm.errors import BrainLMInputError
+from brainlm.tasks.prediction.evaluate import (GROUPS, PredictionSettings, evaluate_prediction,
+                                               prediction_markdown)
+from brainlm.tasks.reconstruction import DEFAULT_RATIOS, evaluate_reconstruction, reconstruction_markdown
 
 __all__ = ["register", "run"]
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``evaluate`` with its ``recon`` and ``predict`` sub-commands."""
-    from brainlm.tasks.prediction.evaluate import GROUPS, PredictionSettings
-    from brainlm.tasks.reconstruction import DEFAULT_RATIOS
-
     ev = subparsers.add_parser(
         "evaluate", help="masked reconstruction and phenotype prediction against baselines",
         description="Evaluate a checkpoint on a prepared corpus, always next to strong baselines "
@@ -89,21 +87,25 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
 
-def run(args) -> int:
-    """Run ``brainlm evaluate recon`` or ``brainlm evaluate predict``."""
+def run(args: argparse.Namespace) -> int:
+    """Run ``brainlm evaluate recon`` or ``brainlm evaluate predict``; 0 on success."""
     if args.evaluation == "recon":
-        from brainlm.tasks.reconstruction import evaluate_reconstruction, reconstruction_markdown
+        return _recon(args)
+    return _predict(args)
 
-        result = evaluate_reconstruction(
-            args.checkpoint, args.corpus, split=args.split, ratios=args.ratios, strategy=args.mask,
-            seed=args.seed, max_recordings=args.max_recordings, batch_size=args.batch_size,
-            transfer_atlas=args.transfer_atlas, device=args.device, out=args.out,
-            overwrite=args.overwrite)
-        print(reconstruction_markdown(result))
-        print(f"results in {args.out} ({result['seconds']} s)")
-        return 0
-    from brainlm.tasks.prediction.evaluate import PredictionSettings, evaluate_prediction, prediction_markdown
 
+def _recon(args: argparse.Namespace) -> int:
+    result = evaluate_reconstruction(
+        args.checkpoint, args.corpus, split=args.split, ratios=args.ratios, strategy=args.mask,
+        seed=args.seed, max_recordings=args.max_recordings, batch_size=args.batch_size,
+        transfer_atlas=args.transfer_atlas, device=args.device, out=args.out,
+        overwrite=args.overwrite)
+    print(reconstruction_markdown(result))
+    print(f"results in {args.out} ({result['seconds']} s)")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
     settings = PredictionSettings(
         n_folds=args.folds, inner_folds=args.inner_folds, seeds=tuple(args.seeds),
         deep_seeds=args.deep_seeds, lstm_epochs=args.lstm_epochs, finetune_epochs=args.finetune_epochs,
@@ -117,5 +119,5 @@ def run(args) -> int:
         split=args.split, transfer_atlas=args.transfer_atlas, device=args.device, out=args.out,
         overwrite=args.overwrite, progress=not args.quiet)
     print(prediction_markdown(result))
-    print(f"results in {args.out} ({result['seconds']} s)", file=sys.stdout)
+    print(f"results in {args.out} ({result['seconds']} s)")
     return 0

@@ -22,7 +22,8 @@
 
 from __future__ import annotations
 
-import json
+import argparse
+import importlib.metadata
 import platform
 import shutil
 import time
@@ -31,12 +32,35 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from brainlm import __version__
 from brainlm.data.atlas import load_atlas
-from brainlm.data.atomic import write_npz_atomic, write_text_atomic
+from brainlm.data.atomic import write_json, write_npz_atomic
 from brainlm.data.contract import PreprocessingContract
+from brainlm.data.example_scans import write_fmriprep_example
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import HCP7_TR, load_hcp7_aal2, load_schaefer100_rest
+from brainlm.model.masking import MaskSpec
+from brainlm.report.attention_figures import draw_group_folder, draw_network_folder
+from brainlm.report.console import make_console, print_summary
+from brainlm.report.forecasting_figures import draw_forecast_figure
+from brainlm.report.html import render_report
+from brainlm.simulate.cohort import limbic_prefrontal, simulate_cohort
+from brainlm.tasks.embed import embed
+from brainlm.tasks.forecasting.baselines import BaselineSettings, NeuralTraining
+from brainlm.tasks.forecasting.comparison import compare
+from brainlm.tasks.forecasting.finetune import FinetuneSettings
+from brainlm.tasks.group_attention import group_attention
+from brainlm.tasks.model_input import (iter_model_input, load_model, model_scaler, model_windows, parcel_xyz,
+                                       predict_masked, token_mask_to_values)
+from brainlm.tasks.networks import identify_networks
+from brainlm.tasks.prediction.evaluate import (FAMILIES, PredictionSettings, evaluate_prediction, headline,
+                                               prediction_markdown)
+from brainlm.tasks.reconstruction import evaluate_reconstruction, reconstruction_markdown
+from brainlm.train.pretrain import PretrainSettings, pretrain
+
+__all__ = ["DemoSettings", "register", "run", "run_demo"]
 
 WINDOW_TRS = 200
 
@@ -85,6 +109,26 @@ class DemoSettings:
                    forecast_epochs=1, permutations=200)
 
 
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``demo`` to the ``brainlm`` sub-parsers."""
+    p = subparsers.add_parser("demo", help="the main job end to end on the embedded real data")
+    p.add_argument("--out", default="demo-out", help="output folder (default: ./demo-out)")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--epochs", type=int, help="pretraining epochs of the tiny model (default 50; --quick: 2)")
+    p.add_argument("--quick", action="store_true",
+                   help="every step with much less training (a smoke test of a few minutes)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo with the parsed ``demo`` arguments; 0 on success."""
+    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    if args.epochs is not None:
+        settings = replace(settings, epochs=args.epochs)
+    run_demo(Path(args.out), jobs=args.jobs, settings=settings)
+    return 0
+
+
 class _Steps:
     """Times each step and prints a rule before it."""
 
@@ -106,9 +150,6 @@ class _Steps:
 def run_demo(out: Path, jobs: int = 2, settings: DemoSettings = DemoSettings()) -> dict:
     """Run the demo into ``out``; returns (and writes ``out/summary.json``) the key numbers and
     ``out/report.html``."""
-    from brainlm import __version__
-    from brainlm.cli import make_console, print_summary
-
     con = make_console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,9 +228,7 @@ def run_demo(out: Path, jobs: int = 2, settings: DemoSettings = DemoSettings()) 
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     summary["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     summary["versions"] = _versions()
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
-
-    from brainlm.report.html import render_report
+    write_json(out / "summary.json", summary)
 
     con.rule("[bold]Report")
     report = render_report(out)
@@ -205,13 +244,11 @@ def _command(s: DemoSettings) -> str:
     for flag, base in (("", DemoSettings()), (" --quick", DemoSettings.quick())):
         if replace(s, epochs=base.epochs) == base:
             return "brainlm demo" + flag + ("" if s.epochs == base.epochs else f" --epochs {s.epochs}")
-    return f"brainlm.demo.run_demo(settings={s!r})"  # settings the command line cannot express
+    return f"brainlm.commands.demo.run_demo(settings={s!r})"  # settings the command line cannot express
 
 
 def _training_device() -> str:
     """Where pretraining and fine-tuning run: Lightning takes the GPU when there is one."""
-    import torch
-
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"{torch.get_num_threads()} CPU threads"
@@ -219,16 +256,12 @@ def _training_device() -> str:
 
 def _device() -> str:
     """Where the demo ran; the evaluation steps use the CPU even when training had a GPU."""
-    import torch
-
     if torch.cuda.is_available():
         return f"{_training_device()} for training, {torch.get_num_threads()} CPU threads otherwise"
     return _training_device()
 
 
 def _cohort(out: Path, s: DemoSettings, contract: PreprocessingContract, jobs: int):
-    from brainlm.simulate.cohort import simulate_cohort
-
     recordings = simulate_cohort(s.cohort_subjects, atlas="aal2", n_trs=s.cohort_trs, seed=s.seed, jobs=jobs)
     return prepare_corpus(recordings, out / "corpus-synthetic-aal2", atlas=load_atlas("aal2"),
                           contract=contract, min_trs=WINDOW_TRS, jobs=jobs, split_seed=s.seed,
@@ -236,8 +269,6 @@ def _cohort(out: Path, s: DemoSettings, contract: PreprocessingContract, jobs: i
 
 
 def _scans(out: Path, jobs: int):
-    from brainlm.data.example_scans import write_fmriprep_example
-
     ex = write_fmriprep_example(out / "fmriprep-example", subjects=4, n_trs=240, overwrite=True)
     return prepare_corpus([ex.derivatives], out / "corpus-fmriprep-example", atlas_image=ex.atlas_image,
                           atlas_labels=ex.atlas_labels, space=ex.space, min_trs=WINDOW_TRS, jobs=jobs,
@@ -245,10 +276,6 @@ def _scans(out: Path, jobs: int):
 
 
 def _pretrain(out: Path, hcp, s: DemoSettings, summary: dict) -> Path:
-    from brainlm.model import BrainLM
-    from brainlm.tasks.embed import embed
-    from brainlm.train.pretrain import PretrainSettings, pretrain
-
     run = out / "run-tiny"
     if run.exists():
         shutil.rmtree(run)
@@ -256,7 +283,7 @@ def _pretrain(out: Path, hcp, s: DemoSettings, summary: dict) -> Path:
     settings = PretrainSettings(corpus=hcp.path, preset="tiny", epochs=s.epochs, seed=s.seed)
     metrics = pretrain(settings, run, progress=True)
     seconds = time.perf_counter() - t
-    model = BrainLM.from_pretrained(run / "model")
+    model = load_model(run / "model")
     first = embed(run / "model", [hcp.path], out / "embeddings.parquet")
     second = embed(run / "model", [hcp.path])
     summary["pretraining"] = {
@@ -273,9 +300,6 @@ def _pretrain(out: Path, hcp, s: DemoSettings, summary: dict) -> Path:
 
 
 def _reconstruction(checkpoint: Path, hcp, results: Path, s: DemoSettings, summary: dict, con) -> None:
-    from brainlm.model import BrainLM, MaskSpec
-    from brainlm.tasks.reconstruction import evaluate_reconstruction, reconstruction_markdown
-
     res = evaluate_reconstruction(checkpoint, hcp.path, split="test", seed=s.seed,
                                   out=results / "reconstruction")
     con.print(reconstruction_markdown(res))
@@ -286,30 +310,23 @@ def _reconstruction(checkpoint: Path, hcp, results: Path, s: DemoSettings, summa
     summary["key_numbers"].append({
         "value": f"R² {at['brainlm']['r2']:.3f} vs {at[best]['r2']:.3f}",
         "label": f"reconstruction of 75% masked tokens (HCP test subject) vs the best baseline ({best})"})
-    # One test window for the report's carpet plots.
-    import torch
-
-    model = BrainLM.from_pretrained(checkpoint)
+    # One test window for the report's carpet plots: the first tile of the first test recording,
+    # 75% of its tokens masked by a generator seeded with the demo's seed.
+    model = load_model(checkpoint)
     row = int(hcp.split_indices("test")[0])
-    wins, _ = model.windows(hcp.read(row))
+    data = next(iter_model_input(hcp, [row], model_scaler(model, hcp)))
+    wins, _ = model_windows(model, data, source=hcp.path)
     mask = model.sample_mask(MaskSpec("random", 0.75), len(wins), hcp.atlas.n_parcels, _generator(s.seed))
-    with torch.inference_mode():
-        xyz = torch.from_numpy(np.array(hcp.atlas.xyz, dtype=np.float32)).expand(len(wins), -1, -1)
-        _, pred = model(wins, xyz, mask)
-    k = model.config.patch_trs
+    pred = predict_masked(model, wins, parcel_xyz(hcp.atlas), mask)
     subject = hcp.manifest.iloc[row]["subject"]
     write_npz_atomic(
-        results / "reconstruction_example.npz", target=wins[0].numpy(),
-        prediction=model.unpatchify(pred)[0].numpy(),
-        mask=mask.repeat_interleave(k, dim=2).transpose(1, 2)[0].numpy(),
+        results / "reconstruction_example.npz", target=wins[0].numpy(), prediction=pred[0].numpy(),
+        mask=token_mask_to_values(model, mask)[0],
         parcel_names=np.array(hcp.atlas.parcel_names), tr_s=np.float64(hcp.contract.target_tr),
         title=np.array(f"HCP test subject {subject}, first window, 75% of tokens masked"))
 
 
 def _prediction(checkpoint: Path, cohort, results: Path, s: DemoSettings, summary: dict, con) -> None:
-    from brainlm.tasks.prediction.evaluate import (PredictionSettings, evaluate_prediction, headline,
-                                                   prediction_markdown)
-
     settings = PredictionSettings.quick() if s.prediction_quick else PredictionSettings()
     summary["settings"]["prediction"] = asdict(settings)
     for target in s.prediction_targets:
@@ -327,15 +344,12 @@ def _prediction(checkpoint: Path, cohort, results: Path, s: DemoSettings, summar
 
 
 def _forecasting(checkpoint: Path, hcp, results: Path, s: DemoSettings, summary: dict, con) -> None:
-    from brainlm.tasks.forecasting.baselines import BaselineSettings, NeuralTraining
-    from brainlm.tasks.forecasting.comparison import compare
-    from brainlm.tasks.forecasting.finetune import FinetuneSettings
-
     fine = FinetuneSettings(epochs=s.forecast_epochs, crops_per_recording=16, seed=s.seed)
     base = BaselineSettings(neural=NeuralTraining(epochs=s.forecast_epochs, crops_per_recording=16))
     summary["settings"]["forecasting"] = {"finetune": asdict(fine), "baselines": asdict(base)}
     res = compare(checkpoint, hcp.path, results / "forecasting", finetune_settings=fine,
                   baseline_settings=base, overwrite=True)
+    draw_forecast_figure(results / "forecasting")
     con.print(res["summary"])
     methods = res["methods"]
     ours = [n for n, m in methods.items() if m["kind"] == "brainlm"]
@@ -350,8 +364,6 @@ def _forecasting(checkpoint: Path, hcp, results: Path, s: DemoSettings, summary:
 
 
 def _networks(checkpoint: Path, hcp, rest, results: Path, s: DemoSettings, summary: dict, con) -> None:
-    from brainlm.tasks.networks import identify_networks
-
     # Three HCP recordings are enough for stable parcel features and keep the step under a minute;
     # the Schaefer-100 run is read raw and cleaned with the checkpoint's own contract (the demo's
     # Schaefer corpus was cleaned with confounds, so the model would refuse it).
@@ -359,6 +371,7 @@ def _networks(checkpoint: Path, hcp, rest, results: Path, s: DemoSettings, summa
                                ("schaefer100", [rest], {"transfer_atlas": True, "target_tr": HCP7_TR,
                                                         "untrained_control": False})):
         r = identify_networks(checkpoint, data, results / f"networks-{name}", seed=s.seed, **kwargs)
+        draw_network_folder(results / f"networks-{name}")
         ours = next(m for m in r["methods"] if m["model"].startswith("BrainLM") and m["features"] == "cls_attention")
         fc = next(m for m in r["methods"] if m["features"] == "fc_profile")
         con.print(f"{name}: kNN accuracy from CLS attention {ours['knn_accuracy']:.1%} vs FC profile "
@@ -374,15 +387,13 @@ def _networks(checkpoint: Path, hcp, rest, results: Path, s: DemoSettings, summa
 
 
 def _attention(checkpoint: Path, cohort, results: Path, s: DemoSettings, summary: dict, con) -> None:
-    from brainlm.simulate.cohort import limbic_prefrontal
-    from brainlm.tasks.group_attention import group_attention
-
     # The simulation alters limbic coupling in patients: the ground truth the map should find.
     limbic, prefrontal = limbic_prefrontal(cohort.atlas)
     r = group_attention(checkpoint, cohort.path, "group", results / "attention",
                         n_permutations=s.permutations, seed=s.seed,
                         parcel_sets={"limbic (altered in the simulation)": limbic,
                                      "prefrontal (altered in the simulation)": prefrontal})
+    draw_group_folder(results / "attention")
     sets = r["parcel_sets"].get("attention", [])
     con.print(f"{r['significant']['attention']} parcel(s) with q < {r['settings']['alpha']}; altered "
               "network: " + "; ".join(f"{n['set']}: mean |t| percentile {n['t_mean_percentile']:.2f}, "
@@ -392,28 +403,22 @@ def _attention(checkpoint: Path, cohort, results: Path, s: DemoSettings, summary
 
 
 def _best_brainlm(res: dict) -> str:
-    from brainlm.tasks.prediction.evaluate import FAMILIES
-
     metric, sign = res["primary_metric"], 1 if res["higher_is_better"] else -1
     names = [m["name"] for m in res["methods"] if m["family"] in (FAMILIES[0], FAMILIES[3])
              and res["summary"][m["name"]][metric]["mean"] is not None]
     return max(names, key=lambda n: sign * res["summary"][n][metric]["mean"])
 
 
-def _generator(seed: int):
-    import torch
-
+def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
 def _versions() -> dict:
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for name in ("brainlm", "torch", "lightning", "numpy", "scipy", "pandas", "scikit-learn", "nilearn",
                  "zarr", "matplotlib", "torchdiffeq"):
         try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out

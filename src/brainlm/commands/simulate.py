@@ -1,18 +1,22 @@
 """``brainlm simulate``: write a synthetic cohort with known ground truth.
 
-``register(subparsers)`` adds the sub-command to the ``brainlm`` parser; ``run(args)`` executes
-it. The output folder is BIDS-like and ``brainlm prepare OUT --atlas NAME`` reads it as it is
+The output folder is BIDS-like and ``brainlm prepare OUT --atlas NAME`` reads it as it is
 (add ``--target-tr`` when the sites have different TRs, ``--psc`` for raw units).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import asdict, replace
 
+from brainlm import __version__
+# The rich progress bar prepare uses; it has no public name yet (see the issue 14 notes).
+from brainlm.data.prepare import _progress as progress_bar
 from brainlm.errors import BrainLMInputError
+from brainlm.simulate.cohort import (DEFAULT_SITES, FORMATS, GLOBAL_COUPLING, MEASUREMENT_NOISE, UNITS,
+                                     LatentEffects, ModelSettings, iter_cohort, write_cohort)
+from brainlm.simulate.connectomes import SIMULATION_ATLASES, check_atlas_name
 
 __all__ = ["register", "run"]
 
@@ -26,10 +30,7 @@ _DESCRIPTION = (
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    """Add the ``simulate`` sub-command to an ``argparse`` sub-parser collection."""
-    from brainlm.simulate.cohort import DEFAULT_SITES, FORMATS, MEASUREMENT_NOISE, UNITS
-    from brainlm.simulate.connectomes import SIMULATION_ATLASES
-
+    """Add ``simulate`` to the ``brainlm`` sub-parsers."""
     p = subparsers.add_parser("simulate", help="write a synthetic cohort with known ground truth",
                               description=_DESCRIPTION)
     p.add_argument("--subjects", type=int, required=True, metavar="N", help="number of subjects")
@@ -73,13 +74,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--format", default="npy", choices=FORMATS, help="time-series file format")
     g.add_argument("--overwrite", action="store_true", help="replace an existing cohort folder")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
     return p
 
 
-def _effects(args):
-    from brainlm.simulate.cohort import LatentEffects
-
+def _effects(args: argparse.Namespace) -> LatentEffects:
     base = LatentEffects()
     scale = args.effect_scale
     return replace(base, age_min=args.age_min, age_max=args.age_max,
@@ -92,27 +90,8 @@ def _effects(args):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Simulate and write the cohort described by parsed ``simulate`` arguments.
-
-    Returns
-    -------
-    int
-        0 on success, 2 on bad input (the message goes to stderr).
-    """
-    try:
-        return _run(args)
-    except BrainLMInputError as e:
-        print(f"brainlm simulate: error: {e}", file=sys.stderr)
-        return 2
-
-
-def _run(args) -> int:
-    from brainlm import __version__
-    from brainlm.data.prepare import _progress
-    from brainlm.simulate.cohort import (GLOBAL_COUPLING, ModelSettings, iter_cohort,
-                                         write_cohort)
-    from brainlm.simulate.connectomes import check_atlas_name
-
+    """Simulate and write the cohort described by parsed ``simulate`` arguments; 0 on success
+    (bad input raises ``BrainLMInputError``, which :func:`brainlm.commands.dispatch` reports)."""
     if not isinstance(args.effect_scale, (int, float)) or not args.effect_scale >= 0:
         raise BrainLMInputError(f"option 'effect_scale' is {args.effect_scale!r}; expected a "
                                 "number >= 0")
@@ -131,7 +110,7 @@ def _run(args) -> int:
     seen = {"trs": set(), "sites": set()}
 
     def tracked():
-        with _progress(not args.quiet, "simulating", args.subjects) as advance:
+        with progress_bar(not args.quiet, "simulating", args.subjects) as advance:
             for rec in cohort:
                 seen["trs"].add(rec.tr)
                 seen["sites"].add(rec.site)

@@ -1,27 +1,26 @@
 """``brainlm forecast finetune`` and ``brainlm forecast evaluate``.
 
-``register(subparsers)`` adds the ``forecast`` command (with its two sub-commands) to the
-``brainlm`` parser; ``run(args)`` executes it.
+``evaluate`` scores the methods (the task writes ``forecast.json`` and ``forecast.md``), then
+this command draws ``forecast_error.png`` from the saved ``forecast.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from brainlm.commands.arguments import comma_names
 from brainlm.errors import BrainLMInputError
+from brainlm.report.forecasting_figures import draw_forecast_figure
+from brainlm.tasks.forecasting.baselines import BASELINES, BaselineSettings, NeuralTraining
+from brainlm.tasks.forecasting.evaluate import evaluate_run
+from brainlm.tasks.forecasting.finetune import FinetuneSettings, finetune
 
 __all__ = ["register", "run"]
 
 
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def register(subparsers) -> argparse.ArgumentParser:
-    """Add ``forecast`` (``finetune`` | ``evaluate``) to an ``argparse`` sub-parser collection."""
-    from brainlm.tasks.forecasting.baselines import BASELINES, BaselineSettings, NeuralTraining
-    from brainlm.tasks.forecasting.finetune import FinetuneSettings
-
+    """Add ``forecast`` (``finetune`` | ``evaluate``) to the ``brainlm`` sub-parsers."""
     f, b, n = FinetuneSettings(), BaselineSettings(), NeuralTraining()
     p = subparsers.add_parser(
         "forecast", help="forecast future brain states: fine-tune BrainLM, compare with baselines",
@@ -72,7 +71,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     help="TRs between test windows (default: the horizon, so every test TR after the "
                     "first context is predicted once)")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
-    ev.add_argument("--baselines", type=_names, default=list(BASELINES), metavar="NAMES",
+    ev.add_argument("--baselines", type=comma_names, default=list(BASELINES), metavar="NAMES",
                     help=f"comma-separated, any of {','.join(BASELINES)} (default: all)")
     ev.add_argument("--no-zero-shot", action="store_true", help="skip the pretrained checkpoint without fine-tuning")
     g = ev.add_argument_group("baselines")
@@ -94,16 +93,13 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``brainlm forecast finetune|evaluate``; 0 on success (bad input raises
-    ``BrainLMInputError``, which the ``brainlm`` entry point reports with exit status 2)."""
+    """Run ``brainlm forecast finetune|evaluate``; 0 on success."""
     if args.forecast_command == "finetune":
         return _finetune(args)
     return _evaluate(args)
 
 
-def _finetune(args) -> int:
-    from brainlm.tasks.forecasting.finetune import FinetuneSettings, finetune
-
+def _finetune(args: argparse.Namespace) -> int:
     settings = FinetuneSettings(
         context_trs=args.context, horizon_trs=args.horizon, epochs=args.epochs, batch_size=args.batch_size,
         crops_per_recording=args.crops_per_recording, lr=args.lr, weight_decay=args.weight_decay,
@@ -119,10 +115,7 @@ def _finetune(args) -> int:
     return 0
 
 
-def _evaluate(args) -> int:
-    from brainlm.tasks.forecasting.baselines import BaselineSettings, NeuralTraining
-    from brainlm.tasks.forecasting.evaluate import evaluate_run
-
+def _evaluate(args: argparse.Namespace) -> int:
     for name in ("epochs", "crops_per_recording", "ar_order", "var_order", "lstm_hidden", "ode_latent",
                  "ode_hidden"):
         if getattr(args, name) < 1:
@@ -137,6 +130,8 @@ def _evaluate(args) -> int:
                            zero_shot=not args.no_zero_shot, baselines=args.baselines, settings=settings,
                            split=args.split, stride=args.stride, max_train_recordings=args.max_train_recordings,
                            progress=not args.quiet)
+    # The task writes numbers only; the figure is drawn here from what it saved.
+    draw_forecast_figure(Path(args.out))
     print(results["summary"])
     print(f"results: {args.out}/forecast.json, forecast.md, forecast_error.png")
     return 0

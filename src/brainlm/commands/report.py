@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from brainlm.report.html import render_report
+
 __all__ = ["register", "run"]
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``report`` to the ``brainlm`` sub-parsers."""
     p = subparsers.add_parser(
         "report", help="render the HTML report of a run folder from its saved results",
         description="Draw every figure again from the saved results of RUN_DIR (written by "
@@ -19,8 +22,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from brainlm.report.html import render_report
-
+    """Render the report and print its path; 0 on success."""
     path = render_report(args.run_dir, args.out)
     print(f"report: {path.resolve()}")
     return 0

@@ -1,0 +1,35 @@
+"""``brainlm embed``: embeddings of recordings from a pretrained checkpoint, as Parquet."""
+
+from __future__ import annotations
+
+import argparse
+
+from brainlm.tasks.embed import embed
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``embed`` to the ``brainlm`` sub-parsers."""
+    p = subparsers.add_parser("embed", help="embeddings of recordings from a pretrained checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint folder (RUN/model)")
+    p.add_argument("data", nargs="+", help="a corpus, or time-series files/folders")
+    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument("--per-window", action="store_true", help="one row per window instead of per recording")
+    p.add_argument("--tr", type=float, help="TR in seconds for files without a sidecar")
+    p.add_argument("--orientation", default="auto", choices=["auto", "time-by-parcel", "parcel-by-time"])
+    p.add_argument("--key")
+    p.add_argument("--transfer-atlas", action="store_true",
+                   help="allow an atlas other than the checkpoint's (through parcel coordinates)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the embeddings to ``--out`` and say how many rows; 0 on success."""
+    df = embed(args.checkpoint, args.data, args.out, per_window=args.per_window, tr=args.tr,
+               orientation=args.orientation, key=args.key, transfer_atlas=args.transfer_atlas,
+               batch_size=args.batch_size, device=args.device)
+    print(f"{len(df)} rows of embeddings written to {args.out}")
+    return 0

@@ -1,0 +1,83 @@
+"""``brainlm networks``: identify functional networks from attention, against baselines.
+
+Runs :func:`brainlm.tasks.networks.identify_networks` (which writes ``networks.json``,
+``networks.md`` and ``parcels.tsv``), then draws the PNGs into the same folder from those
+saved files (:func:`brainlm.report.attention_figures.draw_network_folder`) unless
+``--no-figures``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from brainlm.commands.arguments import add_attention_options
+from brainlm.report.attention_figures import draw_network_folder
+from brainlm.report.console import make_console
+from brainlm.tasks.networks import identify_networks
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``networks`` to the ``brainlm`` sub-parsers."""
+    p = subparsers.add_parser(
+        "networks", help="identify functional networks from attention, against baselines",
+        description="Give every parcel a feature vector from the pretrained model (CLS attention, "
+        "parcel-by-parcel attention, token embeddings) and classify parcels into known networks "
+        "(Yeo-7) by leave-one-parcel-out kNN and logistic regression, and cluster them (k-means); "
+        "against FC-profile, raw-time-series and coordinate baselines, spectral clustering of FC, "
+        "a randomly initialised model, the model on input with parcels shifted in time "
+        "independently (co-fluctuation removed) and chance. Writes networks.json, networks.md, parcels.tsv "
+        "and figures to --out.")
+    p.add_argument("checkpoint", help="a checkpoint folder (RUN/model)")
+    p.add_argument("data", nargs="+", help="a prepared corpus, or time-series files/folders on the checkpoint's atlas")
+    p.add_argument("--out", required=True, help="output folder (replaced when complete)")
+    p.add_argument("--labels", help="TSV/CSV with columns name, network (default: the atlas' networks)")
+    p.add_argument("--neighbors", type=int, default=5, metavar="K", help="k of the kNN classifier (default 5)")
+    p.add_argument("--max-recordings", type=int, metavar="N", help="use the first N recordings only")
+    p.add_argument("--no-untrained-control", action="store_true",
+                   help="skip the randomly initialised model of the same architecture")
+    p.add_argument("--no-shifted-control", action="store_true",
+                   help="skip the pretrained model on input whose parcels are shifted in time "
+                   "independently (co-fluctuation removed)")
+    add_attention_options(p)
+    p.add_argument("--tr", type=float, help="TR in seconds for files without a sidecar")
+    p.add_argument("--orientation", default="auto", choices=["auto", "time-by-parcel", "parcel-by-time"])
+    p.add_argument("--key", help="array name inside .npz/.mat/.h5 files")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Identify the networks, draw the figures, print the methods table; 0 on success."""
+    con = make_console()
+    r = identify_networks(args.checkpoint, args.data, args.out, labels=args.labels,
+                          transfer_atlas=args.transfer_atlas, n_neighbors=args.neighbors,
+                          max_recordings=args.max_recordings,
+                          untrained_control=not args.no_untrained_control,
+                          shifted_control=not args.no_shifted_control, batch_size=args.batch_size,
+                          device=args.device, seed=args.seed, tr=args.tr, orientation=args.orientation,
+                          key=args.key)
+    if not args.no_figures:
+        draw_network_folder(args.out)
+    _print_networks(con, r)
+    con.print(f"results in {args.out} ({r['seconds']} s)")
+    return 0
+
+
+def _print_networks(con: Console, r: dict) -> None:
+    t = Table(title=f"network identification, {r['atlas']}: {r['labelled_parcels']} labelled parcels, "
+              f"{len(r['networks'])} networks, {r['recordings']} recordings")
+    for col in ("model", "features", "kNN acc", "logreg acc", "k-means ARI", "NMI"):
+        t.add_column(col, justify="left" if col in ("model", "features") else "right")
+    for m in r["methods"]:
+        t.add_row(m["model"], m["features"], f"{m['knn_accuracy']:.3f}", f"{m['logreg_accuracy']:.3f}",
+                  f"{m['kmeans_ari']:.3f}", f"{m['kmeans_nmi']:.3f}")
+    for k, v in r["spectral"].items():
+        t.add_row("spectral", k, "", "", f"{v['ari']:.3f}", f"{v['nmi']:.3f}")
+    c = r["chance"]
+    t.add_row("chance", "majority / stratified", f"{c['majority_accuracy']:.3f} / {c['stratified_accuracy']:.3f}",
+              "", "0", f"{c['nmi_mean']:.3f}")
+    con.print(t)

@@ -1,0 +1,126 @@
+"""``brainlm prepare``: build a corpus from parcellated time series or scans."""
+
+from __future__ import annotations
+
+import argparse
+
+from brainlm.commands.arguments import comma_floats
+from brainlm.data.atlas import load_atlas
+from brainlm.data.contract import PreprocessingContract
+from brainlm.data.prepare import StoreLayout, prepare_corpus
+from brainlm.errors import BrainLMInputError
+from brainlm.report.console import print_summary
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``prepare`` to the ``brainlm`` sub-parsers."""
+    p = subparsers.add_parser("prepare", help="build a corpus from parcellated time series or scans",
+                              description="Read parcellated time series (.npy .npz .csv .tsv .txt .mat .h5 "
+                              ".parquet; folders are searched) with --atlas, or scans (4-D NIfTI, GIfTI, "
+                              "CIFTI; an fMRIPrep derivatives folder) with --atlas-image; clean and "
+                              "resample them, split subjects into train/val/test, fit robust scaling on "
+                              "train, and write a corpus.")
+    p.add_argument("sources", nargs="+", help="files or folders (a participants.tsv in a folder is used)")
+    p.add_argument("--out", required=True, help="corpus folder to create")
+    p.add_argument("--atlas",
+                   help="for parcellated time series: aal2 | schaefer100 | schaefer200 | "
+                   "schaefer400 | a TSV with name,x,y,z[,network]")
+    g = p.add_argument_group("scans (4-D NIfTI, GIfTI, CIFTI; fMRIPrep derivatives)")
+    g.add_argument("--atlas-image", action="append", metavar="FILE",
+                   help="atlas to parcellate scans with: a NIfTI (3-D labels or 4-D probabilistic "
+                   "maps), a .dlabel.nii, or a surface atlas given twice (left and right .annot or "
+                   ".label.gii); parcel centres are computed from it")
+    g.add_argument("--atlas-labels", metavar="TABLE",
+                   help="names of the atlas labels: TSV/CSV with index,name[,network] or a .txt")
+    g.add_argument("--surface-mesh", action="append", metavar="MESH",
+                   help="mesh of a surface atlas: fsaverage5 (default, bundled with nilearn) or "
+                   "the left and right GIfTI surface files (given twice)")
+    g.add_argument("--confounds", default="auto",
+                   help="auto (simple when fMRIPrep confounds files are present, else none) | none | "
+                   "simple | scrubbing | compcor | ica_aroma | a comma list of nilearn "
+                   "load_confounds components (motion,wm_csf,high_pass,global_signal,compcor,scrub)")
+    g.add_argument("--global-signal", choices=["basic", "power2", "derivatives", "full"],
+                   help="add global signal regression to the confound strategy")
+    g.add_argument("--fd-threshold", type=float, metavar="MM",
+                   help="framewise displacement above which scrubbing censors a volume (nilearn: 0.5)")
+    g.add_argument("--max-censored", type=float, default=0.5, metavar="FRACTION",
+                   help="reject scans with more censored volumes than this (default 0.5)")
+    g.add_argument("--space", help="BIDS space- of the scans to use (fMRIPrep writes several)")
+    g.add_argument("--res", help="BIDS res- of the scans to use")
+    g.add_argument("--read-volumes", type=int, default=32, metavar="N",
+                   help="volumes of a 4-D NIfTI read at a time (bounds memory per worker)")
+    g.add_argument("--dask-scheduler", metavar="ADDRESS",
+                   help="parcellate on a Dask cluster (tcp://host:8786, or 'local'); needs brainlm[dask] "
+                   "and an --out on a file system the workers share")
+    g = p.add_argument_group("reading")
+    g.add_argument("--tr", type=float, help="repetition time in seconds for files without a JSON sidecar")
+    g.add_argument("--orientation", default="auto", choices=["auto", "time-by-parcel", "parcel-by-time"])
+    g.add_argument("--key", help="array name inside .npz/.mat/.h5 files (default: inferred)")
+    g.add_argument("--participants", help="participants table (BIDS participants.tsv)")
+    g.add_argument("--id-column", help="subject id column of the participants table")
+    g.add_argument("--allow-missing-phenotypes", action="store_true",
+                   help="keep recordings whose subject is not in the participants table")
+    g = p.add_argument_group("preprocessing contract")
+    g.add_argument("--target-tr", type=float, help="resample every recording to this TR (seconds)")
+    g.add_argument("--drop-initial", type=int, default=0, metavar="N", help="drop the first N frames")
+    g.add_argument("--psc", action="store_true", help="convert raw BOLD to percent signal change")
+    g.add_argument("--no-detrend", action="store_true", help="skip linear detrending")
+    g.add_argument("--high-pass", type=float, metavar="HZ")
+    g.add_argument("--low-pass", type=float, metavar="HZ")
+    g.add_argument("--bad-parcels", default="error", choices=["error", "zero"],
+                   help="parcels with NaN/Inf or no variance: stop, or mark missing (read as 0)")
+    g.add_argument("--min-trs", type=int, default=200, help="minimum TRs after preprocessing (a window)")
+    g.add_argument("--too-short", default="skip", choices=["skip", "error"])
+    g.add_argument("--on-error", default="fail", choices=["fail", "skip"],
+                   help="a recording that cannot be read: stop, or skip it and report it")
+    g = p.add_argument_group("splits and storage")
+    g.add_argument("--splits", type=comma_floats, default=[0.8, 0.1, 0.1], metavar="TRAIN,VAL,TEST")
+    g.add_argument("--seed", type=int, default=0, help="split seed")
+    g.add_argument("--split-by", default="subject", choices=["subject", "site"])
+    g.add_argument("--jobs", type=int, default=1, help="worker processes (-1: all cores)")
+    g.add_argument("--chunk-trs", type=int, default=512,
+                   help="TRs per stored chunk (512 x 424 parcels is about 0.9 MB, one read per window)")
+    g.add_argument("--compression", default="none", choices=["none", "lz4", "zstd"])
+    g.add_argument("--overwrite", action="store_true", help="replace an existing corpus")
+    g.add_argument("--restart", action="store_true", help="discard an unfinished build instead of resuming")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prepare the corpus and print its summary; 0 on success."""
+    contract = PreprocessingContract(
+        target_tr=args.target_tr, drop_initial_trs=args.drop_initial, percent_signal_change=args.psc,
+        detrend=not args.no_detrend, high_pass_hz=args.high_pass, low_pass_hz=args.low_pass,
+        bad_parcels=args.bad_parcels)
+    if args.atlas is None and not args.atlas_image:
+        raise BrainLMInputError("pass --atlas (parcellated time series) or --atlas-image (NIfTI, "
+                                "GIfTI or CIFTI scans)")
+    options = {k: v for k, v in (("global_signal", args.global_signal),
+                                 ("fd_threshold", args.fd_threshold)) if v is not None}
+    mesh = args.surface_mesh
+    corpus = prepare_corpus(
+        args.sources, args.out, atlas=load_atlas(args.atlas) if args.atlas else None,
+        atlas_image=args.atlas_image, atlas_labels=args.atlas_labels,
+        surface_mesh=mesh[0] if mesh and len(mesh) == 1 else mesh, confounds=args.confounds,
+        confound_options=options, max_censored=args.max_censored, space=args.space, res=args.res,
+        read_volumes=args.read_volumes, dask_scheduler=args.dask_scheduler,
+        contract=contract, tr=args.tr,
+        orientation=args.orientation, key=args.key, participants=args.participants,
+        id_column=args.id_column, allow_missing_phenotypes=args.allow_missing_phenotypes,
+        min_trs=args.min_trs, too_short=args.too_short, on_error=args.on_error,
+        fractions=args.splits, split_seed=args.seed, split_by=args.split_by, jobs=args.jobs,
+        layout=StoreLayout(chunk_trs=args.chunk_trs, compression=args.compression),
+        overwrite=args.overwrite, restart=args.restart, progress=not args.quiet)
+    print_summary(corpus.summary())
+    ingestion = corpus.info.get("ingestion")
+    if ingestion:
+        conf = ingestion["confounds"]
+        print(f"scans parcellated with {ingestion['atlas_image']['masker']}; confounds: "
+              f"{conf['strategy']}" + (f" ({conf['loader']['function']})" if "loader" in conf else "")
+              + f"; {ingestion['censored_volumes']} volume(s) censored, "
+              f"{ingestion['interpolated_volumes']} interpolated, {ingestion['trimmed_volumes']} "
+              "trimmed; per scan: ingestion.parquet")
+    return 0

@@ -1,0 +1,71 @@
+"""``brainlm pretrain``: masked-autoencoder pretraining of BrainLM on a corpus."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from brainlm.train.pretrain import PretrainSettings, pretrain
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``pretrain`` to the ``brainlm`` sub-parsers."""
+    p = subparsers.add_parser("pretrain", help="pretrain BrainLM on a corpus",
+                              description="Masked-autoencoder pretraining with Lightning (CPU, one GPU, or "
+                              "many GPUs/nodes through --devices/--num-nodes/--strategy).")
+    p.add_argument("corpus")
+    p.add_argument("--out", required=True, help="run folder (logs, checkpoints, model/)")
+    p.add_argument("--preset", default="tiny", help="tiny | 13m | 111m | 650m")
+    p.add_argument("--window-trs", type=int, help="window length in TRs (default 200)")
+    p.add_argument("--patch-trs", type=int, help="TRs per token (default 20)")
+    p.add_argument("--decoder-attention", choices=["full", "axial"],
+                   help="decoder attention over all tokens, or alternating across parcels and across "
+                   "time (default: the preset's; axial for 13m/111m/650m, see docs/model.md)")
+    g = p.add_argument_group("masking")
+    g.add_argument("--mask", default="random", choices=["random", "parcels", "time", "future"])
+    g.add_argument("--mask-ratio", type=float, default=0.75)
+    g.add_argument("--future-trs", type=int, default=20, help="TRs hidden at the end with --mask future")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=20)
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--accumulate", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--lr", type=float, default=None,
+                   help="learning rate per 256 windows, scaled by the effective batch (default: 1e-3 "
+                   "as in the paper; 1.6e-2 for tiny, whose CPU batches are small)")
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of steps")
+    g.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
+    g.add_argument("--crops-per-recording", type=int, default=64, help="random windows per recording per epoch")
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("hardware")
+    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    g.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
+    g.add_argument("--devices", default="1", help="devices per node (number or 'auto')")
+    g.add_argument("--num-nodes", type=int, default=1)
+    g.add_argument("--strategy", default="auto", help="auto | ddp | fsdp | ...")
+    g.add_argument("--precision", default="auto", help="auto (bf16-mixed on GPU, 32-true on CPU) or a Lightning value")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Pretrain and print the validation metrics and the model folder; 0 on success."""
+    overrides = {k: v for k, v in (("window_trs", args.window_trs), ("patch_trs", args.patch_trs),
+                                   ("decoder_attention", args.decoder_attention)) if v}
+    devices = int(args.devices) if args.devices.isdigit() else args.devices
+    settings = PretrainSettings(
+        corpus=str(Path(args.corpus).resolve()), preset=args.preset, model_overrides=overrides,
+        mask_strategy=args.mask, mask_ratio=args.mask_ratio, future_trs=args.future_trs,
+        epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate, base_lr=args.lr,
+        weight_decay=args.weight_decay, warmup_fraction=args.warmup, clip=args.clip,
+        crops_per_recording=args.crops_per_recording, seed=args.seed, num_workers=args.workers,
+        accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes,
+        strategy=args.strategy, precision=args.precision)
+    metrics = pretrain(settings, args.out, resume=args.resume, progress=not args.quiet)
+    if metrics:
+        print("validation: " + ", ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in sorted(metrics.items())))
+    print(f"model: {Path(args.out) / 'model'}")
+    return 0
