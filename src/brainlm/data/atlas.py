@@ -15,7 +15,7 @@ import pandas as pd
 
 from brainlm.errors import BrainLMInputError
 
-EMBEDDED_ATLASES = ("aal2", "schaefer100", "schaefer200", "schaefer400")
+EMBEDDED_ATLASES = ("aal2", "schaefer100", "schaefer200", "schaefer400", "a424")
 
 #: The Yeo-7 networks in their usual order (Yeo et al. 2011).
 YEO7_ORDER = ("Vis", "SomMot", "DorsAttn", "SalVentAttn", "Limbic", "Cont", "Default")
@@ -176,12 +176,18 @@ class Atlas:
 
 
 def load_atlas(name_or_path: str | Path) -> Atlas:
-    """An embedded atlas by name (``aal2``, ``schaefer100``, ``schaefer200``, ``schaefer400``)
-    or an atlas table file (see :meth:`Atlas.from_table`)."""
+    """An embedded atlas by name (``aal2``, ``schaefer100``, ``schaefer200``, ``schaefer400``,
+    ``a424``) or an atlas table file (see :meth:`Atlas.from_table`).
+
+    ``a424`` is the parcellation of the original BrainLM checkpoints, in their parcel order
+    (labels 1..424, named ``A424_001`` ...; integer MNI mm centres of upstream's
+    ``A424_Coordinates.dat``; no network labels)."""
     key = str(name_or_path)
     if key.lower() in EMBEDDED_ATLASES:
         key = key.lower()
-        ref = resources.files("brainlm.data") / "resources" / "atlases" / f"{key}.tsv"
+        # A424 sits beside the other resources, with its provenance in resources/README.md.
+        folder = resources.files("brainlm.data") / "resources"
+        ref = folder / "a424.tsv" if key == "a424" else folder / "atlases" / f"{key}.tsv"
         with resources.as_file(ref) as p:
             atlas = Atlas.from_table(p, name=key)
         space = "fsaverage5-pial (approx. MNI)" if key in ("schaefer200", "schaefer400") else "MNI152"

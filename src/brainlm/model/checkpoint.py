@@ -3,12 +3,16 @@
 Layout of a checkpoint folder::
 
     model.safetensors   weights
-    config.json         {"format", "brainlm_version", "model": BrainLMConfig, "sha256": of the weights file}
+    config.json         {"format", "brainlm_version", "architecture", "model": the model's config,
+                         "sha256": of the weights file}
     contract.json       the preprocessing contract (optional)
     atlas.json          the pretraining atlas (optional)
 
 Loading is strict: missing, unexpected or mis-shaped tensors are an error (upstream silently
-re-initialised them), and the weights' sha256 must match the one recorded.
+re-initialised them), and the weights' sha256 must match the one recorded. ``architecture``
+says which model class the config describes: ``brainlm`` (:class:`BrainLM`; assumed when absent,
+as in checkpoints written before the field existed) or one of the imported upstream families
+(:mod:`brainlm.model.upstream`).
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.model.config import BrainLMConfig
+from brainlm.model.upstream import UPSTREAM_ARCHITECTURES
 from brainlm.version import __version__
 
 FORMAT = "brainlm-checkpoint"
 WEIGHTS = "model.safetensors"
+
+#: ``architecture`` in config.json -> (model class, config class).
+ARCHITECTURES = {"brainlm": (BrainLM, BrainLMConfig), **UPSTREAM_ARCHITECTURES}
 
 
 def sha256_file(path: Path) -> str:
@@ -40,8 +48,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_pretrained(model: BrainLM, directory, *, extra: dict[str, dict] | None = None) -> None:
-    """Write ``model`` (weights, config, and the contract and atlas it carries) to ``directory``,
+def save_pretrained(model, directory, *, extra: dict[str, dict] | None = None) -> None:
+    """Write ``model`` (a :class:`BrainLM` or an imported upstream model: weights, config, and
+    the contract and atlas it carries) to ``directory``,
     published whole (built in a temporary folder, then renamed; an existing checkpoint is
     replaced only once the new one is complete). ``extra`` maps further JSON file names to
     their content (e.g. a forecaster's ``forecasting.json``)."""
@@ -49,6 +58,7 @@ def save_pretrained(model: BrainLM, directory, *, extra: dict[str, dict] | None 
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
         write_json(tmp / "config.json", {"format": FORMAT, "brainlm_version": __version__,
+                                         "architecture": getattr(model.config, "architecture", "brainlm"),
                                          "model": model.config.to_dict(), "sha256": sha256_file(tmp / WEIGHTS)})
         if model.contract is not None:
             model.contract.save(tmp / "contract.json")
@@ -58,8 +68,9 @@ def save_pretrained(model: BrainLM, directory, *, extra: dict[str, dict] | None 
             write_json(tmp / name, content)
 
 
-def load_pretrained(directory, map_location: str = "cpu") -> BrainLM:
-    """Read a checkpoint folder; see the module docstring for what is checked."""
+def load_pretrained(directory, map_location: str = "cpu"):
+    """Read a checkpoint folder into the model class its config names (:class:`BrainLM` or an
+    upstream family); see the module docstring for what is checked."""
     directory = Path(directory)
     cfg_path, weights = directory / "config.json", directory / WEIGHTS
     for p in (cfg_path, weights):
@@ -83,7 +94,12 @@ def load_pretrained(directory, map_location: str = "cpu") -> BrainLM:
     atlas = None
     if (directory / "atlas.json").is_file():
         atlas = Atlas.from_dict(json.loads((directory / "atlas.json").read_text()))
-    model = BrainLM(BrainLMConfig.from_dict(cfg["model"]), contract=contract, atlas=atlas)
+    arch = cfg.get("architecture", "brainlm")
+    if arch not in ARCHITECTURES:
+        raise BrainLMInputError(f"config.json names architecture {arch!r}; this brainlm knows "
+                                f"{sorted(ARCHITECTURES)} (a newer brainlm wrote it?)", str(directory))
+    model_cls, config_cls = ARCHITECTURES[arch]
+    model = model_cls(config_cls.from_dict(cfg["model"]), contract=contract, atlas=atlas)
     try:
         state = load_file(weights, device=map_location)
     except SafetensorError as e:
