@@ -102,9 +102,8 @@ def model_scaler(model: BrainLM, corpus: Corpus, *, transfer_atlas: bool = False
     from the pretraining data or is on another atlas without ``transfer_atlas``.
     """
     check_atlas(model, corpus.atlas, transfer=transfer_atlas, source=corpus.path)
-    if model.contract is None or not model.contract.is_fitted:
-        raise BrainLMInputError("checkpoint has no fitted preprocessing contract (contract.json)",
-                                corpus.path)
+    if model.contract is None:
+        raise BrainLMInputError("checkpoint has no preprocessing contract (contract.json)", corpus.path)
     mine, theirs = model.contract.to_dict(), corpus.contract.to_dict()
     differ = [k for k in CLEANING_KEYS if mine.get(k) != theirs.get(k)]
     if differ:
@@ -112,7 +111,8 @@ def model_scaler(model: BrainLM, corpus: Corpus, *, transfer_atlas: bool = False
             "the corpus was cleaned differently from the model's pretraining data ("
             + ", ".join(f"{k}: corpus {theirs.get(k)!r} vs model {mine.get(k)!r}" for k in differ)
             + "); prepare it again with the checkpoint's settings", corpus.path)
-    if model.atlas is None or corpus.atlas.matches(model.atlas):
+    # An imported upstream checkpoint has no statistics (never released): the corpus' own.
+    if model.contract.is_fitted and (model.atlas is None or corpus.atlas.matches(model.atlas)):
         return model.contract
     return corpus.contract
 
