@@ -42,6 +42,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import load_hcp7_aal2
 from brainlm.model import BrainLM, preset
+from brainlm.model.checkpoint import save_pretrained
 from brainlm.tasks.forecasting import (BASELINES, BaselineSettings, FinetuneSettings, NeuralTraining,
                                        finetune, forecast_windows, make_baseline, predict_future)
 from brainlm.tasks.forecasting.windows import split_recordings
@@ -64,7 +65,7 @@ def finetune_timing(corpus, work: Path, name: str, epochs: int, crops: int) -> d
     torch.manual_seed(0)
     model = BrainLM(preset(name), contract=corpus.contract, atlas=corpus.atlas)
     ckpt = work / f"init-{name}"
-    model.save_pretrained(ckpt)
+    save_pretrained(model, ckpt)
     info = finetune(ckpt, corpus.path, work / f"ft-{name}", FinetuneSettings(
         epochs=epochs, crops_per_recording=crops, batch_size=16, scratch=False))["models"]["finetuned"]
     per_epoch = info["train_seconds_per_epoch"]

@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import json
 
+import matplotlib.image
 import numpy as np
 import pytest
 import torch
 
 from brainlm import BrainLMInputError
 from brainlm.commands import main
-from brainlm.model import BrainLM, MaskSpec
+from brainlm.data.atlas import load_atlas
+from brainlm.data.contract import PreprocessingContract
+from brainlm.data.corpus import Corpus
+from brainlm.data.prepare import prepare_corpus
+from brainlm.model import MaskSpec
+from brainlm.model.checkpoint import load_pretrained
 from brainlm.tasks.forecasting import (BASELINES, BaselineSettings, BrainLMForecaster, FinetuneSettings,
                                        NeuralTraining, check_lengths, evaluate, finetune, forecast,
                                        forecast_windows, load_forecaster, make_baseline, predict_future,
                                        step_metrics)
 from brainlm.tasks.forecasting.api import with_window
+from brainlm.tasks.forecasting.evaluate import evaluate_run
 from brainlm.tasks.forecasting.windows import split_recordings, split_windows
+from brainlm.tasks.model_input import model_scaler, preprocess
 
 C, H = 180, 20
 FAST = BaselineSettings(ar_order=3, var_order=1, lstm_hidden=16, ode_latent=8, ode_hidden=16, ode_step_trs=2.0,
@@ -119,7 +127,7 @@ def test_neural_baselines_are_deterministic_under_a_seed(hcp_corpus, fitted, tes
 
 
 def test_brainlm_future_mask_hides_the_target_trs(trained, test_windows):
-    model = BrainLM.from_pretrained(trained / "model").eval()
+    model = load_pretrained(trained / "model").eval()
     xyz = torch.from_numpy(np.array(model.atlas.xyz, dtype=np.float32)).expand(4, -1, -1)
     tiles = torch.from_numpy(np.concatenate([test_windows.context[:4], test_windows.target[:4]], axis=1))
     changed = tiles.clone()
@@ -197,8 +205,7 @@ def test_evaluate_cli_scores_every_method_per_step(finetuned, hcp_corpus, tmp_pa
     assert res["methods"]["brainlm_scratch"]["fit_seconds"] == trained_for["scratch"]["fit_seconds"] > 0
     md = (out / "forecast.md").read_text()
     assert "| 20 |" in md and "BrainLM fine-tuned" in md and "neural ODE" in md
-    import matplotlib.image
-
+    # The command draws the figure from the saved numbers (the task writes numbers only).
     img = matplotlib.image.imread(out / "forecast_error.png")
     assert img.ndim == 3 and img.shape[1] > img.shape[0] > 100
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
@@ -208,11 +215,11 @@ def test_forecast_rolls_out_by_feeding_predictions_back(finetuned, hcp):
     model = load_forecaster(finetuned / "model")
     assert model.forecast_trs == 20
     rec = hcp[6]
-    f50 = model.forecast(rec, 50)
+    f50 = forecast(model, rec, 50)
     assert f50.shape == (50, 94) and np.isfinite(f50).all()
-    np.testing.assert_array_equal(model.forecast(rec, 50), f50)  # deterministic
-    np.testing.assert_allclose(model.forecast(rec, 20), f50[:20], rtol=0, atol=1e-6)
-    data = model.preprocess(rec)
+    np.testing.assert_array_equal(forecast(model, rec, 50), f50)  # deterministic
+    np.testing.assert_allclose(forecast(model, rec, 20), f50[:20], rtol=0, atol=1e-6)
+    data = preprocess(model, rec)
     # The second pass is the first pass's forecast appended to the context.
     fed = np.concatenate([data, f50[:20]])
     np.testing.assert_allclose(forecast(model, fed, 20), f50[20:40], rtol=1e-5, atol=1e-5)
@@ -223,7 +230,7 @@ def test_forecast_rolls_out_by_feeding_predictions_back(finetuned, hcp):
 
 
 def test_with_window_keeps_weights(trained):
-    model = BrainLM.from_pretrained(trained / "model")
+    model = load_pretrained(trained / "model")
     longer = with_window(model, 240)
     assert longer.config.window_trs == 240 and longer.config.n_patches == 12
     for (k, a), (_, b) in zip(model.state_dict().items(), longer.state_dict().items()):
@@ -248,13 +255,13 @@ def test_bad_input(trained, hcp_corpus, hcp, fitted, tmp_path, capsys):
         evaluate(hcp_corpus, context_trs=C, horizon_trs=H, baselines=["prophet"])
     with pytest.raises(BrainLMInputError, match="at least 3"):
         fitted["ar"].predict(np.zeros((1, 2, 94), dtype=np.float32))
-    model = BrainLM.from_pretrained(ckpt)
+    model = load_pretrained(ckpt)
     with pytest.raises(BrainLMInputError, match="needs 180"):
-        model.forecast(hcp[0].timeseries[:100], 20)  # 100 TRs of context; one pass reads 180
+        forecast(model, hcp[0].timeseries[:100], 20)  # 100 TRs of context; one pass reads 180
     with pytest.raises(BrainLMInputError, match="step_trs 30"):
-        model.forecast(hcp[0], 20, step_trs=30)
+        forecast(model, hcp[0], 20, step_trs=30)
     with pytest.raises(BrainLMInputError, match="horizon_trs is -1"):
-        model.forecast(hcp[0], -1)
+        forecast(model, hcp[0], -1)
     assert not (tmp_path / "x").exists()
     code = main(["forecast", "finetune", str(ckpt), hcp_corpus.path, "--out", str(tmp_path / "y"),
                  "--horizon", "25"])
@@ -267,3 +274,61 @@ def test_brainlm_forecaster_rolls_out_past_its_step(trained, test_windows):
     f = BrainLMForecaster(trained / "model", 40, context_trs=C)
     pred = f.predict(test_windows.context[:2])
     assert pred.shape == (2, 40, 94) and f.describe()["rollout_passes"] == 2
+
+
+@pytest.fixture(scope="module")
+def hcp_without_psc(hcp, tmp_path_factory):
+    """The HCP recordings prepared without percent signal change: cleaned differently from the
+    `trained` checkpoint's pretraining corpus."""
+    return prepare_corpus(hcp, tmp_path_factory.mktemp("nopsc") / "corpus", atlas=load_atlas("aal2"),
+                          contract=PreprocessingContract(percent_signal_change=False))
+
+
+def test_a_corpus_cleaned_differently_is_refused_by_finetuning_and_evaluation(
+        trained, finetuned, hcp_without_psc, tmp_path):
+    # The same message as every other task gives for this checkpoint and corpus.
+    with pytest.raises(BrainLMInputError) as other:
+        model_scaler(load_pretrained(trained / "model"), hcp_without_psc)
+    message = "the corpus was cleaned differently from the model's pretraining data"
+    assert message in other.value.reason and "percent_signal_change" in other.value.reason
+    with pytest.raises(BrainLMInputError, match=message) as ft:
+        finetune(trained / "model", hcp_without_psc.path, tmp_path / "ft", FinetuneSettings(epochs=1))
+    assert ft.value.reason == other.value.reason
+    with pytest.raises(BrainLMInputError, match=message) as ev:
+        evaluate_run(finetuned, hcp_without_psc.path, tmp_path / "ev", baselines=["persistence"])
+    assert ev.value.reason == other.value.reason
+    with pytest.raises(BrainLMInputError, match=message):
+        evaluate(hcp_without_psc, context_trs=C, horizon_trs=H, models={"m": finetuned / "model"},
+                 baselines=[])
+    assert not (tmp_path / "ft").exists() and not (tmp_path / "ev").exists()
+    # Baselines alone need no checkpoint: they read the corpus with its own scaling.
+    alone = evaluate(hcp_without_psc, context_trs=C, horizon_trs=H, baselines=["persistence"])
+    assert alone["methods"]["persistence"]["mean"]["mse"] > 0
+
+
+def test_finetuning_reads_with_and_keeps_the_checkpoint_contract(trained, hcp, tmp_path):
+    # Cleaned like the pretraining data but split differently: the corpus' scaling statistics
+    # (fitted on its own training split) differ from the checkpoint's.
+    other = prepare_corpus(hcp, tmp_path / "resplit", atlas=load_atlas("aal2"), split_seed=7,
+                           contract=PreprocessingContract(percent_signal_change=True))
+    pretrained = load_pretrained(trained / "model")
+    assert other.contract.median != pretrained.contract.median
+    scaler = model_scaler(pretrained, other)
+    assert scaler.to_dict() == pretrained.contract.to_dict()
+    out = tmp_path / "ft"
+    finetune(trained / "model", other.path, out, FinetuneSettings(epochs=1, crops_per_recording=1,
+                                                                  batch_size=5, scratch=False))
+    for name in ("contract.json", "atlas.json"):
+        assert json.loads((out / "model" / name).read_text()) == \
+            json.loads((trained / "model" / name).read_text()), name
+    # Every forecaster then sees the checkpoint's scale, not the corpus' own.
+    own = forecast_windows(other, C, H, split="test")
+    mine = forecast_windows(other, C, H, split="test", scaler=scaler)
+    assert not np.allclose(own.context, mine.context)
+    row = int(np.flatnonzero(other.manifest["recording_id"] == mine.recording_ids[0])[0])
+    raw = other.read(row, 0, C + H, scaled=False)
+    np.testing.assert_array_equal(mine.context[0], scaler.scale(raw)[:C])
+    res = evaluate(Corpus(other.path), context_trs=C, horizon_trs=H, models={"ft": out / "model"},
+                   baselines=["persistence"], out=tmp_path / "ev")
+    assert "pretraining statistics" in res["units"]
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["forecast.json", "forecast.md"]

@@ -9,13 +9,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from brainlm import BrainLMInputError
 from brainlm.commands import main
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import load_schaefer100_rest
-from brainlm.model import BrainLM, MaskSpec
+from brainlm.model import MaskSpec
+from brainlm.model.checkpoint import load_pretrained
+from brainlm.tasks.model_input import preprocess, reconstruct
+from brainlm.train.trainer import make_trainer, resolve_precision
 
 HERE = Path(__file__).parent
 
@@ -27,27 +31,29 @@ def test_tiny_pretraining_beats_trivial_baselines(trained):
     baseline = min(last["val/baseline_zero_mse"], last["val/baseline_mean_mse"])
     assert best < 0.85 * baseline, metrics
     assert last["val/r2"] > 0.1
-    assert metrics["parameters"]["total"] == 401_908 and metrics["precision"] == "32-true"
+    # The fixture leaves accelerator and precision on "auto": bf16-mixed where a GPU trains it.
+    expected = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    assert metrics["parameters"]["total"] == 401_908 and metrics["precision"] == expected
     log = pd.read_csv(trained / "logs" / "csv" / "version_0" / "metrics.csv")
     assert log["val/masked_mse"].dropna().iloc[-1] < log["val/masked_mse"].dropna().iloc[0]
     assert any((trained / "logs" / "tensorboard" / "version_0").glob("events.out.tfevents.*"))
 
 
 def test_checkpoint_reloads_exactly_and_carries_its_contract(trained, hcp, hcp_corpus):
-    model = BrainLM.from_pretrained(trained / "model")
+    model = load_pretrained(trained / "model")
     assert sorted(p.name for p in (trained / "model").iterdir()) == [
         "atlas.json", "config.json", "contract.json", "model.safetensors"]
     assert model.contract == hcp_corpus.contract and model.atlas.matches(hcp_corpus.atlas)
-    # model.preprocess is exactly what the corpus stored for this recording.
+    # The checkpoint's preprocessing is exactly what the corpus stored for this recording.
     row = int(np.flatnonzero(hcp_corpus.manifest["subject"] == hcp[2].subject)[0])
-    np.testing.assert_allclose(model.preprocess(hcp[2]), hcp_corpus.read(row), atol=1e-4)
-    rec = model.reconstruct(hcp[2], MaskSpec(ratio=0.75), seed=3)
+    np.testing.assert_allclose(preprocess(model, hcp[2]), hcp_corpus.read(row), atol=1e-4)
+    rec = reconstruct(model, hcp[2], MaskSpec(ratio=0.75), seed=3)
     assert rec["prediction"].shape == rec["target"].shape == rec["mask"].shape == (6, 200, 94)
     m = rec["mask"]
     assert m.mean() == pytest.approx(0.75, abs=0.01)
     err = ((rec["prediction"] - rec["target"]) ** 2)[m].mean()
     assert err < (rec["target"][m] ** 2).mean()  # beats predicting zero on a training subject
-    again = model.reconstruct(hcp[2], MaskSpec(ratio=0.75), seed=3)
+    again = reconstruct(model, hcp[2], MaskSpec(ratio=0.75), seed=3)
     np.testing.assert_array_equal(again["prediction"], rec["prediction"])
 
 
@@ -91,16 +97,16 @@ def test_damaged_checkpoints_are_refused(trained, tmp_path):
     data = (ck / "model.safetensors").read_bytes()
     (ck / "model.safetensors").write_bytes(data[:-100])
     with pytest.raises(BrainLMInputError, match="truncated or altered"):
-        BrainLM.from_pretrained(ck)
+        load_pretrained(ck)
     (ck / "model.safetensors").write_bytes(data)
     cfg = json.loads((ck / "config.json").read_text())
     cfg["model"]["depth"] = 4
     (ck / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(BrainLMInputError, match=r"do not match the architecture.*missing \['blocks.3"):
-        BrainLM.from_pretrained(ck)
+        load_pretrained(ck)
     (ck / "config.json").unlink()
     with pytest.raises(BrainLMInputError, match="lacks config.json"):
-        BrainLM.from_pretrained(ck)
+        load_pretrained(ck)
 
 
 def test_resume_and_run_folder_checks(hcp_corpus, tmp_path, capsys):
@@ -119,7 +125,7 @@ def test_resume_and_run_folder_checks(hcp_corpus, tmp_path, capsys):
     assert sorted(epochs) == [0, 1]
     assert main(["pretrain", hcp_corpus.path, "--out", str(tmp_path / "r2"), "--window-trs", "2000",
                  "--quiet"]) == 2
-    assert "longer than every training recording" in capsys.readouterr().err
+    assert "window of 2000 TRs is longer than every recording of split 'train'" in capsys.readouterr().err
 
 
 def test_ddp_on_two_cpu_processes(hcp_corpus, tmp_path):
@@ -152,3 +158,18 @@ def test_progress_off_a_terminal_is_one_line_per_epoch(hcp_corpus, tmp_path, cap
                  "--epochs", "4", "--resume"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
     assert [ln.split(" · ")[0] for ln in lines] == ["epoch 3/4", "epoch 4/4"]
+
+
+def test_precision_follows_the_device_that_trains():
+    # "auto" is settled by where training runs, never by the machine the code happens to be on.
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("auto", "gpu") == resolve_precision("auto", "cuda") == "bf16-mixed"
+    assert resolve_precision("auto", "auto") == ("bf16-mixed" if torch.cuda.is_available() else "32-true")
+    assert resolve_precision("16-mixed", "gpu") == "16-mixed"
+    setup = make_trainer(max_epochs=1, accelerator="cpu", silent=True)
+    assert setup.precision == "32-true" and setup.best is None
+    assert not setup.trainer.loggers and setup.trainer.checkpoint_callback is None  # writes nothing
+    with pytest.raises(BrainLMInputError, match="monitored metric"):
+        make_trainer(max_epochs=1, accelerator="cpu", best="memory")
+    with pytest.raises(BrainLMInputError, match="checkpoint_dir"):
+        make_trainer(max_epochs=1, accelerator="cpu", best="checkpoint", monitor="val/loss")

@@ -77,3 +77,26 @@ def test_bad_window_options(corpus):
         WindowDataset(corpus, "train", mode="sliding")
     with pytest.raises(BrainLMInputError, match="unknown split"):
         WindowDataset(corpus, "training")
+
+
+def test_a_scaler_replaces_the_corpus_scaling(corpus):
+    # Another contract's statistics (a checkpoint's): windows are its scale of the cleaned signal.
+    other = type(corpus.contract).from_dict(corpus.contract.to_dict())
+    other.median = (np.asarray(corpus.contract.median) + 0.5).tolist()
+    other.iqr = (2 * np.asarray(corpus.contract.iqr)).tolist()
+    own = WindowDataset(corpus, None, window_trs=200, mode="tiles")
+    scaled = WindowDataset(corpus, None, window_trs=200, mode="tiles", scaler=other)
+    row, start = scaled.locate(3)
+    raw = corpus.read(row, start, start + 200, scaled=False)
+    np.testing.assert_array_equal(scaled[3]["window"].numpy(), other.scale(raw))
+    assert not np.allclose(scaled[3]["window"].numpy(), own[3]["window"].numpy())
+    # The corpus' own contract as the scaler gives exactly the default windows.
+    same = WindowDataset(corpus, None, window_trs=200, mode="tiles", scaler=corpus.contract)
+    np.testing.assert_array_equal(same[3]["window"].numpy(), own[3]["window"].numpy())
+    dm = CorpusDataModule(corpus.path, window_trs=200, batch_size=2, scaler=other)
+    batch = next(iter(dm.val_dataloader()))
+    r, s = int(batch["recording"][0]), int(batch["start"][0])
+    np.testing.assert_array_equal(batch["window"][0].numpy(), other.scale(corpus.read(r, s, s + 200, scaled=False)))
+    unfitted = type(corpus.contract)()
+    with pytest.raises(BrainLMInputError, match="no fitted scaling"):
+        WindowDataset(corpus, None, window_trs=200, scaler=unfitted)

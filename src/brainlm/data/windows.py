@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 
@@ -55,7 +56,8 @@ class WindowDataset(Dataset):
 
     Each item is a dict:
 
-    * ``window``: float32 tensor (window_trs, P), robust-scaled signal (missing parcels 0);
+    * ``window``: float32 tensor (window_trs, P), robust-scaled signal (missing parcels 0): the
+      corpus' own scaling, or ``scaler``'s;
     * ``xyz``: float32 tensor (P, 3), parcel MNI coordinates in mm;
     * ``recording``: int, manifest row of the recording; ``start``: int, first TR of the window.
 
@@ -71,11 +73,19 @@ class WindowDataset(Dataset):
         shorter than a window is not used).
     stride : int, optional
         Step between tiles in TRs (default: ``window_trs``, non-overlapping).
+    scaler : PreprocessingContract, optional
+        Whose robust scaling (``scaler.scale``) turns the corpus' cleaned, unscaled windows into
+        model input: a checkpoint's contract, so a fine-tuned model sees its pretraining scale
+        (:func:`brainlm.tasks.model_input.model_scaler`). Default: the corpus' own scaling.
     """
 
     def __init__(self, corpus: Corpus | str, split: str | None = "train", *, window_trs: int = 200,
-                 mode: str = "random", stride: int | None = None, crops_per_recording: int = 1):
+                 mode: str = "random", stride: int | None = None, crops_per_recording: int = 1,
+                 scaler: PreprocessingContract | None = None):
         self.corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
+        if scaler is not None and not scaler.is_fitted:
+            raise BrainLMInputError("scaler has no fitted scaling statistics", self.corpus.path)
+        self.scaler = scaler
         if mode not in MODES:
             raise BrainLMInputError(f"window mode {mode!r}; expected one of {MODES}")
         if window_trs < 1 or (stride is not None and stride < 1) or crops_per_recording < 1:
@@ -114,7 +124,10 @@ class WindowDataset(Dataset):
         if not 0 <= i < len(self):
             raise IndexError(i)
         row, start = self.locate(i)
-        window = self.corpus.read(row, start, start + self.window_trs)
+        if self.scaler is None:
+            window = self.corpus.read(row, start, start + self.window_trs)
+        else:
+            window = self.scaler.scale(self.corpus.read(row, start, start + self.window_trs, scaled=False))
         return {"window": torch.from_numpy(window), "xyz": self.xyz, "recording": row, "start": start}
 
 
@@ -133,12 +146,15 @@ class CorpusDataModule(L.LightningDataModule):
         Random crops per training recording per epoch.
     eval_stride : int, optional
         Tile step for val/test (default: non-overlapping).
+    scaler : PreprocessingContract, optional
+        Scaling of every window (see :class:`WindowDataset`); default: the corpus' own.
     """
 
     def __init__(self, corpus: str, *, window_trs: int = 200, batch_size: int = 32,
                  num_workers: int = 0, crops_per_recording: int = 1, eval_stride: int | None = None,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, scaler: PreprocessingContract | None = None):
         super().__init__()
+        self.scaler = scaler
         self.corpus_path, self.storage_options = str(corpus), storage_options
         self.window_trs, self.batch_size, self.num_workers = window_trs, batch_size, num_workers
         self.crops_per_recording, self.eval_stride = crops_per_recording, eval_stride
@@ -151,7 +167,8 @@ class CorpusDataModule(L.LightningDataModule):
     def _loader(self, split: str, mode: str) -> DataLoader:
         self.setup()
         ds = WindowDataset(self.corpus, split, window_trs=self.window_trs, mode=mode,
-                           stride=self.eval_stride, crops_per_recording=self.crops_per_recording)
+                           stride=self.eval_stride, crops_per_recording=self.crops_per_recording,
+                           scaler=self.scaler)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=(mode == "random"),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           drop_last=False)

@@ -13,8 +13,18 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from brainlm.data.atomic import write_text_atomic
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor
+
+from brainlm.data.atomic import write_json
+from brainlm.data.corpus import Corpus
+from brainlm.data.windows import CorpusDataModule, require_window
 from brainlm.errors import BrainLMInputError
+from brainlm.model.checkpoint import save_pretrained
+from brainlm.model.config import BASE_LR, preset
+from brainlm.model.masking import MaskSpec
+from brainlm.train.module import PretrainModule
+from brainlm.train.trainer import make_trainer
 
 
 @dataclass
@@ -67,82 +77,46 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
         Unknown preset, a window longer than every training recording, ``--resume`` from a run
         with a different configuration, an existing run folder without ``--resume``.
     """
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    from brainlm.data.corpus import Corpus
-    from brainlm.data.windows import CorpusDataModule
-    from brainlm.model.config import preset
-    from brainlm.model.masking import MaskSpec
-    from brainlm.train.module import PretrainModule
-    from brainlm.train.progress import progress_callbacks
-
     out = Path(out)
     config = preset(settings.preset, **settings.model_overrides)
     mask = MaskSpec(settings.mask_strategy, settings.mask_ratio, settings.future_trs)
     corpus = Corpus(settings.corpus)
-    longest = int(corpus.manifest.loc[corpus.split_indices("train"), "n_trs"].max())
-    if longest < config.window_trs:
-        raise BrainLMInputError(
-            f"window of {config.window_trs} TRs is longer than every training recording "
-            f"(longest {longest} TRs at TR {corpus.tr} s)", settings.corpus)
+    require_window(corpus, "train", config.window_trs)
     _check_run_folder(out, settings, resume)
 
     L.seed_everything(settings.seed, workers=True, verbose=False)
-    from brainlm.model.config import BASE_LR
-
     base_lr = settings.base_lr if settings.base_lr is not None else BASE_LR[settings.preset]
     lr = base_lr * settings.effective_batch() / 256
     module = PretrainModule(config.to_dict(), mask.to_dict(), lr=lr, weight_decay=settings.weight_decay,
                             warmup_fraction=settings.warmup_fraction, contract=corpus.contract.to_dict(),
                             atlas=corpus.atlas.to_dict())
+    # Pretraining reads the corpus with its own contract: the checkpoint inherits it.
     data = CorpusDataModule(settings.corpus, window_trs=config.window_trs, batch_size=settings.batch_size,
                             num_workers=settings.num_workers, crops_per_recording=settings.crops_per_recording)
-    precision = settings.precision
-    if precision == "auto":
-        import torch
-
-        gpu = settings.accelerator in ("gpu", "cuda") or (settings.accelerator == "auto" and torch.cuda.is_available())
-        precision = "bf16-mixed" if gpu else "32-true"
-    strategy = settings.strategy
-    if strategy == "fsdp":
-        # Shard block by block (not the whole model as one unit) and recompute block activations
-        # in the backward pass: what lets the 650m preset fit on 80 GB cards.
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        from brainlm.model.layers import Block
-
-        strategy = FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block})
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/masked_mse",
-                                 mode="min", save_last=True)
-    bar, progress_lines = progress_callbacks(progress)
-    trainer = L.Trainer(
+    setup = make_trainer(
         max_epochs=settings.epochs, accelerator=settings.accelerator, devices=settings.devices,
-        num_nodes=settings.num_nodes, strategy=strategy, precision=precision,
-        accumulate_grad_batches=settings.accumulate, gradient_clip_val=settings.clip,
+        num_nodes=settings.num_nodes, strategy=settings.strategy, precision=settings.precision,
+        monitor="val/masked_mse", best="checkpoint", checkpoint_dir=out / "checkpoints", save_last=True,
         # A new version_N folder per (re)start, so --resume never overwrites earlier logs.
-        logger=[TensorBoardLogger(out / "logs", name="tensorboard"), CSVLogger(out / "logs", name="csv")],
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), *progress_lines],
-        enable_progress_bar=bar, log_every_n_steps=5, default_root_dir=out,
-        limit_train_batches=limit_train_batches, num_sanity_val_steps=0, enable_model_summary=progress)
+        log_dir=out / "logs", loggers=("tensorboard", "csv"), progress=progress,
+        callbacks=[LearningRateMonitor(logging_interval="step")],
+        accumulate_grad_batches=settings.accumulate, gradient_clip_val=settings.clip,
+        log_every_n_steps=5, default_root_dir=out, limit_train_batches=limit_train_batches,
+        enable_model_summary=progress)
+    trainer = setup.trainer
     last = out / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if trainer.is_global_zero:
-        best = checkpoint.best_model_path
-        if best:
-            import torch
-
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-            module.load_state_dict(state)
-        module.model.save_pretrained(out / "model")
+        setup.restore_best(module)
+        save_pretrained(module.model, out / "model")
+        best = setup.best.best_model_path
         summary = {"metrics_last_epoch": metrics, "best_checkpoint": Path(best).name if best else None,
-                   "best_val_masked_mse": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+                   "best_val_masked_mse": setup.best_score,
                    "epochs": trainer.current_epoch, "peak_lr": lr, "effective_batch": settings.effective_batch(),
-                   "parameters": module.model.count_parameters(), "precision": precision}
-        write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2))
+                   "parameters": module.model.count_parameters(), "precision": setup.precision}
+        write_json(out / "metrics.json", summary)
     return metrics
 
 
@@ -162,4 +136,4 @@ def _check_run_folder(out: Path, settings: PretrainSettings, resume: bool) -> No
         raise BrainLMInputError("run folder already holds a run; pass --resume to continue it or "
                                 "choose another --out", str(out))
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(cfg_path, json.dumps(current, indent=2))
+    write_json(cfg_path, current)

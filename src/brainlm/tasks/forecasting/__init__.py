@@ -3,7 +3,7 @@ step, with persistence, the context mean, parcel-wise AR(p), ridge VAR, LSTM, a 
 architecture trained from scratch.
 
 Main entry points: :func:`finetune`, :func:`evaluate` / :func:`evaluate_run`, :func:`compare`
-(both in one call), :func:`forecast` (``model.forecast(recording, horizon)``).
+(both in one call), :func:`forecast` (``forecast(model, recording, horizon)``).
 """
 
 from brainlm.tasks.forecasting.api import BrainLMForecaster, forecast, load_forecaster, predict_future

@@ -17,19 +17,26 @@ LSTM and the neural ODE predict the whole horizon at once and are trained on ran
 
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
+from sklearn.linear_model import LinearRegression, RidgeCV
 from torch import nn
 
 from brainlm.errors import BrainLMInputError
+from brainlm.model.recurrent import LSTMNet
+from brainlm.train.supervised import EpochBatches, FixedBatches, fit_supervised
 
 #: Baseline names in the order they are reported.
 BASELINES = ("persistence", "context_mean", "ar", "var", "lstm", "neural_ode")
+
+
+def _mean_squared_error(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean squared error over every value, computed as the evaluation computes it (float32
+    NumPy): the validation score that picks a neural baseline's best epoch."""
+    return float(np.mean((prediction.numpy() - target.numpy()) ** 2))
 
 
 def _check_context(context: np.ndarray, min_trs: int, name: str) -> np.ndarray:
@@ -111,8 +118,6 @@ class ParcelAR:
         self.horizon_trs, self.order = int(horizon_trs), int(order)
 
     def fit(self, recordings, val=None) -> "ParcelAR":
-        from sklearn.linear_model import LinearRegression
-
         lags, nxt = _lagged(recordings, self.order)
         fits = [LinearRegression().fit(lags[:, j], nxt[:, j]) for j in range(lags.shape[1])]
         self.coef_ = np.stack([f.coef_ for f in fits]).astype(np.float32)  # (P, order)
@@ -146,8 +151,6 @@ class RidgeVAR:
         self.horizon_trs, self.order, self.alphas = int(horizon_trs), int(order), tuple(alphas)
 
     def fit(self, recordings, val=None) -> "RidgeVAR":
-        from sklearn.linear_model import RidgeCV
-
         lags, nxt = _lagged(recordings, self.order)
         self.model_ = RidgeCV(alphas=self.alphas).fit(lags.reshape(len(lags), -1), nxt)
         return self
@@ -185,28 +188,6 @@ class NeuralTraining:
     seed: int = 0
 
 
-class LSTMNet(nn.Module):
-    """LSTM over the context, then a linear map of its last hidden state to a correction of the
-    last observed TR for each future step.
-
-    context: [B, C, P] -> [B, H, P]. The head starts at zero, so training starts from
-    persistence.
-    """
-
-    def __init__(self, n_parcels: int, horizon_trs: int, hidden: int = 128, layers: int = 1):
-        super().__init__()
-        self.horizon_trs = horizon_trs
-        self.lstm = nn.LSTM(n_parcels, hidden, num_layers=layers, batch_first=True)
-        self.head = nn.Linear(hidden, horizon_trs * n_parcels)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, context: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(context)
-        b, _, p = context.shape
-        return context[:, -1:] + self.head(out[:, -1]).view(b, self.horizon_trs, p)
-
-
 class _ODEField(nn.Module):
     """The vector field ds/dt = f(s) of the neural ODE (autonomous)."""
 
@@ -240,6 +221,7 @@ class NeuralODENet(nn.Module):
         self.register_buffer("times", torch.arange(horizon_trs + 1, dtype=torch.float32), persistent=False)
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
+        # Imported here: torchdiffeq is needed by this baseline only.
         from torchdiffeq import odeint
 
         _, h = self.encoder(context)
@@ -276,32 +258,32 @@ class _NeuralForecaster:
             torch.manual_seed(t.seed)
             net = self._build(recs[0].shape[1])
         opt = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-        best, best_mse, history = None, np.inf, []
-        for epoch in range(t.epochs):
-            start = time.perf_counter()
+
+        def batches(epoch: int):
+            # Fresh crops and a fresh order every epoch, all from ``rng``.
             crops = [(i, int(s)) for i, r in enumerate(recs)
                      for s in rng.integers(0, len(r) - window + 1, t.crops_per_recording)]
             order = rng.permutation(len(crops))
-            net.train()
-            losses = []
             for b in range(0, len(order), t.batch_size):
                 x = torch.from_numpy(np.stack([recs[i][s:s + window] for i, s in
                                                (crops[k] for k in order[b:b + t.batch_size])]))
-                loss = nn.functional.mse_loss(net(x[:, :self.context_trs]), x[:, self.context_trs:])
-                opt.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(net.parameters(), t.clip)
-                opt.step()
-                losses.append(loss.item())
-            entry = {"epoch": epoch, "train_mse": float(np.mean(losses)),
-                     "seconds": round(time.perf_counter() - start, 3)}
-            if val is not None:
-                entry["val_mse"] = float(np.mean((self._predict(net, val[0]) - val[1]) ** 2))
-                if entry["val_mse"] < best_mse:
-                    best_mse, best = entry["val_mse"], copy.deepcopy(net.state_dict())
+                yield x[:, :self.context_trs], x[:, self.context_trs:]
+
+        n_batches = -(-len(recs) * t.crops_per_recording // t.batch_size)
+        val_batches = None
+        if val is not None:
+            val_batches = FixedBatches(torch.from_numpy(np.ascontiguousarray(val[0], dtype=np.float32)),
+                                       torch.from_numpy(np.ascontiguousarray(val[1], dtype=np.float32)), 64)
+        log = fit_supervised(net, opt, loss=nn.functional.mse_loss, train=EpochBatches(batches, n_batches),
+                             val=val_batches, val_loss=_mean_squared_error, max_epochs=t.epochs,
+                             clip=t.clip)
+        history = []
+        for epoch, losses in enumerate(log.batch_losses):
+            entry = {"epoch": epoch, "train_mse": float(np.mean([loss for loss, _ in losses])),
+                     "seconds": round(log.train_seconds[epoch], 3)}
+            if epoch < len(log.val_loss):
+                entry["val_mse"] = log.val_loss[epoch]
             history.append(entry)
-        if best is not None:
-            net.load_state_dict(best)
         self.net_, self.history_ = net.eval(), history
         return self
 
@@ -326,12 +308,20 @@ class _NeuralForecaster:
 
 
 class LSTMForecaster(_NeuralForecaster):
-    """:class:`LSTMNet` trained as described in :class:`NeuralTraining`."""
+    """:class:`~brainlm.model.recurrent.LSTMNet` (the LSTM baseline network of both tasks) read
+    out from its last hidden state as a correction of the last observed TR for each future step,
+    starting at zero (training starts from persistence); ``hidden`` (128) and ``layers`` (1) set
+    its size. Trained as described in :class:`NeuralTraining`.
+
+    context: [B, C, P] -> [B, H, P].
+    """
 
     name = "lstm"
 
     def _build(self, n_parcels: int) -> nn.Module:
-        return LSTMNet(n_parcels, self.horizon_trs, **self.net_options)
+        o = self.net_options
+        return LSTMNet(n_parcels, o.get("hidden", 128), (self.horizon_trs, n_parcels),
+                       layers=o.get("layers", 1), pooling="last", persistence=True)
 
 
 class NeuralODEForecaster(_NeuralForecaster):

@@ -18,8 +18,8 @@ def compare(checkpoint: str | Path, corpus: str | Path, out: str | Path, *,
     scratch with the same budget), then score it against the baselines on the test split.
 
     Writes ``out/finetune/`` (see :func:`~brainlm.tasks.forecasting.finetune.finetune`) and
-    ``out/forecast.{json,md}``, ``out/forecast_error.png`` (see
-    :func:`~brainlm.tasks.forecasting.evaluate.evaluate`).
+    ``out/forecast.{json,md}`` (see :func:`~brainlm.tasks.forecasting.evaluate.evaluate`);
+    ``brainlm.report.forecasting_figures`` draws the figure from ``forecast.json``.
 
     A fast version (55 s on 2 shared CPU cores with the tiny preset on the HCP sample)::
 

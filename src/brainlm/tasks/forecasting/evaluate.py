@@ -10,9 +10,14 @@ every test tile. Metrics per predicted step ``s = 1..horizon_trs``, pooled as fo
 * ``pearson_r``: for each window, Pearson's r between the predicted and the true values across
   parcels at step ``s`` (the spatial pattern of the brain state), averaged over windows.
 
-Outputs: ``forecast.json`` (machine-readable), ``forecast.md`` (tables) and
-``forecast_error.png`` (every metric against the step for every method), each written
-atomically after every method has been scored.
+Every method sees the same windows, read through :mod:`brainlm.tasks.model_input`: with BrainLM
+models, the corpus must be cleaned like their pretraining data and is scaled with their
+checkpoint's statistics (:func:`~brainlm.tasks.model_input.model_scaler`); baselines alone see
+the corpus' own scaling.
+
+Outputs: ``forecast.json`` (machine-readable) and ``forecast.md`` (tables), each written
+atomically after every method has been scored. Figures are drawn from ``forecast.json`` by
+:mod:`brainlm.report.forecasting_figures`.
 """
 
 from __future__ import annotations
@@ -24,11 +29,18 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import pearsonr
+from sklearn.metrics import r2_score
 
-from brainlm.data.atomic import write_text_atomic
+from brainlm.data.atomic import write_json, write_text_atomic
+from brainlm.data.contract import PreprocessingContract
+from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
+from brainlm.tasks.forecasting.api import BrainLMForecaster
 from brainlm.tasks.forecasting.baselines import BASELINES, BaselineSettings, make_baseline
+from brainlm.tasks.forecasting.finetune import FORMAT as RUN_FORMAT
 from brainlm.tasks.forecasting.windows import check_lengths, forecast_windows, split_recordings
+from brainlm.tasks.model_input import model_scaler
 
 FORMAT = "brainlm-forecast-evaluation"
 METRICS = ("mse", "r2", "pearson_r")
@@ -64,9 +76,6 @@ def step_metrics(prediction: np.ndarray, target: np.ndarray) -> dict[str, np.nda
     -------
     dict of ``mse``, ``r2``, ``pearson_r``: ndarray (H,) each.
     """
-    from scipy.stats import pearsonr
-    from sklearn.metrics import r2_score
-
     prediction = np.asarray(prediction, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
     if prediction.shape != target.shape or prediction.ndim != 3:
@@ -102,6 +111,9 @@ def evaluate(corpus, *, context_trs: int, horizon_trs: int, models: dict | None 
     models : dict name -> BrainLM forecaster, optional
         Already fine-tuned BrainLM models (``BrainLMForecaster`` or checkpoint folders); run at
         window ``context_trs + step`` and rolled out when ``horizon_trs`` exceeds their step.
+        The corpus must be on their atlas and cleaned like their pretraining data; every
+        method then sees it scaled with their checkpoint's statistics (all models must share
+        them).
     baselines : sequence of str
         Any of ``persistence``, ``context_mean``, ``ar``, ``var``, ``lstm``, ``neural_ode``.
     settings : BaselineSettings
@@ -109,16 +121,13 @@ def evaluate(corpus, *, context_trs: int, horizon_trs: int, models: dict | None 
     max_train_recordings : int, optional
         Fit the baselines on the first N training recordings only (they are held in memory).
     out : folder, optional
-        Where to write ``forecast.json``, ``forecast.md`` and ``forecast_error.png``.
+        Where to write ``forecast.json`` and ``forecast.md``.
 
     Returns
     -------
     dict
         The content of ``forecast.json``.
     """
-    from brainlm.data.corpus import Corpus
-    from brainlm.tasks.forecasting.api import BrainLMForecaster
-
     data = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
     settings = settings or BaselineSettings()
     check_lengths(context_trs, horizon_trs, source=data.path)
@@ -126,21 +135,22 @@ def evaluate(corpus, *, context_trs: int, horizon_trs: int, models: dict | None 
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise BrainLMInputError(f"unknown baseline(s) {unknown}; expected some of {list(BASELINES)}")
-    forecasters = {}
+    forecasters, scaler = {}, None
     for name, m in (models or {}).items():
         f = m if isinstance(m, BrainLMForecaster) else BrainLMForecaster(
             m, horizon_trs, context_trs=context_trs, name=name)
-        f.model.check_atlas(data.atlas, source=data.path)
+        scaler = _shared_scaler(scaler, model_scaler(f.model, data), name, data.path)
         forecasters[name] = f
-    test = forecast_windows(data, context_trs, horizon_trs, split=split, stride=stride)
+    test = forecast_windows(data, context_trs, horizon_trs, split=split, stride=stride, scaler=scaler)
     try:
-        v = forecast_windows(data, context_trs, horizon_trs, split="val", stride=stride)
+        v = forecast_windows(data, context_trs, horizon_trs, split="val", stride=stride, scaler=scaler)
         val = (v.context, v.target)
     except BrainLMInputError:
         val = None  # no validation split, or too short: the neural baselines keep their last epoch
     train = None
     if baselines:
-        train = split_recordings(data, "train", min_trs=2, max_recordings=max_train_recordings)
+        train = split_recordings(data, "train", min_trs=2, max_recordings=max_train_recordings,
+                                 scaler=scaler)
     for name in baselines:
         forecasters[name] = make_baseline(name, context_trs, horizon_trs, settings)
 
@@ -170,8 +180,10 @@ def evaluate(corpus, *, context_trs: int, horizon_trs: int, models: dict | None 
         "n_windows": test.n_windows, "n_parcels": int(test.context.shape[2]),
         "n_test_recordings": len(set(test.recording_ids)),
         "n_train_recordings": len(train) if train is not None else None,
-        "units": "model input units: robust-scaled (x - median) / IQR per parcel, training-split statistics",
-        "pooling": POOLING, "baseline_settings": _jsonable(asdict(settings)),
+        "units": "model input units: robust-scaled (x - median) / IQR per parcel, "
+                 + ("the checkpoint's pretraining statistics" if scaler is not None
+                    else "training-split statistics"),
+        "pooling": POOLING, "baseline_settings": asdict(settings),
         "methods": methods, "best_by_step": _best_by_step(methods, horizon_trs),
     }
     results["summary"] = summarize(results)
@@ -189,8 +201,6 @@ def evaluate_run(run: str | Path, corpus, out: str | Path | None = None, *, hori
     context comes from the run; ``horizon_trs`` defaults to the run's (a longer one is rolled
     out).
     """
-    from brainlm.tasks.forecasting.finetune import FORMAT as RUN_FORMAT
-
     run = Path(run)
     info_path = run / "finetune.json"
     if not info_path.is_file():
@@ -204,8 +214,6 @@ def evaluate_run(run: str | Path, corpus, out: str | Path | None = None, *, hori
     if (run / "scratch").is_dir():
         models["brainlm_scratch"] = run / "scratch"
     if zero_shot and (Path(info["checkpoint"]) / "config.json").is_file():
-        from brainlm.tasks.forecasting.api import BrainLMForecaster
-
         h = horizon_trs or s["horizon_trs"]
         models["brainlm_pretrained"] = BrainLMForecaster(
             info["checkpoint"], h, context_trs=s["context_trs"], step_trs=s["horizon_trs"],
@@ -292,20 +300,19 @@ def markdown(results: dict) -> str:
 
 
 def write_outputs(results: dict, out: str | Path) -> None:
-    """``forecast_error.png``, ``forecast.md`` and ``forecast.json`` in ``out`` (each atomic; the
-    JSON last, so its presence means the set is complete)."""
-    from brainlm.report.forecasting_figures import plot_step_curves
-
+    """``forecast.md`` and ``forecast.json`` in ``out`` (each atomic; the JSON last, so its
+    presence means the set is complete). Numbers only: the figure is drawn from the JSON by
+    ``brainlm.report.forecasting_figures``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plot_step_curves(results, out / "forecast_error.png")
     write_text_atomic(out / "forecast.md", markdown(results))
-    write_text_atomic(out / "forecast.json", json.dumps(results, indent=2))
+    write_json(out / "forecast.json", results)
 
 
-def _jsonable(d):
-    if isinstance(d, dict):
-        return {k: _jsonable(v) for k, v in d.items()}
-    if isinstance(d, (list, tuple)):
-        return [_jsonable(v) for v in d]
-    return d
+def _shared_scaler(scaler: PreprocessingContract | None, mine: PreprocessingContract, name: str,
+                   source: str) -> PreprocessingContract:
+    """The one scaling every method sees: all BrainLM models compared must share it."""
+    if scaler is None or mine.to_dict() == scaler.to_dict():
+        return mine
+    raise BrainLMInputError(f"model {name!r} scales the corpus with other statistics than the models "
+                            "before it (different pretraining data); evaluate them separately", source)

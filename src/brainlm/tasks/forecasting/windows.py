@@ -1,7 +1,10 @@
 """The data every forecaster sees: training recordings and deterministic context/target windows.
 
-All values are in model input units: the corpus's robust-scaled signal, ``(x - median) / IQR``
-per parcel with statistics fitted on the training split (missing parcels read as 0).
+All values are in model input units: the corpus' cleaned signal robust-scaled, ``(x - median) /
+IQR`` per parcel (missing parcels read as 0), with the statistics of ``scaler`` -- the
+checkpoint's contract from :func:`brainlm.tasks.model_input.model_scaler` whenever a BrainLM model
+takes part, so every method sees the numbers the model was pretrained on -- or, without one, the
+corpus' own (fitted on its training split).
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
-from brainlm.data.windows import WindowDataset
+from brainlm.data.windows import WindowDataset, require_window
 from brainlm.errors import BrainLMInputError
+from brainlm.tasks.model_input import read_model_input
 
 
 def check_lengths(context_trs: int, horizon_trs: int, patch_trs: int | None = None,
@@ -73,17 +78,17 @@ def split_windows(tiles: np.ndarray, context_trs: int) -> tuple[np.ndarray, np.n
 
 
 def forecast_windows(corpus: Corpus, context_trs: int, horizon_trs: int, *, split: str = "test",
-                     stride: int | None = None) -> ForecastWindows:
+                     stride: int | None = None, scaler: PreprocessingContract | None = None) -> ForecastWindows:
     """Tiles of ``context_trs + horizon_trs`` TRs from every recording of ``split``.
 
     Tiles start at 0, stride, 2 * stride ... (default stride: the window, i.e. non-overlapping);
     a recording's tail shorter than a window is not used. The same corpus and arguments always
-    give the same windows in the same order.
+    give the same windows in the same order. ``scaler``: see the module docstring.
     """
     check_lengths(context_trs, horizon_trs, source=corpus.path)
     window = context_trs + horizon_trs
-    _check_fits(corpus, split, window)
-    ds = WindowDataset(corpus, split, window_trs=window, mode="tiles", stride=stride)
+    require_window(corpus, split, window, what="context + horizon")
+    ds = WindowDataset(corpus, split, window_trs=window, mode="tiles", stride=stride, scaler=scaler)
     items = [ds[i] for i in range(len(ds))]
     tiles = np.stack([it["window"].numpy() for it in items])
     context, target = split_windows(tiles, context_trs)
@@ -91,12 +96,13 @@ def forecast_windows(corpus: Corpus, context_trs: int, horizon_trs: int, *, spli
     return ForecastWindows(context, target, ids, np.array([it["start"] for it in items]))
 
 
-def split_recordings(corpus: Corpus, split: str, min_trs: int = 2,
-                     max_recordings: int | None = None) -> list[np.ndarray]:
+def split_recordings(corpus: Corpus, split: str, min_trs: int = 2, max_recordings: int | None = None,
+                     scaler: PreprocessingContract | None = None) -> list[np.ndarray]:
     """Whole recordings of ``split``, scaled: a list of ``(T_i, P)`` float32 arrays.
 
     Recordings shorter than ``min_trs`` are left out; ``max_recordings`` keeps the first ones
-    in manifest order (baselines load their training data into memory).
+    in manifest order (baselines load their training data into memory). ``scaler``: see the
+    module docstring.
     """
     rows = corpus.split_indices(split)
     lengths = corpus.manifest["n_trs"].to_numpy()[rows]
@@ -105,13 +111,7 @@ def split_recordings(corpus: Corpus, split: str, min_trs: int = 2,
         rows = rows[:max_recordings]
     if rows.size == 0:
         raise BrainLMInputError(f"no recording of split {split!r} has {min_trs} TRs", corpus.path)
-    return [corpus.read(int(r)) for r in rows]
+    if scaler is None:
+        return [corpus.read(int(r)) for r in rows]
+    return read_model_input(corpus, rows, scaler)
 
-
-def _check_fits(corpus: Corpus, split: str, window: int) -> None:
-    rows = corpus.split_indices(split)
-    longest = int(corpus.manifest["n_trs"].to_numpy()[rows].max())
-    if longest < window:
-        raise BrainLMInputError(
-            f"context + horizon = {window} TRs is longer than every recording of split {split!r} "
-            f"(longest {longest} TRs at TR {corpus.tr} s)", corpus.path)

@@ -11,8 +11,9 @@
   (fitted on the training fold) and an RBF support-vector machine. Resting-state time courses
   are not aligned across people, so this baseline sees amplitude and noise structure more than
   anything a subject's brain does at a given moment: a floor, not a rival;
-* an LSTM over the windows of the time series (one window in, one output; a recording
-  averages its windows), trained on random crops with early stopping.
+* an LSTM over the windows of the time series (:class:`brainlm.model.recurrent.LSTMNet`, hidden
+  states averaged over time; one window in, one output; a recording averages its windows),
+  trained on random crops with early stopping.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import torch
 from nilearn.connectome import ConnectivityMeasure
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
-from torch import nn
 
 from brainlm.errors import BrainLMInputError
+from brainlm.model.recurrent import LSTMNet
 from brainlm.tasks.prediction.heads import make_head
-from brainlm.tasks.prediction.training import WindowedHead, check_series, random_crops, tiles
+from brainlm.tasks.prediction.training import (WindowedHead, check_series, random_crops,
+                                              recording_tiles)
 
 FC_KINDS = ("correlation", "tangent")
 PCA_COMPONENTS = (10, 30)
@@ -94,19 +96,6 @@ def raw_pca_pipeline(task: str, n_train_min: int, window_trs: int = 200):
     return pipe, grid
 
 
-class _LSTMNet(nn.Module):
-    def __init__(self, n_parcels: int, hidden: int):
-        super().__init__()
-        self.lstm = nn.LSTM(n_parcels, hidden, batch_first=True)
-        self.out = nn.Linear(hidden, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, P] -> [B]: hidden states averaged over time, then a linear layer (a
-        phenotype is a property of the whole window, not of its last TR)."""
-        h, _ = self.lstm(x)
-        return self.out(h.mean(dim=1)).squeeze(-1)
-
-
 class LSTMEstimator(WindowedHead, BaseEstimator):
     """A one-layer LSTM on windows of the time series, with early stopping.
 
@@ -154,7 +143,7 @@ class LSTMEstimator(WindowedHead, BaseEstimator):
         return check_series(X, self.window_trs)
 
     def _build(self, items, targets):
-        net = _LSTMNet(items[0].shape[1], self.hidden)
+        net = LSTMNet(items[0].shape[1], self.hidden, pooling="mean")
         return net, torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def _train_examples(self, items, generator):
@@ -162,4 +151,4 @@ class LSTMEstimator(WindowedHead, BaseEstimator):
         return torch.cat(crops), np.tile(np.arange(len(items)), self.crops_per_recording)
 
     def _eval_examples(self, items):
-        return tiles(items, self.window_trs)
+        return recording_tiles(items, self.window_trs)

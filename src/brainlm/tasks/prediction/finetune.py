@@ -33,7 +33,8 @@ from torch import nn
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.tasks.model_input import load_model
-from brainlm.tasks.prediction.training import WindowedHead, check_series, random_crops, tiles
+from brainlm.tasks.prediction.training import (WindowedHead, check_series, random_crops,
+                                              recording_tiles)
 
 MODES = ("linear_probe", "full", "lora")
 
@@ -202,7 +203,7 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
         ridge (regression) or logistic regression (classification) on the training windows'
         ``[CLS, mean]`` features, so fine-tuning starts from the probe's solution and early
         stopping can only improve on it (the start is epoch 0)."""
-        wins, owner = tiles(items, self.window_trs_)
+        wins, owner = recording_tiles(items, self.window_trs_)
         net.eval()
         feats = torch.cat([net.features(wins[i:i + self.batch_size].to(self.device)).float().cpu()
                            for i in range(0, len(wins), self.batch_size)]).numpy()
@@ -218,7 +219,7 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
         return random_crops(items, self.window_trs_, generator).to(self.device), np.arange(len(items))
 
     def _eval_examples(self, items):
-        wins, owner = tiles(items, self.window_trs_)
+        wins, owner = recording_tiles(items, self.window_trs_)
         return wins.to(self.device), owner
 
     def fit(self, X, y, groups=None):

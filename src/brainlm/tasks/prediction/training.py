@@ -2,15 +2,16 @@
 
 Shared by the LSTM baseline and the BrainLM fine-tuning heads. Each recording contributes
 windows of a fixed length: one random crop per recording per epoch for training (fresh crops
-every epoch, from a seeded generator), all deterministic non-overlapping tiles for validation
-and prediction. A recording's prediction is the mean of its windows' outputs (logits for
-classification). Training stops when the validation loss has not improved for ``patience``
-epochs, and the weights of the best epoch are restored.
+every epoch, from a seeded generator), all deterministic non-overlapping tiles
+(:func:`brainlm.data.windows.tile`) for validation and prediction. A recording's prediction is
+the mean of its windows' outputs (logits for classification). Training runs through the one
+Lightning trainer (:func:`brainlm.train.supervised.fit_supervised`): it stops when the
+validation loss has not improved for ``patience`` epochs, and the weights of the best epoch
+(the starting point included) are restored.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,7 +21,9 @@ import torch.nn.functional as F
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 from torch import nn
 
+from brainlm.data.windows import tile
 from brainlm.errors import BrainLMInputError
+from brainlm.train.supervised import EpochBatches, FixedBatches, accelerator_for, fit_supervised
 
 
 def random_crops(series: list[np.ndarray], window_trs: int, generator: torch.Generator) -> torch.Tensor:
@@ -32,14 +35,12 @@ def random_crops(series: list[np.ndarray], window_trs: int, generator: torch.Gen
     return torch.stack(out)
 
 
-def tiles(series: list[np.ndarray], window_trs: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Non-overlapping windows from TR 0 of every recording: ([M, window_trs, P], owner [M])."""
-    wins, owner = [], []
-    for i, x in enumerate(series):
-        for s in range(0, x.shape[0] - window_trs + 1, window_trs):
-            wins.append(torch.from_numpy(np.ascontiguousarray(x[s:s + window_trs], dtype=np.float32)))
-            owner.append(i)
-    return torch.stack(wins), np.asarray(owner)
+def recording_tiles(series: list[np.ndarray], window_trs: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The deterministic tiles of every recording, stacked: ([M, window_trs, P] float32, owner
+    [M], the index of each tile's recording)."""
+    parts = [tile(x, window_trs)[0] for x in series]
+    owner = np.repeat(np.arange(len(series)), [len(p) for p in parts])
+    return torch.from_numpy(np.concatenate(parts)), owner
 
 
 def check_series(series, window_trs: int, n_parcels: int | None = None) -> list[np.ndarray]:
@@ -105,7 +106,7 @@ def train_early_stopping(net: nn.Module, optimizer: torch.optim.Optimizer, *,
                          epoch_data: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
                          val_inputs: torch.Tensor, val_targets: torch.Tensor, classification: bool,
                          max_epochs: int, patience: int, batch_size: int,
-                         generator: torch.Generator) -> TrainingLog:
+                         generator: torch.Generator, device: str = "cpu") -> TrainingLog:
     """Train ``net`` (inputs [B, ...] -> outputs [B]) until the validation loss stops improving.
 
     Parameters
@@ -118,47 +119,33 @@ def train_early_stopping(net: nn.Module, optimizer: torch.optim.Optimizer, *,
         Stop after ``max_epochs``, or ``patience`` epochs without a lower validation loss.
     generator : torch.Generator
         Shuffles the examples within each epoch.
+    device : str
+        Where to train (torch device name); ``net`` is returned there.
 
     The parameters with the lowest validation loss are loaded back into ``net``; the starting
     point counts as epoch 0, so training never ends worse on validation than it began (which
     matters when the head starts from a fitted probe).
     """
-    if max_epochs < 1 or patience < 1:
-        raise BrainLMInputError(f"max_epochs {max_epochs} and patience {patience}; expected >= 1")
-    loss_fn = loss_function(classification)
-    log, stale = TrainingLog(), 0
+    # Every epoch has as many examples as the first; draw it now so Lightning knows the epoch's
+    # length (nothing else draws from ``generator`` before that epoch's shuffle: same order).
+    first = epoch_data(1)
 
-    def validate() -> float:
-        val = float(loss_fn(predict_batched(net, val_inputs, batch_size), val_targets))
-        log.val_loss.append(val)
-        return val
-
-    best, log.best_epoch = validate(), 0
-    best_state = copy.deepcopy({k: v.detach().clone() for k, v in net.state_dict().items()})
-    for epoch in range(1, max_epochs + 1):
-        inputs, targets = epoch_data(epoch)
+    def batches(epoch: int):
+        inputs, targets = first if epoch == 1 else epoch_data(epoch)
         order = torch.randperm(len(inputs), generator=generator)
-        net.train()
-        total = 0.0
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(net(inputs[idx]).float(), targets[idx])
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-        log.train_loss.append(total / len(order))
-        val = validate()
-        if val < best:
-            best, stale, log.best_epoch = val, 0, epoch
-            best_state = copy.deepcopy({k: v.detach().clone() for k, v in net.state_dict().items()})
-        else:
-            stale += 1
-            if stale >= patience:
-                break
-    net.load_state_dict(best_state)
-    net.eval()
-    return log
+            yield inputs[idx], targets[idx]
+
+    accelerator, devices = accelerator_for(device)
+    train = EpochBatches(batches, -(-len(first[0]) // batch_size))
+    fit = fit_supervised(net, optimizer, loss=loss_function(classification), train=train,
+                         val=FixedBatches(val_inputs, val_targets, batch_size), max_epochs=max_epochs,
+                         patience=patience, count_start=True, accelerator=accelerator, devices=devices)
+    net.to(device)
+    # The mean training loss of an epoch weights each batch by its size.
+    train_loss = [sum(loss * n for loss, n in epoch) / sum(n for _, n in epoch) for epoch in fit.batch_losses]
+    return TrainingLog(train_loss=train_loss, val_loss=fit.val_loss, best_epoch=fit.best_epoch)
 
 
 class WindowedHead:
@@ -221,7 +208,7 @@ class WindowedHead:
             self.log_ = train_early_stopping(
                 net, optimizer, epoch_data=epoch_data, val_inputs=val_inputs, val_targets=val_targets,
                 classification=classification, max_epochs=self.max_epochs, patience=self.patience,
-                batch_size=self.batch_size, generator=gen)
+                batch_size=self.batch_size, generator=gen, device=getattr(self, "device", "cpu"))
         self.net_ = net
         return self
 

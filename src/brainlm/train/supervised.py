@@ -1,0 +1,234 @@
+"""Supervised fits of small networks through the one trainer: ``inputs -> outputs`` on
+``(inputs, targets)`` batches, with the best validation epoch kept and optional early stopping.
+
+Used by the phenotype heads (a window or its embedding -> one output) and the neural forecasting
+baselines (a context -> the next TRs). The batches come from plain iterables, not DataLoaders:
+the task draws each epoch's examples and their order from its own seeded generator exactly as it
+chooses, and no DataLoader draws from the global torch RNG behind its back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+from torch import nn
+
+from brainlm.errors import BrainLMInputError
+from brainlm.train.trainer import make_trainer, quiet
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class EpochBatches:
+    """The training batches of each epoch, drawn afresh at every pass.
+
+    Parameters
+    ----------
+    draw : callable
+        ``epoch -> iterable of (inputs [B, ...], targets [B, ...])``; ``epoch`` counts from 1.
+    n_batches : int
+        Batches per epoch (for Lightning's epoch bookkeeping).
+    """
+
+    def __init__(self, draw: Callable[[int], Iterable[Batch]], n_batches: int):
+        self.draw, self.n_batches, self.epoch = draw, int(n_batches), 0
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self) -> Iterator[Batch]:
+        # Counted when the first batch is asked for, not when the iterator is made: Lightning
+        # makes iterators it never reads (to check the loader), and those must not use up a draw.
+        self.epoch += 1
+        yield from self.draw(self.epoch)
+
+
+class FixedBatches:
+    """Fixed examples in fixed batches (validation): inputs [M, ...], targets [M, ...]."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int):
+        self.inputs, self.targets, self.batch_size = inputs, targets, int(batch_size)
+
+    def __len__(self) -> int:
+        return -(-len(self.inputs) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for i in range(0, len(self.inputs), self.batch_size):
+            yield self.inputs[i:i + self.batch_size], self.targets[i:i + self.batch_size]
+
+
+class SupervisedModule(L.LightningModule):
+    """``net`` trained on ``loss(net(inputs), targets)``; validated on the whole validation set.
+
+    Parameters
+    ----------
+    net : nn.Module
+        inputs [B, ...] -> outputs shaped like the targets.
+    loss : callable
+        ``(outputs, targets) -> scalar`` (mean over the batch), e.g. ``F.mse_loss``.
+    optimizer : torch.optim.Optimizer
+        Built on ``net``'s parameters by the caller (parameter groups, learning rates).
+    val_loss : callable, optional
+        ``(outputs [M, ...], targets [M, ...]) -> float`` over every validation example at once
+        (default: ``loss``), logged as ``val/loss``.
+
+    Attributes
+    ----------
+    batch_losses : list of list of (float, int)
+        Each epoch's training batches: (loss, batch size).
+    """
+
+    def __init__(self, net: nn.Module, loss: Callable, optimizer: torch.optim.Optimizer,
+                 val_loss: Callable | None = None):
+        super().__init__()
+        self.net, self.loss, self.optimizer = net, loss, optimizer
+        self.val_loss = val_loss or (lambda out, target: float(loss(out, target)))
+        self.batch_losses: list[list[tuple[float, int]]] = []
+        self._outputs: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def on_train_epoch_start(self) -> None:
+        self.batch_losses.append([])
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss(self.net(x).float(), y)
+        self.batch_losses[-1].append((loss.item(), len(x)))
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        x, y = batch
+        self._outputs.append(self.net(x).float().cpu())
+        self._targets.append(y.cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        value = self.val_loss(torch.cat(self._outputs), torch.cat(self._targets))
+        self._outputs.clear()
+        self._targets.clear()
+        self.log("val/loss", float(value), batch_size=1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer
+
+
+class EpochTimes(L.Callback):
+    """Wall seconds of each training epoch without its validation, of each validation run in the
+    fit, and the monitored validation metric after each epoch."""
+
+    def __init__(self, monitor: str | None = None):
+        self.monitor = monitor
+        self.reset()
+
+    def reset(self) -> None:
+        self.train_seconds: list[float] = []
+        self.val_seconds: list[float] = []
+        self.val_scores: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start, self._val = time.perf_counter(), 0.0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        seconds = time.perf_counter() - self._val_start
+        self._val += seconds
+        self.val_seconds.append(seconds)
+        if self.monitor is not None:
+            self.val_scores.append(float(trainer.callback_metrics[self.monitor]))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.train_seconds.append(time.perf_counter() - self._start - self._val)
+
+
+@dataclass
+class FitLog:
+    """What a supervised fit did.
+
+    Attributes
+    ----------
+    batch_losses : list of list of (float, int)
+        Training batches of each epoch run: (loss, batch size).
+    val_loss : list of float
+        Validation loss before training (when ``count_start``) then after each epoch.
+    best_epoch : int
+        0: the starting point; k: after k epochs; -1: no validation.
+    train_seconds : list of float
+        Each epoch's training time, validation excluded.
+    """
+
+    batch_losses: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    best_epoch: int = -1
+    train_seconds: list = field(default_factory=list)
+
+
+def fit_supervised(net: nn.Module, optimizer: torch.optim.Optimizer, *, loss: Callable, train: EpochBatches,
+                   val: Iterable[Batch] | None = None, val_loss: Callable | None = None, max_epochs: int,
+                   patience: int | None = None, count_start: bool = False, clip: float | None = None,
+                   accelerator: str = "cpu", devices: int | list[int] = 1) -> FitLog:
+    """Train ``net`` in place through :func:`~brainlm.train.trainer.make_trainer` and load back
+    the weights of its best validation epoch.
+
+    Parameters
+    ----------
+    train : EpochBatches
+    val : iterable of (inputs, targets), optional
+        Scored after every epoch (and before training with ``count_start``); without it the
+        last epoch is kept.
+    max_epochs, patience : int
+        Stop after ``max_epochs``, or ``patience`` epochs without a strictly lower validation loss.
+    count_start : bool
+        The untrained starting point is a candidate (epoch 0): training never ends worse on
+        validation than it began (e.g. a head that starts from a fitted probe).
+    clip : float, optional
+        Gradient-norm clipping.
+
+    ``net`` ends on the CPU, in eval mode. Precision is 32-true on every device: these networks are small, and full precision keeps
+    their results the same on a CPU and a GPU. Nothing is written to disk (no logger, no
+    checkpoint file; the best weights are kept in memory).
+    """
+    if max_epochs < 1 or (patience is not None and patience < 1):
+        raise BrainLMInputError(f"max_epochs {max_epochs} and patience {patience}; expected >= 1")
+    module = SupervisedModule(net, loss, optimizer, val_loss)
+    timer = EpochTimes()
+    setup = make_trainer(
+        max_epochs=max_epochs, accelerator=accelerator, devices=devices, precision="32-true",
+        monitor="val/loss" if val is not None else None, best="memory" if val is not None else None,
+        patience=patience, count_start=count_start, callbacks=[timer], silent=True,
+        gradient_clip_val=clip,
+        # Validation under no_grad (as the fits did before Lightning) rather than inference mode.
+        inference_mode=False)
+    with quiet():
+        if val is not None and count_start:
+            setup.trainer.validate(module, dataloaders=val, verbose=False)
+        setup.trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+    net.cpu()
+    setup.restore_best(module)
+    best = setup.best
+    log = FitLog(batch_losses=module.batch_losses, train_seconds=timer.train_seconds)
+    if best is not None:
+        log.val_loss = ([best.start_score] if best.start_score is not None else []) + best.scores
+        log.best_epoch = best.best_epoch
+    net.eval()
+    return log
+
+
+def accelerator_for(device: str | torch.device) -> tuple[str, int | list[int]]:
+    """Lightning's ``(accelerator, devices)`` for a torch device name: ``cpu`` -> ("cpu", 1),
+    ``cuda`` -> ("gpu", 1), ``cuda:1`` -> ("gpu", [1])."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return "cpu", 1
+    if device.type == "cuda":
+        return "gpu", [device.index] if device.index is not None else 1
+    return device.type, 1

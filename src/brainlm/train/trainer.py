@@ -1,0 +1,250 @@
+"""The one Lightning trainer factory behind every fit: pretraining, forecasting fine-tuning,
+phenotype heads and the neural baselines.
+
+:func:`make_trainer` settles precision (``auto``: bf16-mixed on a GPU, 32-true on the CPU),
+accelerator, devices, nodes and strategy (``fsdp`` shards BrainLM block by block), loggers,
+progress output (:mod:`brainlm.train.progress`) and how the best epoch is kept:
+
+* ``best="checkpoint"``: Lightning's ``ModelCheckpoint`` writes ``best.ckpt`` (and ``last.ckpt``
+  for ``--resume``) to a folder; works under DDP and FSDP (pretraining);
+* ``best="memory"``: :class:`BestWeights` copies the weights of the best validation epoch to
+  CPU memory, optionally stops early after ``patience`` epochs without improvement and can count
+  a validation run before training as epoch 0; no file is written (fine-tuning, small heads).
+
+``TrainerSetup.restore_best(module)`` loads the best weights back in either case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import FSDPStrategy
+
+from brainlm.errors import BrainLMInputError
+from brainlm.model.layers import Block
+from brainlm.train.progress import progress_callbacks
+
+BEST = ("checkpoint", "memory", None)
+LOGGERS = {"tensorboard": TensorBoardLogger, "csv": CSVLogger}
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto`` -> ``bf16-mixed`` when training runs on a GPU, else ``32-true``; any other value
+    is returned as given (a Lightning precision string)."""
+    if precision != "auto":
+        return precision
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if gpu else "32-true"
+
+
+def resolve_strategy(strategy):
+    """``fsdp`` -> an FSDP strategy that shards and checkpoints activations per transformer
+    block (not the whole model as one unit): what lets the 650m preset fit on 80 GB cards.
+    Anything else is passed to Lightning unchanged."""
+    if strategy == "fsdp":
+        return FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block})
+    return strategy
+
+
+class BestWeights(L.Callback):
+    """Keeps the weights of the best validation score in CPU memory; optional early stopping.
+
+    Parameters
+    ----------
+    monitor : str
+        A metric the module logs in its validation loop (e.g. ``val/loss``).
+    mode : {"min", "max"}
+    patience : int, optional
+        Stop training after this many validation runs in a row without a strictly better score.
+    count_start : bool
+        A ``trainer.validate`` before ``trainer.fit`` is a candidate (epoch 0): training then
+        never ends worse on validation than it began.
+
+    Attributes
+    ----------
+    start_score : float or None
+        The score of the validation before training (when one was run).
+    scores : list of float
+        The score after each training epoch.
+    best_score, best_epoch
+        Best score so far and its epoch (0: the starting point; k: after k training epochs).
+    """
+
+    def __init__(self, monitor: str, mode: str = "min", patience: int | None = None,
+                 count_start: bool = False):
+        if mode not in ("min", "max"):
+            raise BrainLMInputError(f"mode {mode!r}; expected 'min' or 'max'")
+        if patience is not None and patience < 1:
+            raise BrainLMInputError(f"patience {patience}; expected >= 1")
+        self.monitor, self.mode, self.patience, self.count_start = monitor, mode, patience, count_start
+        self.start_score: float | None = None
+        self.scores: list[float] = []
+        self.best_score: float | None = None
+        self.best_epoch, self.state, self._stale = -1, None, 0
+
+    def _better(self, score: float) -> bool:
+        if self.best_score is None:
+            return True
+        return score < self.best_score if self.mode == "min" else score > self.best_score
+
+    def _keep(self, module: L.LightningModule, score: float, epoch: int) -> None:
+        self.best_score, self.best_epoch, self._stale = score, epoch, 0
+        self.state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        score = float(trainer.callback_metrics[self.monitor])
+        if trainer.state.fn != "fit":  # a validation before training
+            self.start_score = score
+            if self.count_start:
+                self._keep(pl_module, score, 0)
+            return
+        self.scores.append(score)
+        if self._better(score):
+            self._keep(pl_module, score, len(self.scores))
+            return
+        self._stale += 1
+        if self.patience is not None and self._stale >= self.patience:
+            trainer.should_stop = True
+
+    def restore(self, module: L.LightningModule) -> None:
+        if self.state is not None:
+            module.load_state_dict(self.state)
+
+
+@dataclass
+class TrainerSetup:
+    """A configured trainer and the record of its best epoch.
+
+    Attributes
+    ----------
+    trainer : lightning.Trainer
+    precision : str
+        The resolved precision (``auto`` settled).
+    best : ModelCheckpoint, BestWeights or None
+    """
+
+    trainer: L.Trainer
+    precision: str
+    best: ModelCheckpoint | BestWeights | None
+
+    @property
+    def best_score(self) -> float | None:
+        if isinstance(self.best, ModelCheckpoint):
+            s = self.best.best_model_score
+            return float(s) if s is not None else None
+        return self.best.best_score if self.best is not None else None
+
+    def restore_best(self, module: L.LightningModule) -> bool:
+        """Load the best epoch's weights into ``module``; False when there is none."""
+        if isinstance(self.best, BestWeights):
+            self.best.restore(module)
+            return self.best.state is not None
+        if isinstance(self.best, ModelCheckpoint) and self.best.best_model_path:
+            state = torch.load(self.best.best_model_path, map_location="cpu", weights_only=True)
+            module.load_state_dict(state["state_dict"])
+            return True
+        return False
+
+
+def make_trainer(*, max_epochs: int, accelerator: str = "auto", devices: int | str = 1, num_nodes: int = 1,
+                 strategy="auto", precision: str = "auto", monitor: str | None = None, mode: str = "min",
+                 best: str | None = None, checkpoint_dir: str | Path | None = None, save_last: bool = False,
+                 patience: int | None = None, count_start: bool = False, log_dir: str | Path | None = None,
+                 loggers: tuple[str, ...] = (), log_name: str | None = None, progress: bool = False,
+                 silent: bool = False, callbacks=(), **options) -> TrainerSetup:
+    """A Lightning ``Trainer`` set up the one way every fit of brainlm is.
+
+    Parameters
+    ----------
+    max_epochs : int
+    accelerator, devices, num_nodes, strategy, precision
+        As Lightning's; ``precision="auto"`` and ``strategy="fsdp"`` see :func:`resolve_precision`
+        and :func:`resolve_strategy`.
+    monitor, mode : str
+        The validation metric that picks the best epoch, and whether lower or higher is better.
+    best : {"checkpoint", "memory", None}
+        Keep the best epoch in ``checkpoint_dir/best.ckpt`` (with ``save_last``, also
+        ``last.ckpt`` for resuming), in memory (:class:`BestWeights`, with ``patience`` and
+        ``count_start``), or not at all. No checkpoint file is written unless ``"checkpoint"``.
+    log_dir, loggers, log_name
+        Loggers among ``tensorboard`` and ``csv``, each writing ``log_dir/NAME/version_N`` (NAME:
+        ``log_name`` or the logger's name). None: no logger (nothing is written).
+    progress : bool
+        A progress bar on a terminal, one line per epoch elsewhere, or nothing.
+    silent : bool
+        Drop Lightning's info lines and advice warnings while the trainer is built (wrap its
+        ``fit`` in :func:`quiet` too): for the many small fits of a cross-validation.
+    callbacks : sequence of lightning.Callback
+        Added after the best-epoch callback.
+    **options
+        Any other ``lightning.Trainer`` argument (``gradient_clip_val``, ``accumulate_grad_batches``...).
+    """
+    if best not in BEST:
+        raise BrainLMInputError(f"best {best!r}; expected one of {BEST}")
+    if best is not None and monitor is None:
+        raise BrainLMInputError("keeping the best epoch needs a monitored metric")
+    precision = resolve_precision(precision, accelerator)
+    keeper: ModelCheckpoint | BestWeights | None = None
+    if best == "checkpoint":
+        if checkpoint_dir is None:
+            raise BrainLMInputError("best='checkpoint' needs a checkpoint_dir")
+        keeper = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor=monitor, mode=mode,
+                                 save_last=save_last, save_top_k=1)
+    elif best == "memory":
+        keeper = BestWeights(monitor, mode, patience=patience, count_start=count_start)
+    unknown = [name for name in loggers if name not in LOGGERS]
+    if unknown:
+        raise BrainLMInputError(f"unknown logger(s) {unknown}; expected some of {list(LOGGERS)}")
+    if loggers and log_dir is None:
+        raise BrainLMInputError("loggers need a log_dir")
+    logger = [LOGGERS[name](log_dir, name=log_name or name) for name in loggers] or False
+    bar, lines = progress_callbacks(progress)
+    options.setdefault("enable_model_summary", False)
+    options.setdefault("num_sanity_val_steps", 0)
+    with quiet(silent):
+        trainer = L.Trainer(
+            max_epochs=max_epochs, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+            strategy=resolve_strategy(strategy), precision=precision, logger=logger,
+            callbacks=[c for c in (keeper,) if c is not None] + [*lines, *callbacks],
+            enable_progress_bar=bar, enable_checkpointing=best == "checkpoint", **options)
+    return TrainerSetup(trainer, precision, keeper)
+
+
+class _DropAll(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+@contextlib.contextmanager
+def quiet(enabled: bool = True):
+    """Silence Lightning's info lines ("GPU available: ...", "`Trainer.fit` stopped ...") and
+    its advice warnings (few workers, few batches) inside the block: a cross-validation fits
+    hundreds of small heads, and those lines would bury its own output. Errors still raise."""
+    if not enabled:
+        yield
+        return
+    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+             "lightning.pytorch.accelerators.cuda")
+    drop = _DropAll()
+    loggers = [logging.getLogger(n) for n in names]
+    for log in loggers:
+        log.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"lightning\.")
+            warnings.filterwarnings("ignore", message=r".*(num_workers|does not have many workers|"
+                                                      r"smaller than the logging interval).*")
+            yield
+    finally:
+        for log in loggers:
+            log.removeFilter(drop)
