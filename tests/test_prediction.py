@@ -23,12 +23,13 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
-from brainlm.model import BrainLM
+from brainlm.model.checkpoint import load_pretrained
 from brainlm.simulate import simulate_cohort
-from brainlm.tasks.model_input import model_scaler, read_model_input, subject_keys
+from brainlm.tasks.model_input import encode, model_scaler, preprocess, read_model_input, subject_keys
 from brainlm.tasks.prediction import (
     BrainLMEmbedding, BrainLMFineTuner, PredictionSettings, add_lora, corrected_resampled_ttest,
     evaluate_prediction, grouped_folds, subject_leaks)
+from brainlm.tasks.prediction.training import loss_function, random_crops, train_early_stopping
 
 RUNS = 2
 
@@ -157,7 +158,7 @@ def test_same_call_same_numbers(trained, cohort, capsys):
 
 
 def test_embedding_transformer_in_a_pipeline(trained, cohort, hcp):
-    model = BrainLM.from_pretrained(trained / "model")
+    model = load_pretrained(trained / "model")
     series = read_model_input(cohort, range(20), model_scaler(model, cohort))
     groups = subject_keys(cohort, range(20))
     y = cohort.manifest["age"].to_numpy()[:20]
@@ -170,10 +171,10 @@ def test_embedding_transformer_in_a_pipeline(trained, cohort, hcp):
     assert x.shape == (3, 2 * model.config.dim) and x.dtype == np.float32
     np.testing.assert_array_equal(x, emb.transform(series[:3]))  # deterministic
     assert list(emb.get_feature_names_out()[[0, -1]]) == ["cls_0000", f"mean_{model.config.dim - 1:04d}"]
-    # Window embeddings averaged per recording; the same as `model.encode` on a raw Recording.
-    windows = emb.transform_windows([model.preprocess(hcp[0])])[0]
+    # Window embeddings averaged per recording; the same as `encode` on a raw Recording.
+    windows = emb.transform_windows([preprocess(model, hcp[0])])[0]
     assert windows.shape == (6, 2 * model.config.dim)
-    enc = model.encode([hcp[0]])[0]
+    enc = encode(model, [hcp[0]])[0]
     np.testing.assert_allclose(emb.transform([hcp[0]])[0], np.concatenate([enc["cls"], enc["mean"]]), rtol=1e-5)
     # The random-weights control is another function of the same data, reproducible by seed.
     rnd = BrainLMEmbedding(trained / "model", weights="random", random_state=1).fit(series)
@@ -195,7 +196,7 @@ def test_embedding_transformer_bad_input(trained):
 
 
 def test_lora_starts_from_the_pretrained_encoder_and_leaves_it_untouched(trained, cohort):
-    model = BrainLM.from_pretrained(trained / "model")
+    model = load_pretrained(trained / "model")
     copy_ = copy.deepcopy(model)
     wrapped = add_lora(copy_, rank=2)
     assert len(wrapped) == 4 * model.config.depth and "blocks.0.attn.qkv" in wrapped
@@ -292,3 +293,91 @@ def test_cli_bad_input_exits_2_without_results(trained, cohort, tmp_path, capsys
     assert main(["evaluate", "predict", str(trained / "model"), cohort.path, "--target", "age",
                  "--methods", "fc_correlation_ridge,transformer_magic", "--out", str(out)]) == 2
     assert "transformer_magic" in capsys.readouterr().err and not out.exists()
+
+
+def _reference_early_stopping(net, optimizer, epoch_data, val_x, val_y, classification, max_epochs, patience,
+                              batch_size, generator):
+    """The hand-written loop that phenotype heads used before they trained through Lightning:
+    the one trainer must reproduce it exactly (same seeds, same data order, same stopping)."""
+    loss_fn = loss_function(classification)
+
+    def validate():
+        net.eval()
+        with torch.no_grad():
+            out = torch.cat([net(val_x[i:i + batch_size]) for i in range(0, len(val_x), batch_size)])
+        return float(loss_fn(out, val_y))
+
+    vals, train, stale = [validate()], [], 0
+    best, best_epoch, best_state = vals[0], 0, copy.deepcopy(net.state_dict())
+    for epoch in range(1, max_epochs + 1):
+        x, y = epoch_data(epoch)
+        order = torch.randperm(len(x), generator=generator)
+        net.train()
+        total = 0.0
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(net(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        train.append(total / len(order))
+        vals.append(validate())
+        if vals[-1] < best:
+            best, best_epoch, stale, best_state = vals[-1], epoch, 0, copy.deepcopy(net.state_dict())
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    net.load_state_dict(best_state)
+    return train, vals, best_epoch
+
+
+class _WindowMean(torch.nn.Module):
+    """window [B, T, P] -> [B]: a linear map of the window's mean over time."""
+
+    def __init__(self, n_parcels):
+        super().__init__()
+        self.lin = torch.nn.Linear(n_parcels, 1)
+
+    def forward(self, x):
+        return self.lin(x.mean(dim=1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("lr, classification", [(0.05, False), (0.05, True), (5.0, False)])
+def test_early_stopping_through_lightning_matches_the_hand_loop(cohort, tmp_path, monkeypatch, lr,
+                                                               classification):
+    monkeypatch.chdir(tmp_path)
+    series = [cohort.read(i)[:, :8] for i in range(12)]
+    target = cohort.manifest["group" if classification else "age"].to_numpy()[:12].astype(np.float32)
+    if not classification:
+        target = (target - target.mean()) / target.std()
+    y = torch.from_numpy(target)
+    val_x = torch.stack([torch.from_numpy(np.ascontiguousarray(x[:50])) for x in series[8:]])
+    val_y = y[8:]
+
+    def run(trainer):
+        torch.manual_seed(0)
+        net = _WindowMean(8)
+        opt = torch.optim.AdamW(net.parameters(), lr=lr)
+        gen = torch.Generator().manual_seed(1)
+
+        def epoch_data(epoch):
+            return torch.cat([random_crops(series[:8], 50, gen) for _ in range(3)]), y[:8].repeat(3)
+        out = trainer(net, opt, epoch_data, val_x, val_y, classification, 12, 2, 5, gen)
+        return net, out
+
+    net_a, (train, vals, best_epoch) = run(_reference_early_stopping)
+    net_b, log = run(lambda net, opt, data, vx, vy, c, e, p, b, g: train_early_stopping(
+        net, opt, epoch_data=data, val_inputs=vx, val_targets=vy, classification=c, max_epochs=e,
+        patience=p, batch_size=b, generator=g))
+    assert log.train_loss == train and log.val_loss == vals and log.best_epoch == best_epoch
+    for (k, a), (_, b) in zip(net_a.state_dict().items(), net_b.state_dict().items()):
+        assert torch.equal(a, b), k
+    # The best weights were restored: the validation loss is the lowest seen, never above the start.
+    with torch.no_grad():
+        final = float(loss_function(classification)(net_b(val_x), val_y))
+    assert final == pytest.approx(min(log.val_loss), rel=1e-6) and final <= log.val_loss[0]
+    if lr == 5.0:  # a step size that only makes things worse: the starting point is kept
+        assert log.best_epoch == 0 and len(log.train_loss) == 2
+    assert not list(tmp_path.iterdir())  # no logs, no checkpoint files
