@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
@@ -281,3 +282,13 @@ def test_evaluate_recon_runs_on_an_imported_checkpoint(a424_corpus, tmp_path):
     assert (tmp_path / "recon" / "reconstruction.json").is_file()
     text = json.dumps(result)
     assert "brainlm" in text and "spatial" in text
+
+
+def test_import_upstream_command(tmp_path, capsys):
+    assert main(["import-upstream", str(PAPER), "--out", str(tmp_path / "ck")]) == 0
+    out = capsys.readouterr().out
+    assert "upstream-brainlm" in out and "not used: decoder.decoder_pred.weight" in out
+    assert type(load_pretrained(tmp_path / "ck")) is UpstreamBrainLM
+    assert main(["import-upstream", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "config.json" in err
