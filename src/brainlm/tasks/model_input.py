@@ -48,6 +48,16 @@ def load_model(checkpoint: str | Path | BrainLM, device: str = "cpu") -> BrainLM
     return load_pretrained(checkpoint, map_location=device)
 
 
+def random_like(model: BrainLM, seed: int) -> BrainLM:
+    """The same architecture (any family), contract and atlas as ``model`` with freshly
+    initialised weights: the untrained control of every task. Seeded; torch's global random
+    state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        fresh = type(model)(model.config, contract=model.contract, atlas=model.atlas)
+    return fresh.to(next(model.parameters()).device)
+
+
 def check_atlas(model: BrainLM, atlas: Atlas, *, transfer: bool = False, source: str | None = None) -> None:
     """Error when ``atlas`` is not the one the model was pretrained on, unless ``transfer`` (the
     coordinate embedding makes any atlas usable, but results differ)."""

@@ -37,8 +37,8 @@ def with_window(model: BrainLM, window_trs: int) -> BrainLM:
     if window_trs % model.config.patch_trs:
         raise BrainLMInputError(f"window of {window_trs} TRs is not a multiple of the model's patch "
                                 f"length {model.config.patch_trs} TRs")
-    other = BrainLM(replace(model.config, window_trs=int(window_trs)), contract=model.contract,
-                    atlas=model.atlas)
+    other = type(model)(replace(model.config, window_trs=int(window_trs)), contract=model.contract,
+                        atlas=model.atlas)
     other.load_state_dict(model.state_dict(), strict=True)
     device = next(model.parameters()).device
     other.forecast_trs = getattr(model, "forecast_trs", None)

@@ -23,20 +23,12 @@ from sklearn.utils.validation import check_is_fitted
 from brainlm.data.atlas import Atlas
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
-from brainlm.model.brainlm import BrainLM
-from brainlm.tasks.model_input import check_atlas, embed_windows, load_model, model_windows, preprocess
+from brainlm.tasks.model_input import (check_atlas, embed_windows, load_model, model_windows, preprocess,
+                                       random_like)
 
 POOLINGS = ("cls", "mean", "both")
 WEIGHTS = ("pretrained", "random")
 
-
-def random_like(model: BrainLM, seed: int) -> BrainLM:
-    """A BrainLM with ``model``'s architecture, contract and atlas but freshly initialised weights
-    (seeded; torch's global random state is left as it was)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        fresh = BrainLM(model.config, contract=model.contract, atlas=model.atlas)
-    return fresh.to(next(model.parameters()).device)
 
 
 class BrainLMEmbedding(TransformerMixin, BaseEstimator):
