@@ -49,7 +49,7 @@ from brainlm.data.atomic import atomic_directory, write_json, write_text_atomic
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.tasks.attention import extract_attention
-from brainlm.tasks.model_input import ModelInput, load_model, model_inputs
+from brainlm.tasks.model_input import ModelInput, load_model, model_inputs, random_like
 from brainlm.tasks.results_folder import read_results_table
 
 __all__ = ["NETWORK_FEATURES", "BASELINE_FEATURES", "ParcelFeatures", "evaluate_features",
@@ -395,11 +395,7 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
     sets = [("BrainLM", name, trained.features[name]) for name in NETWORK_FEATURES]
     control = None
     if untrained_control:
-        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
-            torch.manual_seed(seed)
-            random_model = BrainLM(model.config, contract=model.contract, atlas=model.atlas).to(
-                next(model.parameters()).device)
-        control = parcel_features(random_model, inputs, batch_size=batch_size, baselines=False)
+        control = parcel_features(random_like(model, seed), inputs, batch_size=batch_size, baselines=False)
         sets += [("BrainLM untrained", name, control.features[name]) for name in NETWORK_FEATURES]
     if shifted_control:
         shifted = parcel_features(model, time_shifted(inputs, seed=seed), batch_size=batch_size, baselines=False)
