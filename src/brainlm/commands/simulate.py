@@ -11,8 +11,7 @@ import time
 from dataclasses import asdict, replace
 
 from brainlm import __version__
-# The rich progress bar prepare uses; it has no public name yet (see the issue 14 notes).
-from brainlm.data.prepare import _progress as progress_bar
+from brainlm.data.progress import ProgressBar
 from brainlm.errors import BrainLMInputError
 from brainlm.simulate.cohort import (DEFAULT_SITES, FORMATS, GLOBAL_COUPLING, MEASUREMENT_NOISE, UNITS,
                                      LatentEffects, ModelSettings, iter_cohort, write_cohort)
@@ -110,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     seen = {"trs": set(), "sites": set()}
 
     def tracked():
-        with progress_bar(not args.quiet, "simulating", args.subjects) as advance:
+        with ProgressBar(not args.quiet, "simulating", args.subjects) as advance:
             for rec in cohort:
                 seen["trs"].add(rec.tr)
                 seen["sites"].add(rec.site)

@@ -35,6 +35,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import CORPUS_FORMAT, CORPUS_VERSION, MANIFEST_COLUMNS, Corpus
 from brainlm.data.extraction import ImageParcellation, load_atlas_image
 from brainlm.data.fmriprep import confounds_file_for, find_scans, parse_confound_strategy, participants_file
+from brainlm.data.progress import ProgressBar
 from brainlm.data.recording import Recording
 from brainlm.data.scaling import QuartileHistogram, QuartileRange, recording_quartiles, scaling_from_quartiles
 from brainlm.data.sources import (SourceSpec, attach_phenotypes, check_unique_ids, discover_files,
@@ -406,7 +407,7 @@ def _run_pass1(pending, build, atlas, contract, opts, layout, jobs, progress,
     with _parallel_backend(dask_scheduler, jobs) as n_jobs:
         # Results arrive as workers finish; each worker holds one recording at a time.
         runner = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-        with _progress(progress, "cleaning recordings", len(pending)) as advance:
+        with ProgressBar(progress, "cleaning recordings", len(pending)) as advance:
             for r in runner(tasks):
                 results.append(r)
                 advance()
@@ -440,36 +441,6 @@ def _parallel_backend(dask_scheduler: str | None, jobs: int):
                 raise BrainLMInputError(f"cannot reach the Dask scheduler ({e})", dask_scheduler) from None
         stack.enter_context(parallel_config(backend="dask"))
         yield -1
-
-
-class _progress:
-    """A rich progress bar when asked for, a no-op otherwise."""
-
-    def __init__(self, enabled: bool, what: str, total: int):
-        self.enabled, self.what, self.total = enabled, what, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), TimeRemainingColumn())
-        self._bar.__enter__()
-        task = self._bar.add_task(self.what, total=self.total)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._bar.__exit__(*exc)
-        return False
 
 
 def _process_one(spec: SourceSpec, build: Path, atlas: Atlas, contract: PreprocessingContract,
