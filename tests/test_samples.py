@@ -17,7 +17,7 @@ from brainlm.data.samples import load_hcp7_aal2, load_schaefer100_rest
 # ../shared beside the checkout (as in CI); tests needing it skip when it is absent.
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 YEO7 = {"Vis", "SomMot", "DorsAttn", "SalVentAttn", "Limbic", "Cont", "Default"}
-EXPECTED_PARCELS = {"aal2": 94, "schaefer100": 100, "schaefer200": 200, "schaefer400": 400}
+EXPECTED_PARCELS = {"aal2": 94, "schaefer100": 100, "schaefer200": 200, "schaefer400": 400, "a424": 424}
 
 
 def _shared(rel: str) -> Path:
@@ -43,7 +43,11 @@ def _fc(x: np.ndarray) -> np.ndarray:
 
 
 # -- atlases -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", EMBEDDED_ATLASES)
+def test_every_embedded_atlas_is_tested():
+    assert set(EMBEDDED_ATLASES) == set(EXPECTED_PARCELS)
+
+
+@pytest.mark.parametrize("name", [a for a in EMBEDDED_ATLASES if a != "a424"])
 def test_load_atlas_all(name):
     atlas = load_atlas(name)
     assert isinstance(atlas, Atlas)
@@ -57,6 +61,17 @@ def test_load_atlas_all(name):
     right = [i for i, n in enumerate(atlas.parcel_names) if n.endswith("_R") or "_RH_" in n]
     assert len(left) + len(right) == atlas.n_parcels
     assert (atlas.xyz[left, 0] < 0).all() and (atlas.xyz[right, 0] > 0).all()
+
+
+def test_a424_is_the_upstream_parcel_order_without_networks():
+    """A424 (the original BrainLM checkpoints' atlas) carries no network labels; its parcels are
+    numbered in the order of the upstream coordinate file, both hemispheres present."""
+    atlas = load_atlas("a424")
+    assert atlas.n_parcels == 424 and atlas.networks is None
+    assert atlas.parcel_names[0] == "A424_001" and atlas.parcel_names[-1] == "A424_424"
+    assert len(set(atlas.parcel_names)) == 424
+    assert np.abs(atlas.xyz).max() < 110
+    assert (atlas.xyz[:, 0] < 0).sum() > 150 and (atlas.xyz[:, 0] > 0).sum() > 150
 
 
 def test_schaefer_atlases_fully_labelled():

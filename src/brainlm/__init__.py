@@ -4,13 +4,13 @@ The package is laid out in the direction data flow, each layer importing only fr
 ``brainlm.data`` and ``brainlm.simulate`` -> ``brainlm.model`` -> ``brainlm.train`` ->
 ``brainlm.tasks`` -> ``brainlm.report`` -> ``brainlm.commands`` (see docs/architecture.md).
 
-The high-level API works on a checkpoint folder (or a loaded model) and raw recordings::
+The high-level API works on a checkpoint folder (or a loaded model) and raw recordings:
 
-    import brainlm
-    model = brainlm.load("run/model")
-    emb = brainlm.encode(model, recordings)           # embeddings per window and recording
-    rec = brainlm.reconstruct(model, recordings[0])   # masked reconstruction
-    fut = brainlm.forecast(model, recordings[0], 20)  # the next 20 TRs
+>>> import brainlm
+>>> model = brainlm.load("run/model")
+>>> emb = brainlm.encode(model, recordings)           # embeddings per window and recording
+>>> rec = brainlm.reconstruct(model, recordings[0])   # masked reconstruction
+>>> fut = brainlm.forecast(model, recordings[0], 20)  # the next 20 TRs
 """
 
 from brainlm.data.atlas import Atlas, load_atlas

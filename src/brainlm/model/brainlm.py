@@ -41,7 +41,33 @@ class EncoderOutput:
     attentions: list[torch.Tensor] | None = None
 
 
-class BrainLM(nn.Module):
+class ParcelPatchTokens:
+    """Tokens that are one parcel's patch of ``patch_trs`` consecutive TRs: how a window becomes
+    tokens and back, and the token masks drawn on them. Shared by :class:`BrainLM` and the
+    original BrainLM paper model (:mod:`brainlm.model.upstream`); needs ``self.config`` with
+    ``window_trs``, ``n_patches`` and ``patch_trs``."""
+
+    # -- shapes ------------------------------------------------------------------------------
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, P] window -> [B, P, N, patch_trs]."""
+        b, t, p = x.shape
+        if t != self.config.window_trs:
+            raise BrainLMInputError(f"window has {t} TRs; the model expects {self.config.window_trs}")
+        return x.transpose(1, 2).reshape(b, p, self.config.n_patches, self.config.patch_trs)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """[B, P, N, patch_trs] -> [B, T, P]."""
+        b, p, n, k = patches.shape
+        return patches.reshape(b, p, n * k).transpose(1, 2)
+
+    def sample_mask(self, spec: MaskSpec, batch: int, n_parcels: int,
+                    generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """[B, P, N] bool mask drawn by ``spec`` (deterministic under a seeded generator)."""
+        c = self.config
+        return spec.sample(batch, n_parcels, c.n_patches, c.patch_trs, generator, device)
+
+
+class BrainLM(ParcelPatchTokens, nn.Module):
     """Masked autoencoder over parcellated fMRI windows.
 
     Parameters
@@ -87,25 +113,6 @@ class BrainLM(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    # -- shapes ------------------------------------------------------------------------------
-    def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, P] window -> [B, P, N, patch_trs]."""
-        b, t, p = x.shape
-        if t != self.config.window_trs:
-            raise BrainLMInputError(f"window has {t} TRs; the model expects {self.config.window_trs}")
-        return x.transpose(1, 2).reshape(b, p, self.config.n_patches, self.config.patch_trs)
-
-    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
-        """[B, P, N, patch_trs] -> [B, T, P]."""
-        b, p, n, k = patches.shape
-        return patches.reshape(b, p, n * k).transpose(1, 2)
-
-    def sample_mask(self, spec: MaskSpec, batch: int, n_parcels: int,
-                    generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """[B, P, N] bool mask drawn by ``spec`` (deterministic under a seeded generator)."""
-        c = self.config
-        return spec.sample(batch, n_parcels, c.n_patches, c.patch_trs, generator, device)
 
     # -- encoder / decoder / loss ------------------------------------------------------------
     def forward_encoder(self, x: torch.Tensor, xyz: torch.Tensor, mask: torch.Tensor | None = None,

@@ -37,7 +37,7 @@ from torch import nn
 from brainlm.data.atlas import Atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.errors import BrainLMInputError
-from brainlm.model.brainlm import EncoderOutput
+from brainlm.model.brainlm import EncoderOutput, ParcelPatchTokens
 from brainlm.model.layers import sinusoidal_positions
 from brainlm.model.masking import MaskSpec
 
@@ -198,7 +198,7 @@ class PostNormBlock(nn.Module):
         return self.norm2(self.mlp(h) + h), w
 
 
-class UpstreamBrainLM(nn.Module):
+class UpstreamBrainLM(ParcelPatchTokens, nn.Module):
     """Upstream's paper model (``old_13M`` family) as a masked autoencoder over [B, T, P] windows.
 
     Parameters
@@ -232,25 +232,6 @@ class UpstreamBrainLM(nn.Module):
                                           nn.Linear(c.decoder_dim // 2, c.patch_trs))
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
-
-    # -- shapes ------------------------------------------------------------------------------
-    def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, P] window -> [B, P, N, k] (contiguous k-TR patches per parcel)."""
-        b, t, p = x.shape
-        if t != self.config.window_trs:
-            raise BrainLMInputError(f"window has {t} TRs; the model expects {self.config.window_trs}")
-        return x.transpose(1, 2).reshape(b, p, self.config.n_patches, self.config.patch_trs)
-
-    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
-        """[B, P, N, k] -> [B, T, P]."""
-        b, p, n, k = patches.shape
-        return patches.reshape(b, p, n * k).transpose(1, 2)
-
-    def sample_mask(self, spec: MaskSpec, batch: int, n_parcels: int,
-                    generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """[B, P, N] bool mask drawn by ``spec`` (deterministic under a seeded generator)."""
-        c = self.config
-        return spec.sample(batch, n_parcels, c.n_patches, c.patch_trs, generator, device)
 
     # -- encoder / decoder / loss ------------------------------------------------------------
     def embed(self, x: torch.Tensor, xyz: torch.Tensor) -> torch.Tensor:
