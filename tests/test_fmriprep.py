@@ -67,9 +67,16 @@ def test_example_dataset_never_clobbers_a_folder_and_leaves_no_partial_tree(tmp_
     with pytest.raises(BrainLMInputError, match="not empty.*overwrite") as err:
         write_fmriprep_example(mine, subjects=1, n_trs=20, spikes_in_last=(5,))
     assert str(mine) in str(err.value) and (mine / "notes.txt").read_text() == "keep me"
-    ex = write_fmriprep_example(mine, subjects=1, n_trs=20, spikes_in_last=(5,), overwrite=True)
-    assert not (mine / "notes.txt").exists() and ex.derivatives.is_dir() and ex.atlas_image.is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temporary folder left
+    # overwrite replaces only a folder that brainlm wrote (issue 18): the user's is kept.
+    with pytest.raises(BrainLMInputError, match="only a folder that brainlm wrote"):
+        write_fmriprep_example(mine, subjects=1, n_trs=20, spikes_in_last=(5,), overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    ours = tmp_path / "ours"
+    write_fmriprep_example(ours, subjects=1, n_trs=20, spikes_in_last=(5,))
+    (ours / "stale.txt").write_text("from the first write")
+    ex = write_fmriprep_example(ours, subjects=1, n_trs=20, spikes_in_last=(5,), overwrite=True)
+    assert not (ours / "stale.txt").exists() and ex.derivatives.is_dir() and ex.atlas_image.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "ours"]  # no temporary folder left
 
 
 def test_find_scans_by_space(dataset, hcp):

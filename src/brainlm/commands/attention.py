@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from brainlm.commands.arguments import add_attention_options, comma_ints, two_levels
+from brainlm.data.atomic import check_output_folder
 from brainlm.report.attention_figures import draw_group_folder
 from brainlm.report.console import make_console
 from brainlm.tasks.group_attention import group_attention
@@ -32,7 +33,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     q.add_argument("checkpoint", help="a checkpoint folder (RUN/model)")
     q.add_argument("corpus", help="a prepared corpus with the group column in its manifest")
     q.add_argument("--group-by", required=True, metavar="COLUMN", help="manifest column with the groups")
-    q.add_argument("--out", required=True, help="output folder (replaced when complete)")
+    q.add_argument("--out", required=True, help="output folder (a new one, or with --overwrite one "
+                   "that brainlm wrote, replaced when complete)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --out folder written by brainlm")
     q.add_argument("--groups", type=two_levels, metavar="A,B", help="the two levels to compare (difference B - A)")
     q.add_argument("--unit", default="subject", choices=["subject", "recording"],
                    help="what group labels are permuted over (default: subject)")
@@ -47,6 +50,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Compare the groups, draw the brain maps, print the per-network table; 0 on success."""
     con = make_console()
+    # Before any work: an existing folder needs --overwrite, and an input is never replaced.
+    check_output_folder(args.out, overwrite=args.overwrite, sources=[args.checkpoint, args.corpus])
     r = group_attention(args.checkpoint, args.corpus, args.group_by, args.out, groups=args.groups,
                         unit=args.unit, layers=args.layers, n_permutations=args.permutations,
                         alpha=args.alpha, transfer_atlas=args.transfer_atlas,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from brainlm.commands.arguments import comma_floats, comma_ints
+from brainlm.data.atomic import check_output_folder
 from brainlm.errors import BrainLMInputError
 from brainlm.tasks.prediction.evaluate import (GROUPS, PredictionSettings, evaluate_prediction,
                                                prediction_markdown)
@@ -95,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _recon(args: argparse.Namespace) -> int:
+    check_output_folder(args.out, overwrite=args.overwrite, sources=[args.checkpoint, args.corpus])
     result = evaluate_reconstruction(
         args.checkpoint, args.corpus, split=args.split, ratios=args.ratios, strategy=args.mask,
         seed=args.seed, max_recordings=args.max_recordings, batch_size=args.batch_size,
@@ -114,6 +116,7 @@ def _predict(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise BrainLMInputError("--methods is empty; expected method names or groups")
+    check_output_folder(args.out, overwrite=args.overwrite, sources=[args.checkpoint, args.corpus])
     result = evaluate_prediction(
         args.checkpoint, args.corpus, args.target, task=args.task, methods=methods, settings=settings,
         split=args.split, transfer_atlas=args.transfer_atlas, device=args.device, out=args.out,

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from brainlm.commands.arguments import add_attention_options
+from brainlm.data.atomic import check_output_folder
 from brainlm.report.attention_figures import draw_network_folder
 from brainlm.report.console import make_console
 from brainlm.tasks.networks import identify_networks
@@ -34,7 +35,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         "and figures to --out.")
     p.add_argument("checkpoint", help="a checkpoint folder (RUN/model)")
     p.add_argument("data", nargs="+", help="a prepared corpus, or time-series files/folders on the checkpoint's atlas")
-    p.add_argument("--out", required=True, help="output folder (replaced when complete)")
+    p.add_argument("--out", required=True, help="output folder (a new one, or with --overwrite one "
+                   "that brainlm wrote, replaced when complete)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder written by brainlm")
     p.add_argument("--labels", help="TSV/CSV with columns name, network (default: the atlas' networks)")
     p.add_argument("--neighbors", type=int, default=5, metavar="K", help="k of the kNN classifier (default 5)")
     p.add_argument("--max-recordings", type=int, metavar="N", help="use the first N recordings only")
@@ -53,6 +56,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Identify the networks, draw the figures, print the methods table; 0 on success."""
     con = make_console()
+    # Before any work: an existing folder needs --overwrite, and an input is never replaced.
+    check_output_folder(args.out, overwrite=args.overwrite,
+                        sources=[args.checkpoint, *args.data, *([args.labels] if args.labels else [])])
     r = identify_networks(args.checkpoint, args.data, args.out, labels=args.labels,
                           transfer_atlas=args.transfer_atlas, n_neighbors=args.neighbors,
                           max_recordings=args.max_recordings,

@@ -1,7 +1,10 @@
 """Writes that never leave a half-written file or folder: write to a temporary name, then rename.
 
 * :func:`atomic_path` and the ``write_*_atomic`` functions: one file;
-* :func:`atomic_directory`: a folder published whole (results, checkpoints, corpora);
+* :func:`atomic_directory`: a folder published whole (results, checkpoints, corpora), with the
+  marker file :data:`OUTPUT_MARKER` that says brainlm wrote it;
+* :func:`check_output_folder`: the one rule for when an output folder may be written or replaced
+  (every command that publishes a folder checks it before any work, and again when publishing);
 * :func:`to_json` / :func:`write_json`: the one JSON encoding (numpy scalars and arrays, paths;
   NaN and infinities become ``null``, never the invalid ``NaN`` token).
 """
@@ -13,14 +16,21 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from brainlm.errors import BrainLMInputError
+from brainlm.version import __version__
+
+#: The file every folder brainlm publishes carries. A replace option (``--overwrite``) replaces
+#: only a folder that has it, so a user's own folder (a paper, a thesis, the source data) is
+#: never deleted by pointing ``--out`` at it.
+OUTPUT_MARKER = ".brainlm-output.json"
 
 
 def _umask() -> int:
@@ -80,25 +90,97 @@ def publish_directory(finished: str | Path, target: str | Path) -> None:
         os.replace(finished, target)
 
 
+def _overlap(out: Path, source: Path) -> str | None:
+    """How the resolved ``out`` and ``source`` overlap ("is", "contains", "is inside"), or None."""
+    if out == source:
+        return "is"
+    if out in source.parents:
+        return "contains"
+    if source in out.parents:
+        return "is inside"
+    return None
+
+
+def write_output_marker(folder: str | Path, what: str = "output") -> None:
+    """Write :data:`OUTPUT_MARKER` into ``folder``: what wrote it, with which version and when."""
+    write_json(Path(folder) / OUTPUT_MARKER, {
+        "written_by": "brainlm", "brainlm_version": __version__, "what": what,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+
+def check_not_an_input(target: str | Path, sources: Iterable) -> Path:
+    """``target`` as a Path; an error if it is, contains or lies inside one of ``sources``
+    (paths a command reads; other items, such as in-memory recordings, are ignored)."""
+    target = Path(target)
+    resolved = target.resolve()
+    for source in sources:
+        if not isinstance(source, (str, os.PathLike)):
+            continue
+        how = _overlap(resolved, Path(source).resolve())
+        if how:
+            raise BrainLMInputError(f"the output folder {how} the input {source}; choose an output "
+                                    "folder outside the inputs", str(target))
+    return target
+
+
+def check_output_folder(target: str | Path, *, overwrite: bool = False, sources: Iterable = (),
+                        flag: str = "--overwrite") -> Path:
+    """``target`` as a Path if brainlm may publish a folder there; else an error naming it.
+
+    * ``target`` must not be, contain or lie inside any of ``sources`` (paths the command reads;
+      other items, such as in-memory recordings, are ignored), with or without ``overwrite``;
+    * an existing ``target`` is refused unless ``overwrite`` (the message names ``flag``), and
+      even then it is replaced only if it is an empty folder or one brainlm wrote (it carries
+      :data:`OUTPUT_MARKER`);
+    * the nearest existing ancestor must be a folder the user may write to.
+    """
+    target = check_not_an_input(target, sources)
+    resolved = target.resolve()
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise BrainLMInputError(f"output folder exists; pass {flag} to replace it", str(target))
+        if target.is_symlink() or not target.is_dir():
+            raise BrainLMInputError("output path exists and is not a folder; remove it or choose "
+                                    "another", str(target))
+        if any(target.iterdir()) and not (target / OUTPUT_MARKER).is_file():
+            raise BrainLMInputError(f"{flag} replaces only a folder that brainlm wrote (it has "
+                                    f"{OUTPUT_MARKER}); this one does not, so it is kept: choose "
+                                    "another folder, or remove it yourself", str(target))
+        return target
+    ancestor = resolved.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise BrainLMInputError(f"cannot create the output folder: {ancestor} is a file, not a "
+                                "folder", str(target))
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise BrainLMInputError(f"cannot create the output folder: no permission to write in "
+                                f"{ancestor}", str(target))
+    return target
+
+
 @contextmanager
-def atomic_directory(target: str | Path, *, overwrite: bool = False, suffix: str = "") -> Iterator[Path]:
+def atomic_directory(target: str | Path, *, overwrite: bool = False, suffix: str = "",
+                     sources: Iterable = (), flag: str = "--overwrite",
+                     what: str = "output") -> Iterator[Path]:
     """A private temporary folder beside ``target`` to build in; published as ``target`` in one
     rename when the block ends without an error, deleted otherwise.
 
-    An existing ``target`` is an error naming it (before any work) unless ``overwrite``, and
-    then it is replaced only once the new folder is complete, so readers see the old folder or
-    the whole new one. The published folder gets the permissions the umask allows (temporary
-    folders are private), like any other folder the user creates; so do files written in it
-    with :func:`atomic_path`.
+    ``target`` is checked by :func:`check_output_folder` (before any work): an existing folder is
+    an error unless ``overwrite``, and is replaced only if brainlm wrote it; ``sources`` are never
+    replaced. The new folder gets :data:`OUTPUT_MARKER` (``what`` says what it is), and replaces
+    the old one only once complete, so readers see the old folder or the whole new one. The
+    published folder gets the permissions the umask allows (temporary folders are private), like
+    any other folder the user creates; so do files written in it with :func:`atomic_path`.
     """
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise BrainLMInputError("output folder exists; pass overwrite=True (--overwrite) to replace it",
-                                str(target))
+    target = check_output_folder(target, overwrite=overwrite, sources=sources, flag=flag)
     target.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent))
     try:
         yield build
+        write_output_marker(build, what)
+        # Checked again: the folder may have appeared (or been changed) while this one was built.
+        check_output_folder(target, overwrite=overwrite, sources=sources, flag=flag)
         build.chmod(0o777 & ~_umask())
         publish_directory(build, target)
     finally:

@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from brainlm.data.atlas import Atlas
-from brainlm.data.atomic import publish_directory, write_parquet_atomic, write_text_atomic
+from brainlm.data.atomic import (OUTPUT_MARKER, check_not_an_input, check_output_folder, publish_directory, write_output_marker,
+                                 write_parquet_atomic, write_text_atomic)
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import CORPUS_FORMAT, CORPUS_VERSION, MANIFEST_COLUMNS, Corpus
 from brainlm.data.extraction import ImageParcellation, load_atlas_image
@@ -184,8 +185,13 @@ def prepare_corpus(
     _check_choice(layout.compression, COMPRESSIONS, "compression")
     if int(min_trs) < 1 or layout.chunk_trs < 1:
         raise BrainLMInputError("min_trs and chunk_trs must be positive integers")
-    if out.exists() and not overwrite:
-        raise BrainLMInputError("output already exists; pass --overwrite to replace it", str(out))
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0:
+        raise BrainLMInputError(f"jobs={jobs!r} (--jobs); expected a positive number of worker "
+                                "processes, or -1 for all cores")
+    # The inputs this build reads: the corpus, and its unfinished build, may be none of them.
+    inputs = [*sources, *(x for x in (participants, atlas_image) if isinstance(x, (str, os.PathLike)))]
+    check_output_folder(out, overwrite=overwrite, sources=inputs)
+    check_not_an_input(out.with_name(out.name + ".partial"), inputs)
 
     parcellation = None
     if atlas_image is not None:
@@ -299,6 +305,9 @@ def prepare_corpus(
     write_text_atomic(build / "corpus.json", json.dumps(info, indent=2))
     shutil.rmtree(done_dir)
     (build / "settings.json").unlink()
+    write_output_marker(build, "corpus")
+    # Checked again just before the old corpus goes: it may have appeared during the build.
+    check_output_folder(out, overwrite=overwrite, sources=inputs)
     publish_directory(build, out)
     return Corpus(out)
 
@@ -380,6 +389,10 @@ def _split_groups(specs: Sequence[SourceSpec], split_by: str) -> list[str]:
 
 def _open_build(build: Path, settings: dict, restart: bool) -> None:
     settings_file = build / "settings.json"
+    if build.exists() and not (settings_file.is_file() or (build / OUTPUT_MARKER).is_file()):
+        # Only a build that brainlm started is resumed or discarded; anything else is kept.
+        raise BrainLMInputError("a folder that is not an unfinished brainlm build is in the way "
+                                "of the build folder; move it or choose another --out", str(build))
     if build.exists() and restart:
         shutil.rmtree(build)
     if build.exists():
@@ -390,6 +403,7 @@ def _open_build(build: Path, settings: dict, restart: bool) -> None:
                 "it, or re-run with the same settings to resume", str(build))
         return
     (build / "done").mkdir(parents=True)
+    write_output_marker(build, "corpus")
     import zarr
 
     zarr.open_group(build / "timeseries.zarr", mode="w")

@@ -54,7 +54,7 @@ def save_pretrained(model, directory, *, extra: dict[str, dict] | None = None) -
     published whole (built in a temporary folder, then renamed; an existing checkpoint is
     replaced only once the new one is complete). ``extra`` maps further JSON file names to
     their content (e.g. a forecaster's ``forecasting.json``)."""
-    with atomic_directory(directory, overwrite=True) as tmp:
+    with atomic_directory(directory, overwrite=True, what="checkpoint") as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
         write_json(tmp / "config.json", {"format": FORMAT, "brainlm_version": __version__,

@@ -13,31 +13,27 @@ from pathlib import Path
 
 import pandas as pd
 
-from brainlm.data.atomic import atomic_directory, write_parquet_atomic, write_text_atomic
+from brainlm.data.atomic import atomic_directory, check_output_folder, write_parquet_atomic, write_text_atomic
 from brainlm.errors import BrainLMInputError
 
 __all__ = ["check_results_folder", "publish_results", "read_results_json", "read_results_table"]
 
 
-def check_results_folder(out: str | Path | None, overwrite: bool) -> Path | None:
-    """``out`` as a Path; an error, before any work is done, if it exists and not ``overwrite``
-    (the same refusal :func:`~brainlm.data.atomic.atomic_directory` gives when publishing)."""
+def check_results_folder(out: str | Path | None, overwrite: bool, sources=()) -> Path | None:
+    """``out`` as a Path; an error, before any work is done, if it may not be published there
+    (:func:`~brainlm.data.atomic.check_output_folder`, the same rule
+    :func:`~brainlm.data.atomic.atomic_directory` applies when publishing: an existing folder
+    only with ``overwrite`` and only if brainlm wrote it, never over one of ``sources``)."""
     if out is None:
         return None
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise BrainLMInputError("output folder exists; pass overwrite=True (--overwrite) to replace it",
-                                str(out))
-    if out.exists() and not out.is_dir():
-        raise BrainLMInputError("output path is a file; expected a folder", str(out))
-    return out
+    return check_output_folder(out, overwrite=overwrite, sources=sources)
 
 
 def publish_results(out: Path, files: dict[str, str | pd.DataFrame]) -> None:
     """Write ``files`` (name -> text, or a DataFrame written as Parquet) into a private folder
     beside ``out`` and publish it as ``out`` in one rename (an existing ``out`` is replaced: the
     caller checked it first with :func:`check_results_folder`)."""
-    with atomic_directory(out, overwrite=True) as build:
+    with atomic_directory(out, overwrite=True, what="results") as build:
         for name, content in files.items():
             if isinstance(content, pd.DataFrame):
                 write_parquet_atomic(content, build / name)
