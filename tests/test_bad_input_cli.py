@@ -146,3 +146,123 @@ def test_simulate_overwrite_replaces_only_its_own_cohort(tmp_path, capsys):
     code, err = cli(capsys, *args, "--out", paper, "--overwrite")
     assert code == 2 and OUTPUT_MARKER in err
     assert tree(paper) == {"paper.tex": b"years of work"}
+
+
+# --- items 3-6: resume is a true continuation ---------------------------------------------------
+
+TINY = ("--window-trs", "40", "--patch-trs", "20", "--batch-size", "4", "--crops-per-recording", "4",
+        "--quiet")
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory, hcp):
+    """Two small corpora of the same 4 recordings (200 TRs), cleaned differently."""
+    root = tmp_path_factory.mktemp("corpora")
+    cut = [type(r)(r.timeseries[:200], r.tr, r.atlas, subject=r.subject) for r in hcp[:4]]
+    src = write_hcp_folder(root / "bids", cut, runs=1)
+    for name, extra in (("a", []), ("b", ["--psc"])):
+        assert main([str(x) for x in ("prepare", src, "--out", root / name, "--atlas", "aal2",
+                                      "--min-trs", "40", "--splits", "0.5,0.25,0.25", "--quiet", *extra)]) == 0
+    return root / "a", root / "b"
+
+
+@pytest.fixture(scope="module")
+def started_run(corpora, tmp_path_factory):
+    """A one-epoch run on corpus a (its folder: run_config.json, checkpoints/last.ckpt)."""
+    run = tmp_path_factory.mktemp("runs") / "run"
+    assert main([str(x) for x in ("pretrain", corpora[0], "--out", run, "--epochs", "1", *TINY)]) == 0
+    return run
+
+
+def resumable_copy(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_resume_on_another_corpus_is_refused_naming_it(corpora, started_run, tmp_path, capsys):
+    run = resumable_copy(started_run, tmp_path)
+    config = json.loads((run / "run_config.json").read_text())
+    assert len(config["corpus_sha256"]) == 64
+    code, err = cli(capsys, "pretrain", corpora[1], "--out", run, "--epochs", "2", "--resume", *TINY)
+    assert code == 2 and f"cannot resume on corpus {corpora[1]}" in err and "not the corpus this run" in err
+    assert json.loads((run / "run_config.json").read_text()) == config
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "empty"])
+def test_resume_from_a_damaged_last_checkpoint_names_the_file(damage, corpora, started_run, tmp_path, capsys):
+    import torch
+
+    run = resumable_copy(started_run, tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    elif damage == "foreign":
+        torch.save({"state_dict": {"weight": torch.zeros(3)}, "loops": {}}, last)
+    else:
+        last.write_bytes(b"")
+    code, err = cli(capsys, "pretrain", corpora[0], "--out", run, "--epochs", "2", "--resume", *TINY)
+    assert code == 2 and str(last) in err
+    assert ("damaged or truncated" in err) if damage != "foreign" else ("not a training state" in err)
+
+
+def test_a_run_becomes_resumable_only_once_training_started(corpora, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["pretrain", corpora[0], "--out", run, "--epochs", "1", *TINY]
+    for _ in range(2):  # the same command fails the same way: no "pass --resume"
+        code, err = cli(capsys, *args, "--precision", "bogus")
+        assert code == 2 and "--precision" in err and "bogus" in err and "--resume" not in err
+        assert not (run / "run_config.json").exists()
+    code, err = cli(capsys, *args, "--resume")
+    assert code == 2 and "no run has started here" in err
+
+
+def test_pretrain_out_never_writes_into_a_users_folder(corpora, tmp_path, capsys):
+    paper = user_folder(tmp_path / "paper", "paper.tex")
+    code, err = cli(capsys, "pretrain", corpora[0], "--out", paper, "--epochs", "1", *TINY)
+    assert code == 2 and "not a brainlm run folder" in err
+    assert tree(paper) == {"paper.tex": b"years of work"}
+
+
+@pytest.mark.parametrize("option, value", [("--epochs", "0"), ("--batch-size", "0"), ("--lr", "-1"),
+                                           ("--accumulate", "0"), ("--crops-per-recording", "0"),
+                                           ("--mask-ratio", "1"), ("--warmup", "1.5"), ("--workers", "-1")])
+def test_pretrain_options_out_of_range(option, value, corpora, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, err = cli(capsys, "pretrain", corpora[0], "--out", run, *TINY, option, value)
+    assert code == 2 and f"{option} {float(value) if option in ('--lr', '--mask-ratio', '--warmup') else int(value)}" in err
+    assert not run.exists()
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_the_uninterrupted_weights(corpora, tmp_path):
+    """A real subprocess is killed (SIGKILL) after its first epoch; ``--resume`` then finishes
+    with weights bit-identical to a run that was never interrupted (CPU)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    args = ["pretrain", str(corpora[0]), "--epochs", "3", *TINY]
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+    cmd = [sys.executable, "-c", "import sys; from brainlm.commands import main; sys.exit(main(sys.argv[1:]))"]
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([*cmd, *args, "--out", str(cut)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = cut / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and last.exists()
+    assert torch.load(last, weights_only=True)["epoch"] < 2  # killed before the end
+    assert not (cut / "model").exists()
+    assert main([*args, "--out", str(cut), "--resume"]) == 0
+    full, resumed = load_file(tmp_path / "full/model/model.safetensors"), load_file(cut / "model/model.safetensors")
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+    a = torch.load(tmp_path / "full/checkpoints/last.ckpt", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2  # last.ckpt after every epoch
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])

@@ -16,6 +16,7 @@ Nothing here loads the corpus into memory: a window read touches one or two chun
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import cached_property
 from typing import Any
@@ -93,6 +94,15 @@ class Corpus:
 
     def __len__(self) -> int:
         return len(self.manifest)
+
+    def identity(self) -> str:
+        """sha256 (hex) of ``manifest.parquet`` and ``contract.json``: which recordings, split how,
+        scaled how. A run records it, so ``--resume`` cannot continue on another corpus."""
+        h = hashlib.sha256()
+        for name in ("manifest.parquet", "contract.json"):
+            data = self._fs.cat_file(f"{self._root}/{name}")
+            h.update(name.encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
+        return h.hexdigest()
 
     def __repr__(self) -> str:
         return (f"Corpus({self.path!r}, recordings={len(self)}, atlas={self.atlas.name!r}, "

@@ -1,7 +1,9 @@
 """``brainlm pretrain CORPUS --preset NAME --out RUN``.
 
-A run folder holds ``run_config.json`` (everything that defines the run), Lightning's
-``checkpoints/`` (training state for ``--resume``), ``logs/{tensorboard,csv}/version_N`` (one
+A run folder holds ``run_config.json`` (everything that defines the run, and the identity of
+its corpus; written once training has started, which is what makes the folder resumable),
+Lightning's ``checkpoints/`` (``last.ckpt``, the training state after every epoch including the
+random-number state, for ``--resume``; ``best.ckpt``), ``logs/{tensorboard,csv}/version_N`` (one
 version per start or resume),
 ``model/`` (the exported checkpoint: safetensors + config + contract + atlas) and
 ``metrics.json`` (final validation metrics next to the trivial baselines).
@@ -10,13 +12,15 @@ version per start or resume),
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 
-from brainlm.data.atomic import write_json
+from brainlm.data.atomic import OUTPUT_MARKER, write_json, write_output_marker
 from brainlm.data.corpus import Corpus
 from brainlm.data.windows import CorpusDataModule, require_window
 from brainlm.errors import BrainLMInputError
@@ -63,8 +67,47 @@ class PretrainSettings:
         return self.batch_size * self.accumulate * devices * self.num_nodes
 
 
-# Keys that may change between a run and its --resume without changing what is trained.
+# Keys that may change between a run and its --resume without changing what is trained (the
+# corpus may move: its identity, not its path, is checked).
 _RESUMABLE = {"epochs", "num_workers", "corpus"}
+CORPUS_KEY = "corpus_sha256"
+
+
+def check_settings(settings: PretrainSettings) -> None:
+    """An error naming the option for a setting no run can use (before any file is written)."""
+    def positive_int(value, option):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BrainLMInputError(f"{option} {value!r}; expected a positive whole number")
+
+    positive_int(settings.epochs, "--epochs")
+    positive_int(settings.batch_size, "--batch-size")
+    positive_int(settings.accumulate, "--accumulate")
+    positive_int(settings.crops_per_recording, "--crops-per-recording")
+    positive_int(settings.num_nodes, "--num-nodes")
+    if isinstance(settings.devices, int):
+        positive_int(settings.devices, "--devices")
+    if isinstance(settings.num_workers, bool) or not isinstance(settings.num_workers, int) or settings.num_workers < 0:
+        raise BrainLMInputError(f"--workers {settings.num_workers!r}; expected 0 or more")
+    for value, option, ok, expected in (
+            (settings.base_lr, "--lr", lambda v: v is None or (math.isfinite(v) and v > 0), "a positive number"),
+            (settings.weight_decay, "--weight-decay", lambda v: math.isfinite(v) and v >= 0, "0 or more"),
+            (settings.warmup_fraction, "--warmup", lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+            (settings.clip, "--clip", lambda v: math.isfinite(v) and v > 0, "a positive number"),
+            (settings.mask_ratio, "--mask-ratio", lambda v: 0 < v < 1, "a fraction in (0, 1)")):
+        if not ok(value):
+            raise BrainLMInputError(f"{option} {value!r}; expected {expected}")
+
+
+class _StartRun(L.Callback):
+    """Writes ``run_config.json`` when training starts: a run that failed before (a bad option,
+    an unreadable corpus) leaves no resumable run behind, and the same command can be re-run."""
+
+    def __init__(self, path: Path, config: dict):
+        self.path, self.config = path, config
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and not self.path.exists():
+            write_json(self.path, self.config)
 
 
 def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = False,
@@ -74,15 +117,17 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
     Raises
     ------
     BrainLMInputError
-        Unknown preset, a window longer than every training recording, ``--resume`` from a run
-        with a different configuration, an existing run folder without ``--resume``.
+        A setting out of range, unknown preset, a window longer than every training recording,
+        ``--resume`` from a run with a different configuration or corpus, or with a damaged or
+        foreign ``last.ckpt``, an existing run folder without ``--resume``.
     """
     out = Path(out)
+    check_settings(settings)
     config = preset(settings.preset, **settings.model_overrides)
     mask = MaskSpec(settings.mask_strategy, settings.mask_ratio, settings.future_trs)
     corpus = Corpus(settings.corpus)
     require_window(corpus, "train", config.window_trs)
-    _check_run_folder(out, settings, resume)
+    run_config = _check_run_folder(out, settings, resume, corpus)
 
     L.seed_everything(settings.seed, workers=True, verbose=False)
     base_lr = settings.base_lr if settings.base_lr is not None else BASE_LR[settings.preset]
@@ -99,13 +144,16 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
         monitor="val/masked_mse", best="checkpoint", checkpoint_dir=out / "checkpoints", save_last=True,
         # A new version_N folder per (re)start, so --resume never overwrites earlier logs.
         log_dir=out / "logs", loggers=("tensorboard", "csv"), progress=progress,
-        callbacks=[LearningRateMonitor(logging_interval="step")],
+        callbacks=[LearningRateMonitor(logging_interval="step"), _StartRun(out / "run_config.json", run_config)],
         accumulate_grad_batches=settings.accumulate, gradient_clip_val=settings.clip,
         log_every_n_steps=5, default_root_dir=out, limit_train_batches=limit_train_batches,
         enable_model_summary=progress)
     trainer = setup.trainer
     last = out / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
+    resume_from = last if resume and last.exists() else None
+    if resume_from is not None:
+        _check_last_checkpoint(resume_from, module)
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if trainer.is_global_zero:
@@ -120,20 +168,59 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
     return metrics
 
 
-def _check_run_folder(out: Path, settings: PretrainSettings, resume: bool) -> None:
+def _check_run_folder(out: Path, settings: PretrainSettings, resume: bool, corpus: Corpus) -> dict:
+    """The content of ``run_config.json`` for this run (written when training starts); an error
+    if ``out`` cannot hold it: ``--resume`` without a started run, or one with another
+    configuration or corpus; a started run, or a folder brainlm did not write, without it."""
     cfg_path = out / "run_config.json"
-    current = json.loads(json.dumps(settings.__dict__))
+    current = {**json.loads(json.dumps(settings.__dict__)), CORPUS_KEY: corpus.identity()}
     if resume:
         if not cfg_path.is_file():
-            raise BrainLMInputError("--resume given but this is not a run folder (no run_config.json)", str(out))
-        old = json.loads(cfg_path.read_text())
+            raise BrainLMInputError("--resume given but no run has started here (no run_config.json); "
+                                    "run the same command without --resume", str(out))
+        try:
+            old = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise BrainLMInputError(f"cannot read the run's configuration ({e})", str(cfg_path)) from None
+        if not isinstance(old, dict):
+            raise BrainLMInputError("run_config.json is not a run configuration", str(cfg_path))
+        if old.get(CORPUS_KEY) != current[CORPUS_KEY]:
+            raise BrainLMInputError(
+                f"cannot resume on corpus {settings.corpus}: it is not the corpus this run was "
+                f"trained on ({old.get('corpus')}; its manifest or contract differ, identity "
+                f"{str(old.get(CORPUS_KEY))[:12]} vs {current[CORPUS_KEY][:12]})", str(out))
         differing = sorted(k for k in set(old) | set(current)
-                           if k not in _RESUMABLE and old.get(k) != current.get(k))
+                           if k not in _RESUMABLE | {CORPUS_KEY} and old.get(k) != current.get(k))
         if differing:
             detail = ", ".join(f"{k}: {old.get(k)!r} -> {current.get(k)!r}" for k in differing)
             raise BrainLMInputError(f"cannot resume: the configuration differs in {detail}", str(out))
-    elif cfg_path.exists():
+        return old | {k: current[k] for k in _RESUMABLE}
+    if cfg_path.exists():
         raise BrainLMInputError("run folder already holds a run; pass --resume to continue it or "
                                 "choose another --out", str(out))
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / OUTPUT_MARKER).is_file())):
+        # Only a folder that brainlm made (a run that failed before training) is reused.
+        raise BrainLMInputError("--out exists and is not a brainlm run folder; choose a new folder",
+                                str(out))
     out.mkdir(parents=True, exist_ok=True)
-    write_json(cfg_path, current)
+    if not (out / OUTPUT_MARKER).is_file():
+        write_output_marker(out, "pretraining run")
+    return current
+
+
+def _check_last_checkpoint(path: Path, module: L.LightningModule) -> None:
+    """An error naming ``path`` if it is not a complete training state of this model."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle is a damaged file
+        raise BrainLMInputError(f"cannot read the training state ({type(e).__name__}); the file is "
+                                "damaged or truncated: delete it to restart this run from its "
+                                "beginning", str(path)) from None
+    expected = module.state_dict()
+    weights = state.get("state_dict") if isinstance(state, dict) else None
+    if (not isinstance(weights, dict) or "loops" not in state
+            or set(weights) != set(expected)
+            or any(tuple(weights[k].shape) != tuple(v.shape) for k, v in expected.items())):
+        raise BrainLMInputError("not a training state of this run's model (other weights or "
+                                "shapes); delete it to restart this run from its beginning",
+                                str(path))

@@ -5,8 +5,10 @@ phenotype heads and the neural baselines.
 accelerator, devices, nodes and strategy (``fsdp`` shards BrainLM block by block), loggers,
 progress output (:mod:`brainlm.train.progress`) and how the best epoch is kept:
 
-* ``best="checkpoint"``: Lightning's ``ModelCheckpoint`` writes ``best.ckpt`` (and ``last.ckpt``
-  for ``--resume``) to a folder; works under DDP and FSDP (pretraining);
+* ``best="checkpoint"``: Lightning's ``ModelCheckpoint`` writes ``best.ckpt`` (and, with
+  ``save_last``, ``last.ckpt`` after every epoch, for ``--resume``) to a folder, each file
+  atomically, with the random-number state (:class:`RandomState`) so that a resumed fit continues
+  exactly as the uninterrupted one would have; works under DDP and FSDP (pretraining);
 * ``best="memory"``: :class:`BestWeights` copies the weights of the best validation epoch to
   CPU memory, optionally stops early after ``patience`` epochs without improvement and can count
   a validation run before training as epoch 0; no file is written (fine-tuning, small heads).
@@ -18,15 +20,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from brainlm.errors import BrainLMInputError
 from brainlm.model.layers import Block
@@ -121,6 +127,58 @@ class BestWeights(L.Callback):
             module.load_state_dict(self.state)
 
 
+class AtomicCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint``, but each file is written under a temporary name and
+    renamed: a kill during the write leaves the previous ``last.ckpt``, never half of one."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        tmp = str(Path(filepath).with_name(f".{Path(filepath).name}.tmp"))
+        trainer.save_checkpoint(tmp, self.save_weights_only)
+        if trainer.is_global_zero and os.path.exists(tmp):
+            os.replace(tmp, filepath)
+        trainer.strategy.barrier("atomic_checkpoint")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(self)
+
+
+class RandomState(L.Callback):
+    """Saves the random-number state (Python, numpy, torch CPU and CUDA) in every checkpoint, and
+    puts it back when a fit resumes from one.
+
+    Everything random in a fit draws from these generators: the shuffling sampler and the random
+    crops (torch's), the training masks (torch's), worker seeds (drawn from torch's). The state
+    saved is the one at the end of the epoch the checkpoint closes, which is what the next epoch
+    of the uninterrupted fit starts from. It is put back as the checkpoint is loaded, before
+    Lightning creates the training loader's iterator (which draws the sampler's seed).
+    """
+
+    KEY = "brainlm_random_state"
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # Plain types and tensors only, so the file still loads with torch's weights_only=True.
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint[self.KEY] = {
+            "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                      float(gauss)],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        state = checkpoint.get(self.KEY)
+        if state is None:
+            return
+        random.setstate(state["python"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if state.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
 @dataclass
 class TrainerSetup:
     """A configured trainer and the record of its best epoch.
@@ -198,8 +256,8 @@ def make_trainer(*, max_epochs: int, accelerator: str = "auto", devices: int | s
     if best == "checkpoint":
         if checkpoint_dir is None:
             raise BrainLMInputError("best='checkpoint' needs a checkpoint_dir")
-        keeper = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor=monitor, mode=mode,
-                                 save_last=save_last, save_top_k=1)
+        keeper = AtomicCheckpoint(dirpath=checkpoint_dir, filename="best", monitor=monitor, mode=mode,
+                                  save_last=save_last, save_top_k=1)
     elif best == "memory":
         keeper = BestWeights(monitor, mode, patience=patience, count_start=count_start)
     unknown = [name for name in loggers if name not in LOGGERS]
@@ -211,13 +269,25 @@ def make_trainer(*, max_epochs: int, accelerator: str = "auto", devices: int | s
     bar, lines = progress_callbacks(progress)
     options.setdefault("enable_model_summary", False)
     options.setdefault("num_sanity_val_steps", 0)
-    with quiet(silent):
+    with quiet(silent), _settings_errors():
         trainer = L.Trainer(
             max_epochs=max_epochs, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
             strategy=resolve_strategy(strategy), precision=precision, logger=logger,
-            callbacks=[c for c in (keeper,) if c is not None] + [*lines, *callbacks],
+            callbacks=[c for c in (keeper,) if c is not None]
+            + ([RandomState()] if best == "checkpoint" else []) + [*lines, *callbacks],
             enable_progress_bar=bar, enable_checkpointing=best == "checkpoint", **options)
     return TrainerSetup(trainer, precision, keeper)
+
+
+@contextlib.contextmanager
+def _settings_errors():
+    """Lightning's refusal of an accelerator, device count, strategy or precision, as the one-line
+    input error the commands print (it names the value and the allowed ones)."""
+    try:
+        yield
+    except (ValueError, TypeError, MisconfigurationException) as e:
+        raise BrainLMInputError("trainer settings (--accelerator, --devices, --strategy, --precision): "
+                                + " ".join(str(e).split())) from None
 
 
 class _DropAll(logging.Filter):
