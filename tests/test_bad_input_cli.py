@@ -266,3 +266,101 @@ def test_kill_9_then_resume_gives_the_uninterrupted_weights(corpora, tmp_path):
     b = torch.load(last, weights_only=True)
     assert a["epoch"] == b["epoch"] == 2  # last.ckpt after every epoch
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+# --- item 7: checkpoint integrity ---------------------------------------------------------------
+
+@pytest.fixture
+def checkpoint(started_run, tmp_path):
+    """A private copy of a real checkpoint (RUN/model of the one-epoch run)."""
+    return Path(shutil.copytree(started_run / "model", tmp_path / "ckpt"))
+
+
+def test_a_checkpoint_records_a_digest_of_every_file(checkpoint):
+    from brainlm.model.checkpoint import load_pretrained, sha256_file
+
+    digests = json.loads((checkpoint / "digests.json").read_text())["sha256"]
+    assert set(digests) == {"model.safetensors", "config.json", "contract.json", "atlas.json"}
+    assert all(sha256_file(checkpoint / name) == d for name, d in digests.items())
+    assert load_pretrained(checkpoint).contract is not None
+
+
+@pytest.mark.parametrize("edit", ["heads", "xyz_scale_mm", "median", "atlas"])
+def test_an_edited_checkpoint_file_is_refused_naming_it(edit, checkpoint, corpora, tmp_path, capsys):
+    name = {"heads": "config.json", "xyz_scale_mm": "config.json", "median": "contract.json",
+            "atlas": "atlas.json"}[edit]
+    content = json.loads((checkpoint / name).read_text())
+    if edit in ("heads", "xyz_scale_mm"):
+        content["model"][edit] = {"heads": 8, "xyz_scale_mm": 50.0}[edit]
+    elif edit == "median":
+        content["median"] = [m + 5 for m in content["median"]]
+    else:
+        content["xyz_mm"][0] = [0.0, 0.0, 0.0]
+    (checkpoint / name).write_text(json.dumps(content))
+    out = tmp_path / "e.parquet"
+    code, err = cli(capsys, "embed", checkpoint, corpora[0], "--out", out)
+    assert code == 2 and f"{checkpoint / name}: {name} was altered" in err
+    assert not out.exists()
+
+
+def test_a_checkpoint_without_contract_loads_only_as_a_bare_model(checkpoint):
+    from brainlm import BrainLMInputError
+    from brainlm.model.checkpoint import load_pretrained
+
+    (checkpoint / "contract.json").unlink()
+    with pytest.raises(BrainLMInputError, match="lacks contract.json"):
+        load_pretrained(checkpoint)
+    assert load_pretrained(checkpoint, bare=True).contract is None
+
+
+def test_a_checkpoint_from_before_digests_still_loads(checkpoint):
+    from brainlm.model.checkpoint import load_pretrained
+
+    cfg = json.loads((checkpoint / "config.json").read_text())
+    del cfg["digests"]
+    (checkpoint / "config.json").write_text(json.dumps(cfg))
+    (checkpoint / "digests.json").unlink()
+    assert load_pretrained(checkpoint).contract is not None
+
+
+# --- items 10-11: options and files that ended in a traceback -----------------------------------
+
+@pytest.mark.parametrize("config, message", [
+    ([], "config.json holds a list"),
+    ({"format": "brainlm-checkpoint", "model": None}, "no model settings"),
+    ("heads: many", "cannot build a model"),
+])
+def test_a_malformed_config_json_is_one_line(config, message, checkpoint, corpora, tmp_path, capsys):
+    if config == "heads: many":  # an old checkpoint (no digests.json) with a broken setting
+        config = json.loads((checkpoint / "config.json").read_text())
+        config["model"]["heads"] = "many"
+        del config["digests"]
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    code, err = cli(capsys, "embed", checkpoint, corpora[0], "--out", tmp_path / "e.parquet")
+    assert code == 2 and message in err and str(checkpoint) in err
+
+
+@pytest.mark.parametrize("case", ["missing folder", "onto a folder", "batch 0", "cuda:7", "bad device"])
+def test_embed_options_are_checked_before_any_work(case, started_run, corpora, tmp_path, capsys):
+    out = {"missing folder": tmp_path / "nope" / "e.parquet", "onto a folder": tmp_path}.get(case, tmp_path / "e.parquet")
+    extra = {"batch 0": ["--batch-size", "0"], "cuda:7": ["--device", "cuda:7"],
+             "bad device": ["--device", "gpu-please"]}.get(case, [])
+    before = sorted(tmp_path.rglob("*"))
+    code, err = cli(capsys, "embed", started_run / "model", corpora[0], "--out", out, *extra)
+    expected = {"missing folder": "does not exist; create it first", "onto a folder": "--out is a folder",
+                "batch 0": "--batch-size 0", "cuda:7": "--device 'cuda:7'", "bad device": "is not a device"}[case]
+    assert code == 2 and expected in err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_prepare_out_under_a_regular_file(src, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, err = cli(capsys, "prepare", src, "--out", tmp_path / "file" / "corpus", *PREPARE)
+    assert code == 2 and "is a file, not a folder" in err
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_prepare_jobs_0_leaves_nothing(src, tmp_path, capsys):
+    code, err = cli(capsys, "prepare", src, "--out", tmp_path / "corpus", "--jobs", "0", *PREPARE)
+    assert code == 2 and "--jobs" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bids"]

@@ -42,7 +42,7 @@ def test_tiny_pretraining_beats_trivial_baselines(trained):
 def test_checkpoint_reloads_exactly_and_carries_its_contract(trained, hcp, hcp_corpus):
     model = load_pretrained(trained / "model")
     assert sorted(p.name for p in (trained / "model").iterdir()) == [
-        "atlas.json", "config.json", "contract.json", "model.safetensors"]
+        ".brainlm-output.json", "atlas.json", "config.json", "contract.json", "digests.json", "model.safetensors"]
     assert model.contract == hcp_corpus.contract and model.atlas.matches(hcp_corpus.atlas)
     # The checkpoint's preprocessing is exactly what the corpus stored for this recording.
     row = int(np.flatnonzero(hcp_corpus.manifest["subject"] == hcp[2].subject)[0])
@@ -101,6 +101,10 @@ def test_damaged_checkpoints_are_refused(trained, tmp_path):
     (ck / "model.safetensors").write_bytes(data)
     cfg = json.loads((ck / "config.json").read_text())
     cfg["model"]["depth"] = 4
+    (ck / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BrainLMInputError, match="config.json was altered"):  # digests.json (issue 18)
+        load_pretrained(ck)
+    del cfg["digests"]  # as a checkpoint written before digests.json: the weights still decide
     (ck / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(BrainLMInputError, match=r"do not match the architecture.*missing \['blocks.3"):
         load_pretrained(ck)

@@ -3,8 +3,55 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
-__all__ = ["add_attention_options", "comma_floats", "comma_ints", "comma_names", "two_levels"]
+import torch
+
+from brainlm.errors import BrainLMInputError
+
+__all__ = ["add_attention_options", "check_device", "check_output_file", "check_positive", "comma_floats",
+           "comma_ints", "comma_names", "two_levels"]
+
+
+def check_positive(value, option: str) -> None:
+    """An error naming ``option`` unless ``value`` is a positive whole number."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BrainLMInputError(f"{option} {value!r}; expected a positive whole number")
+
+
+def check_device(device: str, option: str = "--device") -> None:
+    """An error naming ``option`` unless torch can place tensors on ``device`` on this machine
+    (``cpu``, ``cuda``, ``cuda:N`` with N below the number of GPUs, ``mps``)."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise BrainLMInputError(f"{option} {device!r} is not a device; expected cpu, cuda, cuda:N or mps") from None
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (d.index is not None and d.index >= n):
+            raise BrainLMInputError(f"{option} {device!r}: this machine has {n} CUDA device(s)"
+                                    + (f" (cuda:0 to cuda:{n - 1})" if n else "; use --device cpu"))
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        raise BrainLMInputError(f"{option} {device!r}: MPS is not available here; use --device cpu")
+    elif d.type not in ("cpu", "cuda", "mps"):
+        raise BrainLMInputError(f"{option} {device!r}: expected cpu, cuda, cuda:N or mps")
+
+
+def check_output_file(path, option: str = "--out") -> Path:
+    """``path`` as a Path if a file can be written there: not a folder, in an existing folder
+    the user may write to; else an error naming ``option`` and the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise BrainLMInputError(f"{option} is a folder; expected a file name (e.g. {path / 'embeddings.parquet'})",
+                                str(path))
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is a file, not a folder" if parent.exists() else "does not exist; create it first"
+        raise BrainLMInputError(f"{option}: the folder {parent} {what}", str(path))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BrainLMInputError(f"{option}: no permission to write in {parent}", str(path))
+    return path
 
 
 def comma_floats(text: str) -> list[float]:

@@ -14,7 +14,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from brainlm.commands.arguments import add_attention_options, comma_ints, two_levels
+from brainlm.commands.arguments import add_attention_options, check_device, check_positive, comma_ints, two_levels
 from brainlm.data.atomic import check_output_folder
 from brainlm.report.attention_figures import draw_group_folder
 from brainlm.report.console import make_console
@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     con = make_console()
     # Before any work: an existing folder needs --overwrite, and an input is never replaced.
     check_output_folder(args.out, overwrite=args.overwrite, sources=[args.checkpoint, args.corpus])
+    check_positive(args.batch_size, "--batch-size")
+    check_positive(args.permutations, "--permutations")
+    check_device(args.device)
     r = group_attention(args.checkpoint, args.corpus, args.group_by, args.out, groups=args.groups,
                         unit=args.unit, layers=args.layers, n_permutations=args.permutations,
                         alpha=args.alpha, transfer_atlas=args.transfer_atlas,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from brainlm.commands.arguments import check_device, check_output_file, check_positive
 from brainlm.tasks.embed import embed
 
 __all__ = ["register", "run"]
@@ -28,6 +29,10 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Write the embeddings to ``--out`` and say how many rows; 0 on success."""
+    # Checked before the model is loaded and the data read: an error here costs nothing.
+    check_output_file(args.out)
+    check_positive(args.batch_size, "--batch-size")
+    check_device(args.device)
     df = embed(args.checkpoint, args.data, args.out, per_window=args.per_window, tr=args.tr,
                orientation=args.orientation, key=args.key, transfer_atlas=args.transfer_atlas,
                batch_size=args.batch_size, device=args.device)

@@ -13,7 +13,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from brainlm.commands.arguments import add_attention_options
+from brainlm.commands.arguments import add_attention_options, check_device, check_positive
 from brainlm.data.atomic import check_output_folder
 from brainlm.report.attention_figures import draw_network_folder
 from brainlm.report.console import make_console
@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     # Before any work: an existing folder needs --overwrite, and an input is never replaced.
     check_output_folder(args.out, overwrite=args.overwrite,
                         sources=[args.checkpoint, *args.data, *([args.labels] if args.labels else [])])
+    check_positive(args.batch_size, "--batch-size")
+    check_positive(args.neighbors, "--neighbors")
+    check_device(args.device)
     r = identify_networks(args.checkpoint, args.data, args.out, labels=args.labels,
                           transfer_atlas=args.transfer_atlas, n_neighbors=args.neighbors,
                           max_recordings=args.max_recordings,

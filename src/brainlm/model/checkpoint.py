@@ -5,11 +5,19 @@ Layout of a checkpoint folder::
     model.safetensors   weights
     config.json         {"format", "brainlm_version", "architecture", "model": the model's config,
                          "sha256": of the weights file}
-    contract.json       the preprocessing contract (optional)
+    contract.json       the preprocessing contract (required unless a bare model is asked for)
     atlas.json          the pretraining atlas (optional)
+    digests.json        {"sha256": {file name: sha256}} of every other file of the checkpoint
+                        (weights, config, contract, atlas, extra JSON such as
+                        upstream_import.json); config.json says that it is there
+    .brainlm-output.json  the marker of a folder brainlm wrote (not part of the checkpoint)
 
 Loading is strict: missing, unexpected or mis-shaped tensors are an error (upstream silently
-re-initialised them), and the weights' sha256 must match the one recorded. ``architecture``
+re-initialised them), the weights' sha256 must match the one recorded, and every file recorded
+in digests.json must be present and unchanged (an edited config or contract would otherwise
+load and silently change what the model computes). A checkpoint without a contract loads only
+when the caller asks for a bare model (``bare=True``): every task needs to know how its input
+was cleaned and scaled. ``architecture``
 says which model class the config describes: ``brainlm`` (:class:`BrainLM`; assumed when absent,
 as in checkpoints written before the field existed) or one of the imported upstream families
 (:mod:`brainlm.model.upstream`).
@@ -35,6 +43,7 @@ from brainlm.version import __version__
 
 FORMAT = "brainlm-checkpoint"
 WEIGHTS = "model.safetensors"
+DIGESTS = "digests.json"
 
 #: ``architecture`` in config.json -> (model class, config class).
 ARCHITECTURES = {"brainlm": (BrainLM, BrainLMConfig), **UPSTREAM_ARCHITECTURES}
@@ -66,21 +75,64 @@ def save_pretrained(model, directory, *, extra: dict[str, dict] | None = None) -
             write_json(tmp / "atlas.json", model.atlas.to_dict(), indent=None)
         for name, content in (extra or {}).items():
             write_json(tmp / name, content)
+        cfg = json.loads((tmp / "config.json").read_text())
+        write_json(tmp / "config.json", {**cfg, "digests": DIGESTS})
+        write_json(tmp / DIGESTS, {"sha256": {f.name: sha256_file(f) for f in sorted(tmp.iterdir())
+                                              if f.is_file() and not f.name.startswith(".")}})
 
 
-def load_pretrained(directory, map_location: str = "cpu"):
+def _verify_digests(directory: Path, cfg: dict, bare: bool = False) -> None:
+    """Every file recorded in ``digests.json`` is present (contract.json may be absent when
+    ``bare``) and unchanged; an error naming the first that is not. Checkpoints written before digests.json existed (config.json does not
+    name it) have only their weights checked."""
+    if "digests" not in cfg:
+        return
+    path = directory / DIGESTS
+    try:
+        recorded = json.loads(path.read_text())["sha256"]
+        if not isinstance(recorded, dict):
+            raise TypeError
+    except FileNotFoundError:
+        raise BrainLMInputError(f"checkpoint lacks {DIGESTS} (config.json says it has one)",
+                                str(directory)) from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BrainLMInputError(f"{DIGESTS} is damaged (expected {{\"sha256\": {{file: digest}}}})",
+                                str(path)) from None
+    for name, digest in sorted(recorded.items()):
+        f = directory / str(name)
+        if not f.is_file():
+            if bare and name == "contract.json":
+                continue
+            raise BrainLMInputError(f"checkpoint lacks {name}, which it was written with"
+                                    + ("; load it with bare=True for the bare model" if name == "contract.json" else ""),
+                                    str(directory))
+        if sha256_file(f) != digest:
+            raise BrainLMInputError(f"{name} was altered or damaged after the checkpoint was written "
+                                    "(its sha256 differs from the one in digests.json)", str(f))
+
+
+def load_pretrained(directory, map_location: str = "cpu", *, bare: bool = False):
     """Read a checkpoint folder into the model class its config names (:class:`BrainLM` or an
-    upstream family); see the module docstring for what is checked."""
+    upstream family); see the module docstring for what is checked. ``bare``: accept a
+    checkpoint without contract.json (the model then carries no contract)."""
     directory = Path(directory)
+    if not directory.is_dir():
+        raise BrainLMInputError("checkpoint folder not found", str(directory))
     cfg_path, weights = directory / "config.json", directory / WEIGHTS
     for p in (cfg_path, weights):
         if not p.is_file():
             raise BrainLMInputError(f"checkpoint lacks {p.name}", str(directory))
     try:
         cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BrainLMInputError(f"config.json is not valid JSON ({e})", str(directory)) from None
-    if cfg.get("format") != FORMAT or "model" not in cfg:
+    if not isinstance(cfg, dict):
+        raise BrainLMInputError(f"config.json holds a {type(cfg).__name__}; expected a brainlm checkpoint "
+                                "config (an object)", str(directory))
+    if not isinstance(cfg.get("model"), dict):
+        raise BrainLMInputError("config.json has no model settings (\"model\" is missing or not an "
+                                "object)", str(directory))
+    if cfg.get("format") != FORMAT:
         raise BrainLMInputError(f"config.json is not a brainlm checkpoint config (format {cfg.get('format')!r})",
                                 str(directory))
     digest = sha256_file(weights)
@@ -88,9 +140,14 @@ def load_pretrained(directory, map_location: str = "cpu"):
         raise BrainLMInputError(
             f"{WEIGHTS} is truncated or altered: sha256 {digest[:16]}... does not match the recorded "
             f"{str(cfg.get('sha256'))[:16]}...", str(directory))
+    _verify_digests(directory, cfg, bare)
     contract = None
     if (directory / "contract.json").is_file():
         contract = PreprocessingContract.load(directory / "contract.json")
+    elif not bare:
+        raise BrainLMInputError("checkpoint lacks contract.json (how its training data were cleaned "
+                                "and scaled); no task can prepare input for it. Load it with "
+                                "bare=True for the bare model", str(directory))
     atlas = None
     if (directory / "atlas.json").is_file():
         atlas = Atlas.from_dict(json.loads((directory / "atlas.json").read_text()))
@@ -99,7 +156,11 @@ def load_pretrained(directory, map_location: str = "cpu"):
         raise BrainLMInputError(f"config.json names architecture {arch!r}; this brainlm knows "
                                 f"{sorted(ARCHITECTURES)} (a newer brainlm wrote it?)", str(directory))
     model_cls, config_cls = ARCHITECTURES[arch]
-    model = model_cls(config_cls.from_dict(cfg["model"]), contract=contract, atlas=atlas)
+    try:
+        model = model_cls(config_cls.from_dict(cfg["model"]), contract=contract, atlas=atlas)
+    except (TypeError, ValueError, KeyError, AssertionError) as e:
+        raise BrainLMInputError(f"config.json's model settings cannot build a model ({type(e).__name__}: "
+                                f"{' '.join(str(e).split())})", str(directory)) from None
     try:
         state = load_file(weights, device=map_location)
     except SafetensorError as e:
