@@ -364,3 +364,40 @@ def test_prepare_jobs_0_leaves_nothing(src, tmp_path, capsys):
     code, err = cli(capsys, "prepare", src, "--out", tmp_path / "corpus", "--jobs", "0", *PREPARE)
     assert code == 2 and "--jobs" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bids"]
+
+
+# --- item 12: the fix an error message suggests works when followed ------------------------------
+
+def test_following_the_bad_parcels_hint_works(hcp, tmp_path, capsys):
+    import re
+
+    import numpy as np
+
+    root = tmp_path / "in"
+    root.mkdir()
+    for i, rec in enumerate(hcp[:3]):
+        x = rec.timeseries[:300].copy()
+        if i == 1:
+            x[:, 3] = np.nan
+        np.save(root / f"sub-{rec.subject}_bold.npy", x)
+    args = ["prepare", root, "--out", tmp_path / "corpus", "--atlas", "aal2", "--tr", "0.72",
+            "--min-trs", "50", "--splits", "1,0,0", "--quiet"]
+    code, err = cli(capsys, *args)
+    assert code == 2 and "--bad-parcels zero" in err and "--restart" in err
+    suggested = re.findall(r"--[a-z-]+(?: zero)?", err.split(":", 2)[-1])
+    assert "--bad-parcels zero" in suggested and "--restart" in suggested
+    code, err = cli(capsys, *args, "--bad-parcels", "zero", "--restart")  # exactly what it said
+    assert code == 0, err
+    assert Corpus(tmp_path / "corpus").summary()["recordings_with_missing_parcels"] == 1
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root may write anywhere")
+def test_prepare_out_in_a_folder_without_write_permission(src, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    try:
+        code, err = cli(capsys, "prepare", src, "--out", locked / "corpus", *PREPARE)
+        assert code == 2 and "no permission to write" in err
+    finally:
+        locked.chmod(0o755)

@@ -242,10 +242,18 @@ def prepare_corpus(
 
     done_dir = build / "done"
     pending = [s for s in specs if not (done_dir / f"{s.recording_id}.json").exists()]
-    results = _run_pass1(pending, build, atlas, contract, dict(orientation=orientation, key=key,
-                         min_trs=int(min_trs), too_short=too_short, on_error=on_error,
-                         parcellation=parcellation),
-                         layout, jobs, progress, dask_scheduler)
+    try:
+        results = _run_pass1(pending, build, atlas, contract, dict(orientation=orientation, key=key,
+                             min_trs=int(min_trs), too_short=too_short, on_error=on_error,
+                             parcellation=parcellation),
+                             layout, jobs, progress, dask_scheduler)
+    except BrainLMInputError as e:
+        # The unfinished build stays for a resume with the same settings; a fix that changes a
+        # setting (such as the one the message suggests) must say that it needs --restart.
+        if restart_hint_needed(e.reason):
+            raise BrainLMInputError(f"{e.reason}; a re-run with changed settings needs --restart "
+                                    f"(it discards the unfinished build {build.name})", e.source) from None
+        raise
     failures = [r for r in results if r["status"] == "failed"]
 
     records, skipped = [], []
@@ -385,6 +393,12 @@ def _split_groups(specs: Sequence[SourceSpec], split_by: str) -> list[str]:
         return [s.site for s in specs]
     # The same subject label at two sites is two people.
     return [f"{s.site}/{s.subject}" if s.site else s.subject for s in specs]
+
+
+def restart_hint_needed(message: str) -> bool:
+    """Whether an error message suggests changing a command-line setting (``--option``), which a
+    resumed build refuses without ``--restart``."""
+    return "--" in message and "--restart" not in message
 
 
 def _open_build(build: Path, settings: dict, restart: bool) -> None:
