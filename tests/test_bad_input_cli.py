@@ -401,3 +401,57 @@ def test_prepare_out_in_a_folder_without_write_permission(src, tmp_path, capsys)
         assert code == 2 and "no permission to write" in err
     finally:
         locked.chmod(0o755)
+
+
+# --- item 13: worker processes die with their parent --------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid`` (Linux /proc)."""
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                state, ppid = (d / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            except (OSError, ValueError):
+                continue
+            if int(ppid) == pid and state != "Z":
+                kids.append(int(d.name))
+    return kids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_prepare_workers_die_with_their_parent(hcp, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = write_hcp_folder(tmp_path / "bids", hcp[:4], runs=4)
+    done = tmp_path / "corpus.partial" / "done"
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from brainlm.commands import main; "
+                             "sys.exit(main(sys.argv[1:]))", "prepare", str(src), "--out", str(tmp_path / "corpus"),
+                             "--atlas", "aal2", "--jobs", "2", "--min-trs", "40", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers = _children(proc.pid)
+        if len(workers) >= 2 and done.is_dir() and any(done.iterdir()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None and len(workers) >= 2, "the build ended before its workers were seen"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10  # a worker checks for its parent every 0.2 s
+    while time.monotonic() < deadline and any(alive(w) for w in workers):
+        time.sleep(0.1)
+    survivors = [w for w in workers if alive(w)]
+    assert survivors == [], f"worker(s) {survivors} outlived their parent"

@@ -19,6 +19,8 @@ import contextlib
 import json
 import os
 import shutil
+import threading
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -430,7 +432,7 @@ def _run_pass1(pending, build, atlas, contract, opts, layout, jobs, progress,
         return []
     from joblib import Parallel, delayed
 
-    tasks = (delayed(_process_one)(s, build, atlas, contract, opts, layout) for s in pending)
+    tasks = (delayed(_process_one)(s, build, atlas, contract, opts, layout, os.getpid()) for s in pending)
     results = []
     with _parallel_backend(dask_scheduler, jobs) as n_jobs:
         # Results arrive as workers finish; each worker holds one recording at a time.
@@ -471,9 +473,36 @@ def _parallel_backend(dask_scheduler: str | None, jobs: int):
         yield -1
 
 
+_WATCHING: set[int] = set()
+
+
+def die_with_parent(parent_pid: int, interval_s: float = 0.2) -> None:
+    """In a worker process started by ``parent_pid``: exit as soon as that parent is gone.
+
+    A worker pool's processes outlive a parent killed with SIGKILL (or SIGTERM, which ends
+    Python without cleanup): they would finish their recording, then sit idle holding their
+    memory. A daemon thread checks every ``interval_s`` seconds whether the worker was handed
+    to another parent (its own died) and ends the process then. Nothing happens in the parent
+    itself (``jobs=1`` runs there) or in a worker that another process started (Dask).
+    """
+    if os.getpid() == parent_pid or parent_pid in _WATCHING or os.getppid() != parent_pid:
+        return
+    _WATCHING.add(parent_pid)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="brainlm-die-with-parent", daemon=True).start()
+
+
 def _process_one(spec: SourceSpec, build: Path, atlas: Atlas, contract: PreprocessingContract,
-                 opts: dict, layout: StoreLayout) -> dict:
-    """Pass 1 for one recording; writes its array, then its completion marker (atomically)."""
+                 opts: dict, layout: StoreLayout, parent_pid: int | None = None) -> dict:
+    """Pass 1 for one recording; writes its array, then its completion marker (atomically).
+    ``parent_pid``: the process that runs the build (a worker exits when it dies)."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     base = {"recording_id": spec.recording_id, "source": spec.label}
     extraction = None
     try:
@@ -577,7 +606,7 @@ def _fit_scaler(build: Path, train: pd.DataFrame, train_range: QuartileRange, at
     hist = train_range.histogram()
     n_parts = max(1, min(len(ids), os.cpu_count() if jobs == -1 else jobs))
     parts = [ids[k::n_parts] for k in range(n_parts)]
-    for counts in Parallel(n_jobs=n_parts)(delayed(_histogram_part)(build, part, hist) for part in parts):
+    for counts in Parallel(n_jobs=n_parts)(delayed(_histogram_part)(build, part, hist, os.getpid()) for part in parts):
         hist.counts += counts
     med, iqr, degenerate = scaling_from_quartiles(*hist.quantiles())
     fitted = PreprocessingContract.from_dict(contract.to_dict())
@@ -592,7 +621,10 @@ def _fit_scaler(build: Path, train: pd.DataFrame, train_range: QuartileRange, at
     return fitted
 
 
-def _histogram_part(build: Path, ids: list[str], template: QuartileHistogram) -> np.ndarray:
+def _histogram_part(build: Path, ids: list[str], template: QuartileHistogram,
+                    parent_pid: int | None = None) -> np.ndarray:
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     import zarr
 
     group = zarr.open_group(build / "timeseries.zarr", mode="r")
