@@ -455,3 +455,94 @@ def test_prepare_workers_die_with_their_parent(hcp, tmp_path):
         time.sleep(0.1)
     survivors = [w for w in workers if alive(w)]
     assert survivors == [], f"worker(s) {survivors} outlived their parent"
+
+
+# --- item 9: input that was accepted although the result is wrong -------------------------------
+
+def _npy_folder(root: Path, hcp, n: int = 3, trs: int = 300, edit=None) -> Path:
+    """``n`` HCP recordings (``trs`` TRs) as ``sub-*_bold.npy``; ``edit(i, x)`` may change one."""
+    import numpy as np
+
+    root.mkdir()
+    for i, rec in enumerate(hcp[:n]):
+        x = rec.timeseries[:trs].astype(np.float64)
+        np.save(root / f"sub-{rec.subject}_bold.npy", edit(i, x) if edit else x)
+    return root
+
+
+NPY = ("--atlas", "aal2", "--tr", "0.72", "--min-trs", "50", "--quiet", "--allow-missing-phenotypes")
+
+
+def test_too_few_subjects_for_the_splits_is_a_recorded_warning(hcp, tmp_path, capsys):
+    from brainlm.data.prepare import EmptySplitWarning
+
+    root = _npy_folder(tmp_path / "in", hcp, n=2)
+    with pytest.warns(EmptySplitWarning, match="split 'test' is empty"):
+        code, _ = cli(capsys, "prepare", root, "--out", tmp_path / "corpus", *NPY)
+    assert code == 0
+    assert any("'test' is empty" in w for w in Corpus(tmp_path / "corpus").info["warnings"])
+
+
+def test_an_implausible_tr_is_refused(hcp, tmp_path, capsys):
+    root = _npy_folder(tmp_path / "in", hcp)
+    args = [a if a != "0.72" else "1e-9" for a in NPY]
+    code, err = cli(capsys, "prepare", root, "--out", tmp_path / "corpus", *args)
+    assert code == 2 and "TR 1e-09 s is outside 0.01-100 s" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.partial", "in"]  # resumable, no corpus
+
+
+@pytest.mark.parametrize("how", ["all NaN", "all constant"])
+def test_a_recording_without_any_usable_parcel_is_not_kept(how, hcp, tmp_path, capsys):
+    import numpy as np
+
+    def ruin(i, x):
+        if i == 1:
+            x[:] = np.nan if how == "all NaN" else 3.0
+        return x
+
+    root = _npy_folder(tmp_path / "in", hcp, edit=ruin)
+    out = tmp_path / "corpus"
+    code, err = cli(capsys, "prepare", root, "--out", out, "--bad-parcels", "zero", *NPY)
+    assert code == 2 and "all 94 parcels are NaN/Inf or constant" in err and hcp[1].subject in err
+    assert not out.exists()
+    code, err = cli(capsys, "prepare", root, "--out", out, "--bad-parcels", "zero", "--on-error", "skip",
+                    "--restart", *NPY)
+    assert code == 0
+    corpus = Corpus(out)
+    assert hcp[1].subject not in set(corpus.manifest["subject"]) and len(corpus) == 2
+    import pandas as pd
+
+    skipped = pd.read_parquet(out / "skipped.parquet")
+    assert "holds no signal" in skipped["reason"].iloc[0]
+
+
+def test_values_beyond_float32_are_refused_not_stored_as_inf():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from brainlm import BrainLMInputError
+    from brainlm.data.prepare import _check_cleaned
+
+    data = np.ones((10, 4))
+    data[3, 1] = 1e39  # finite in float64, infinite once stored as float32
+    with pytest.raises(BrainLMInputError, match="exceed the float32 range"):
+        _check_cleaned(SimpleNamespace(data=data, bad_parcels=[]), "rec.npy")
+    data[3, 1] = np.inf  # a bad parcel that the policy zeroes is fine ...
+    _check_cleaned(SimpleNamespace(data=data, bad_parcels=[1]), "rec.npy")
+    with pytest.raises(BrainLMInputError, match="all 4 parcels"):  # ... unless all of them are
+        _check_cleaned(SimpleNamespace(data=data, bad_parcels=[0, 1, 2, 3]), "rec.npy")
+
+
+def test_broken_links_and_notes_in_a_source_folder_are_reported_not_read(hcp, tmp_path, capsys):
+    from brainlm.data.sources import SkippedFilesWarning
+
+    root = _npy_folder(tmp_path / "in", hcp)
+    (root / "NOTES.txt").write_text("scanned on the old Prisma; subject 3 moved a lot\n")
+    (root / "sub-gone_bold.npy").symlink_to(tmp_path / "deleted.npy")
+    with pytest.warns(SkippedFilesWarning) as seen:
+        code, err = cli(capsys, "prepare", root, "--out", tmp_path / "corpus", *NPY)
+    assert code == 0, err
+    text = " ".join(str(w.message) for w in seen)
+    assert "broken symbolic link(s): sub-gone_bold.npy" in text and "NOTES.txt" in text
+    assert len(Corpus(tmp_path / "corpus")) == 3

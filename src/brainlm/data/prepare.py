@@ -284,6 +284,7 @@ def prepare_corpus(
     manifest = _manifest(records, spec_by_id, groups_of=dict(zip((s.recording_id for s in specs), groups)),
                          split_of=split_of, phenotype_columns=phenotype_columns)
     train = manifest[manifest["split"] == "train"]
+    corpus_warnings = _empty_split_warnings(manifest, fractions)
     if train.empty:
         raise BrainLMInputError("no recording of the training split survived preprocessing; "
                                 "cannot fit the scaling statistics", str(out))
@@ -312,6 +313,8 @@ def prepare_corpus(
     }
     if ingestion is not None:
         info["ingestion"] = ingestion
+    if corpus_warnings:
+        info["warnings"] = corpus_warnings
     write_text_atomic(build / "corpus.json", json.dumps(info, indent=2))
     shutil.rmtree(done_dir)
     (build / "settings.json").unlink()
@@ -513,8 +516,13 @@ def _process_one(spec: SourceSpec, build: Path, atlas: Atlas, contract: Preproce
             rec = spec.to_recording(raw, atlas, header_tr=extraction.get("header_tr"))
         else:
             rec = spec.load(atlas, orientation=opts["orientation"], key=opts["key"])
+        if not TR_RANGE_S[0] <= rec.tr <= TR_RANGE_S[1]:
+            raise BrainLMInputError(f"TR {rec.tr:g} s is outside {TR_RANGE_S[0]:g}-{TR_RANGE_S[1]:g} s, "
+                                    "not an fMRI repetition time (milliseconds given as seconds? "
+                                    "--tr and RepetitionTime are in seconds)", spec.label)
         cleaned = contract.clean(rec.timeseries, rec.tr, confounds=rec.confounds,
                                  parcel_names=atlas.parcel_names, source=spec.label)
+        _check_cleaned(cleaned, spec.label)
     except BrainLMInputError as e:
         if opts["on_error"] == "fail":
             raise
@@ -544,6 +552,46 @@ def _process_one(spec: SourceSpec, build: Path, atlas: Atlas, contract: Preproce
         result["extraction"] = extraction
     write_text_atomic(marker, json.dumps(result))
     return result
+
+
+class EmptySplitWarning(UserWarning):
+    """A split that was asked for (a fraction above 0) holds no recording: too few subjects."""
+
+
+def _empty_split_warnings(manifest: pd.DataFrame, fractions: Sequence[float]) -> list[str]:
+    """Warn (and return the messages, recorded in ``corpus.json``) for every split with a
+    fraction above 0 that received no recording."""
+    messages = []
+    counts = manifest["split"].value_counts()
+    for name, fraction in zip(("train", "val", "test"), fractions):
+        if float(fraction) > 0 and int(counts.get(name, 0)) == 0:
+            msg = (f"split {name!r} is empty: {manifest['subject'].nunique()} subject(s) cannot fill "
+                   f"splits {list(map(float, fractions))}; validation and testing need more subjects "
+                   "(or --splits with 0 for that split)")
+            warnings.warn(msg, EmptySplitWarning, stacklevel=3)
+            messages.append(msg)
+    return messages
+
+
+#: Plausible repetition times (seconds): outside, a TR is a unit mistake, and one below 1e-6 s
+#: would even be stored as 0.
+TR_RANGE_S = (0.01, 100.0)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_cleaned(cleaned, source: str) -> None:
+    """A recording with no usable parcel, or values that float32 storage would turn into
+    infinities, is an error (the ``--on-error`` policy decides: stop, or skip and report)."""
+    data = cleaned.data
+    n_parcels = data.shape[1]
+    if len(cleaned.bad_parcels) >= n_parcels:
+        raise BrainLMInputError(f"all {n_parcels} parcels are NaN/Inf or constant: the recording "
+                                "holds no signal", source)
+    good = np.setdiff1d(np.arange(n_parcels), np.asarray(cleaned.bad_parcels, dtype=int))
+    values = np.asarray(data[:, good], dtype=np.float64)
+    if not np.isfinite(values).all() or np.abs(values).max(initial=0.0) > _FLOAT32_MAX:
+        raise BrainLMInputError("values after cleaning exceed the float32 range (|x| > 3.4e38) and "
+                                "would be stored as infinities; rescale the input", source)
 
 
 def _ingestion_record(parcellation, records: list[dict], space, res) -> dict:

@@ -4,6 +4,7 @@ their ids parsed from BIDS-style names, their TR, and their phenotypes."""
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -128,6 +129,30 @@ def parse_entities(path: Path) -> dict[str, str]:
     return found
 
 
+class SkippedFilesWarning(UserWarning):
+    """Files in a source folder that were not read, and why (broken links, text that is not data)."""
+
+
+def _looks_numeric(path: Path, limit: int = 4096) -> bool:
+    """Whether the first data line of a text file (after ``#`` comments) is numbers only: a
+    ``.txt`` time series has no header, a note or README has words."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(limit).decode("utf-8", errors="replace")
+    except OSError:
+        return True  # unreadable: let the reader report it
+    for line in head.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            [float(t) for t in line.replace(",", " ").split()]
+        except ValueError:
+            return False
+        return True
+    return True  # empty: the reader names it
+
+
 def discover_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
     """Time-series files under ``paths`` (files taken as given, folders searched recursively),
     and any ``participants.tsv`` found at the top of a given folder."""
@@ -135,7 +160,17 @@ def discover_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]
     participants: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_timeseries_file(f))
+            candidates = sorted(f for f in p.rglob("*") if is_timeseries_file(f))
+            broken = [f for f in candidates if f.is_symlink() and not f.exists()]
+            notes = [f for f in candidates if f.is_file() and f.name.lower().endswith(".txt")
+                     and not _looks_numeric(f)]
+            found = [f for f in candidates if f.is_file() and f not in notes]
+            for kind, skipped in (("broken symbolic link(s)", broken),
+                                  (".txt file(s) that do not start with numbers (notes, not data)", notes)):
+                if skipped:
+                    warnings.warn(f"{p}: skipped {len(skipped)} {kind}: "
+                                  + ", ".join(str(f.relative_to(p)) for f in skipped[:5])
+                                  + (" ..." if len(skipped) > 5 else ""), SkippedFilesWarning, stacklevel=2)
             if not found:
                 images = any(f.name.lower().endswith((".nii", ".nii.gz", ".gii")) for f in p.rglob("*"))
                 hint = ("; it holds NIfTI/GIfTI/CIFTI scans: parcellate them with --atlas-image "
