@@ -546,3 +546,39 @@ def test_broken_links_and_notes_in_a_source_folder_are_reported_not_read(hcp, tm
     text = " ".join(str(w.message) for w in seen)
     assert "broken symbolic link(s): sub-gone_bold.npy" in text and "NOTES.txt" in text
     assert len(Corpus(tmp_path / "corpus")) == 3
+
+
+# --- item 8: one recording cannot ruin the robust scaling ---------------------------------------
+
+@pytest.mark.parametrize("ruin", ["units 1e4 larger", "1e30 on 10 parcels"])
+def test_a_recording_on_another_scale_is_reported_and_left_out_of_the_fit(ruin, hcp, tmp_path, capsys):
+    import numpy as np
+    import pandas as pd
+
+    from brainlm.data.prepare import ScaleOutlierWarning
+
+    def edit(i, x):
+        if i == 2:
+            if ruin == "units 1e4 larger":
+                x = x * 1e4
+            else:
+                x[:, :10] *= 1e26
+        return x
+
+    args = [*NPY, "--splits", "1,0,0"]
+    clean = _npy_folder(tmp_path / "clean", hcp[:2] + hcp[3:5], n=4)
+    assert cli(capsys, "prepare", clean, "--out", tmp_path / "reference", *args)[0] == 0
+    root = _npy_folder(tmp_path / "in", hcp, n=5, edit=edit)
+    with pytest.warns(ScaleOutlierWarning, match=rf"1 training recording\(s\) on another scale.*{hcp[2].subject}"):
+        assert cli(capsys, "prepare", root, "--out", tmp_path / "corpus", *args)[0] == 0
+    corpus, reference = Corpus(tmp_path / "corpus"), Corpus(tmp_path / "reference")
+    assert [o["recording_id"] for o in corpus.info["scale_outliers"]] == [f"sub-{hcp[2].subject}"]
+    assert len(corpus) == 5  # kept, but the statistics are the cohort's without it
+    assert corpus.contract.median == reference.contract.median and corpus.contract.iqr == reference.contract.iqr
+    row = int(np.flatnonzero(corpus.manifest["subject"] == hcp[0].subject)[0])
+    assert 0.3 < float(np.std(corpus.read(row), axis=0).min())  # nobody squeezed to ~1e-6
+    with pytest.warns(ScaleOutlierWarning, match="dropped"):
+        assert cli(capsys, "prepare", root, "--out", tmp_path / "dropped", *args, "--drop-scale-outliers")[0] == 0
+    dropped = Corpus(tmp_path / "dropped")
+    assert hcp[2].subject not in set(dropped.manifest["subject"]) and len(dropped) == 4
+    assert "scale outlier" in pd.read_parquet(tmp_path / "dropped" / "skipped.parquet")["reason"].iloc[0]

@@ -85,6 +85,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--compression", default="none", choices=["none", "lz4", "zstd"])
     g.add_argument("--overwrite", action="store_true", help="replace an existing corpus")
     g.add_argument("--restart", action="store_true", help="discard an unfinished build instead of resuming")
+    g.add_argument("--drop-scale-outliers", action="store_true",
+                   help="leave training recordings on another scale than the cohort out of the corpus "
+                   "(by default they are kept, reported, and left out of the scaling statistics)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -113,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         min_trs=args.min_trs, too_short=args.too_short, on_error=args.on_error,
         fractions=args.splits, split_seed=args.seed, split_by=args.split_by, jobs=args.jobs,
         layout=StoreLayout(chunk_trs=args.chunk_trs, compression=args.compression),
-        overwrite=args.overwrite, restart=args.restart, progress=not args.quiet)
+        overwrite=args.overwrite, restart=args.restart, drop_scale_outliers=args.drop_scale_outliers,
+        progress=not args.quiet)
     print_summary(corpus.summary())
     ingestion = corpus.info.get("ingestion")
     if ingestion:

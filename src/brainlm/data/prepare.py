@@ -104,6 +104,7 @@ def prepare_corpus(
     layout: StoreLayout = StoreLayout(),
     overwrite: bool = False,
     restart: bool = False,
+    drop_scale_outliers: bool = False,
     progress: bool = False,
 ) -> Corpus:
     """Build a corpus from files/folders and/or in-memory Recordings.
@@ -259,16 +260,31 @@ def prepare_corpus(
     failures = [r for r in results if r["status"] == "failed"]
 
     records, skipped = [], []
-    train_range = QuartileRange()  # O(P) memory: only the range of training quartiles is kept
+    train_quartiles: dict[str, np.ndarray] = {}  # (3, P) float32 per training recording
     for s, group in zip(specs, groups):
         marker = done_dir / f"{s.recording_id}.json"
         if marker.exists():
             r = json.loads(marker.read_text())
             quartiles = r.pop("quartiles", None)
             if r["status"] == "ok" and split_of[group] == "train":
-                train_range.add(quartiles)
+                train_quartiles[r["recording_id"]] = np.asarray(quartiles, dtype=np.float32)
             (records if r["status"] == "ok" else skipped).append(r)
     skipped += failures
+    # A recording on another scale (other units, a broken export) would dominate the pooled
+    # statistics and squeeze every other recording: it is reported, left out of the fit, and
+    # with drop_scale_outliers left out of the corpus.
+    outliers = scale_outliers(train_quartiles)
+    outlier_records = _report_scale_outliers(outliers, drop_scale_outliers)
+    if drop_scale_outliers and outliers:
+        skipped += [{"recording_id": r["recording_id"], "source": r["source"],
+                     "reason": f"scale outlier: {outliers[r['recording_id']]} (--drop-scale-outliers)"}
+                    for r in records if r["recording_id"] in outliers]
+        records = [r for r in records if r["recording_id"] not in outliers]
+    train_range = QuartileRange()  # O(P) memory: only the range of training quartiles is kept
+    for rid, q in train_quartiles.items():
+        if rid not in outliers:
+            train_range.add(q)
+    del train_quartiles
     if not records:
         raise BrainLMInputError(
             f"no recording could be prepared ({len(skipped)} skipped; first reason: "
@@ -288,7 +304,15 @@ def prepare_corpus(
     if train.empty:
         raise BrainLMInputError("no recording of the training split survived preprocessing; "
                                 "cannot fit the scaling statistics", str(out))
-    fitted = _fit_scaler(build, train, train_range, atlas, contract, jobs)
+    fitted = _fit_scaler(build, train[~train["recording_id"].isin(list(outliers))], train_range, atlas,
+                         contract, jobs)
+    if outliers:
+        fitted.scaler_fit["excluded_scale_outliers"] = sorted(outliers)
+    bad = [atlas.parcel_names[i] for i in np.flatnonzero(~(np.isfinite(fitted.median) & np.isfinite(fitted.iqr)
+                                                            & (np.asarray(fitted.iqr) > 0)))]
+    if bad:
+        raise BrainLMInputError(f"the scaling statistics are not finite for parcel(s) {bad[:5]}; the "
+                                "training recordings hold values too large to scale", str(out))
 
     _remove_orphan_arrays(build, set(manifest["recording_id"]))
     write_parquet_atomic(manifest, build / "manifest.parquet")
@@ -315,6 +339,8 @@ def prepare_corpus(
         info["ingestion"] = ingestion
     if corpus_warnings:
         info["warnings"] = corpus_warnings
+    if outlier_records:
+        info["scale_outliers"] = outlier_records
     write_text_atomic(build / "corpus.json", json.dumps(info, indent=2))
     shutil.rmtree(done_dir)
     (build / "settings.json").unlink()
@@ -401,9 +427,10 @@ def _split_groups(specs: Sequence[SourceSpec], split_by: str) -> list[str]:
 
 
 def restart_hint_needed(message: str) -> bool:
-    """Whether an error message suggests changing a command-line setting (``--option``), which a
-    resumed build refuses without ``--restart``."""
-    return "--" in message and "--restart" not in message
+    """Whether a build error should add that changed settings need ``--restart``: any fix that
+    changes a setting (``--bad-parcels zero``, another ``--atlas``) is refused by the resumed
+    build without it; messages that already say so are left alone."""
+    return "--restart" not in message
 
 
 def _open_build(build: Path, settings: dict, restart: bool) -> None:
@@ -552,6 +579,57 @@ def _process_one(spec: SourceSpec, build: Path, atlas: Atlas, contract: Preproce
         result["extraction"] = extraction
     write_text_atomic(marker, json.dumps(result))
     return result
+
+
+class ScaleOutlierWarning(UserWarning):
+    """A training recording whose spread is far from the cohort's (other units, a broken export)."""
+
+
+#: A training recording is a scale outlier when its parcels' IQRs are, at the median over
+#: parcels, more than this factor from the cohort's (another unit), or any parcel's is more than
+#: ``SCALE_OUTLIER_PARCEL`` times the cohort's (a few corrupted parcels).
+SCALE_OUTLIER_FACTOR = 20.0
+SCALE_OUTLIER_PARCEL = 1000.0
+
+
+def scale_outliers(train_quartiles: dict[str, np.ndarray]) -> dict[str, str]:
+    """Training recordings whose scale is an outlier against the cohort: recording id -> why.
+
+    ``train_quartiles`` maps recording ids to per-parcel 25th/50th/75th percentiles, shape
+    (3, P). Each recording's IQR per parcel is divided by the cohort's median IQR of that parcel
+    (over recordings); see :data:`SCALE_OUTLIER_FACTOR`. Needs 3 or more recordings (with 2,
+    neither is the odd one out)."""
+    if len(train_quartiles) < 3:
+        return {}
+    ids = list(train_quartiles)
+    q = np.stack([train_quartiles[i] for i in ids]).astype(np.float64)
+    iqr = q[:, 2] - q[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN parcels (missing everywhere)
+        cohort = np.nanmedian(iqr, axis=0)
+        ratio = iqr / np.where(cohort > 0, cohort, np.nan)
+        typical = np.nanmedian(ratio, axis=1)
+        worst = np.nanmax(np.where(np.isfinite(ratio), ratio, np.nan), axis=1)
+    found = {}
+    for rid, t, w in zip(ids, typical, worst):
+        if np.isfinite(t) and not 1 / SCALE_OUTLIER_FACTOR <= t <= SCALE_OUTLIER_FACTOR:
+            found[rid] = f"its IQRs are {t:.3g} times the cohort's (median over parcels)"
+        elif np.isfinite(w) and w > SCALE_OUTLIER_PARCEL:
+            found[rid] = f"a parcel's IQR is {w:.3g} times the cohort's"
+    return found
+
+
+def _report_scale_outliers(outliers: dict[str, str], drop: bool) -> list[dict]:
+    """Warn once for the scale outliers; their records for ``corpus.json``."""
+    if not outliers:
+        return []
+    action = ("dropped (--drop-scale-outliers)" if drop
+              else "kept, but left out of the scaling statistics; --drop-scale-outliers drops them")
+    shown = ", ".join(f"{rid} ({why})" for rid, why in list(outliers.items())[:3])
+    warnings.warn(f"{len(outliers)} training recording(s) on another scale than the cohort: {shown}"
+                  f"{' ...' if len(outliers) > 3 else ''}; {action}", ScaleOutlierWarning, stacklevel=3)
+    return [{"recording_id": rid, "reason": why, "action": "dropped" if drop else "excluded from the scaling fit"}
+            for rid, why in outliers.items()]
 
 
 class EmptySplitWarning(UserWarning):
