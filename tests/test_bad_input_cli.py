@@ -430,8 +430,8 @@ def test_prepare_workers_die_with_their_parent(hcp, tmp_path):
 
     src = write_hcp_folder(tmp_path / "bids", hcp[:4], runs=4)
     done = tmp_path / "corpus.partial" / "done"
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from brainlm.commands import main; "
-                             "sys.exit(main(sys.argv[1:]))", "prepare", str(src), "--out", str(tmp_path / "corpus"),
+    brainlm = "import sys; from brainlm.commands import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", brainlm, "prepare", str(src), "--out", str(tmp_path / "corpus"),
                              "--atlas", "aal2", "--jobs", "2", "--min-trs", "40", "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
