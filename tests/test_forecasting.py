@@ -208,8 +208,7 @@ def test_evaluate_cli_scores_every_method_per_step(finetuned, hcp_corpus, tmp_pa
     # The command draws the figure from the saved numbers (the task writes numbers only).
     img = matplotlib.image.imread(out / "forecast_error.png")
     assert img.ndim == 3 and img.shape[1] > img.shape[0] > 100
-    # No temporary files left; the one hidden file is the marker of a folder brainlm wrote.
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".brainlm-output.json"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
 def test_forecast_rolls_out_by_feeding_predictions_back(finetuned, hcp):
@@ -332,5 +331,4 @@ def test_finetuning_reads_with_and_keeps_the_checkpoint_contract(trained, hcp, t
     res = evaluate(Corpus(other.path), context_trs=C, horizon_trs=H, models={"ft": out / "model"},
                    baselines=["persistence"], out=tmp_path / "ev")
     assert "pretraining statistics" in res["units"]
-    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == [".brainlm-output.json", "forecast.json",
-                                                                    "forecast.md"]
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["forecast.json", "forecast.md"]
