@@ -582,3 +582,19 @@ def test_a_recording_on_another_scale_is_reported_and_left_out_of_the_fit(ruin, 
     dropped = Corpus(tmp_path / "dropped")
     assert hcp[2].subject not in set(dropped.manifest["subject"]) and len(dropped) == 4
     assert "scale outlier" in pd.read_parquet(tmp_path / "dropped" / "skipped.parquet")["reason"].iloc[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "recon", "{ckpt}", "{corpus}", "--out", "{out}", "--batch-size", "0"], "--batch-size 0"),
+    (["evaluate", "recon", "{ckpt}", "{corpus}", "--out", "{out}", "--device", "cuda:7"], "--device 'cuda:7'"),
+    (["evaluate", "recon", "{ckpt}", "{corpus}", "--out", "{out}", "--max-recordings", "0"], "--max-recordings 0"),
+    (["forecast", "finetune", "{ckpt}", "{corpus}", "--out", "{out}", "--epochs", "0"], "--epochs 0"),
+    (["networks", "{ckpt}", "{corpus}", "--out", "{out}", "--batch-size", "0"], "--batch-size 0"),
+    (["attention", "{ckpt}", "{corpus}", "--group-by", "sex", "--out", "{out}", "--permutations", "0"],
+     "--permutations 0"),
+])
+def test_task_options_are_checked_before_any_work(args, message, started_run, corpora, tmp_path, capsys):
+    fill = {"{ckpt}": started_run / "model", "{corpus}": corpora[0], "{out}": tmp_path / "out"}
+    code, err = cli(capsys, *[fill.get(a, a) for a in args])
+    assert code == 2 and message in err
+    assert not (tmp_path / "out").exists()

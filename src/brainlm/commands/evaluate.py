@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from brainlm.commands.arguments import comma_floats, comma_ints
+from brainlm.commands.arguments import check_device, check_positive, comma_floats, comma_ints
 from brainlm.data.atomic import check_output_folder
 from brainlm.errors import BrainLMInputError
 from brainlm.tasks.prediction.evaluate import (GROUPS, PredictionSettings, evaluate_prediction,
@@ -97,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _recon(args: argparse.Namespace) -> int:
     check_output_folder(args.out, overwrite=args.overwrite, sources=[args.checkpoint, args.corpus])
+    check_positive(args.batch_size, "--batch-size")
+    if args.max_recordings is not None:
+        check_positive(args.max_recordings, "--max-recordings")
+    check_device(args.device)
     result = evaluate_reconstruction(
         args.checkpoint, args.corpus, split=args.split, ratios=args.ratios, strategy=args.mask,
         seed=args.seed, max_recordings=args.max_recordings, batch_size=args.batch_size,
@@ -117,6 +121,8 @@ def _predict(args: argparse.Namespace) -> int:
     if not methods:
         raise BrainLMInputError("--methods is empty; expected method names or groups")
     check_output_folder(args.out, overwrite=args.overwrite, sources=[args.checkpoint, args.corpus])
+    check_positive(args.batch_size, "--batch-size")
+    check_device(args.device)
     result = evaluate_prediction(
         args.checkpoint, args.corpus, args.target, task=args.task, methods=methods, settings=settings,
         split=args.split, transfer_atlas=args.transfer_atlas, device=args.device, out=args.out,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from brainlm.commands.arguments import comma_names
+from brainlm.commands.arguments import check_positive, comma_names
 from brainlm.data.atomic import check_output_folder
 from brainlm.errors import BrainLMInputError
 from brainlm.report.forecasting_figures import draw_forecast_figure
@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     check_output_folder(args.out, overwrite=args.overwrite, sources=[args.checkpoint, args.corpus])
+    check_positive(args.epochs, "--epochs")
+    check_positive(args.batch_size, "--batch-size")
     settings = FinetuneSettings(
         context_trs=args.context, horizon_trs=args.horizon, epochs=args.epochs, batch_size=args.batch_size,
         crops_per_recording=args.crops_per_recording, lr=args.lr, weight_decay=args.weight_decay,
