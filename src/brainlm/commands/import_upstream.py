@@ -1,10 +1,14 @@
-"""``brainlm import-upstream SRC --out CHECKPOINT``: an original BrainLM checkpoint as one of ours."""
+"""``brainlm import-upstream SRC --out CHECKPOINT``: an original BrainLM checkpoint as one of ours,
+optionally with its input gain calibrated on a corpus (``--calibrate CORPUS``) or set
+(``--input-gain``)."""
 
 from __future__ import annotations
 
 import argparse
 
-from brainlm.model.upstream_import import UKB_TR, import_upstream
+from brainlm.errors import BrainLMInputError
+from brainlm.model.upstream_import import UKB_TR, load_upstream, save_imported
+from brainlm.tasks.calibration import apply_calibration, calibrate_input_gain
 
 __all__ = ["register", "run"]
 
@@ -21,16 +25,45 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--target-tr", type=float, default=UKB_TR,
                    help=f"TR (s) the checkpoint's contract resamples to (default {UKB_TR}, UK Biobank's)")
+    g = p.add_argument_group("input scaling (upstream's statistics were never released)")
+    g.add_argument("--input-gain", type=float, default=None, metavar="G",
+                   help="multiply the corpus' robust-scaled input by G (default 1, or the calibrated gain)")
+    g.add_argument("--calibrate", default=None, metavar="CORPUS",
+                   help="choose the input gain that minimises masked-reconstruction error on a few "
+                   "recordings of CORPUS (prepared with the checkpoint's cleaning) and store it")
+    g.add_argument("--calibrate-recordings", type=int, default=4, metavar="N",
+                   help="training recordings used by --calibrate (default 4)")
+    g.add_argument("--calibrate-offset", action="store_true",
+                   help="also try offsets -0.5..0.5 (default: gain only)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Convert, say what was mapped and what was left out; 0 on success."""
-    report = import_upstream(args.src, args.out, target_tr=args.target_tr)
+    if args.calibrate is not None and args.input_gain is not None:
+        raise BrainLMInputError("pass --calibrate or --input-gain, not both")
+    model, report = load_upstream(args.src, target_tr=args.target_tr)
     print(f"{report.family}: {report.n_tensors} tensors, {report.parameters:,} parameters from "
           f"{report.source} -> {args.out}")
     for name, why in report.ignored.items():
         print(f"  not used: {name} ({why})")
     for note in report.notes:
         print(f"  note: {note}")
+    if args.input_gain is not None:
+        if not args.input_gain > 0:
+            raise BrainLMInputError(f"--input-gain {args.input_gain}; expected a number > 0")
+        model.contract.scaler_fit = {**model.contract.scaler_fit, "input_gain": float(args.input_gain)}
+        print(f"  input gain {args.input_gain:g} (set)")
+    if args.calibrate is not None:
+        offsets = (-0.5, -0.25, 0.0, 0.25, 0.5) if args.calibrate_offset else (0.0,)
+        result = calibrate_input_gain(model, args.calibrate, offsets=offsets, recordings=args.calibrate_recordings)
+        apply_calibration(model, result)
+        print(f"  input gain {result['input_gain']:.3g}, offset {result['input_offset']:g} (calibrated on "
+              f"{result['windows']} windows of {len(result['recordings'])} recordings, mask "
+              f"{result['mask_ratio']:g}): masked MSE {result['mse']:.4f}, R² {result['r2']:.3f}; "
+              f"gain 1: MSE {result['gain_1_mse']:.4f}; predicting the median: MSE {result['zero_mse']:.4f}")
+        if result["at_grid_edge"]:
+            print("  warning: the best gain is at the end of the grid tried (a bound, not a minimum); "
+                  "the model may only be predicting the median")
+    save_imported(model, report, args.out)
     return 0

@@ -561,6 +561,17 @@ class UpstreamViTMAE(nn.Module):
         out[:, self.parcel_order] = rows
         return out.transpose(1, 2)
 
+    def content_tokens(self) -> torch.Tensor:
+        """[L] bool: True for the image tokens that hold at least one window value, False for
+        the padding-only ones (27 of 729 at image 432, patch 16), which carry no data and are
+        left out of mean pooling."""
+        c = self.config
+        left, _, top, _ = c.padding
+        band = torch.arange(c.grid) * c.patch_size
+        rows = (band + c.patch_size > top) & (band < top + c.n_parcels)
+        cols = (band + c.patch_size > left) & (band < left + c.window_trs)
+        return (rows[:, None] & cols[None, :]).flatten().to(self.pos_embed.device)
+
     def sample_mask(self, spec: MaskSpec, batch: int, n_parcels: int | None = None,
                     generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """[B, L] bool token mask on the patch grid (``random`` strategy only: image tokens do

@@ -32,7 +32,8 @@ from brainlm.model.layers import sinusoidal_positions
 from brainlm.model.upstream import (UpstreamBrainLM, UpstreamBrainLMConfig, UpstreamViTMAE,
                                     UpstreamViTMAEConfig, sincos_2d)
 
-__all__ = ["ImportReport", "NORMALIZATIONS", "import_upstream", "load_upstream", "read_upstream"]
+__all__ = ["ImportReport", "NORMALIZATIONS", "import_upstream", "load_upstream", "read_upstream",
+           "save_imported"]
 
 #: The input normalizations of upstream's data-conversion script, by its column names (the
 #: statistics were never released; formulas in docs/upstream.md). The paper model's training
@@ -332,7 +333,13 @@ def import_upstream(src, out, *, target_tr: float = UKB_TR) -> ImportReport:
     (docs/upstream.md): convert locally, do not redistribute.
     """
     model, report = load_upstream(src, target_tr=target_tr)
+    save_imported(model, report, out)
+    return report
+
+
+def save_imported(model, report: ImportReport, out) -> None:
+    """Write a model from :func:`load_upstream` (its contract possibly given an input gain, see
+    :mod:`brainlm.tasks.calibration`) as a checkpoint folder, with ``upstream_import.json``."""
     save_pretrained(model, out, extra={"upstream_import.json": {
         "family": report.family, "source": report.source, "n_tensors": report.n_tensors,
         "ignored": report.ignored, "parameters": report.parameters, "notes": report.notes}})
-    return report

@@ -31,7 +31,7 @@ import torch
 
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
-from brainlm.tasks.model_input import ModelInput
+from brainlm.tasks.model_input import ModelInput, require_parcel_patch_tokens
 
 __all__ = ["AttentionMaps", "extract_attention", "recording_attention"]
 
@@ -138,6 +138,7 @@ def extract_attention(model: BrainLM, windows: torch.Tensor, xyz: torch.Tensor, 
         raise BrainLMInputError(f"xyz has shape {tuple(xyz.shape)}; expected ({p}, 3) (MNI mm per parcel)")
     if batch_size < 1:
         raise BrainLMInputError(f"batch_size is {batch_size}; expected an integer >= 1")
+    require_parcel_patch_tokens(model, "attention extraction")
     model.eval()
     dev = next(model.parameters()).device
     n = model.config.n_patches

@@ -29,9 +29,8 @@ from brainlm.data.atomic import atomic_directory, write_json, write_text_atomic
 from brainlm.data.corpus import Corpus
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
-from brainlm.model.brainlm import BrainLM
 from brainlm.tasks.attention import extract_attention
-from brainlm.tasks.model_input import load_model, model_inputs
+from brainlm.tasks.model_input import is_model, load_model, model_inputs
 from brainlm.tasks.results_folder import read_results_table
 
 __all__ = ["group_attention", "parcel_set_enrichment", "permutation_test", "welch_t"]
@@ -339,7 +338,7 @@ def group_attention(checkpoint, data, group_by: str, out=None, *, groups=None, u
             parcels[f"{what}_{col}"] = r[col]
     result = {
         "task": "group attention",
-        "checkpoint": None if isinstance(checkpoint, BrainLM) else str(checkpoint), "data": source,
+        "checkpoint": None if is_model(checkpoint) else str(checkpoint), "data": source,
         "atlas": atlas.name, "parcels": atlas.n_parcels, "group_by": group_by,
         "groups": {"a": chosen[0], "b": chosen[1]}, "difference": f"{chosen[1]} - {chosen[0]}",
         "unit": unit,

@@ -13,6 +13,23 @@ networks and group maps), so all of them see the same numbers and refuse the sam
   :func:`model_inputs` (every recording of a corpus, files or recordings), :func:`parcel_xyz`;
 * forward passes: :func:`embed_windows`, :func:`predict_masked`, and the high-level
   :func:`encode` and :func:`reconstruct` (also ``brainlm.encode`` / ``brainlm.reconstruct``).
+
+Model families. Tasks never branch on a model's class; what differs between families is
+answered here, in one place:
+
+* :func:`has_parcel_patch_tokens`: tokens are one parcel's patch of ``patch_trs`` TRs
+  (:class:`BrainLM` and the imported paper model). The image ViT-MAE
+  (:class:`~brainlm.model.upstream.UpstreamViTMAE`) has image-patch tokens instead: its masks
+  are [W, L] over the patch grid, drawn by its own ``sample_mask`` (random only).
+* :func:`prediction_values` and :func:`token_mask_to_values` put a forward pass's predictions
+  and a token mask back on the [W, T, P] grid of window values (the image model's
+  ``pixel_mask``), so every task scores values, whatever the tokens were.
+* :func:`pool_tokens`: CLS and mean over the tokens that hold data (the image model's
+  padding-only patches are left out).
+* :func:`input_gain`: the gain and offset that an imported checkpoint's contract asks for
+  (``scaler_fit.input_gain`` / ``input_offset``, chosen by :func:`calibrate_input_gain`),
+  folded into the scaler that :func:`model_scaler` returns (:func:`with_input_gain`), so
+  every window made from a corpus carries it.
 """
 
 from __future__ import annotations
@@ -32,7 +49,7 @@ from brainlm.data.scaling import pooled_scaling
 from brainlm.data.sources import check_unique_ids, discover_files, specs_from_files
 from brainlm.data.windows import tile
 from brainlm.errors import BrainLMInputError
-from brainlm.model.brainlm import BrainLM
+from brainlm.model.brainlm import BrainLM, EncoderOutput, ParcelPatchTokens
 from brainlm.model.checkpoint import load_pretrained
 from brainlm.model.masking import MaskSpec
 
@@ -41,9 +58,16 @@ CLEANING_KEYS = ("target_tr", "drop_initial_trs", "percent_signal_change", "detr
                  "low_pass_hz", "confounds", "bad_parcels")
 
 
+def is_model(obj) -> bool:
+    """Whether ``obj`` is a model already (any family: :class:`BrainLM` or an imported upstream
+    one, see :mod:`brainlm.model.upstream`) rather than a checkpoint path."""
+    return isinstance(obj, torch.nn.Module)
+
+
 def load_model(checkpoint: str | Path | BrainLM, device: str = "cpu") -> BrainLM:
-    """A BrainLM from a checkpoint folder (``RUN/model``), or the model itself when given one."""
-    if isinstance(checkpoint, BrainLM):
+    """A model (any family) from a checkpoint folder (``RUN/model``), or the model itself when
+    given one."""
+    if is_model(checkpoint):
         return checkpoint
     return load_pretrained(checkpoint, map_location=device)
 
@@ -121,10 +145,46 @@ def model_scaler(model: BrainLM, corpus: Corpus, *, transfer_atlas: bool = False
             "the corpus was cleaned differently from the model's pretraining data ("
             + ", ".join(f"{k}: corpus {theirs.get(k)!r} vs model {mine.get(k)!r}" for k in differ)
             + "); prepare it again with the checkpoint's settings", corpus.path)
-    # An imported upstream checkpoint has no statistics (never released): the corpus' own.
+    # An imported upstream checkpoint has no statistics (never released): the corpus' own,
+    # times the checkpoint's input gain (calibrated or chosen; 1 when never set).
     if model.contract.is_fitted and (model.atlas is None or corpus.atlas.matches(model.atlas)):
         return model.contract
-    return corpus.contract
+    return with_input_gain(model, corpus.contract)
+
+
+def input_gain(model: BrainLM) -> tuple[float, float]:
+    """(gain, offset) that turn robust-scaled values into the model's input:
+    ``input = gain * (x - median) / IQR + offset``.
+
+    Read from the checkpoint's contract (``scaler_fit.input_gain``, ``input_offset``). Only
+    imported upstream checkpoints carry them (upstream's scaling statistics were never released,
+    so the corpus' robust scaling stands in, and its amplitude may not be what the weights
+    expect; see :func:`calibrate_input_gain`); (1.0, 0.0) otherwise.
+    """
+    fit = model.contract.scaler_fit if model.contract is not None else {}
+    gain, offset = float(fit.get("input_gain", 1.0)), float(fit.get("input_offset", 0.0))
+    if not (np.isfinite(gain) and gain > 0 and np.isfinite(offset)):
+        raise BrainLMInputError(f"contract.json has input_gain {gain!r}, input_offset {offset!r}; "
+                                "expected a gain > 0 and a finite offset")
+    return gain, offset
+
+
+def with_input_gain(model: BrainLM, scaler: PreprocessingContract) -> PreprocessingContract:
+    """``scaler`` with the model's input gain and offset folded into its statistics.
+
+    ``gain * (x - m) / s + offset == (x - m') / s'`` with ``s' = s / gain`` and
+    ``m' = m - offset * s / gain``, so everything that scales with the returned contract (task
+    windows, the fine-tuning data module) makes the same model input. Missing parcels still
+    become 0. ``scaler`` itself is returned when the gain is 1 and the offset 0.
+    """
+    gain, offset = input_gain(model)
+    if gain == 1.0 and offset == 0.0:
+        return scaler
+    out = PreprocessingContract.from_dict(scaler.to_dict())
+    med, iqr = np.asarray(out.median, dtype=np.float64), np.asarray(out.iqr, dtype=np.float64)
+    out.median, out.iqr = (med - offset * iqr / gain).tolist(), (iqr / gain).tolist()
+    out.scaler_fit = {**out.scaler_fit, "input_gain": gain, "input_offset": offset}
+    return out
 
 
 def iter_model_input(corpus: Corpus, rows, scaler: PreprocessingContract) -> Iterator[np.ndarray]:
@@ -333,12 +393,48 @@ def _from_recordings(model: BrainLM, recordings: list[Recording], transfer_atlas
             # The checkpoint holds no scaling statistics for this atlas: pool them over the data.
             med, iqr, _ = pooled_scaling(cleaned)
             contract.median, contract.iqr = med.tolist(), iqr.tolist()
+            contract = with_input_gain(model, contract)
         scaled = [contract.scale(c) for c in cleaned]
     for rec, x in zip(recordings, scaled):
         windows, _ = model_windows(model, x, source=rec.source or rec.id)
         ids = {"recording_id": rec.id, "subject": rec.subject, "session": rec.session,
                "task": rec.task, "run": rec.run, "site": rec.site, **dict(rec.phenotypes)}
         yield ModelInput(ids=ids, windows=windows, xyz=xyz, atlas=atlas)
+
+
+def has_parcel_patch_tokens(model: BrainLM) -> bool:
+    """Whether the model's tokens are parcel x ``patch_trs`` patches (masks [W, P, N],
+    predictions [W, P, N, k]); False for the image ViT-MAE (masks [W, L] over image patches,
+    predictions already [W, T, P])."""
+    return isinstance(model, ParcelPatchTokens)
+
+
+def require_parcel_patch_tokens(model: BrainLM, what: str) -> None:
+    """Error naming ``what`` for a model whose tokens are not parcel x time patches."""
+    if not has_parcel_patch_tokens(model):
+        raise BrainLMInputError(f"{what} needs tokens that are one parcel's time patch; the "
+                                f"{type(model).__name__} (image ViT-MAE) has image-patch tokens, "
+                                "which this task does not map back to parcels yet")
+
+
+def prediction_values(model: BrainLM, pred: torch.Tensor) -> torch.Tensor:
+    """A forward pass's predictions as window values: [W, T, P] (atlas order, input units).
+
+    pred: [W, P, N, k] for parcel-patch tokens; the image model already returns [W, T, P].
+    """
+    return model.unpatchify(pred) if has_parcel_patch_tokens(model) else pred
+
+
+def pool_tokens(model: BrainLM, enc: EncoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLS and mean token of an encoder pass with nothing masked: ([B, D], [B, D]).
+
+    The mean runs over every token for parcel-patch models, and over the tokens that hold
+    window values for the image model (its padding-only patches carry no data).
+    """
+    tokens = enc.latent[:, 1:]
+    if not has_parcel_patch_tokens(model):
+        tokens = tokens[:, model.content_tokens()]
+    return enc.latent[:, 0], tokens.mean(dim=1)
 
 
 @torch.inference_mode()
@@ -354,9 +450,9 @@ def embed_windows(model: BrainLM, windows: torch.Tensor, xyz: torch.Tensor,
     cls, mean = [], []
     for i in range(0, len(windows), batch_size):
         x = windows[i:i + batch_size].to(dev)
-        enc = model.forward_encoder(x, xyz.to(dev).expand(len(x), -1, -1))
-        cls.append(enc.latent[:, 0].float().cpu())
-        mean.append(enc.latent[:, 1:].mean(dim=1).float().cpu())
+        c, m = pool_tokens(model, model.forward_encoder(x, xyz.to(dev).expand(len(x), -1, -1)))
+        cls.append(c.float().cpu())
+        mean.append(m.float().cpu())
     return torch.cat(cls), torch.cat(mean)
 
 
@@ -365,8 +461,9 @@ def predict_masked(model: BrainLM, windows: torch.Tensor, xyz: torch.Tensor, mas
                    batch_size: int = 32) -> torch.Tensor:
     """The model's reconstruction of masked windows.
 
-    windows: (W, T, P); xyz: (P, 3) mm; mask: (W, P, N) bool, True where hidden ->
-    predictions (W, T, P) float32 on CPU (every value, masked or not).
+    windows: (W, T, P); xyz: (P, 3) mm; mask: (W, P, N) bool, True where hidden (the image
+    model: (W, L) over its patch grid) -> predictions (W, T, P) float32 on CPU (every value,
+    masked or not).
     """
     model.eval()
     dev = next(model.parameters()).device
@@ -374,12 +471,18 @@ def predict_masked(model: BrainLM, windows: torch.Tensor, xyz: torch.Tensor, mas
     for i in range(0, len(windows), batch_size):
         x, m = windows[i:i + batch_size].to(dev), mask[i:i + batch_size].to(dev)
         _, pred = model(x, xyz.to(dev).expand(len(x), -1, -1), m)
-        out.append(model.unpatchify(pred.float()).cpu())
+        out.append(prediction_values(model, pred.float()).cpu())
     return torch.cat(out)
 
 
 def token_mask_to_values(model: BrainLM, mask: torch.Tensor) -> np.ndarray:
-    """Token mask (W, P, N) -> value mask (W, T, P) bool, True where the model had to predict."""
+    """Token mask (W, P, N) -> value mask (W, T, P) bool, True where the model had to predict.
+
+    For the image model the token mask is (W, L) and a value is hidden when the image patch
+    holding it is (``UpstreamViTMAE.pixel_mask``).
+    """
+    if not has_parcel_patch_tokens(model):
+        return model.pixel_mask(mask).cpu().numpy()
     return mask.repeat_interleave(model.config.patch_trs, dim=2).transpose(1, 2).cpu().numpy()
 
 

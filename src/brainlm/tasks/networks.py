@@ -49,7 +49,7 @@ from brainlm.data.atomic import atomic_directory, write_json, write_text_atomic
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.tasks.attention import extract_attention
-from brainlm.tasks.model_input import ModelInput, load_model, model_inputs, random_like
+from brainlm.tasks.model_input import ModelInput, is_model, load_model, model_inputs, random_like
 from brainlm.tasks.results_folder import read_results_table
 
 __all__ = ["NETWORK_FEATURES", "BASELINE_FEATURES", "ParcelFeatures", "evaluate_features",
@@ -421,7 +421,7 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
     fc_pred = predictions["baseline: fc_profile"]["knn_predicted"]
     result = {
         "task": "network identification",
-        "checkpoint": None if isinstance(checkpoint, BrainLM) else str(checkpoint),
+        "checkpoint": None if is_model(checkpoint) else str(checkpoint),
         "data": _describe(data), "atlas": atlas.name, "parcels": int(atlas.n_parcels),
         "labelled_parcels": int(labelled.sum()),
         "unlabelled_parcels": [atlas.parcel_names[i] for i in np.flatnonzero(~labelled)],

@@ -35,7 +35,7 @@ from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.model.masking import MaskSpec
-from brainlm.tasks.model_input import (iter_model_input, load_model, model_scaler, model_windows,
+from brainlm.tasks.model_input import (is_model, iter_model_input, load_model, model_scaler, model_windows,
                                        open_corpus, parcel_xyz, predict_masked, token_mask_to_values)
 from brainlm.tasks.results_folder import check_results_folder, publish_results
 
@@ -259,9 +259,11 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
     atlas = corpus.atlas
     result = {
         "task": "reconstruction",
-        "checkpoint": str(checkpoint) if not isinstance(checkpoint, BrainLM) else None,
+        "checkpoint": str(checkpoint) if not is_model(checkpoint) else None,
         "corpus": corpus.path, "split": split, "strategy": strategy, "seed": int(seed),
-        "mask_ratios": ratios, "window_trs": cfg.window_trs, "patch_trs": cfg.patch_trs,
+        "mask_ratios": ratios, "window_trs": cfg.window_trs,
+        # TRs per token; None for the image ViT-MAE, whose tokens are image patches.
+        "patch_trs": getattr(cfg, "patch_trs", None),
         "recordings": used, "recordings_too_short": too_short, "windows": n_windows,
         "units": "model input: robust-scaled signal ((x - median) / IQR per parcel)",
         "methods": list(methods),

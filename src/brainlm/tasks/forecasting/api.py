@@ -20,7 +20,7 @@ from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.model.checkpoint import load_pretrained
 from brainlm.model.masking import MaskSpec
-from brainlm.tasks.model_input import preprocess
+from brainlm.tasks.model_input import is_model, preprocess
 
 #: Written beside the weights of a fine-tuned forecaster: the context and horizon it learned.
 FORECASTING_FILE = "forecasting.json"
@@ -148,7 +148,7 @@ def forecast(model: BrainLM | str | Path, recording: Recording | np.ndarray, hor
     -------
     ndarray, shape (horizon, P), float32, in model input units (robust-scaled).
     """
-    if not isinstance(model, BrainLM):
+    if not is_model(model):
         model = load_forecaster(model)
     if isinstance(recording, Recording):
         data = preprocess(model, recording, transfer_atlas=transfer_atlas)
@@ -187,8 +187,8 @@ class BrainLMForecaster:
 
     def __init__(self, model: BrainLM | str | Path, horizon_trs: int, *, context_trs: int | None = None,
                  name: str = "brainlm", step_trs: int | None = None, batch_size: int = 32):
-        self.source = None if isinstance(model, BrainLM) else str(model)
-        model = model if isinstance(model, BrainLM) else load_forecaster(model)
+        self.source = None if is_model(model) else str(model)
+        model = model if is_model(model) else load_forecaster(model)
         self.step_trs = _step(model, step_trs)
         if context_trs is not None:
             model = with_window(model, context_trs + self.step_trs)

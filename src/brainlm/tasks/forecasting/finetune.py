@@ -21,11 +21,14 @@ Output folder::
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
+from torch import nn
+from torchmetrics import MeanSquaredError, R2Score
 
 from brainlm.data.atlas import Atlas
 from brainlm.data.atomic import atomic_directory, write_json
@@ -34,11 +37,11 @@ from brainlm.data.corpus import Corpus
 from brainlm.data.windows import CorpusDataModule, require_window
 from brainlm.errors import BrainLMInputError
 from brainlm.model.checkpoint import save_pretrained
-from brainlm.model.config import BrainLMConfig
+from brainlm.model.brainlm import BrainLM
 from brainlm.model.masking import MaskSpec
 from brainlm.tasks.forecasting.api import FORECASTING_FILE, with_window
 from brainlm.tasks.forecasting.windows import check_lengths
-from brainlm.tasks.model_input import load_model, model_scaler
+from brainlm.tasks.model_input import load_model, model_scaler, random_like
 from brainlm.train.module import PretrainModule
 from brainlm.train.supervised import EpochTimes
 from brainlm.train.trainer import make_trainer
@@ -138,7 +141,7 @@ def finetune(checkpoint: str | Path, corpus: str | Path, out: str | Path,
         kinds = [("finetuned", "model")] + ([("scratch", "scratch")] if s.scratch else [])
         for kind, folder in kinds:
             init = model.state_dict() if kind == "finetuned" else None
-            trained, info = _train(init, model.config, data, scaler, atlas,
+            trained, info = _train(init, model, data, scaler, atlas,
                                    MaskSpec("future", future_trs=s.horizon_trs), s, build, kind, progress)
             save_pretrained(trained, build / folder)
             write_json(build / folder / FORECASTING_FILE,
@@ -150,13 +153,54 @@ def finetune(checkpoint: str | Path, corpus: str | Path, out: str | Path,
     return summary
 
 
-def _train(init_state, config: BrainLMConfig, data: Corpus, scaler: PreprocessingContract, atlas: Atlas,
+class FamilyPretrainModule(PretrainModule):
+    """:class:`~brainlm.train.module.PretrainModule` (its masked training and validation steps,
+    metrics and optimiser) around a model that is already built, of any family whose tokens are
+    parcel x time patches (:class:`BrainLM`, or an imported
+    :class:`~brainlm.model.upstream.UpstreamBrainLM`).
+
+    ``PretrainModule`` builds a :class:`BrainLM` from a config dict, which an imported
+    checkpoint's config is not; this constructor sets up the same attributes around ``model``.
+    The steps need ``model.sample_mask``, ``model.patchify`` and ``model(x, xyz, mask) ->
+    (loss, pred [B, P, N, k])``; the image ViT-MAE has no parcel x time-patch tokens and no
+    future mask, so it is refused.
+    """
+
+    def __init__(self, model: nn.Module, mask: dict, lr: float, weight_decay: float,
+                 warmup_fraction: float, val_seed: int = 1234):
+        if not hasattr(model, "patchify") or not hasattr(model.config, "patch_trs"):
+            raise BrainLMInputError(f"{type(model).__name__} has no parcel x time-patch tokens; "
+                                    "forecasting fine-tuning needs them (the image ViT-MAE cannot "
+                                    "hide the future as whole tokens)")
+        L.LightningModule.__init__(self)
+        self.save_hyperparameters({"mask": mask, "lr": lr, "weight_decay": weight_decay,
+                                   "warmup_fraction": warmup_fraction, "val_seed": val_seed})
+        self.model = model
+        self.mask_spec = MaskSpec(**mask)
+        self.val_mse, self.val_r2 = MeanSquaredError(), R2Score()
+        self.val_zero_mse, self.val_mean_mse = MeanSquaredError(), MeanSquaredError()
+
+
+def _train(init_state, model: nn.Module, data: Corpus, scaler: PreprocessingContract, atlas: Atlas,
            mask: MaskSpec, s: FinetuneSettings, build: Path, kind: str, progress: bool):
-    """One fit through the shared trainer; returns (best model, timing and validation summary)."""
+    """One fit through the shared trainer; returns (best model, timing and validation summary).
+
+    ``model`` gives the architecture (and ``config``); ``init_state`` its starting weights, or
+    None for a random initialisation seeded by ``s.seed``.
+    """
+    config = model.config
     L.seed_everything(s.seed, workers=True, verbose=False)
-    module = PretrainModule(config.to_dict(), mask.to_dict(), lr=s.lr, weight_decay=s.weight_decay,
-                            warmup_fraction=s.warmup_fraction, contract=scaler.to_dict(),
-                            atlas=atlas.to_dict())
+    if isinstance(model, BrainLM):
+        # Our own models: exactly the module (and random initialisation) pretraining uses.
+        module = PretrainModule(config.to_dict(), mask.to_dict(), lr=s.lr, weight_decay=s.weight_decay,
+                                warmup_fraction=s.warmup_fraction, contract=scaler.to_dict(),
+                                atlas=atlas.to_dict())
+    else:
+        start = random_like(model, s.seed) if init_state is None else copy.deepcopy(model)
+        start.contract = PreprocessingContract.from_dict(scaler.to_dict())
+        start.atlas = atlas
+        module = FamilyPretrainModule(start, mask.to_dict(), lr=s.lr, weight_decay=s.weight_decay,
+                                      warmup_fraction=s.warmup_fraction)
     if init_state is not None:
         module.model.load_state_dict(init_state, strict=True)
     dm = CorpusDataModule(data.path, window_trs=config.window_trs, batch_size=s.batch_size,

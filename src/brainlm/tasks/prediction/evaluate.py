@@ -24,7 +24,7 @@ from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.tasks.model_input import (
-    load_model, model_scaler, open_corpus, read_model_input, subject_keys)
+    is_model, load_model, model_scaler, open_corpus, read_model_input, subject_keys)
 from brainlm.tasks.prediction.baselines import (
     LSTMEstimator, TangentSpace, correlation_features, raw_pca_pipeline)
 from brainlm.tasks.prediction.cv import (
@@ -302,7 +302,7 @@ def evaluate_prediction(checkpoint: str | Path | BrainLM, corpus: str | Path | C
     m = corpus.manifest
     result = {
         "task": "prediction",
-        "checkpoint": None if isinstance(checkpoint, BrainLM) else str(checkpoint),
+        "checkpoint": None if is_model(checkpoint) else str(checkpoint),
         "corpus": corpus.path, "split": split or "all",
         "target": {**tgt.describe(), "recordings_too_short": too_short},
         "subjects": int(len(set(groups))), "recordings": int(len(tgt.rows)),

@@ -32,7 +32,7 @@ from torch import nn
 
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
-from brainlm.tasks.model_input import load_model
+from brainlm.tasks.model_input import load_model, pool_tokens
 from brainlm.tasks.prediction.training import (WindowedHead, check_series, random_crops,
                                               recording_tiles)
 
@@ -102,8 +102,8 @@ class EncoderHead(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, T, P] -> [B, 2 D] (CLS, mean of patch tokens)."""
-        latent = self.model.forward_encoder(x, self.xyz.expand(len(x), -1, -1)).latent
-        return torch.cat([latent[:, 0], latent[:, 1:].mean(dim=1)], dim=1)
+        cls, mean = pool_tokens(self.model, self.model.forward_encoder(x, self.xyz.expand(len(x), -1, -1)))
+        return torch.cat([cls, mean], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)).squeeze(-1)
