@@ -187,6 +187,14 @@ def test_resume_on_another_corpus_is_refused_naming_it(corpora, started_run, tmp
     assert json.loads((run / "run_config.json").read_text()) == config
 
 
+def test_a_run_from_before_the_corpus_identity_still_resumes(corpora, started_run, tmp_path, capsys):
+    run = resumable_copy(started_run, tmp_path)
+    config = json.loads((run / "run_config.json").read_text())
+    del config["corpus_sha256"]
+    (run / "run_config.json").write_text(json.dumps(config))
+    assert cli(capsys, "pretrain", corpora[0], "--out", run, "--epochs", "2", "--resume", *TINY)[0] == 0
+
+
 @pytest.mark.parametrize("damage", ["truncated", "foreign", "empty"])
 def test_resume_from_a_damaged_last_checkpoint_names_the_file(damage, corpora, started_run, tmp_path, capsys):
     import torch

@@ -184,7 +184,8 @@ def _check_run_folder(out: Path, settings: PretrainSettings, resume: bool, corpu
             raise BrainLMInputError(f"cannot read the run's configuration ({e})", str(cfg_path)) from None
         if not isinstance(old, dict):
             raise BrainLMInputError("run_config.json is not a run configuration", str(cfg_path))
-        if old.get(CORPUS_KEY) != current[CORPUS_KEY]:
+        # A run started before the identity was recorded cannot be checked; it resumes as before.
+        if CORPUS_KEY in old and old[CORPUS_KEY] != current[CORPUS_KEY]:
             raise BrainLMInputError(
                 f"cannot resume on corpus {settings.corpus}: it is not the corpus this run was "
                 f"trained on ({old.get('corpus')}; its manifest or contract differ, identity "
