@@ -204,10 +204,33 @@ def test_image_model_mean_pooling_leaves_out_padding_only_tokens(vit):
     assert not torch.allclose(mean, latent[:, 1:].mean(dim=1), atol=1e-4)
 
 
-def test_attention_refuses_the_image_model_in_one_line(vit):
-    with pytest.raises(BrainLMInputError, match="image-patch tokens") as e:
-        extract_attention(vit, torch.randn(1, 200, 424), torch.zeros(424, 3))
-    assert "\n" not in str(e.value)
+def test_image_tokens_belong_to_the_parcels_of_their_row_band(vit):
+    member = vit.token_parcels()
+    assert member.shape == (729, 424)
+    assert (member.sum(dim=0) == 13).all()  # each parcel: its band, in the 13 column bands with TRs
+    assert torch.equal(member.any(dim=1), vit.content_tokens())
+    # Parcel ranks by y: rank i sits on image row 4 + i, i.e. in patch row (4 + i) // 16.
+    rank = torch.empty(424, dtype=torch.long)
+    rank[vit.parcel_order] = torch.arange(424)
+    rows_of_token = torch.arange(729) // 27
+    for p in (0, 1, 200, 423):
+        assert set(rows_of_token[member[:, p]].tolist()) == {(4 + int(rank[p])) // 16}
+
+
+def test_image_model_attention_is_mapped_back_to_parcels(vit):
+    x = torch.randn(2, 200, 424)
+    maps = extract_attention(vit, x, torch.zeros(424, 3), token_embeddings=True)
+    assert maps.cls.shape == (2, 2, vit.config.heads, 424) and maps.parcel.shape == (2, vit.config.heads, 424, 424)
+    assert maps.embeddings.shape == (2, 424, vit.config.dim)
+    with torch.no_grad():
+        enc = vit.forward_encoder(x, return_attention=True)
+    member = vit.token_parcels()
+    w = enc.attentions[1][0, 0, 0, 1:]  # layer 1, window 0, head 0: CLS -> tokens
+    p = int(vit.parcel_order[100])
+    assert maps.cls[0, 1, 0, p] == pytest.approx(float(w[member[:, p]].mean()), rel=1e-5)
+    # Parcels of one band share their values.
+    same_band = vit.parcel_order[92:108]  # ranks on image rows 96..111 (patch row 6), rank 100 among them
+    assert np.allclose(maps.cls[0, 1, 0, same_band.numpy()], maps.cls[0, 1, 0, p])
 
 
 @pytest.mark.slow
@@ -281,3 +304,17 @@ def test_import_upstream_calibrate_command(setup, tmp_path, capsys):
     assert fit["input_gain"] == fit["input_calibration"]["input_gain"] > 0
     assert main(["import-upstream", str(PAPER), "--out", str(tmp_path / "g7"), "--input-gain", "7"]) == 0
     assert input_gain(load_pretrained(tmp_path / "g7")) == (7.0, 0.0)
+
+
+@pytest.mark.slow
+def test_group_attention_and_networks_on_an_imported_image_model(setup):
+    root, corpus, _ = setup
+    ckpt = root / "vit_att"
+    import_upstream(VIT, ckpt)
+    result = group_attention(ckpt, corpus, "group", root / "attention_vit", n_permutations=20)
+    assert result["parcels"] == 424 and (root / "attention_vit" / "parcels.tsv").is_file()
+    labels = made_up_networks(root / "labels_vit.tsv")
+    nets = identify_networks(ckpt, corpus, labels=labels, max_recordings=1, untrained_control=False,
+                             shifted_control=False)
+    assert {r["features"] for r in nets["methods"] if r["model"] == "BrainLM"} == {
+        "cls_attention", "parcel_attention", "token_embedding"}

@@ -572,6 +572,23 @@ class UpstreamViTMAE(nn.Module):
         cols = (band + c.patch_size > left) & (band < left + c.window_trs)
         return (rows[:, None] & cols[None, :]).flatten().to(self.pos_embed.device)
 
+    def token_parcels(self) -> torch.Tensor:
+        """[L, P] bool, atlas order: True where image token ``l`` holds values of parcel ``p``.
+
+        A parcel is one image row, so it belongs to the tokens of one patch row (its band of
+        ``patch_size`` y-sorted parcels), in every column band that holds window TRs; a token
+        belongs to every parcel of its band. Padding-only tokens belong to none.
+        """
+        c = self.config
+        left, _, top, _ = c.padding
+        rows = torch.empty(c.n_parcels, dtype=torch.long, device=self.parcel_order.device)
+        rows[self.parcel_order] = torch.arange(c.n_parcels, device=rows.device) + top  # image row of each parcel
+        band = torch.arange(c.grid, device=rows.device)
+        in_band = band[:, None] == (rows // c.patch_size)[None, :]  # [grid rows, P]
+        starts = band * c.patch_size
+        cols = (starts + c.patch_size > left) & (starts < left + c.window_trs)  # [grid columns]
+        return (in_band[:, None, :] & cols[None, :, None]).reshape(c.n_tokens, c.n_parcels)
+
     def sample_mask(self, spec: MaskSpec, batch: int, n_parcels: int | None = None,
                     generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """[B, L] bool token mask on the patch grid (``random`` strategy only: image tokens do

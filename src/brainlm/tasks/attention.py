@@ -11,6 +11,12 @@ and head:
   pays to all tokens of parcel ``j`` (summed over ``j``'s patches, averaged over ``i``'s
   patches). Each row sums to ``1`` minus the attention of parcel ``i``'s tokens to CLS.
 
+The image ViT-MAE (an imported ``vitmae_*`` checkpoint) has image-patch tokens instead: a token
+belongs to every parcel of its row band of y-sorted parcels. Its maps are put on parcels by
+:class:`brainlm.tasks.model_input.ParcelReduction`: a parcel's CLS attention is the mean over
+the tokens of its band that hold window TRs, and the parcel-by-parcel entry ``[i, j]`` sums over
+the tokens of ``j``'s band (so parcels of one band share their values).
+
 Weights come from ``BrainLM.forward_encoder(..., return_attention=True)``; the inference path
 without weights stays on ``scaled_dot_product_attention`` and is untouched. Each layer's full
 ``[B, H, 1 + L, 1 + L]`` weights are reduced as soon as the layer has run (a forward hook on the
@@ -31,7 +37,7 @@ import torch
 
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
-from brainlm.tasks.model_input import ModelInput, require_parcel_patch_tokens
+from brainlm.tasks.model_input import ModelInput, ParcelReduction
 
 __all__ = ["AttentionMaps", "extract_attention", "recording_attention"]
 
@@ -82,8 +88,8 @@ class _LayerReducer:
     """Forward hook on an encoder block: turns its [B, H, 1+L, 1+L] weights into the parcel
     reductions, then drops them, so the encoder never holds more than one layer's weights."""
 
-    def __init__(self, n_parcels: int, n_patches: int, parcel_matrix: bool):
-        self.p, self.n, self.parcel_matrix = n_parcels, n_patches, parcel_matrix
+    def __init__(self, reduction: ParcelReduction, parcel_matrix: bool):
+        self.reduction, self.parcel_matrix = reduction, parcel_matrix
         self.cls: list[torch.Tensor] = []
         self.cls_self: list[torch.Tensor] = []
         self.parcel: list[torch.Tensor] = []
@@ -95,10 +101,9 @@ class _LayerReducer:
         b, heads = w.shape[:2]
         w = w.float()
         self.cls_self.append(w[:, :, 0, 0])
-        self.cls.append(w[:, :, 0, 1:].reshape(b, heads, self.p, self.n).mean(-1))
+        self.cls.append(self.reduction.tokens(w[:, :, 0, 1:]))
         if self.parcel_matrix:
-            tok = w[:, :, 1:, 1:].reshape(b, heads, self.p, self.n, self.p, self.n)
-            self.parcel.append(tok.sum(-1).mean(-2).sum(0, dtype=torch.float64))
+            self.parcel.append(self.reduction.pairs(w[:, :, 1:, 1:]))
         return h, None
 
 
@@ -138,11 +143,10 @@ def extract_attention(model: BrainLM, windows: torch.Tensor, xyz: torch.Tensor, 
         raise BrainLMInputError(f"xyz has shape {tuple(xyz.shape)}; expected ({p}, 3) (MNI mm per parcel)")
     if batch_size < 1:
         raise BrainLMInputError(f"batch_size is {batch_size}; expected an integer >= 1")
-    require_parcel_patch_tokens(model, "attention extraction")
     model.eval()
     dev = next(model.parameters()).device
-    n = model.config.n_patches
-    reducers = [_LayerReducer(p, n, parcel_matrix) for _ in model.blocks]
+    reduction = ParcelReduction(model, p)
+    reducers = [_LayerReducer(reduction, parcel_matrix) for _ in model.blocks]
     handles = [blk.register_forward_hook(r) for blk, r in zip(model.blocks, reducers)]
     emb = []
     try:
@@ -151,7 +155,7 @@ def extract_attention(model: BrainLM, windows: torch.Tensor, xyz: torch.Tensor, 
             enc = model.forward_encoder(x, xyz.to(dev).expand(len(x), -1, -1), mask=None,
                                         return_attention=True)
             if token_embeddings:
-                emb.append(enc.latent[:, 1:].float().reshape(len(x), p, n, -1).mean(2).cpu())
+                emb.append(reduction.token_vectors(enc.latent[:, 1:].float()).cpu())
     finally:
         for hd in handles:
             hd.remove()

@@ -25,7 +25,8 @@ answered here, in one place:
   and a token mask back on the [W, T, P] grid of window values (the image model's
   ``pixel_mask``), so every task scores values, whatever the tokens were.
 * :func:`pool_tokens`: CLS and mean over the tokens that hold data (the image model's
-  padding-only patches are left out).
+  padding-only patches are left out); :class:`ParcelReduction`: token attention and token
+  embeddings per parcel (an image token belongs to the parcels of its row band).
 * :func:`input_gain`: the gain and offset that an imported checkpoint's contract asks for
   (``scaler_fit.input_gain`` / ``input_offset``, chosen by :func:`calibrate_input_gain`),
   folded into the scaler that :func:`model_scaler` returns (:func:`with_input_gain`), so
@@ -415,6 +416,54 @@ def require_parcel_patch_tokens(model: BrainLM, what: str) -> None:
         raise BrainLMInputError(f"{what} needs tokens that are one parcel's time patch; the "
                                 f"{type(model).__name__} (image ViT-MAE) has image-patch tokens, "
                                 "which this task does not map back to parcels yet")
+
+
+class ParcelReduction:
+    """How a model's token-level quantities become per-parcel ones (attention, embeddings).
+
+    Parcel-patch tokens: a parcel's value is the mean over its ``n_patches`` tokens. The image
+    ViT-MAE: a token belongs to every parcel of its row band (``UpstreamViTMAE.token_parcels``),
+    so a parcel's value is the mean over the tokens of its band that hold window TRs, in atlas
+    order; padding-only tokens count for no parcel.
+
+    Parameters
+    ----------
+    model : a model of any family
+    n_parcels : int
+        P, the parcels of the windows.
+    """
+
+    def __init__(self, model: BrainLM, n_parcels: int):
+        self.p = n_parcels
+        self.member = None
+        if has_parcel_patch_tokens(model):
+            self.n = model.config.n_patches
+        else:
+            member = model.token_parcels().float()  # [L, P]
+            self.member, self.mean_weights = member, member / member.sum(dim=0, keepdim=True)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., L] token values -> [..., P], each parcel's mean over its tokens."""
+        if self.member is None:
+            return x.reshape(*x.shape[:-1], self.p, self.n).mean(-1)
+        return x @ self.mean_weights.to(x.device, x.dtype)
+
+    def token_vectors(self, h: torch.Tensor) -> torch.Tensor:
+        """[B, L, D] token vectors -> [B, P, D], each parcel's mean over its tokens."""
+        if self.member is None:
+            return h.reshape(h.shape[0], self.p, self.n, -1).mean(2)
+        return torch.einsum("bld,lp->bpd", h, self.mean_weights.to(h.device, h.dtype))
+
+    def pairs(self, w: torch.Tensor) -> torch.Tensor:
+        """Token-by-token attention [B, H, L, L] -> parcel-by-parcel [H, P, P], float64, summed
+        over B: the mean over the query parcel's tokens of the attention summed over the key
+        parcel's tokens (for the image model each key token counts for every parcel of its band)."""
+        b, heads = w.shape[:2]
+        if self.member is None:
+            tok = w.reshape(b, heads, self.p, self.n, self.p, self.n)
+            return tok.sum(-1).mean(-2).sum(0, dtype=torch.float64)
+        mw, member = self.mean_weights.to(w.device, w.dtype), self.member.to(w.device, w.dtype)
+        return (mw.T @ w @ member).sum(0, dtype=torch.float64)
 
 
 def prediction_values(model: BrainLM, pred: torch.Tensor) -> torch.Tensor:
