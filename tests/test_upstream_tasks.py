@@ -318,3 +318,17 @@ def test_group_attention_and_networks_on_an_imported_image_model(setup):
                              shifted_control=False)
     assert {r["features"] for r in nets["methods"] if r["model"] == "BrainLM"} == {
         "cls_attention", "parcel_attention", "token_embedding"}
+
+
+def test_forecasting_refuses_the_image_model_in_one_line(setup, capsys):
+    root, corpus, _ = setup
+    assert main(["forecast", "finetune", str(vit_checkpoint(root)), str(corpus), "--out", str(root / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "image-patch tokens" in err and not (root / "x").exists()
+
+
+def vit_checkpoint(root: Path) -> Path:
+    """The ViT fixture imported once into ``root``."""
+    if not (root / "vit_ck").is_dir():
+        import_upstream(VIT, root / "vit_ck")
+    return root / "vit_ck"

@@ -414,8 +414,8 @@ def require_parcel_patch_tokens(model: BrainLM, what: str) -> None:
     """Error naming ``what`` for a model whose tokens are not parcel x time patches."""
     if not has_parcel_patch_tokens(model):
         raise BrainLMInputError(f"{what} needs tokens that are one parcel's time patch; the "
-                                f"{type(model).__name__} (image ViT-MAE) has image-patch tokens, "
-                                "which this task does not map back to parcels yet")
+                                f"{type(model).__name__} (image ViT-MAE) has image-patch tokens "
+                                "(bands of y-sorted parcels x bands of TRs), so it cannot run this")
 
 
 class ParcelReduction:

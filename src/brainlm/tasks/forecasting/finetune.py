@@ -41,7 +41,8 @@ from brainlm.model.brainlm import BrainLM
 from brainlm.model.masking import MaskSpec
 from brainlm.tasks.forecasting.api import FORECASTING_FILE, with_window
 from brainlm.tasks.forecasting.windows import check_lengths
-from brainlm.tasks.model_input import load_model, model_scaler, random_like
+from brainlm.tasks.model_input import (has_parcel_patch_tokens, load_model, model_scaler, random_like,
+                                       require_parcel_patch_tokens)
 from brainlm.train.module import PretrainModule
 from brainlm.train.supervised import EpochTimes
 from brainlm.train.trainer import make_trainer
@@ -117,6 +118,7 @@ def finetune(checkpoint: str | Path, corpus: str | Path, out: str | Path,
     s = settings or FinetuneSettings()
     out = Path(out)
     pretrained = load_model(checkpoint)
+    require_parcel_patch_tokens(pretrained, "forecasting fine-tuning (the future mask hides whole time patches)")
     check_lengths(s.context_trs, s.horizon_trs, pretrained.config.patch_trs, source=str(checkpoint))
     if s.epochs < 1 or s.batch_size < 1 or s.crops_per_recording < 1 or not s.lr > 0:
         raise BrainLMInputError("epochs, batch_size, crops_per_recording and lr must be positive")
@@ -168,7 +170,7 @@ class FamilyPretrainModule(PretrainModule):
 
     def __init__(self, model: nn.Module, mask: dict, lr: float, weight_decay: float,
                  warmup_fraction: float, val_seed: int = 1234):
-        if not hasattr(model, "patchify") or not hasattr(model.config, "patch_trs"):
+        if not has_parcel_patch_tokens(model):
             raise BrainLMInputError(f"{type(model).__name__} has no parcel x time-patch tokens; "
                                     "forecasting fine-tuning needs them (the image ViT-MAE cannot "
                                     "hide the future as whole tokens)")
