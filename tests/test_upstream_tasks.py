@@ -133,16 +133,19 @@ def test_group_attention_on_an_imported_paper_model(setup):
 
 
 @pytest.mark.slow
-def test_evaluate_predict_on_an_imported_paper_model(setup):
+@pytest.mark.parametrize("family", ["paper", "vit"])
+def test_evaluate_predict_on_an_imported_model(setup, family):
     root, corpus, ckpt = setup
+    if family == "vit":
+        ckpt = vit_checkpoint(root)
     settings = PredictionSettings(n_folds=2, inner_folds=2, seeds=(0,), finetune_epochs=1, probe_epochs=2)
     result = evaluate_prediction(ckpt, corpus, "age", methods=["brainlm_cls_ridge", "random_brainlm_cls_ridge",
-                                 "finetune_lora"], settings=settings, out=root / "predict")
+                                 "finetune_lora"], settings=settings, out=root / f"predict_{family}")
     names = {m["name"] for m in result["methods"]}
     assert {"brainlm_cls_ridge", "random_brainlm_cls_ridge", "finetune_lora"} <= names, names
     for name in ("brainlm_cls_ridge", "random_brainlm_cls_ridge", "finetune_lora"):
         assert np.isfinite(result["summary"][name]["mse"]["mean"]), name
-    assert (root / "predict" / "prediction.json").is_file()
+    assert (root / f"predict_{family}" / "prediction.json").is_file()
 
 
 @pytest.mark.slow
