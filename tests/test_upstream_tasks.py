@@ -335,3 +335,12 @@ def vit_checkpoint(root: Path) -> Path:
     if not (root / "vit_ck").is_dir():
         import_upstream(VIT, root / "vit_ck")
     return root / "vit_ck"
+
+
+def test_raw_files_on_an_imported_checkpoint_ask_for_a_corpus(setup, tmp_path, capsys):
+    _, _, ckpt = setup
+    np.save(tmp_path / "sub-01.npy", np.zeros((300, 424), dtype=np.float32))
+    assert main(["embed", str(ckpt), str(tmp_path / "sub-01.npy"), "--tr", "0.735",
+                 "--out", str(tmp_path / "e.parquet")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no scaling statistics" in err and "corpus" in err

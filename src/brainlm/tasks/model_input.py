@@ -97,6 +97,12 @@ def check_atlas(model: BrainLM, atlas: Atlas, *, transfer: bool = False, source:
 def preprocess(model: BrainLM, recording: Recording, *, transfer_atlas: bool = False) -> np.ndarray:
     """The checkpoint's preprocessing contract on a raw recording: (T_out, P) float32, cleaned,
     resampled to the contract's TR and robust-scaled with the pretraining statistics."""
+    if model.contract is not None and not model.contract.is_fitted \
+            and "upstream_normalization" in model.contract.scaler_fit:
+        # Upstream never released its scaling statistics: a corpus' training split stands in.
+        raise BrainLMInputError("an imported upstream checkpoint has no scaling statistics; prepare "
+                                "the recordings as a corpus (brainlm prepare ... --atlas a424) and "
+                                "pass the corpus instead", recording.source or recording.id)
     if model.contract is None or not model.contract.is_fitted:
         raise BrainLMInputError("this model has no fitted preprocessing contract; load a "
                                 "pretrained checkpoint or set model.contract", recording.source or recording.id)
