@@ -6,6 +6,7 @@ import math
 
 import lightning as L
 import torch
+from torch import nn
 from torchmetrics import MeanSquaredError, R2Score
 
 from brainlm.data.atlas import Atlas
@@ -32,16 +33,23 @@ class PretrainModule(L.LightningModule):
         Stored with the model so the exported checkpoint carries them.
     val_seed : int
         Validation masks are drawn from this seed and the batch index: the same every epoch.
+    model : nn.Module, optional
+        A model already built, used instead of a ``BrainLM`` from ``config`` (then None), e.g. an
+        imported original BrainLM paper model. The steps need ``sample_mask``, ``patchify`` and
+        ``model(x, xyz, mask) -> (loss, predicted patches [B, P, N, k])``: tokens that are one
+        parcel's patch of TRs.
     """
 
-    def __init__(self, config: dict, mask: dict, lr: float = 1e-3, weight_decay: float = 0.05,
+    def __init__(self, config: dict | None, mask: dict, lr: float = 1e-3, weight_decay: float = 0.05,
                  warmup_fraction: float = 0.05, contract: dict | None = None, atlas: dict | None = None,
-                 val_seed: int = 1234):
+                 val_seed: int = 1234, model: nn.Module | None = None):
         super().__init__()
-        self.save_hyperparameters()
-        self.model = BrainLM(BrainLMConfig.from_dict(config),
-                             contract=PreprocessingContract.from_dict(contract) if contract else None,
-                             atlas=Atlas.from_dict(atlas) if atlas else None)
+        self.save_hyperparameters(ignore=["model"])
+        if model is None:
+            model = BrainLM(BrainLMConfig.from_dict(config),
+                            contract=PreprocessingContract.from_dict(contract) if contract else None,
+                            atlas=Atlas.from_dict(atlas) if atlas else None)
+        self.model = model
         self.mask_spec = MaskSpec(**mask)
         self.val_mse = MeanSquaredError()
         self.val_r2 = R2Score()

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import lightning as L
 from torch import nn
-from torchmetrics import MeanSquaredError, R2Score
 
 from brainlm.data.atlas import Atlas
 from brainlm.data.atomic import atomic_directory, write_json
@@ -155,34 +154,6 @@ def finetune(checkpoint: str | Path, corpus: str | Path, out: str | Path,
     return summary
 
 
-class FamilyPretrainModule(PretrainModule):
-    """:class:`~brainlm.train.module.PretrainModule` (its masked training and validation steps,
-    metrics and optimiser) around a model that is already built, of any family whose tokens are
-    parcel x time patches (:class:`BrainLM`, or an imported
-    :class:`~brainlm.model.upstream.UpstreamBrainLM`).
-
-    ``PretrainModule`` builds a :class:`BrainLM` from a config dict, which an imported
-    checkpoint's config is not; this constructor sets up the same attributes around ``model``.
-    The steps need ``model.sample_mask``, ``model.patchify`` and ``model(x, xyz, mask) ->
-    (loss, pred [B, P, N, k])``; the image ViT-MAE has no parcel x time-patch tokens and no
-    future mask, so it is refused.
-    """
-
-    def __init__(self, model: nn.Module, mask: dict, lr: float, weight_decay: float,
-                 warmup_fraction: float, val_seed: int = 1234):
-        if not has_parcel_patch_tokens(model):
-            raise BrainLMInputError(f"{type(model).__name__} has no parcel x time-patch tokens; "
-                                    "forecasting fine-tuning needs them (the image ViT-MAE cannot "
-                                    "hide the future as whole tokens)")
-        L.LightningModule.__init__(self)
-        self.save_hyperparameters({"mask": mask, "lr": lr, "weight_decay": weight_decay,
-                                   "warmup_fraction": warmup_fraction, "val_seed": val_seed})
-        self.model = model
-        self.mask_spec = MaskSpec(**mask)
-        self.val_mse, self.val_r2 = MeanSquaredError(), R2Score()
-        self.val_zero_mse, self.val_mean_mse = MeanSquaredError(), MeanSquaredError()
-
-
 def _train(init_state, model: nn.Module, data: Corpus, scaler: PreprocessingContract, atlas: Atlas,
            mask: MaskSpec, s: FinetuneSettings, build: Path, kind: str, progress: bool):
     """One fit through the shared trainer; returns (best model, timing and validation summary).
@@ -201,8 +172,12 @@ def _train(init_state, model: nn.Module, data: Corpus, scaler: PreprocessingCont
         start = random_like(model, s.seed) if init_state is None else copy.deepcopy(model)
         start.contract = PreprocessingContract.from_dict(scaler.to_dict())
         start.atlas = atlas
-        module = FamilyPretrainModule(start, mask.to_dict(), lr=s.lr, weight_decay=s.weight_decay,
-                                      warmup_fraction=s.warmup_fraction)
+        if not has_parcel_patch_tokens(start):
+            raise BrainLMInputError(f"{type(start).__name__} has no parcel x time-patch tokens; "
+                                    "forecasting fine-tuning needs them (the image ViT-MAE cannot "
+                                    "hide the future as whole tokens)")
+        module = PretrainModule(None, mask.to_dict(), lr=s.lr, weight_decay=s.weight_decay,
+                                warmup_fraction=s.warmup_fraction, model=start)
     if init_state is not None:
         module.model.load_state_dict(init_state, strict=True)
     dm = CorpusDataModule(data.path, window_trs=config.window_trs, batch_size=s.batch_size,
