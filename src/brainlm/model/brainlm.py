@@ -41,6 +41,22 @@ class EncoderOutput:
     attentions: list[torch.Tensor] | None = None
 
 
+def visible_token_ids(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """mask [B, P, N] bool (True = hidden) -> indices of the visible tokens [B, L_visible] in
+    their natural (parcel-major) order, or None when nothing is hidden. Shared by every model
+    that drops hidden tokens before its encoder."""
+    if mask is None:
+        return None
+    hidden = mask.flatten(1)
+    n_visible = int((~hidden[0]).sum())
+    if bool((hidden.sum(dim=1) != hidden.shape[1] - n_visible).any()):
+        raise BrainLMInputError("every sample of a batch must mask the same number of tokens")
+    if n_visible == hidden.shape[1]:
+        return None
+    # A stable sort keeps visible tokens in their natural order.
+    return hidden.to(torch.int8).argsort(dim=1, stable=True)[:, :n_visible]
+
+
 class ParcelPatchTokens:
     """Tokens that are one parcel's patch of ``patch_trs`` consecutive TRs: how a window becomes
     tokens and back, and the token masks drawn on them. Shared by :class:`BrainLM` and the
@@ -121,14 +137,8 @@ class BrainLM(ParcelPatchTokens, nn.Module):
         b, _, p = x.shape
         tokens = (self.patch_embed(self.patchify(x)) + self.spatial(xyz)[:, :, None, :]
                   + self.temporal[None, None]).flatten(1, 2)  # [B, L, D]
-        ids = None
-        if mask is not None:
-            hidden = mask.flatten(1)
-            n_visible = int((~hidden[0]).sum())
-            if bool((hidden.sum(dim=1) != hidden.shape[1] - n_visible).any()):
-                raise BrainLMInputError("every sample of a batch must mask the same number of tokens")
-            # Stable sort keeps visible tokens in their original order.
-            ids = hidden.to(torch.int8).argsort(dim=1, stable=True)[:, :n_visible]
+        ids = visible_token_ids(mask)
+        if ids is not None:
             tokens = tokens.gather(1, ids[..., None].expand(-1, -1, tokens.shape[-1]))
         h = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
         attentions = [] if return_attention else None

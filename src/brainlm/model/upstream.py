@@ -37,7 +37,7 @@ from torch import nn
 from brainlm.data.atlas import Atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.errors import BrainLMInputError
-from brainlm.model.brainlm import EncoderOutput, ParcelPatchTokens
+from brainlm.model.brainlm import EncoderOutput, ParcelPatchTokens, visible_token_ids
 from brainlm.model.layers import sinusoidal_positions
 from brainlm.model.masking import MaskSpec
 
@@ -250,7 +250,7 @@ class UpstreamBrainLM(ParcelPatchTokens, nn.Module):
         """
         b = x.shape[0]
         tokens = self.embed(x, xyz)
-        ids = order if order is not None else _visible_ids(mask)
+        ids = order if order is not None else visible_token_ids(mask)
         if ids is not None:
             tokens = tokens.gather(1, ids[..., None].expand(-1, -1, tokens.shape[-1]))
         h = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
@@ -304,20 +304,6 @@ class UpstreamBrainLM(ParcelPatchTokens, nn.Module):
         dec = sum(p.numel() for n, p in self.named_parameters() if n.startswith(("decoder", "mask_token")))
         total = sum(p.numel() for p in self.parameters())
         return {"encoder": total - dec, "decoder": dec, "total": total}
-
-
-def _visible_ids(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """mask [B, ...] bool -> visible token indices [B, L_visible] in natural order, or None."""
-    if mask is None:
-        return None
-    hidden = mask.flatten(1)
-    n_visible = int((~hidden[0]).sum())
-    if bool((hidden.sum(dim=1) != hidden.shape[1] - n_visible).any()):
-        raise BrainLMInputError("every sample of a batch must mask the same number of tokens")
-    if n_visible == hidden.shape[1]:
-        return None
-    # A stable sort keeps visible tokens in their natural order.
-    return hidden.to(torch.int8).argsort(dim=1, stable=True)[:, :n_visible]
 
 
 def noise_order(noise: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -614,7 +600,7 @@ class UpstreamViTMAE(nn.Module):
         """img: [B, C, S, S] padded image -> :class:`EncoderOutput`."""
         b = img.shape[0]
         tokens = self.patch_embed(img).flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
-        ids = order if order is not None else _visible_ids(mask)
+        ids = order if order is not None else visible_token_ids(mask)
         if ids is not None:
             tokens = tokens.gather(1, ids[..., None].expand(-1, -1, tokens.shape[-1]))
         h = torch.cat([(self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1), tokens], dim=1)
