@@ -46,6 +46,29 @@ def test_mask_strategies(strategy, ratio, expected):
         MaskSpec("blocks")
 
 
+def test_mask_ratio_range_draws_one_ratio_per_batch():
+    spec = MaskSpec("random", 0.2, ratio_max=0.9)
+    counts = []
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(200):
+        m = spec.sample(4, 20, 5, 10, gen)
+        per_sample = m.sum(dim=(1, 2))
+        assert torch.all(per_sample == per_sample[0])  # same count in every sample of a batch
+        counts.append(int(per_sample[0]))
+    counts = np.array(counts) / 100
+    assert counts.min() >= 0.2 and counts.max() <= 0.9
+    assert counts.min() < 0.3 and counts.max() > 0.8  # the whole range is used
+    assert abs(counts.mean() - 0.55) < 0.05
+    again = [int(spec.sample(4, 20, 5, 10, g).sum()) for g in [torch.Generator().manual_seed(3)]]
+    assert again[0] == round(counts[0] * 100) * 4  # seeded: the same draw again
+    # The range applies to whole-parcel masks too; a fixed ratio is unchanged by the new field.
+    m = MaskSpec("parcels", 0.25, ratio_max=0.5).sample(2, 20, 5, 10, torch.Generator().manual_seed(0))
+    assert 5 <= int(m[0].all(dim=1).sum()) <= 10
+    for bad in (0.1, 1.0):
+        with pytest.raises(BrainLMInputError, match="largest mask ratio"):
+            MaskSpec("random", 0.2, ratio_max=bad)
+
+
 def test_encoder_sees_only_visible_tokens_and_loss_only_masked():
     torch.manual_seed(0)
     model = small()

@@ -170,6 +170,22 @@ def test_site_splits_and_site_column(hcp, tmp_path):
     assert "site" not in c.phenotype_columns
 
 
+def test_explicit_split_assignments_make_a_leave_one_subject_out_fold(hcp, tmp_path):
+    keys = sorted(f"{r.site}/{r.subject}" for r in hcp)
+    fold = {k: "train" for k in keys} | {keys[2]: "test", keys[4]: "val"}
+    c = prepare_corpus(hcp[:7], tmp_path / "c", atlas=load_atlas("aal2"), split_assignments=fold)
+    m = c.manifest
+    assert m.set_index("subject")["split"].to_dict() == {k.split("/")[1]: v for k, v in fold.items()}
+    assert c.info["split_assignments"] == fold and c.info["fractions"] == [5 / 7, 1 / 7, 1 / 7]
+    # Scaling is fitted on the assigned training subjects only.
+    again = prepare_corpus(hcp[:7], tmp_path / "d", atlas=load_atlas("aal2"),
+                           split_assignments=fold | {keys[0]: "test"})
+    assert not np.allclose(again.contract.median, c.contract.median)
+    with pytest.raises(BrainLMInputError, match="lack 1 subject"):
+        prepare_corpus(hcp[:7], tmp_path / "e", atlas=load_atlas("aal2"),
+                       split_assignments={k: v for k, v in fold.items() if k != keys[0]})
+
+
 @pytest.mark.parametrize("case,expected", [
     ("missing_file", r"nope\.npy: file not found"),
     ("no_tr", r"repetition time unknown"),

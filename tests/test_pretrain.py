@@ -113,6 +113,20 @@ def test_damaged_checkpoints_are_refused(trained, tmp_path):
         load_pretrained(ck)
 
 
+def test_masking_defaults_come_from_the_preset_and_explicit_ratios_win():
+    from brainlm.model.masking import MaskSpec
+    from brainlm.train.pretrain import PretrainSettings, check_settings
+
+    assert PretrainSettings("c", preset="small").mask_spec() == MaskSpec("random", 0.2, 20, 0.9)
+    assert PretrainSettings("c", preset="tiny").mask_spec() == MaskSpec("random", 0.75, 20, None)
+    assert PretrainSettings("c", preset="small", mask_ratio=0.5).mask_spec() == MaskSpec("random", 0.5)
+    assert PretrainSettings("c", preset="tiny", mask_ratio_max=0.9).mask_spec() == MaskSpec("random", 0.75, 20, 0.9)
+    with pytest.raises(BrainLMInputError, match="--mask-ratio-max 0.5 is below the smallest mask ratio 0.75"):
+        check_settings(PretrainSettings("c", preset="tiny", mask_ratio_max=0.5))
+    with pytest.raises(BrainLMInputError, match="--mask-ratio 1.5"):
+        check_settings(PretrainSettings("c", preset="small", mask_ratio=1.5))
+
+
 def test_resume_and_run_folder_checks(hcp_corpus, tmp_path, capsys):
     run = tmp_path / "run"
     base = ["pretrain", hcp_corpus.path, "--out", str(run), "--crops-per-recording", "2", "--quiet"]
@@ -121,7 +135,7 @@ def test_resume_and_run_folder_checks(hcp_corpus, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main(base + ["--epochs", "2", "--resume", "--mask-ratio", "0.5", "--preset", "13m"]) == 2
     err = capsys.readouterr().err
-    assert "mask_ratio: 0.75 -> 0.5" in err and "preset: 'tiny' -> '13m'" in err
+    assert "mask_ratio: None -> 0.5" in err and "preset: 'tiny' -> '13m'" in err
     assert main(base + ["--epochs", "2", "--resume"]) == 0
     logs = sorted((run / "logs" / "csv").glob("version_*/metrics.csv"))
     assert len(logs) == 2  # the resumed run logs next to the first, never over it

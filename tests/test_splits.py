@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from brainlm import BrainLMInputError
-from brainlm.data.splits import assign_splits, split_sizes
+from brainlm.data.splits import assign_splits, explicit_splits, split_sizes
 
 
 @given(n=st.integers(1, 500), a=st.integers(1, 10), b=st.integers(0, 10), c=st.integers(0, 10))
@@ -33,3 +33,15 @@ def test_bad_fractions():
         assign_splits(["a"], (0.5, 0.1, 0.1))
     with pytest.raises(BrainLMInputError, match="train > 0"):
         assign_splits(["a"], (0.0, 0.5, 0.5))
+
+
+def test_explicit_splits_need_every_subject_and_a_training_one():
+    groups = ["a", "a", "b", "c"]
+    assert explicit_splits(groups, {"a": "train", "b": "val", "c": "test", "z": "test"}) == \
+        {"a": "train", "b": "val", "c": "test"}
+    with pytest.raises(BrainLMInputError, match="lack 1 subject"):
+        explicit_splits(groups, {"a": "train", "b": "val"})
+    with pytest.raises(BrainLMInputError, match="expected one of"):
+        explicit_splits(groups, {"a": "train", "b": "validation", "c": "test"})
+    with pytest.raises(BrainLMInputError, match="no subject in 'train'"):
+        explicit_splits(groups, {"a": "test", "b": "val", "c": "test"})

@@ -15,8 +15,8 @@ import signal
 import sys
 
 from brainlm import __version__
-from brainlm.commands import (attention, demo, embed, evaluate, forecast, import_upstream, info, networks,
-                              prepare, pretrain, report, simulate)
+from brainlm.commands import (attention, demo, embed, evaluate, forecast, import_upstream, info, models,
+                              networks, prepare, pretrain, report, simulate)
 from brainlm.errors import BrainLMInputError
 
 __all__ = ["COMMANDS", "build_parser", "dispatch", "main"]
@@ -25,7 +25,7 @@ __all__ = ["COMMANDS", "build_parser", "dispatch", "main"]
 COMMANDS = {
     "prepare": prepare, "info": info, "pretrain": pretrain, "embed": embed, "report": report,
     "simulate": simulate, "networks": networks, "attention": attention, "evaluate": evaluate,
-    "forecast": forecast, "import-upstream": import_upstream, "demo": demo,
+    "forecast": forecast, "import-upstream": import_upstream, "models": models, "demo": demo,
 }
 
 

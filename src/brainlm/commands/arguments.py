@@ -10,8 +10,11 @@ import torch
 
 from brainlm.errors import BrainLMInputError
 
-__all__ = ["add_attention_options", "check_device", "check_output_file", "check_positive", "comma_floats",
+__all__ = ["CHECKPOINT_HELP", "add_attention_options", "check_device", "check_output_file", "check_positive", "comma_floats",
            "comma_ints", "comma_names", "two_levels"]
+
+#: Help of every command's CHECKPOINT argument.
+CHECKPOINT_HELP = "a checkpoint folder (RUN/model), or the name of a shipped model (`brainlm models`)"
 
 
 def check_positive(value, option: str) -> None:

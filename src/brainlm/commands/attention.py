@@ -14,7 +14,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from brainlm.commands.arguments import add_attention_options, check_device, check_positive, comma_ints, two_levels
+from brainlm.commands.arguments import CHECKPOINT_HELP, add_attention_options, check_device, check_positive, comma_ints, two_levels
 from brainlm.data.atomic import check_output_folder
 from brainlm.report.attention_figures import draw_group_folder
 from brainlm.report.console import make_console
@@ -30,7 +30,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Mean CLS attention per parcel per group, the difference map, a Welch-t "
         "permutation test over subjects (or recordings) with Benjamini-Hochberg FDR, a per-network "
         "summary, the same test on FC strength as a baseline, and glass-brain figures.")
-    q.add_argument("checkpoint", help="a checkpoint folder (RUN/model)")
+    q.add_argument("checkpoint", help=CHECKPOINT_HELP)
     q.add_argument("corpus", help="a prepared corpus with the group column in its manifest")
     q.add_argument("--group-by", required=True, metavar="COLUMN", help="manifest column with the groups")
     q.add_argument("--out", required=True, help="output folder (a new one, or with --overwrite one "

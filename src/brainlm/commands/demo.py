@@ -288,7 +288,7 @@ def _pretrain(out: Path, hcp, s: DemoSettings, summary: dict) -> Path:
     second = embed(run / "model", [hcp.path])
     summary["pretraining"] = {
         "run": run.name, "preset": "tiny", "epochs": s.epochs, "seconds": round(seconds, 1),
-        "device": _training_device(), "window_trs": model.config.window_trs, "mask_ratio": settings.mask_ratio,
+        "device": _training_device(), "window_trs": model.config.window_trs, "masking": settings.mask_spec().to_dict(),
         "parameters": model.count_parameters(), "validation": metrics,
         "embeddings_deterministic": bool(first.equals(second)), "embedded_recordings": len(first)}
     summary["settings"]["pretraining"] = asdict(settings)

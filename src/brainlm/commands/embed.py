@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from brainlm.commands.arguments import check_device, check_output_file, check_positive
+from brainlm.commands.arguments import CHECKPOINT_HELP, check_device, check_output_file, check_positive
 from brainlm.tasks.embed import embed
 
 __all__ = ["register", "run"]
@@ -13,7 +13,7 @@ __all__ = ["register", "run"]
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``embed`` to the ``brainlm`` sub-parsers."""
     p = subparsers.add_parser("embed", help="embeddings of recordings from a pretrained checkpoint")
-    p.add_argument("checkpoint", help="a checkpoint folder (RUN/model)")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("data", nargs="+", help="a corpus, or time-series files/folders")
     p.add_argument("--out", required=True, help="output Parquet file")
     p.add_argument("--per-window", action="store_true", help="one row per window instead of per recording")

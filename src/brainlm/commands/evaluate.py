@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from brainlm.commands.arguments import check_device, check_positive, comma_floats, comma_ints
+from brainlm.commands.arguments import CHECKPOINT_HELP, check_device, check_positive, comma_floats, comma_ints
 from brainlm.data.atomic import check_output_folder
 from brainlm.errors import BrainLMInputError
 from brainlm.tasks.prediction.evaluate import (GROUPS, PredictionSettings, evaluate_prediction,
@@ -31,7 +31,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Reconstruct masked tokens of a corpus split (deterministic masks at several "
         "ratios) and score the model and four baselines on the very same masks: R^2 pooled over "
         "masked values and per parcel, MSE, Pearson r.")
-    p.add_argument("checkpoint", help="a checkpoint folder (RUN/model)")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("corpus", help="a corpus prepared with the checkpoint's cleaning settings")
     p.add_argument("--out", required=True, help="results folder (reconstruction.json, .md)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -50,7 +50,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         "subject: BrainLM embeddings (CLS, mean) into ridge/SVR/kNN/logistic, fine-tuned heads "
         "(linear probe, full, LoRA), and baselines on the same folds (FC correlation and tangent "
         "+ ridge/logistic, raw-signal PCA + SVR, LSTM, BrainLM with random weights).")
-    p.add_argument("checkpoint", help="a checkpoint folder (RUN/model)")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("corpus", help="a corpus prepared with the checkpoint's cleaning settings")
     p.add_argument("--target", required=True, metavar="COLUMN", help="manifest column to predict")
     p.add_argument("--out", required=True, help="results folder (prediction.json, .md, predictions.parquet)")

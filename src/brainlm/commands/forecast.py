@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from brainlm.commands.arguments import check_positive, comma_names
+from brainlm.commands.arguments import CHECKPOINT_HELP, check_positive, comma_names
 from brainlm.data.atomic import check_output_folder
 from brainlm.errors import BrainLMInputError
 from brainlm.report.forecasting_figures import draw_forecast_figure
@@ -36,7 +36,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "of the patch length), and train the same architecture from random "
                         "initialisation with the same budget. The best epoch by validation forecast "
                         "MSE is kept. Writes OUT/model, OUT/scratch, OUT/finetune.json.")
-    ft.add_argument("checkpoint", help="a pretrained checkpoint folder (RUN/model)")
+    ft.add_argument("checkpoint", help=CHECKPOINT_HELP)
     ft.add_argument("corpus", help="a prepared corpus (train and val splits are used)")
     ft.add_argument("--out", required=True, help="folder to create")
     ft.add_argument("--context", type=int, default=f.context_trs, metavar="TRS", help="TRs seen (default 180)")

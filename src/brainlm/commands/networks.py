@@ -13,7 +13,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from brainlm.commands.arguments import add_attention_options, check_device, check_positive
+from brainlm.commands.arguments import CHECKPOINT_HELP, add_attention_options, check_device, check_positive
 from brainlm.data.atomic import check_output_folder
 from brainlm.report.attention_figures import draw_network_folder
 from brainlm.report.console import make_console
@@ -33,7 +33,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         "a randomly initialised model, the model on input with parcels shifted in time "
         "independently (co-fluctuation removed) and chance. Writes networks.json, networks.md, parcels.tsv "
         "and figures to --out.")
-    p.add_argument("checkpoint", help="a checkpoint folder (RUN/model)")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("data", nargs="+", help="a prepared corpus, or time-series files/folders on the checkpoint's atlas")
     p.add_argument("--out", required=True, help="output folder (a new one, or with --overwrite one "
                    "that brainlm wrote, replaced when complete)")

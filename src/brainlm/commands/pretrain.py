@@ -17,7 +17,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                               "many GPUs/nodes through --devices/--num-nodes/--strategy).")
     p.add_argument("corpus")
     p.add_argument("--out", required=True, help="run folder (logs, checkpoints, model/)")
-    p.add_argument("--preset", default="tiny", help="tiny | 13m | 111m | 650m")
+    p.add_argument("--preset", default="tiny", help="tiny | small | 13m | 111m | 650m")
     p.add_argument("--window-trs", type=int, help="window length in TRs (default 200)")
     p.add_argument("--patch-trs", type=int, help="TRs per token (default 20)")
     p.add_argument("--decoder-attention", choices=["full", "axial"],
@@ -25,7 +25,11 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "time (default: the preset's; axial for 13m/111m/650m, see docs/model.md)")
     g = p.add_argument_group("masking")
     g.add_argument("--mask", default="random", choices=["random", "parcels", "time", "future"])
-    g.add_argument("--mask-ratio", type=float, default=0.75)
+    g.add_argument("--mask-ratio", type=float,
+                   help="fraction of tokens masked (with --mask-ratio-max: the smallest); default: the "
+                        "preset's (small: a ratio per batch from 0.2-0.9; tiny and the paper's sizes: 0.75)")
+    g.add_argument("--mask-ratio-max", type=float,
+                   help="draw each batch's mask ratio uniformly from [--mask-ratio, this]")
     g.add_argument("--future-trs", type=int, default=20, help="TRs hidden at the end with --mask future")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=20)
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     devices = int(args.devices) if args.devices.isdigit() else args.devices
     settings = PretrainSettings(
         corpus=str(Path(args.corpus).resolve()), preset=args.preset, model_overrides=overrides,
-        mask_strategy=args.mask, mask_ratio=args.mask_ratio, future_trs=args.future_trs,
+        mask_strategy=args.mask, mask_ratio=args.mask_ratio, mask_ratio_max=args.mask_ratio_max, future_trs=args.future_trs,
         epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate, base_lr=args.lr,
         weight_decay=args.weight_decay, warmup_fraction=args.warmup, clip=args.clip,
         crops_per_recording=args.crops_per_recording, seed=args.seed, num_workers=args.workers,

@@ -43,7 +43,7 @@ from brainlm.data.recording import Recording
 from brainlm.data.scaling import QuartileHistogram, QuartileRange, recording_quartiles, scaling_from_quartiles
 from brainlm.data.sources import (SourceSpec, attach_phenotypes, check_unique_ids, discover_files,
                                   specs_from_files, specs_from_recordings, specs_from_scans)
-from brainlm.data.splits import assign_splits
+from brainlm.data.splits import assign_splits, explicit_splits
 from brainlm.data.surfaces import SurfaceAtlas
 from brainlm.data.volumes import AtlasResampledWarning, VolumeAtlas
 from brainlm.errors import BrainLMInputError
@@ -99,6 +99,7 @@ def prepare_corpus(
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     split_seed: int = 0,
     split_by: str = "subject",
+    split_assignments: dict[str, str] | None = None,
     jobs: int = 1,
     dask_scheduler: str | None = None,
     layout: StoreLayout = StoreLayout(),
@@ -162,6 +163,10 @@ def prepare_corpus(
     fractions, split_seed, split_by
         Train/val/test fractions of subjects (``split_by="subject"``; subjects are keyed by
         site and subject id) or of whole sites (``"site"``).
+    split_assignments : dict, optional
+        The split of every subject (``SITE/SUBJECT`` when recordings have a site; or of every
+        site with ``split_by="site"``) given explicitly, instead of ``fractions``: a fixed
+        external test set, or one fold of a leave-one-subject-out evaluation.
     jobs : int
         Worker processes for cleaning and statistics (-1: all cores).
     dask_scheduler : str, optional
@@ -230,7 +235,12 @@ def prepare_corpus(
             "them onto one grid")
 
     groups = _split_groups(specs, split_by)
-    split_of = assign_splits(groups, fractions, seed=split_seed)
+    if split_assignments is not None:
+        split_of = explicit_splits(groups, split_assignments)
+        counts = pd.Series(list(split_of.values())).value_counts()
+        fractions = [float(counts.get(name, 0)) / len(split_of) for name in ("train", "val", "test")]
+    else:
+        split_of = assign_splits(groups, fractions, seed=split_seed)
 
     build = out.with_name(out.name + ".partial")
     settings = {
@@ -333,6 +343,7 @@ def prepare_corpus(
         "subjects": int(manifest["subject"].nunique()), "skipped": int(len(skipped_df)),
         "phenotype_columns": [c for c in manifest.columns if c not in MANIFEST_COLUMNS],
         "split_by": split_by, "split_seed": int(split_seed), "fractions": list(map(float, fractions)),
+        "split_assignments": dict(sorted(split_of.items())) if split_assignments is not None else None,
         "layout": asdict(layout),
     }
     if ingestion is not None:

@@ -5,7 +5,7 @@ Upstream BrainLM split by file, which puts different runs of one subject on both
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -61,3 +61,29 @@ def assign_splits(groups: Sequence[str], fractions: Sequence[float] = (0.8, 0.1,
     sizes = split_sizes(len(unique), fractions)
     labels = np.repeat(np.array(SPLITS), sizes)
     return {unique[i]: str(labels[rank]) for rank, i in enumerate(order)}
+
+
+def explicit_splits(groups: Sequence[str], assignments: Mapping[str, str]) -> dict[str, str]:
+    """A split for each distinct group, given by the user (e.g. a fixed external test set, or a
+    leave-one-subject-out fold).
+
+    Parameters
+    ----------
+    groups : sequence of str
+        One entry per recording (subject keys: ``SITE/SUBJECT`` for recordings with a site).
+    assignments : mapping
+        Group -> ``"train" | "val" | "test"``; every group must be listed, and at least one in
+        ``train``.
+    """
+    unique = sorted(set(map(str, groups)))
+    bad = {g: s for g, s in assignments.items() if s not in SPLITS}
+    if bad:
+        raise BrainLMInputError(f"split assignments {dict(list(bad.items())[:3])}: expected one of {SPLITS}")
+    missing = [g for g in unique if g not in assignments]
+    if missing:
+        raise BrainLMInputError(f"split assignments lack {len(missing)} subject(s) of the data, e.g. "
+                                f"{missing[:3]} (keys are SITE/SUBJECT for recordings with a site)")
+    out = {g: str(assignments[g]) for g in unique}
+    if "train" not in out.values():
+        raise BrainLMInputError("split assignments put no subject in 'train'")
+    return out

@@ -38,6 +38,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.model.config import BrainLMConfig
+from brainlm.model.shipped import resolve_checkpoint
 from brainlm.model.upstream import UPSTREAM_ARCHITECTURES
 from brainlm.version import __version__
 
@@ -114,10 +115,11 @@ def _verify_digests(directory: Path, cfg: dict, bare: bool = False) -> None:
 def load_pretrained(directory, map_location: str = "cpu", *, bare: bool = False):
     """Read a checkpoint folder into the model class its config names (:class:`BrainLM` or an
     upstream family); see the module docstring for what is checked. ``bare``: accept a
-    checkpoint without contract.json (the model then carries no contract)."""
-    directory = Path(directory)
+    checkpoint without contract.json (the model then carries no contract). ``directory`` may
+    also be the name of a shipped model (:mod:`brainlm.model.shipped`)."""
+    directory = resolve_checkpoint(directory)
     if not directory.is_dir():
-        raise BrainLMInputError("checkpoint folder not found", str(directory))
+        raise BrainLMInputError("checkpoint is not a folder", str(directory))
     cfg_path, weights = directory / "config.json", directory / WEIGHTS
     for p in (cfg_path, weights):
         if not p.is_file():

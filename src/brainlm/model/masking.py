@@ -30,17 +30,26 @@ class MaskSpec:
         Fraction masked for ``random``, ``parcels`` and ``time``.
     future_trs : int
         TRs masked at the end for ``future`` (a multiple of the patch length).
+    ratio_max : float, optional
+        With ``random``, ``parcels`` and ``time``: each call draws its fraction uniformly from
+        ``[ratio, ratio_max]`` (one fraction per batch, so every sample masks the same number of
+        tokens). Training on a range teaches the model to use however much is visible, where a
+        single ratio (upstream: 0.75) leaves it no better at 0.2 than at 0.75.
     """
 
     strategy: str = "random"
     ratio: float = 0.75
     future_trs: int = 20
+    ratio_max: float | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise BrainLMInputError(f"mask strategy {self.strategy!r}; expected one of {STRATEGIES}")
         if self.strategy != "future" and not 0.0 < self.ratio < 1.0:
             raise BrainLMInputError(f"mask ratio {self.ratio}; expected a fraction strictly between 0 and 1")
+        if self.ratio_max is not None and not self.ratio <= self.ratio_max < 1.0:
+            raise BrainLMInputError(f"largest mask ratio {self.ratio_max}; expected a fraction from the "
+                                    f"smallest ({self.ratio}) up to, not including, 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +61,9 @@ class MaskSpec:
         Deterministic for a seeded ``generator``.
         """
         shape = (batch, n_parcels, n_patches)
+        ratio = self.ratio
+        if self.ratio_max is not None and self.strategy != "future":
+            ratio += (self.ratio_max - self.ratio) * float(torch.rand(1, generator=generator))
         if self.strategy == "future":
             if self.future_trs % patch_trs or not 0 < self.future_trs < n_patches * patch_trs:
                 raise BrainLMInputError(
@@ -62,13 +74,13 @@ class MaskSpec:
             return mask
         if self.strategy == "random":
             n = n_parcels * n_patches
-            k = _count(self.ratio, n)
+            k = _count(ratio, n)
             order = torch.rand(batch, n, generator=generator).argsort(dim=1)
             mask = torch.zeros(batch, n, dtype=torch.bool)
             mask.scatter_(1, order[:, :k], True)
             return mask.view(shape).to(device)
         axis_len = n_parcels if self.strategy == "parcels" else n_patches
-        k = _count(self.ratio, axis_len)
+        k = _count(ratio, axis_len)
         order = torch.rand(batch, axis_len, generator=generator).argsort(dim=1)
         chosen = torch.zeros(batch, axis_len, dtype=torch.bool)
         chosen.scatter_(1, order[:, :k], True)

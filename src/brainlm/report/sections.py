@@ -29,6 +29,14 @@ METHOD_NAMES = {
 }
 
 
+def _masking(pre: dict) -> str:
+    """How much pretraining masked: one ratio, or a range drawn per batch."""
+    m = pre.get("masking") or {"ratio": pre["mask_ratio"], "ratio_max": None}
+    if m.get("ratio_max") is not None:
+        return f"a fraction drawn per batch from {m['ratio']:.0%} to {m['ratio_max']:.0%}"
+    return f"{m['ratio']:.0%}"
+
+
 def subtitle(summary: dict) -> str:
     return (f"brainlm {summary.get('brainlm_version', '?')} · produced by `{summary.get('command', 'brainlm demo')}` "
             f"in {summary.get('seconds', 0) / 60:.1f} min on {summary.get('device', 'cpu')} · "
@@ -93,7 +101,7 @@ def pretraining_section(run_dir: Path, summary: dict, figures: Path) -> Section:
         f"The <code>{escape(pre['preset'])}</code> model ({fmt(pre['parameters']['total'])} parameters) "
         f"was pretrained for {pre['epochs']} epochs ({pre['seconds'] / 60:.1f} min on {escape(pre.get('device', 'cpu'))}) "
         f"on random {pre['window_trs']}-TR windows of the training subjects, with "
-        f"{pre['mask_ratio']:.0%} of tokens masked at random; the loss is the MSE on masked tokens only.")
+        f"{_masking(pre)} of tokens masked at random; the loss is the MSE on masked tokens only.")
     s.tables.append(Table("Validation (held-out subjects, deterministic tiles and masks)",
                           ["method", "masked MSE", "R²"],
                           [row(["BrainLM", v["val/masked_mse"], v["val/r2"]], highlight=True),

@@ -25,7 +25,7 @@ from brainlm.data.corpus import Corpus
 from brainlm.data.windows import CorpusDataModule, require_window
 from brainlm.errors import BrainLMInputError
 from brainlm.model.checkpoint import save_pretrained
-from brainlm.model.config import BASE_LR, preset
+from brainlm.model.config import BASE_LR, MASK_RATIOS, preset
 from brainlm.model.masking import MaskSpec
 from brainlm.train.module import PretrainModule
 from brainlm.train.trainer import make_trainer
@@ -44,7 +44,10 @@ class PretrainSettings:
     preset: str = "tiny"
     model_overrides: dict = field(default_factory=dict)
     mask_strategy: str = "random"
-    mask_ratio: float = 0.75
+    # None: the preset's (model.config.MASK_RATIOS); with mask_ratio_max, each batch draws its
+    # ratio from [mask_ratio, mask_ratio_max].
+    mask_ratio: float | None = None
+    mask_ratio_max: float | None = None
     future_trs: int = 20
     epochs: int = 20
     batch_size: int = 16
@@ -61,6 +64,18 @@ class PretrainSettings:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "auto"
+
+    def mask_ratios(self) -> tuple[float, float | None]:
+        """(smallest, largest or None) fraction masked: the given ratios, else the preset's."""
+        ratio, ratio_max = MASK_RATIOS.get(self.preset, (0.75, None))
+        if self.mask_ratio is not None:
+            return self.mask_ratio, self.mask_ratio_max
+        return ratio, self.mask_ratio_max if self.mask_ratio_max is not None else ratio_max
+
+    def mask_spec(self) -> MaskSpec:
+        """The masking this run trains with."""
+        ratio, ratio_max = self.mask_ratios()
+        return MaskSpec(self.mask_strategy, ratio, self.future_trs, ratio_max)
 
     def effective_batch(self) -> int:
         devices = self.devices if isinstance(self.devices, int) else 1
@@ -93,9 +108,15 @@ def check_settings(settings: PretrainSettings) -> None:
             (settings.weight_decay, "--weight-decay", lambda v: math.isfinite(v) and v >= 0, "0 or more"),
             (settings.warmup_fraction, "--warmup", lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
             (settings.clip, "--clip", lambda v: math.isfinite(v) and v > 0, "a positive number"),
-            (settings.mask_ratio, "--mask-ratio", lambda v: 0 < v < 1, "a fraction in (0, 1)")):
+            (settings.mask_ratio, "--mask-ratio", lambda v: v is None or 0 < v < 1, "a fraction in (0, 1)"),
+            (settings.mask_ratio_max, "--mask-ratio-max", lambda v: v is None or 0 < v < 1,
+             "a fraction in (0, 1)")):
         if not ok(value):
             raise BrainLMInputError(f"{option} {value!r}; expected {expected}")
+    ratio, ratio_max = settings.mask_ratios()
+    if ratio_max is not None and ratio_max < ratio:
+        raise BrainLMInputError(f"--mask-ratio-max {ratio_max} is below the smallest mask ratio "
+                                f"{ratio}; expected a range from --mask-ratio up")
 
 
 class _StartRun(L.Callback):
@@ -124,7 +145,7 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
     out = Path(out)
     check_settings(settings)
     config = preset(settings.preset, **settings.model_overrides)
-    mask = MaskSpec(settings.mask_strategy, settings.mask_ratio, settings.future_trs)
+    mask = settings.mask_spec()
     corpus = Corpus(settings.corpus)
     require_window(corpus, "train", config.window_trs)
     run_config = _check_run_folder(out, settings, resume, corpus)

@@ -36,6 +36,7 @@ from brainlm.data.corpus import Corpus
 from brainlm.data.windows import CorpusDataModule, require_window
 from brainlm.errors import BrainLMInputError
 from brainlm.model.checkpoint import save_pretrained
+from brainlm.model.shipped import resolve_checkpoint
 from brainlm.model.brainlm import BrainLM
 from brainlm.model.masking import MaskSpec
 from brainlm.tasks.forecasting.api import FORECASTING_FILE, with_window
@@ -133,7 +134,7 @@ def finetune(checkpoint: str | Path, corpus: str | Path, out: str | Path,
         raise BrainLMInputError("output folder exists; pass overwrite=True (--overwrite) to replace it",
                                 str(out))
     model = with_window(pretrained, window)
-    summary = {"format": FORMAT, "checkpoint": str(Path(checkpoint).resolve()),
+    summary = {"format": FORMAT, "checkpoint": str(resolve_checkpoint(checkpoint).resolve()),
                "corpus": str(Path(corpus).resolve()) if "://" not in str(corpus) else str(corpus),
                "settings": asdict(s), "window_trs": window, "tr_s": data.tr,
                "train_recordings": int(len(data.split_indices("train"))),

@@ -1,0 +1,327 @@
+"""Quality benchmark: pretraining recipes against the classical baselines on held-out subjects.
+
+Protocol (fixed; every recipe and every baseline sees the same folds, masks and recordings):
+
+* Data: the 7 embedded HCP resting-state recordings on AAL2 (one subject each, 1,200 TRs at
+  0.72 s), prepared as in the demo (percent signal change, robust scaling fitted on the training
+  subjects). A fold is a subject-level split, 5 training / 1 validation / 1 test subject; the
+  folds rotate the test subject (``FOLD_SPLIT_SEEDS``), and fold ``k`` also seeds the model, the
+  crops and the masks with ``k``: folds x seeds, so 3 folds are 3 seeds on 3 test subjects.
+* Reconstruction: masked R² on the test subject at mask ratios 0.2 / 0.5 / 0.75 / 0.9, against
+  the spatial (Gaussian conditional) imputation fitted on the same training subjects, on the same
+  masks (:func:`brainlm.tasks.reconstruction.evaluate_reconstruction`).
+* Networks: Yeo-7 network of each parcel by kNN (leave one parcel out) from the test subject's
+  recording on AAL2, and from the Schaefer-100 run (atlas transfer), with the model's best own
+  feature, the paper's CLS attention, FC profiles, and the time-shifted control (each parcel
+  shifted in time by its own offset: co-fluctuation removed).
+* Forecasting (``--forecast``): 20 TRs from 180, the model fine-tuned for 5 epochs, against ridge
+  VAR and persistence, per step, on the test subject.
+
+Each (recipe, fold) result is cached in ``WORK/cache/`` as it finishes, so an interrupted run
+resumes and recipes can be added later; the tables are written to ``--out`` (JSON + Markdown +
+figure). Run one heavy job at a time on a small machine (``--jobs`` runs several folds at once,
+one thread each).
+
+    python benchmarks/bench_quality.py --recipes baseline,long --folds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+RATIOS = (0.2, 0.5, 0.75, 0.9)
+
+#: Split seeds whose test subjects are all different (checked in ``fold_corpus``).
+FOLD_SPLIT_SEEDS = (0, 1, 3, 4, 8)
+
+#: Pretraining recipes: PretrainSettings fields (``preset``, ``epochs``, ``mask_ratio``...) and
+#: model overrides. ``baseline`` is the demo's recipe before this benchmark.
+RECIPES: dict[str, dict] = {
+    "baseline": {"preset": "tiny", "epochs": 50},
+    "long": {"preset": "tiny", "epochs": 150},
+    "mask-range": {"preset": "tiny", "epochs": 50, "mask_ratio": 0.2, "mask_ratio_max": 0.9},
+    "axial": {"preset": "tiny", "epochs": 50,
+              "model_overrides": {"decoder_depth": 2, "decoder_attention": "axial"}},
+    "patch10": {"preset": "tiny", "epochs": 50, "model_overrides": {"patch_trs": 10}},
+    # The candidate for the small-data default: every change above that is cheap on a CPU.
+    "small": {"preset": "tiny", "epochs": 100, "mask_ratio": 0.2, "mask_ratio_max": 0.9,
+              "model_overrides": {"decoder_depth": 2, "decoder_attention": "axial"}},
+    "wide": {"preset": "tiny", "epochs": 50,
+             "model_overrides": {"dim": 128, "depth": 4, "decoder_dim": 128, "decoder_depth": 2,
+                                 "decoder_attention": "axial"}},
+}
+
+
+def fold_corpus(work: Path, fold: int):
+    """The HCP corpus of fold ``fold`` (prepared once, then reused)."""
+    from brainlm.data.atlas import load_atlas
+    from brainlm.data.contract import PreprocessingContract
+    from brainlm.data.corpus import Corpus
+    from brainlm.data.prepare import prepare_corpus
+    from brainlm.data.samples import HCP7_TR, load_hcp7_aal2
+
+    path = work / f"corpus-fold{fold}"
+    if (path / "corpus.json").is_file():
+        return Corpus(path)
+    contract = PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True)
+    corpus = prepare_corpus(load_hcp7_aal2(), path, atlas=load_atlas("aal2"), contract=contract,
+                            min_trs=200, split_seed=FOLD_SPLIT_SEEDS[fold], jobs=1, overwrite=True)
+    return corpus
+
+
+def test_subjects(corpus) -> list[str]:
+    m = corpus.manifest
+    return sorted(m.iloc[corpus.split_indices("test")]["subject"].astype(str).unique())
+
+
+def train_subjects(corpus) -> list[str]:
+    m = corpus.manifest
+    return sorted(m.iloc[corpus.split_indices("train")]["subject"].astype(str).unique())
+
+
+def run_one(recipe: str, fold: int, work: Path, forecast: bool, threads: int) -> dict:
+    """Pretrain ``recipe`` on fold ``fold`` and score it; the result dict (also cached)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from brainlm.train.pretrain import PretrainSettings, pretrain
+
+    cache = work / "cache" / f"{recipe}--fold{fold}.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if not forecast or "forecasting" in cached:
+            return cached
+    corpus = fold_corpus(work, fold)
+    spec = dict(RECIPES[recipe])
+    run = work / "runs" / f"{recipe}--fold{fold}"
+    settings = PretrainSettings(corpus=corpus.path, seed=fold, **spec)
+    assert not set(test_subjects(corpus)) & set(train_subjects(corpus))
+    timing = run / "bench_seconds.json"
+    if not timing.is_file():  # a finished run is reused (e.g. to add forecasting)
+        import shutil
+        shutil.rmtree(run, ignore_errors=True)
+        t0 = time.perf_counter()
+        pretrain(settings, run, progress=False)
+        timing.write_text(json.dumps(round(time.perf_counter() - t0, 1)))
+    pretrain_s = json.loads(timing.read_text())
+    model = run / "model"
+    metrics = json.loads((run / "metrics.json").read_text())
+
+    out = {"recipe": recipe, "fold": fold, "settings": asdict(settings) | {"corpus": "HCP fold"},
+           "test_subjects": test_subjects(corpus), "train_subjects": train_subjects(corpus),
+           "pretrain_seconds": pretrain_s, "threads": threads,
+           "parameters": metrics["parameters"]["total"], "val": metrics["metrics_last_epoch"],
+           **score_model(model, corpus, fold)}
+    if forecast:
+        out["forecasting"] = _forecast(model, corpus, run, fold)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, cache)
+    return out
+
+
+def score_model(model: Path, corpus, seed: int) -> dict:
+    """Masked reconstruction and network identification of a checkpoint on ``corpus``'s test
+    subject (the fold's protocol): ``reconstruction_r2`` {ratio: {method: R²}} and ``networks``
+    {dataset: {chance, rows: [{model, features, knn}]}}."""
+    from brainlm.data.samples import HCP7_TR, load_hcp7_aal2, load_schaefer100_rest
+    from brainlm.tasks.networks import identify_networks
+    from brainlm.tasks.reconstruction import evaluate_reconstruction
+
+    rec = evaluate_reconstruction(model, corpus, split="test", ratios=RATIOS, seed=seed)
+    recon = {str(e["mask_ratio"]): {m: e["methods"][m]["r2"] for m in e["methods"]} for e in rec["results"]}
+    tests = set(test_subjects(corpus))
+    test_recordings = [r for r in load_hcp7_aal2() if r.subject in tests]
+    networks = {}
+    for name, data, kw in (("hcp_aal2", test_recordings, {}),
+                           ("schaefer100", [load_schaefer100_rest()],
+                            {"transfer_atlas": True, "target_tr": HCP7_TR})):
+        res = identify_networks(model, data, seed=seed, untrained_control=True, **kw)
+        networks[name] = {"chance": res["chance"]["majority_accuracy"],
+                          "rows": [{"model": m["model"], "features": m["features"],
+                                    "knn": m["knn_accuracy"]} for m in res["methods"]]}
+    return {"reconstruction_r2": recon, "networks": networks}
+
+
+def _forecast(model: Path, corpus, run: Path, fold: int) -> dict:
+    from brainlm.tasks.forecasting.baselines import BaselineSettings
+    from brainlm.tasks.forecasting.comparison import compare
+    from brainlm.tasks.forecasting.finetune import FinetuneSettings
+
+    res = compare(model, corpus.path, run / "forecasting",
+                  finetune_settings=FinetuneSettings(epochs=5, crops_per_recording=16, seed=fold, scratch=False),
+                  baseline_settings=BaselineSettings(), baselines=("persistence", "var"), overwrite=True)
+    return {name: {"label": m["label"], "per_step_mse": m["mse"], "mean_mse": m["mean"]["mse"]}
+            for name, m in res["methods"].items()}
+
+
+# -- aggregation ------------------------------------------------------------------------------
+def _mean_sd(values) -> dict:
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    return {"mean": round(float(v.mean()), 4), "sd": round(float(v.std(ddof=1)), 4) if len(v) > 1 else None,
+            "n": int(len(v))}
+
+
+def _knn(row_set: list, model: str, features: str):
+    return next((r["knn"] for r in row_set if r["model"] == model and r["features"] == features), None)
+
+
+def aggregate(results: list[dict]) -> dict:
+    """Per recipe: mean and sd over folds of every score."""
+    table = {}
+    for recipe in dict.fromkeys(r["recipe"] for r in results):
+        rs = [r for r in results if r["recipe"] == recipe]
+        row = {"folds": sorted(r["fold"] for r in rs), "pretrain_seconds": _mean_sd(r["pretrain_seconds"] for r in rs),
+               "parameters": rs[0]["parameters"], "settings": RECIPES.get(recipe, rs[0]["settings"]),
+               "reconstruction_r2": {}, "networks": {}}
+        for ratio in map(str, RATIOS):
+            row["reconstruction_r2"][ratio] = {
+                m: _mean_sd(r["reconstruction_r2"][ratio][m] for r in rs)
+                for m in ("brainlm", "spatial", "interpolation", "parcel_mean")}
+        for net in ("hcp_aal2", "schaefer100"):
+            feats = {}
+            for model in ("BrainLM", "BrainLM untrained", "BrainLM, time-shifted input"):
+                for f in {x["features"] for x in rs[0]["networks"][net]["rows"] if x["model"] == model}:
+                    feats[f"{model}: {f}"] = _mean_sd(_knn(r["networks"][net]["rows"], model, f) for r in rs)
+            base = {x["features"] for x in rs[0]["networks"][net]["rows"] if not x["model"].startswith("BrainLM")}
+            for f in base:
+                model = next(x["model"] for x in rs[0]["networks"][net]["rows"] if x["features"] == f)
+                feats[f"{model}: {f}"] = _mean_sd(_knn(r["networks"][net]["rows"], model, f) for r in rs)
+            own = [k for k in feats if k.startswith("BrainLM: ")]
+            best = max(own, key=lambda k: feats[k]["mean"])
+            row["networks"][net] = {"chance": rs[0]["networks"][net]["chance"], "knn": feats,
+                                    "best_own_feature": best.removeprefix("BrainLM: ")}
+        if all("forecasting" in r for r in rs):
+            row["forecasting"] = {
+                name: {"label": rs[0]["forecasting"][name]["label"],
+                       "per_step_mse": np.mean([r["forecasting"][name]["per_step_mse"] for r in rs], axis=0).round(4).tolist(),
+                       "mean_mse": _mean_sd(r["forecasting"][name]["mean_mse"] for r in rs)}
+                for name in rs[0]["forecasting"]}
+        table[recipe] = row
+    return table
+
+
+def markdown(table: dict, meta: dict) -> str:
+    def ms(d):
+        return f"{d['mean']:.3f}" + (f" ± {d['sd']:.3f}" if d.get("sd") is not None else "")
+
+    lines = [f"# Quality benchmark ({meta['date']})", "",
+             f"{meta['machine']}. Held-out HCP subject per fold (folds {meta['folds']}, each its own seed); "
+             "mean ± sd over folds. Spatial = Gaussian conditional imputation fitted on the same training "
+             "subjects, on the same masks.", "",
+             "## Masked reconstruction R² (test subject)", "",
+             "| recipe | params | pretrain s | " + " | ".join(f"BrainLM @{r}" for r in RATIOS)
+             + " | " + " | ".join(f"spatial @{r}" for r in RATIOS) + " |",
+             "|---" * (3 + 2 * len(RATIOS)) + "|"]
+    for name, row in table.items():
+        rr = row["reconstruction_r2"]
+        lines.append(f"| {name} | {row['parameters']:,} | {row['pretrain_seconds']['mean']:.0f} | "
+                     + " | ".join(ms(rr[str(r)]["brainlm"]) for r in RATIOS) + " | "
+                     + " | ".join(ms(rr[str(r)]["spatial"]) for r in RATIOS) + " |")
+    for net, title in (("hcp_aal2", "Networks, HCP test subject on AAL2"),
+                       ("schaefer100", "Networks, Schaefer-100 run (atlas transfer)")):
+        lines += ["", f"## {title}: kNN accuracy (leave one parcel out)", "",
+                  "| recipe | best own feature | own | own, time-shifted | CLS attention (paper) | "
+                  "CLS attention, time-shifted | untrained, same feature | FC profile | chance |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, row in table.items():
+            n = row["networks"][net]
+            f = n["best_own_feature"]
+            k = n["knn"]
+            fc = next(v for key, v in k.items() if key.endswith(": fc_profile"))
+            lines.append(f"| {name} | {f} | {ms(k['BrainLM: ' + f])} | {ms(k['BrainLM, time-shifted input: ' + f])} | "
+                         f"{ms(k['BrainLM: cls_attention'])} | {ms(k['BrainLM, time-shifted input: cls_attention'])} | "
+                         f"{ms(k['BrainLM untrained: ' + f])} | {ms(fc)} | {n['chance']:.3f} |")
+    fc_rows = {k: v for k, v in table.items() if "forecasting" in v}
+    if fc_rows:
+        lines += ["", "## Forecasting 20 TRs from 180 (test subject): MSE per step (mean over folds)", "",
+                  "| recipe | method | mean | steps 1 / 5 / 10 / 20 |", "|---|---|---|---|"]
+        for name, row in fc_rows.items():
+            for m, v in row["forecasting"].items():
+                s = v["per_step_mse"]
+                lines.append(f"| {name} | {v['label']} | {ms(v['mean_mse'])} | "
+                             + " / ".join(f"{s[i]:.3f}" for i in (0, 4, 9, len(s) - 1)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(table: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(RATIOS))
+    for name, row in table.items():
+        rr = row["reconstruction_r2"]
+        ax.errorbar(x, [rr[str(r)]["brainlm"]["mean"] for r in RATIOS],
+                    yerr=[rr[str(r)]["brainlm"]["sd"] or 0 for r in RATIOS], marker="o", capsize=3, label=name)
+    first = next(iter(table.values()))["reconstruction_r2"]
+    ax.plot(x, [first[str(r)]["spatial"]["mean"] for r in RATIOS], "k--", lw=2, label="spatial baseline")
+    ax.set_xticks(x, [str(r) for r in RATIOS])
+    ax.set_xlabel("fraction of tokens masked")
+    ax.set_ylabel("masked R² (held-out subject)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--forecast", action="store_true", help="also fine-tune and score forecasting")
+    ap.add_argument("--jobs", type=int, default=1, help="(recipe, fold) runs at once, one thread each")
+    ap.add_argument("--work", default=os.environ.get("BRAINLM_BENCH_WORK", "/tmp/brainlm-bench-quality"))
+    ap.add_argument("--out", default=str(ROOT / "results" / "quality"))
+    args = ap.parse_args()
+    recipes = args.recipes.split(",")
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        ap.error(f"unknown recipe(s) {unknown}; expected some of {list(RECIPES)}")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    folds = list(range(args.folds))
+    for f in folds:  # sequentially: corpora are shared by the runs
+        fold_corpus(work, f)
+    tests = [test_subjects(fold_corpus(work, f)) for f in folds]
+    assert len({tuple(t) for t in tests}) == len(folds), f"folds share a test subject: {tests}"
+    tasks = [(r, f) for r in recipes for f in folds]
+    threads = 1 if args.jobs > 1 else max(os.cpu_count() or 1, 1)
+    t0 = time.perf_counter()
+    if args.jobs > 1:
+        from joblib import Parallel, delayed
+        results = Parallel(n_jobs=args.jobs)(delayed(run_one)(r, f, work, args.forecast, threads) for r, f in tasks)
+    else:
+        results = [run_one(r, f, work, args.forecast, threads) for r, f in tasks]
+    table = aggregate(results)
+    import platform
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+                       f"{'one thread per run, ' + str(args.jobs) + ' runs at once' if args.jobs > 1 else 'all threads'}",
+            "folds": folds, "test_subjects": tests, "ratios": list(RATIOS), "wall_seconds": round(time.perf_counter() - t0, 1)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"meta": meta, "recipes": table, "runs": results}
+    tmp = out / "quality.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, out / "quality.json")
+    (out / "quality.md.tmp").write_text(markdown(table, meta))
+    os.replace(out / "quality.md.tmp", out / "quality.md")
+    figure(table, out / "quality.png")
+    print(markdown(table, meta))
+
+
+if __name__ == "__main__":
+    main()
