@@ -31,11 +31,26 @@ def test_assignment_is_seeded_and_order_free():
 def test_bad_fractions():
     with pytest.raises(BrainLMInputError, match="summing to 1"):
         assign_splits(["a"], (0.5, 0.1, 0.1))
-    with pytest.raises(BrainLMInputError, match="train > 0"):
-        assign_splits(["a"], (0.0, 0.5, 0.5))
+    with pytest.raises(BrainLMInputError, match="summing to 1"):
+        assign_splits(["a"], (float("nan"), 0.5, 0.5))
 
 
-def test_explicit_splits_need_every_subject_and_a_training_one():
+@given(n=st.integers(1, 200), b=st.integers(0, 10), c=st.integers(0, 10))
+def test_evaluation_only_fractions_never_fill_train(n, b, c):
+    """Issue 16: a cohort only evaluated (train fraction 0) has no training subject, however few."""
+    if b + c == 0:
+        c = 1
+    sizes = split_sizes(n, [0.0, b / (b + c), c / (b + c)])
+    assert sum(sizes) == n and sizes[0] == 0
+    assert (sizes[1] == 0) == (b == 0) or n < 2
+
+
+def test_an_evaluation_only_cohort_is_all_test():
+    a = assign_splits([f"s{i}" for i in range(7)], (0, 0, 1))
+    assert set(a.values()) == {"test"} and len(a) == 7
+
+
+def test_explicit_splits_need_every_subject():
     groups = ["a", "a", "b", "c"]
     assert explicit_splits(groups, {"a": "train", "b": "val", "c": "test", "z": "test"}) == \
         {"a": "train", "b": "val", "c": "test"}
@@ -43,5 +58,5 @@ def test_explicit_splits_need_every_subject_and_a_training_one():
         explicit_splits(groups, {"a": "train", "b": "val"})
     with pytest.raises(BrainLMInputError, match="expected one of"):
         explicit_splits(groups, {"a": "train", "b": "validation", "c": "test"})
-    with pytest.raises(BrainLMInputError, match="no subject in 'train'"):
-        explicit_splits(groups, {"a": "test", "b": "val", "c": "test"})
+    # No training subject: an evaluation-only cohort (issue 16).
+    assert explicit_splits(groups, {"a": "test", "b": "val", "c": "test"}) == {"a": "test", "b": "val", "c": "test"}

@@ -14,7 +14,17 @@ exactly what pretraining saw. Steps, in order:
 5. resampling to ``target_tr`` seconds with a polyphase anti-aliasing filter
    (``scipy.signal.resample_poly``), e.g. UK Biobank 0.735 s and HCP 0.72 s onto one grid, or
    2 s data up-sampled;
-6. per-parcel robust scaling ``(x - median) / IQR`` with statistics pooled over the training split.
+6. per-parcel robust scaling ``(x - median) / IQR``: with ``scaling="pooled"`` (the default)
+   the statistics are pooled over the training split and stored in the contract; with
+   ``scaling="recording"`` every recording is scaled by its own median and IQR (computed over the
+   whole recording, never over a window), so raw, percent-change, demeaned and z-scored data
+   reach the model alike.
+
+Per-recording scaling also bridges units: a contract with percent signal change refuses data
+without a positive baseline (demeaned, z-scored) under pooled scaling, but under per-recording
+scaling such a recording is cleaned without the conversion, which gives the same model input
+(percent signal change is ``a * x + b`` per parcel, and per-recording robust scaling removes any
+such map).
 """
 
 from __future__ import annotations
@@ -28,12 +38,24 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import resample_poly
 
+from brainlm.data.atlas import Atlas
 from brainlm.data.atomic import write_json
 from brainlm.data.recording import Recording
-from brainlm.data.scaling import robust_scale
+from brainlm.data.scaling import recording_scaling, robust_scale
 from brainlm.errors import BrainLMInputError
 
 BAD_PARCEL_POLICIES = ("error", "zero")
+#: ``"pooled"``: statistics pooled over a training split, stored in the contract;
+#: ``"recording"``: each recording by its own median and IQR.
+SCALING_MODES = ("pooled", "recording")
+#: Units of the input, as :func:`input_units` classifies a recording: ``"raw"`` (scanner units
+#: with a positive baseline), ``"centred"`` (demeaned or z-scored: no baseline); a contract may
+#: also say ``"mixed"`` (its recordings came in both).
+UNITS = ("raw", "centred", "mixed")
+#: The fields that decide how raw data become the cleaned signal (steps 1-5); scaling is not
+#: among them (it is applied on read).
+CLEANING_FIELDS = ("target_tr", "drop_initial_trs", "percent_signal_change", "detrend", "high_pass_hz",
+                   "low_pass_hz", "confounds", "bad_parcels")
 CONTRACT_VERSION = 1
 
 
@@ -49,11 +71,30 @@ class CleanedSeries:
         Sampling interval of ``data`` in seconds.
     bad_parcels : list of int
         Parcel indices marked missing (policy ``"zero"``).
+    units : {"raw", "centred"}
+        Units of the input (:func:`input_units`).
+    percent_signal_change : bool
+        Whether the data were converted to percent signal change (False when the contract
+        asks for it but the input is centred and per-recording scaling bridges it).
     """
 
     data: np.ndarray
     tr: float
     bad_parcels: list[int]
+    units: str = "raw"
+    percent_signal_change: bool = False
+
+
+def input_units(x: np.ndarray, good: np.ndarray | None = None) -> str:
+    """``"raw"`` when every usable parcel of ``x`` (T, P) has a positive baseline (mean above 5
+    standard deviations, as scanner units have), else ``"centred"`` (demeaned or z-scored data).
+    ``good``: indices of the usable parcels (default: all)."""
+    x = np.asarray(x, dtype=np.float64)
+    cols = np.arange(x.shape[1]) if good is None else np.asarray(good, dtype=int)
+    if cols.size == 0:
+        return "raw"
+    mean, sd = x[:, cols].mean(axis=0), x[:, cols].std(axis=0)
+    return "raw" if bool(np.all(mean > 5 * sd)) else "centred"
 
 
 @dataclass
@@ -78,7 +119,17 @@ class PreprocessingContract:
     bad_parcels : {"error", "zero"}
         What to do with parcels holding NaN/Inf or no variance.
     median, iqr : list of float or None
-        Robust-scaling statistics per parcel (length P), set by fitting on the training split.
+        Pooled robust-scaling statistics per parcel (length P), set by fitting on the training
+        split (or taken from a checkpoint, see ``scaler_fit``); used when ``scaling="pooled"``.
+    scaler_fit : dict
+        Where the statistics come from and how they were fitted.
+    scaling : {"pooled", "recording"}
+        ``"pooled"``: ``(x - median) / iqr`` with the statistics above; ``"recording"``: every
+        recording by its own per-parcel median and IQR (no statistics needed). Contracts
+        written before this field existed load as ``"pooled"``.
+    units : {"raw", "centred", "mixed"} or None
+        Units of the data the contract was made for (None: not recorded). With
+        ``percent_signal_change`` and pooled scaling only ``"raw"`` data can be used.
     """
 
     target_tr: float | None = None
@@ -92,6 +143,8 @@ class PreprocessingContract:
     median: list[float] | None = None
     iqr: list[float] | None = None
     scaler_fit: dict = field(default_factory=dict)
+    scaling: str = "pooled"
+    units: str | None = None
     version: int = CONTRACT_VERSION
 
     def __post_init__(self) -> None:
@@ -112,6 +165,11 @@ class PreprocessingContract:
         if self.high_pass_hz and self.low_pass_hz and self.high_pass_hz >= self.low_pass_hz:
             raise BrainLMInputError(
                 f"band-pass is empty: high_pass_hz {self.high_pass_hz} >= low_pass_hz {self.low_pass_hz}", src)
+        if self.scaling not in SCALING_MODES:
+            raise BrainLMInputError(
+                f"field 'scaling' is {self.scaling!r}; expected one of {SCALING_MODES}", src)
+        if self.units is not None and self.units not in UNITS:
+            raise BrainLMInputError(f"field 'units' is {self.units!r}; expected one of {UNITS} or None", src)
         if (self.median is None) != (self.iqr is None):
             raise BrainLMInputError("fields 'median' and 'iqr' must be given together", src)
         if self.median is not None and len(self.median) != len(self.iqr):
@@ -179,16 +237,21 @@ class PreprocessingContract:
                 "use bad_parcels='zero' (--bad-parcels zero) to mark such parcels missing", source)
         x[:, bad] = 0.0
 
-        if self.percent_signal_change:
+        good = np.setdiff1d(np.arange(x.shape[1]), bad)
+        units = input_units(x, good)
+        psc = self.percent_signal_change and not (units == "centred" and self.scaling == "recording")
+        if psc:
             mean = x.mean(axis=0)
-            good = np.setdiff1d(np.arange(x.shape[1]), bad)
             sd = x.std(axis=0)
             weak = good[~(mean[good] > 5 * sd[good])]
             if weak.size:
                 raise BrainLMInputError(
                     f"percent signal change needs raw BOLD with a positive baseline, but parcel(s) "
                     f"{[names[i] for i in weak[:5]]} have mean {mean[weak[0]]:.3g} vs s.d. {sd[weak[0]]:.3g} "
-                    "(already demeaned or z-scored?); turn percent_signal_change off for such data", source)
+                    "(already demeaned or z-scored?). Prepare such data without --psc, or with "
+                    "per-recording scaling (--scaling recording: raw, demeaned and z-scored data are "
+                    "then scaled alike); a checkpoint pretrained with --psc and pooled scaling cannot "
+                    "take them, use one pretrained with --scaling recording", source)
             x[:, good] = 100.0 * (x[:, good] / mean[good] - 1.0)
 
         conf = None
@@ -233,20 +296,39 @@ class PreprocessingContract:
             x = resample_poly(x, up, down, axis=0, padtype="line")
         x = x.astype(np.float32)
         x[:, bad] = np.nan
-        return CleanedSeries(data=x, tr=out_tr, bad_parcels=bad.tolist())
+        return CleanedSeries(data=x, tr=out_tr, bad_parcels=bad.tolist(), units=units,
+                             percent_signal_change=psc)
 
     # -- step 6 ----------------------------------------------------------------------------
     @property
     def is_fitted(self) -> bool:
-        """True once the robust-scaling statistics are set."""
-        return self.median is not None
+        """True when the contract can scale: its pooled statistics are set, or it scales every
+        recording by its own statistics (``scaling="recording"``)."""
+        return self.scaling == "recording" or self.median is not None
 
-    def scale(self, cleaned: np.ndarray, fill_missing: float = 0.0) -> np.ndarray:
+    @property
+    def per_recording(self) -> bool:
+        """Whether each recording is scaled by its own statistics."""
+        return self.scaling == "recording"
+
+    def cleaning(self) -> dict:
+        """The settings of steps 1-5 (:data:`CLEANING_FIELDS`): two contracts with equal
+        cleaning give the same cleaned signal."""
+        return {k: getattr(self, k) for k in CLEANING_FIELDS}
+
+    def scale(self, cleaned: np.ndarray, fill_missing: float = 0.0, *,
+              statistics: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """``(x - median) / IQR`` per parcel; missing (NaN) parcels become ``fill_missing``.
 
         Parameters
         ----------
         cleaned : ndarray, shape (..., P)
+            Cleaned signal. With per-recording scaling and no ``statistics`` it must be a whole
+            recording (T, P): its own median and IQR are used.
+        statistics : (median, iqr), each shape (P,), optional
+            With per-recording scaling: the statistics of the whole recording that ``cleaned``
+            is a window of (:meth:`brainlm.data.corpus.Corpus.recording_statistics`). Ignored
+            for pooled scaling.
 
         Returns
         -------
@@ -255,8 +337,16 @@ class PreprocessingContract:
         if not self.is_fitted:
             raise BrainLMInputError("preprocessing contract has no scaling statistics; fit it on a "
                                     "training split first (brainlm prepare does)")
-        med = np.asarray(self.median, dtype=np.float32)
-        iqr = np.asarray(self.iqr, dtype=np.float32)
+        if self.per_recording:
+            if statistics is None:
+                if cleaned.ndim != 2:
+                    raise BrainLMInputError(f"per-recording scaling needs a whole recording (T x P) "
+                                            f"or its statistics; got shape {cleaned.shape}")
+                statistics = recording_scaling(cleaned)
+            med, iqr = (np.asarray(v, dtype=np.float32) for v in statistics)
+        else:
+            med = np.asarray(self.median, dtype=np.float32)
+            iqr = np.asarray(self.iqr, dtype=np.float32)
         if cleaned.shape[-1] != med.size:
             raise BrainLMInputError(
                 f"data has {cleaned.shape[-1]} parcels; the contract was fitted on {med.size}")
@@ -264,7 +354,8 @@ class PreprocessingContract:
         return np.nan_to_num(out, nan=fill_missing, copy=False)
 
     def transform(self, recording: Recording) -> np.ndarray:
-        """Full contract on one recording: steps 1-6.
+        """Full contract on one recording: steps 1-6 (per-recording scaling: by the statistics
+        of this whole cleaned recording).
 
         Returns
         -------
@@ -305,6 +396,40 @@ class PreprocessingContract:
             return cls.from_dict(d)
         except BrainLMInputError as e:
             raise BrainLMInputError(e.reason, str(path)) from None
+
+
+@dataclass(frozen=True)
+class ReferenceContract:
+    """Data that a new cohort is to be prepared like: the contract and atlas of a checkpoint's
+    pretraining data (``brainlm prepare --like``). The commands and tasks layers read the
+    checkpoint and pass this down; the data layer never reads checkpoints.
+
+    Attributes
+    ----------
+    contract : PreprocessingContract
+        The checkpoint's fitted contract: its cleaning and scaling mode are copied, and its
+        pooled statistics are used when the cohort is on ``atlas``.
+    atlas : Atlas or None
+        The pretraining atlas (None: unknown, statistics are then the cohort's own).
+    name : str
+        Where it came from (the checkpoint folder or shipped model), for records and messages.
+    """
+
+    contract: PreprocessingContract
+    atlas: Atlas | None
+    name: str
+
+    def contract_for(self, atlas: Atlas) -> tuple[PreprocessingContract, bool]:
+        """A new contract for a cohort on ``atlas``: the checkpoint's cleaning and scaling mode,
+        with its pooled statistics when ``atlas`` is the checkpoint's. Returns (contract,
+        whether the statistics came from the checkpoint)."""
+        d = {**self.contract.cleaning(), "scaling": self.contract.scaling}
+        out = PreprocessingContract.from_dict(d)
+        same = (self.atlas is not None and atlas.matches(self.atlas) and self.contract.median is not None
+                and len(self.contract.median) == atlas.n_parcels)
+        if same:
+            out.median, out.iqr = list(self.contract.median), list(self.contract.iqr)
+        return out, same
 
 
 def _resampling_ratio(tr_in: float, tr_out: float) -> tuple[int, int]:

@@ -9,7 +9,8 @@ Layout of a corpus folder::
     contract.json      the fitted preprocessing contract (incl. robust-scaling statistics)
     timeseries.zarr/   one float32 array (T x P) per recording, chunked along time; cleaned and
                        resampled but not yet scaled (scaling is applied on read, so a refit never
-                       rewrites data); missing parcels are NaN
+                       rewrites data); missing parcels are NaN. Each array's attributes hold the
+                       recording's own per-parcel ``median`` and ``iqr`` (per-recording scaling)
 
 Nothing here loads the corpus into memory: a window read touches one or two chunks.
 """
@@ -28,6 +29,7 @@ import zarr
 
 from brainlm.data.atlas import Atlas
 from brainlm.data.contract import PreprocessingContract
+from brainlm.data.scaling import recording_scaling
 from brainlm.errors import BrainLMInputError
 
 CORPUS_FORMAT = "brainlm-corpus"
@@ -69,14 +71,20 @@ class Corpus:
             json.loads(self._fs.cat_file(f"{self._root}/contract.json")))
         with self._fs.open(f"{self._root}/manifest.parquet", "rb") as f:
             self.manifest = pd.read_parquet(f)
-        self._median = np.asarray(self.contract.median, dtype=np.float32)
-        self._iqr = np.asarray(self.contract.iqr, dtype=np.float32)
+        if not self.contract.is_fitted:
+            raise BrainLMInputError("contract.json has no scaling statistics (median, iqr) and "
+                                    "does not scale per recording", self.path)
+        if self.contract.median is not None:
+            self._median = np.asarray(self.contract.median, dtype=np.float32)
+            self._iqr = np.asarray(self.contract.iqr, dtype=np.float32)
         self._arrays: dict[int, zarr.Array] = {}
+        self._statistics: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     # Handles to zarr arrays cannot cross process boundaries (DataLoader workers): reopen lazily.
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_arrays"] = {}
+        state["_statistics"] = {}
         state.pop("_group", None)
         state.pop("_fs", None)
         return state
@@ -138,19 +146,52 @@ class Corpus:
             self._arrays[index] = arr
         return arr
 
+    def recording_statistics(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The per-parcel median and IQR of the whole recording ``index`` (a manifest row), each
+        (P,) float32: what per-recording scaling divides by, whatever window is read. Stored
+        with the recording by ``prepare``; computed from the whole recording (once per open
+        corpus) for corpora written before."""
+        index = int(index)
+        stats = self._statistics.get(index)
+        if stats is None:
+            arr = self._array(index)
+            attrs = arr.attrs.asdict() if hasattr(arr.attrs, "asdict") else dict(arr.attrs)
+            if "median" in attrs and "iqr" in attrs:
+                stats = (np.asarray(attrs["median"], dtype=np.float32), np.asarray(attrs["iqr"], dtype=np.float32))
+            else:
+                stats = recording_scaling(arr[:])
+            if len(self._statistics) >= 4096:  # bounded, like the array handles
+                self._statistics.pop(next(iter(self._statistics)))
+            self._statistics[index] = stats
+        return stats
+
     def read(self, index: int, start: int = 0, stop: int | None = None, *, scaled: bool = True,
-             fill_missing: float = 0.0) -> np.ndarray:
+             fill_missing: float = 0.0, scaler: PreprocessingContract | None = None) -> np.ndarray:
         """Time points ``[start, stop)`` of recording ``index`` (a manifest row).
+
+        Parameters
+        ----------
+        scaled : bool
+            Apply robust scaling (missing parcels then read as ``fill_missing``); without it the
+            cleaned signal is returned with missing parcels as NaN.
+        scaler : PreprocessingContract, optional
+            Whose scaling to apply (a checkpoint's, see
+            :func:`brainlm.tasks.model_input.model_scaler`); default: this corpus' contract.
+            Per-recording scaling uses the whole recording's statistics, so a window reads as
+            the same numbers as in the whole recording.
 
         Returns
         -------
-        ndarray, shape (stop - start, P), float32. With ``scaled`` the contract's robust
-        scaling is applied and missing parcels read as ``fill_missing``; without it the
-        cleaned signal is returned with missing parcels as NaN.
+        ndarray, shape (stop - start, P), float32.
         """
         x = self._array(int(index))[start:stop]
         if not scaled:
             return x
+        scaler = self.contract if scaler is None else scaler
+        if scaler.per_recording:
+            return scaler.scale(x, fill_missing, statistics=self.recording_statistics(index))
+        if scaler is not self.contract:
+            return scaler.scale(x, fill_missing)
         x -= self._median
         x /= self._iqr
         return np.nan_to_num(x, nan=fill_missing, copy=False)

@@ -3,7 +3,9 @@
 Pass 1 (parallel over recordings): read, validate, clean and resample each recording (steps 1-5
 of the preprocessing contract) and write it to the chunked store, with a small completion
 marker per recording, so an interrupted run resumes where it stopped.
-Pass 2 (parallel): pool robust-scaling statistics over the training split only.
+Pass 2 (parallel): pool robust-scaling statistics over the training split only (over every
+recording for an evaluation-only cohort, or none at all when they come from a checkpoint:
+``like``). Each recording's own statistics are stored with it (per-recording scaling).
 Then the manifest, atlas, contract and, last, ``corpus.json`` are written and the build folder
 ``CORPUS.partial`` is renamed to ``CORPUS``: a corpus that looks complete is complete.
 
@@ -34,13 +36,14 @@ import pandas as pd
 from brainlm.data.atlas import Atlas
 from brainlm.data.atomic import (OUTPUT_MARKER, check_not_an_input, check_output_folder, publish_directory, write_output_marker,
                                  write_parquet_atomic, write_text_atomic)
-from brainlm.data.contract import PreprocessingContract
+from brainlm.data.contract import PreprocessingContract, ReferenceContract
 from brainlm.data.corpus import CORPUS_FORMAT, CORPUS_VERSION, MANIFEST_COLUMNS, Corpus
 from brainlm.data.extraction import ImageParcellation, load_atlas_image
 from brainlm.data.fmriprep import confounds_file_for, find_scans, parse_confound_strategy, participants_file
 from brainlm.data.progress import ProgressBar
 from brainlm.data.recording import Recording
-from brainlm.data.scaling import QuartileHistogram, QuartileRange, recording_quartiles, scaling_from_quartiles
+from brainlm.data.scaling import (QuartileHistogram, QuartileRange, recording_quartiles, recording_scaling,
+                                  scaling_from_quartiles)
 from brainlm.data.sources import (SourceSpec, attach_phenotypes, check_unique_ids, discover_files,
                                   specs_from_files, specs_from_recordings, specs_from_scans)
 from brainlm.data.splits import assign_splits, explicit_splits
@@ -96,7 +99,7 @@ def prepare_corpus(
     min_trs: int = 200,
     too_short: str = "skip",
     on_error: str = "fail",
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    fractions: Sequence[float] | None = None,
     split_seed: int = 0,
     split_by: str = "subject",
     split_assignments: dict[str, str] | None = None,
@@ -107,6 +110,7 @@ def prepare_corpus(
     restart: bool = False,
     drop_scale_outliers: bool = False,
     progress: bool = False,
+    like: ReferenceContract | None = None,
 ) -> Corpus:
     """Build a corpus from files/folders and/or in-memory Recordings.
 
@@ -146,7 +150,9 @@ def prepare_corpus(
     read_volumes : int
         Volumes of a 4-D NIfTI read at a time (bounds each worker's memory).
     contract : PreprocessingContract, optional
-        Cleaning settings; its scaling statistics are fitted here on the training split.
+        Cleaning settings and scaling mode; its pooled scaling statistics are fitted here on the
+        training split (on every recording when no subject is in ``train``: recorded in
+        ``scaler_fit``).
     tr : float, optional
         Repetition time in seconds for files with neither a JSON sidecar nor a TR inside.
     orientation : {"auto", "time-by-parcel", "parcel-by-time"}
@@ -162,7 +168,8 @@ def prepare_corpus(
         listed in ``skipped.parquet`` (``"skip"``; retried on the next run).
     fractions, split_seed, split_by
         Train/val/test fractions of subjects (``split_by="subject"``; subjects are keyed by
-        site and subject id) or of whole sites (``"site"``).
+        site and subject id) or of whole sites (``"site"``). Default ``(0.8, 0.1, 0.1)``, or
+        ``(0, 0, 1)`` with ``like`` (every recording in ``test``).
     split_assignments : dict, optional
         The split of every subject (``SITE/SUBJECT`` when recordings have a site; or of every
         site with ``split_by="site"``) given explicitly, instead of ``fractions``: a fixed
@@ -179,12 +186,27 @@ def prepare_corpus(
         Replace an existing complete corpus at ``out`` (only once the new one is complete).
     restart : bool
         Discard an unfinished build (``out.partial``) instead of resuming it.
+    like : ReferenceContract, optional
+        Prepare the cohort exactly as a checkpoint's pretraining data: its cleaning settings,
+        target TR and scaling mode (``contract``, if also given, must agree), its atlas when
+        neither ``atlas`` nor ``atlas_image`` is given, and its pooled scaling statistics when
+        the cohort is on its atlas (else the cohort's own; ``scaler_fit["source"]`` and
+        ``corpus.json`` -> ``prepared_like`` say which).
 
     Returns
     -------
     Corpus
     """
+    if like is not None:
+        contract = _contract_like(like, contract)
+        if atlas is None and atlas_image is None:
+            if like.atlas is None:
+                raise BrainLMInputError("the checkpoint has no atlas (atlas.json); pass --atlas",
+                                        like.name)
+            atlas = like.atlas
     contract = contract or PreprocessingContract()
+    if fractions is None:
+        fractions = (0.0, 0.0, 1.0) if like is not None else (0.8, 0.1, 0.1)
     out = Path(out)
     _check_choice(orientation, ("auto", "time-by-parcel", "parcel-by-time"), "orientation")
     _check_choice(too_short, TOO_SHORT_POLICIES, "too_short")
@@ -270,21 +292,25 @@ def prepare_corpus(
     failures = [r for r in results if r["status"] == "failed"]
 
     records, skipped = [], []
-    train_quartiles: dict[str, np.ndarray] = {}  # (3, P) float32 per training recording
+    # The pooled statistics come from the training split; an evaluation-only cohort (no subject
+    # in train) pools over all its recordings, and says so in the contract.
+    fit_on_all = "train" not in set(split_of.values())
+    train_quartiles: dict[str, np.ndarray] = {}  # (3, P) float32 per recording of the fit
     for s, group in zip(specs, groups):
         marker = done_dir / f"{s.recording_id}.json"
         if marker.exists():
             r = json.loads(marker.read_text())
             quartiles = r.pop("quartiles", None)
-            if r["status"] == "ok" and split_of[group] == "train":
+            if r["status"] == "ok" and (fit_on_all or split_of[group] == "train"):
                 train_quartiles[r["recording_id"]] = np.asarray(quartiles, dtype=np.float32)
             (records if r["status"] == "ok" else skipped).append(r)
     skipped += failures
+    like_contract, stats_from_checkpoint = (like.contract_for(atlas) if like is not None else (None, False))
     # A recording on another scale (other units, a broken export) would dominate the pooled
     # statistics and squeeze every other recording: it is reported, left out of the fit, and
     # with drop_scale_outliers left out of the corpus.
     outliers = scale_outliers(train_quartiles)
-    outlier_records = _report_scale_outliers(outliers, drop_scale_outliers)
+    outlier_records = _report_scale_outliers(outliers, drop_scale_outliers, fitted_here=not stats_from_checkpoint)
     if drop_scale_outliers and outliers:
         skipped += [{"recording_id": r["recording_id"], "source": r["source"],
                      "reason": f"scale outlier: {outliers[r['recording_id']]} (--drop-scale-outliers)"}
@@ -309,15 +335,39 @@ def prepare_corpus(
     spec_by_id = {s.recording_id: s for s in specs}
     manifest = _manifest(records, spec_by_id, groups_of=dict(zip((s.recording_id for s in specs), groups)),
                          split_of=split_of, phenotype_columns=phenotype_columns)
-    train = manifest[manifest["split"] == "train"]
+    train = manifest if fit_on_all else manifest[manifest["split"] == "train"]
     corpus_warnings = _empty_split_warnings(manifest, fractions)
-    if train.empty:
-        raise BrainLMInputError("no recording of the training split survived preprocessing; "
-                                "cannot fit the scaling statistics", str(out))
-    fitted = _fit_scaler(build, train[~train["recording_id"].isin(list(outliers))], train_range, atlas,
-                         contract, jobs)
-    if outliers:
-        fitted.scaler_fit["excluded_scale_outliers"] = sorted(outliers)
+    if stats_from_checkpoint:
+        fitted = like_contract
+        fitted.scaler_fit = {
+            "source": "checkpoint", "checkpoint": like.name,
+            "method": "the checkpoint's pooled statistics (the cohort is on its pretraining atlas)",
+            "checkpoint_fit": dict(like.contract.scaler_fit)}
+    else:
+        if train.empty:
+            raise BrainLMInputError("no recording of the training split survived preprocessing; "
+                                    "cannot fit the scaling statistics", str(out))
+        fitted = _fit_scaler(build, train[~train["recording_id"].isin(list(outliers))], train_range, atlas,
+                             contract, jobs)
+        fitted.scaler_fit["source"] = "cohort"
+        if fit_on_all:
+            fitted.scaler_fit["split"] = "all"
+            fitted.scaler_fit["note"] = ("no subject is in the training split (an evaluation-only "
+                                         "cohort): statistics pooled over all its recordings")
+        if like is not None:
+            fitted.scaler_fit["checkpoint"] = like.name
+            fitted.scaler_fit["note"] = (
+                f"atlas {atlas.name!r} is not the checkpoint's "
+                f"({like.atlas.name if like.atlas is not None else 'unknown'!r}): the cohort's own pooled "
+                "statistics" + (" over all its recordings" if fit_on_all else " over its training split"))
+        if outliers:
+            fitted.scaler_fit["excluded_scale_outliers"] = sorted(outliers)
+    if fitted.per_recording:
+        fitted.scaler_fit["applied"] = ("per recording: each recording is scaled by its own per-parcel "
+                                        "median and IQR (stored with it); the pooled statistics are kept "
+                                        "for reference")
+    units = _units_record(records)
+    fitted.units = units["units"]
     bad = [atlas.parcel_names[i] for i in np.flatnonzero(~(np.isfinite(fitted.median) & np.isfinite(fitted.iqr)
                                                             & (np.asarray(fitted.iqr) > 0)))]
     if bad:
@@ -352,6 +402,12 @@ def prepare_corpus(
         info["warnings"] = corpus_warnings
     if outlier_records:
         info["scale_outliers"] = outlier_records
+    info["input_units"] = units
+    info["scaling"] = {"mode": fitted.scaling, "statistics": fitted.scaler_fit.get("source"),
+                       **({"note": fitted.scaler_fit["note"]} if "note" in fitted.scaler_fit else {})}
+    if like is not None:
+        info["prepared_like"] = {"checkpoint": like.name, "scaling": fitted.scaling,
+                                 "statistics": "checkpoint" if stats_from_checkpoint else "cohort"}
     write_text_atomic(build / "corpus.json", json.dumps(info, indent=2))
     shutil.rmtree(done_dir)
     (build / "settings.json").unlink()
@@ -583,9 +639,15 @@ def _process_one(spec: SourceSpec, build: Path, atlas: Atlas, contract: Preproce
                              chunks=(min(layout.chunk_trs, n), cleaned.data.shape[1]),
                              compressors=layout.compressors(), overwrite=True)
     arr[:] = cleaned.data
+    quartiles = recording_quartiles(cleaned.data)
+    # The recording's own statistics travel with it: per-recording scaling of any window (a
+    # training crop) divides by the whole recording's median and IQR.
+    med, iqr = recording_scaling(cleaned.data, quartiles)
+    arr.attrs.update({"median": med.tolist(), "iqr": iqr.tolist()})
     result = {**base, "status": "ok", "tr_source": rec.tr, "n_trs_source": rec.n_timepoints,
               "tr": cleaned.tr, "n_trs": n, "bad_parcels": cleaned.bad_parcels,
-              "quartiles": recording_quartiles(cleaned.data).tolist()}
+              "units": cleaned.units, "percent_signal_change": cleaned.percent_signal_change,
+              "quartiles": quartiles.tolist()}
     if extraction is not None:
         result["extraction"] = extraction
     write_text_atomic(marker, json.dumps(result))
@@ -630,17 +692,55 @@ def scale_outliers(train_quartiles: dict[str, np.ndarray]) -> dict[str, str]:
     return found
 
 
-def _report_scale_outliers(outliers: dict[str, str], drop: bool) -> list[dict]:
-    """Warn once for the scale outliers; their records for ``corpus.json``."""
+def _report_scale_outliers(outliers: dict[str, str], drop: bool, fitted_here: bool = True) -> list[dict]:
+    """Warn once for the scale outliers; their records for ``corpus.json``. ``fitted_here``:
+    whether the statistics are fitted on this cohort (not taken from a checkpoint)."""
     if not outliers:
         return []
-    action = ("dropped (--drop-scale-outliers)" if drop
-              else "kept, but left out of the scaling statistics; --drop-scale-outliers drops them")
+    kept = ("kept, but left out of the scaling statistics" if fitted_here
+            else "kept (the scaling statistics are the checkpoint's)")
+    action = "dropped (--drop-scale-outliers)" if drop else f"{kept}; --drop-scale-outliers drops them"
     shown = ", ".join(f"{rid} ({why})" for rid, why in list(outliers.items())[:3])
     warnings.warn(f"{len(outliers)} training recording(s) on another scale than the cohort: {shown}"
                   f"{' ...' if len(outliers) > 3 else ''}; {action}", ScaleOutlierWarning, stacklevel=3)
-    return [{"recording_id": rid, "reason": why, "action": "dropped" if drop else "excluded from the scaling fit"}
+    return [{"recording_id": rid, "reason": why,
+             "action": "dropped" if drop else ("excluded from the scaling fit" if fitted_here else "kept")}
             for rid, why in outliers.items()]
+
+
+def _units_record(records: list[dict]) -> dict:
+    """The input units of the prepared recordings (``corpus.json`` -> ``input_units``): counts of
+    ``raw`` and ``centred`` recordings, the contract's ``units`` and how many recordings had
+    percent signal change bridged by per-recording scaling."""
+    counts = {"raw": 0, "centred": 0}
+    bridged = 0
+    for r in records:
+        u = r.get("units")
+        if u in counts:
+            counts[u] += 1
+        if u == "centred" and r.get("percent_signal_change") is False:
+            bridged += 1
+    present = [u for u, n in counts.items() if n]
+    units = present[0] if len(present) == 1 else ("mixed" if present else None)
+    return {"units": units, "recordings": counts, "percent_signal_change_bridged": bridged}
+
+
+def _contract_like(like: ReferenceContract, contract: PreprocessingContract | None) -> PreprocessingContract:
+    """The cleaning and scaling mode of ``like``; a ``contract`` also given must agree."""
+    if not isinstance(like, ReferenceContract):
+        raise BrainLMInputError(f"like is a {type(like).__name__}; expected a ReferenceContract "
+                                "(a checkpoint's contract and atlas)")
+    mine = PreprocessingContract.from_dict({**like.contract.cleaning(), "scaling": like.contract.scaling})
+    if contract is not None:
+        theirs = {**contract.cleaning(), "scaling": contract.scaling}
+        ref = {**mine.cleaning(), "scaling": mine.scaling}
+        differ = [k for k in ref if ref[k] != theirs[k]]
+        if differ:
+            raise BrainLMInputError(
+                "the cleaning settings come from the checkpoint with --like; drop the option(s) "
+                "that change them (" + ", ".join(f"{k}: {theirs[k]!r} vs the checkpoint's {ref[k]!r}"
+                                                for k in differ) + ")", like.name)
+    return mine
 
 
 class EmptySplitWarning(UserWarning):

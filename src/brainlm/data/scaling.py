@@ -9,6 +9,12 @@ to take exact pooled quantiles, so the statistics are computed in two streaming 
    recording and summed, pins them down to a fraction of one bin (linear interpolation inside
    the bin, then numpy's linear interpolation between neighbouring order statistics; the error
    is about one bin, far below 0.1% of the IQR for real data). Histograms add, so the pass parallelises and does not depend on order.
+
+Per-recording scaling (``PreprocessingContract(scaling="recording")``) instead scales each
+recording by its own per-parcel median and IQR (:func:`recording_scaling`). Median and IQR are
+equivariant under ``a * x + b`` (``a > 0``), so the scaled signal does not depend on the units
+of the input: raw scanner values, percent signal change, demeaned and z-scored versions of one
+recording reach the model as the same numbers.
 """
 
 from __future__ import annotations
@@ -153,6 +159,27 @@ def scaling_from_quartiles(q25: np.ndarray, median: np.ndarray, q75: np.ndarray
     degenerate = ~(np.isfinite(iqr) & (iqr > 0))
     median = np.asarray(median, dtype=np.float64)
     return np.where(np.isfinite(median), median, 0.0), np.where(degenerate, 1.0, iqr), degenerate
+
+
+def recording_scaling(x: np.ndarray, quartiles: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One recording's own robust-scaling statistics (per-recording scaling).
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, P)
+        The whole cleaned recording (not a window of it); NaN columns mark missing parcels.
+    quartiles : ndarray, shape (3, P), optional
+        Its :func:`recording_quartiles`, when already computed.
+
+    Returns
+    -------
+    median, iqr : ndarray, shape (P,), float32
+        A missing or constant parcel gets median 0 (if missing) and IQR 1, as in
+        :func:`scaling_from_quartiles`.
+    """
+    q = recording_quartiles(x) if quartiles is None else np.asarray(quartiles, dtype=np.float64)
+    med, iqr, _ = scaling_from_quartiles(q[0], q[1], q[2])
+    return med.astype(np.float32), iqr.astype(np.float32)
 
 
 def pooled_scaling(recordings: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,6 +1,9 @@
 """Train/validation/test assignment by subject, so no person is in two splits.
 
 Upstream BrainLM split by file, which puts different runs of one subject on both sides.
+Evaluation-only cohorts (fractions ``(0, 0, 1)``, every subject in ``test``) are allowed: the
+corpus then takes its scaling statistics from a checkpoint (``brainlm prepare --like``) or
+pools them over all its recordings, and says which (:mod:`brainlm.data.prepare`).
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ SPLITS = ("train", "val", "test")
 
 def split_sizes(n_groups: int, fractions: Sequence[float]) -> list[int]:
     """Number of groups per split by largest remainder; every split with a positive fraction
-    gets at least one group when there are enough groups, and ``train`` always gets one."""
+    gets at least one group when there are enough groups, and ``train`` gets one whenever its
+    fraction is above 0 (a split with fraction 0 never gets any: ``(0, 0, 1)`` is an
+    evaluation-only cohort)."""
     f = np.asarray(fractions, dtype=np.float64)
-    if f.shape != (3,) or (f < 0).any() or not np.isclose(f.sum(), 1.0) or f[0] <= 0:
+    if f.shape != (3,) or not np.isfinite(f).all() or (f < 0).any() or not np.isclose(f.sum(), 1.0):
         raise BrainLMInputError(
             f"split fractions {list(fractions)} must be three numbers >= 0 (train, val, test) "
-            "summing to 1, with train > 0")
+            "summing to 1")
     exact = f * n_groups
     sizes = np.floor(exact).astype(int)
     for k in np.argsort(-(exact - sizes), kind="stable")[: n_groups - sizes.sum()]:
@@ -32,7 +37,7 @@ def split_sizes(n_groups: int, fractions: Sequence[float]) -> list[int]:
             donor = int(np.argmax(sizes))
             sizes[donor] -= 1
             sizes[k] += 1
-    if sizes[0] == 0 and n_groups > 0:
+    if f[0] > 0 and sizes[0] == 0 and n_groups > 0:
         donor = int(np.argmax(sizes))
         sizes[donor] -= 1
         sizes[0] += 1
@@ -72,8 +77,8 @@ def explicit_splits(groups: Sequence[str], assignments: Mapping[str, str]) -> di
     groups : sequence of str
         One entry per recording (subject keys: ``SITE/SUBJECT`` for recordings with a site).
     assignments : mapping
-        Group -> ``"train" | "val" | "test"``; every group must be listed, and at least one in
-        ``train``.
+        Group -> ``"train" | "val" | "test"``; every group must be listed (all in ``test``:
+        an evaluation-only cohort).
     """
     unique = sorted(set(map(str, groups)))
     bad = {g: s for g, s in assignments.items() if s not in SPLITS}
@@ -83,7 +88,4 @@ def explicit_splits(groups: Sequence[str], assignments: Mapping[str, str]) -> di
     if missing:
         raise BrainLMInputError(f"split assignments lack {len(missing)} subject(s) of the data, e.g. "
                                 f"{missing[:3]} (keys are SITE/SUBJECT for recordings with a site)")
-    out = {g: str(assignments[g]) for g in unique}
-    if "train" not in out.values():
-        raise BrainLMInputError("split assignments put no subject in 'train'")
-    return out
+    return {g: str(assignments[g]) for g in unique}

@@ -74,8 +74,9 @@ class WindowDataset(Dataset):
     stride : int, optional
         Step between tiles in TRs (default: ``window_trs``, non-overlapping).
     scaler : PreprocessingContract, optional
-        Whose robust scaling (``scaler.scale``) turns the corpus' cleaned, unscaled windows into
-        model input: a checkpoint's contract, so a fine-tuned model sees its pretraining scale
+        Whose robust scaling turns the corpus' cleaned, unscaled windows into model input
+        (pooled statistics, or each recording's own: :meth:`Corpus.read`): a checkpoint's
+        contract, so a fine-tuned model sees its pretraining scale
         (:func:`brainlm.tasks.model_input.model_scaler`). Default: the corpus' own scaling.
     """
 
@@ -124,10 +125,9 @@ class WindowDataset(Dataset):
         if not 0 <= i < len(self):
             raise IndexError(i)
         row, start = self.locate(i)
-        if self.scaler is None:
-            window = self.corpus.read(row, start, start + self.window_trs)
-        else:
-            window = self.scaler.scale(self.corpus.read(row, start, start + self.window_trs, scaled=False))
+        # One road for every scaling: per-recording scaling divides by the whole recording's
+        # statistics, so a crop reads as the same numbers as in the whole recording.
+        window = self.corpus.read(row, start, start + self.window_trs, scaler=self.scaler)
         return {"window": torch.from_numpy(window), "xyz": self.xyz, "recording": row, "start": start}
 
 
