@@ -8,13 +8,21 @@ from pathlib import Path
 
 import torch
 
+from brainlm.data.atlas import EMBEDDED_ATLASES, Atlas, load_atlas
+from brainlm.data.corpus import Corpus
+from brainlm.data.recording import Recording
+from brainlm.data.sources import read_recordings
 from brainlm.errors import BrainLMInputError
 
-__all__ = ["CHECKPOINT_HELP", "add_attention_options", "check_device", "check_output_file", "check_positive", "comma_floats",
-           "comma_ints", "comma_names", "two_levels"]
+__all__ = ["ATLAS_HELP", "CHECKPOINT_HELP", "add_attention_options", "add_data_file_options", "atlas_option",
+           "check_device", "check_output_file", "check_positive", "comma_floats", "comma_ints", "comma_names",
+           "data_argument", "two_levels"]
 
 #: Help of every command's CHECKPOINT argument.
 CHECKPOINT_HELP = "a checkpoint folder (RUN/model), or the name of a shipped model (`brainlm models`)"
+#: Help of every ``--atlas`` option (``prepare`` and the commands that read time-series files).
+ATLAS_HELP = (f"atlas of parcellated time series: {' | '.join(EMBEDDED_ATLASES)} | a TSV with "
+              "name,x,y,z[,network] (MNI mm), rows in the column order of the files")
 
 
 def check_positive(value, option: str) -> None:
@@ -95,3 +103,41 @@ def add_attention_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-figures", action="store_true", help="write tables only")
+
+
+def atlas_option(value: str | None, option: str = "--atlas") -> Atlas | None:
+    """The atlas an ``--atlas`` value names (None when not given); an unknown name or a bad table
+    is an error naming the value."""
+    if value is None:
+        return None
+    try:
+        return load_atlas(value)
+    except BrainLMInputError as e:
+        raise BrainLMInputError(f"{option}: {e.reason}", e.source or str(value)) from None
+
+
+def add_data_file_options(p: argparse.ArgumentParser) -> None:
+    """How a command that takes DATA files reads them: ``--atlas``, ``--tr``, ``--orientation``,
+    ``--key`` (the same meaning as in ``brainlm prepare``)."""
+    p.add_argument("--atlas", help=ATLAS_HELP + "; default: the checkpoint's atlas (another atlas "
+                   "needs --transfer-atlas)")
+    p.add_argument("--tr", type=float, help="TR in seconds for files without a JSON sidecar")
+    p.add_argument("--orientation", default="auto", choices=["auto", "time-by-parcel", "parcel-by-time"])
+    p.add_argument("--key", help="array name inside .npz/.mat/.h5 files (default: inferred)")
+
+
+def data_argument(data: list[str], args: argparse.Namespace) -> list[str] | list[Recording]:
+    """DATA as the tasks take it: the paths themselves (a corpus, or files on the checkpoint's
+    atlas, read lazily), or, with ``--atlas``, the files read on that atlas as Recordings.
+
+    A corpus carries its atlas: ``--atlas`` must then name it (or be left out)."""
+    atlas = atlas_option(getattr(args, "atlas", None))
+    if atlas is None:
+        return data
+    if len(data) == 1 and (Path(data[0]) / "corpus.json").is_file():
+        corpus_atlas = Corpus(data[0]).atlas
+        if not atlas.matches(corpus_atlas):
+            raise BrainLMInputError(f"--atlas is {atlas.name!r} but the corpus is on {corpus_atlas.name!r}; "
+                                    "a corpus carries its atlas: leave --atlas out", data[0])
+        return data
+    return read_recordings(data, atlas, tr=args.tr, orientation=args.orientation, key=args.key)

@@ -13,7 +13,8 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from brainlm.commands.arguments import CHECKPOINT_HELP, add_attention_options, check_device, check_positive
+from brainlm.commands.arguments import (CHECKPOINT_HELP, add_attention_options, add_data_file_options, check_device,
+                                       check_positive, data_argument)
 from brainlm.data.atomic import check_output_folder
 from brainlm.report.attention_figures import draw_network_folder
 from brainlm.report.console import make_console
@@ -34,7 +35,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         "independently (co-fluctuation removed) and chance. Writes networks.json, networks.md, parcels.tsv "
         "and figures to --out.")
     p.add_argument("checkpoint", help=CHECKPOINT_HELP)
-    p.add_argument("data", nargs="+", help="a prepared corpus, or time-series files/folders on the checkpoint's atlas")
+    p.add_argument("data", nargs="+", help="a prepared corpus, or time-series files/folders (on the "
+                   "checkpoint's atlas, or on --atlas)")
     p.add_argument("--out", required=True, help="output folder (a new one, or with --overwrite one "
                    "that brainlm wrote, replaced when complete)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder written by brainlm")
@@ -47,9 +49,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="skip the pretrained model on input whose parcels are shifted in time "
                    "independently (co-fluctuation removed)")
     add_attention_options(p)
-    p.add_argument("--tr", type=float, help="TR in seconds for files without a sidecar")
-    p.add_argument("--orientation", default="auto", choices=["auto", "time-by-parcel", "parcel-by-time"])
-    p.add_argument("--key", help="array name inside .npz/.mat/.h5 files")
+    add_data_file_options(p)
     return p
 
 
@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     check_positive(args.batch_size, "--batch-size")
     check_positive(args.neighbors, "--neighbors")
     check_device(args.device)
-    r = identify_networks(args.checkpoint, args.data, args.out, labels=args.labels,
+    data = data_argument(args.data, args)
+    r = identify_networks(args.checkpoint, data, args.out, labels=args.labels,
                           transfer_atlas=args.transfer_atlas, n_neighbors=args.neighbors,
                           max_recordings=args.max_recordings,
                           untrained_control=not args.no_untrained_control,

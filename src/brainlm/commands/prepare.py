@@ -1,14 +1,22 @@
-"""``brainlm prepare``: build a corpus from parcellated time series or scans."""
+"""``brainlm prepare``: build a corpus from parcellated time series or scans.
+
+With ``--like CHECKPOINT`` the cohort is prepared as the checkpoint's pretraining data: the
+checkpoint is read here (the commands layer may read checkpoints; the data layer may not) and
+its contract and atlas are passed down to :func:`brainlm.data.prepare.prepare_corpus` as a
+:class:`~brainlm.data.contract.ReferenceContract`.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from brainlm.commands.arguments import comma_floats
-from brainlm.data.atlas import load_atlas
-from brainlm.data.contract import PreprocessingContract
+from brainlm.commands.arguments import ATLAS_HELP, CHECKPOINT_HELP, atlas_option, comma_floats
+from brainlm.data.contract import SCALING_MODES, PreprocessingContract, ReferenceContract
 from brainlm.data.prepare import StoreLayout, prepare_corpus
 from brainlm.errors import BrainLMInputError
+from brainlm.model.checkpoint import load_pretrained
+from brainlm.model.shipped import resolve_checkpoint
 from brainlm.report.console import print_summary
 
 __all__ = ["register", "run"]
@@ -24,9 +32,12 @@ def register(subparsers) -> argparse.ArgumentParser:
                               "train, and write a corpus.")
     p.add_argument("sources", nargs="+", help="files or folders (a participants.tsv in a folder is used)")
     p.add_argument("--out", required=True, help="corpus folder to create")
-    p.add_argument("--atlas",
-                   help="for parcellated time series: aal2 | schaefer100 | schaefer200 | "
-                   "schaefer400 | a TSV with name,x,y,z[,network]")
+    p.add_argument("--atlas", help=ATLAS_HELP + " (with --like, default: the checkpoint's)")
+    p.add_argument("--like", metavar="CHECKPOINT",
+                   help="prepare the cohort exactly as this checkpoint's pretraining data: its cleaning, "
+                   "target TR and scaling mode, and its scaling statistics when the atlas is its own "
+                   "(else the cohort's own, recorded in the contract); every recording goes to split "
+                   "test unless --splits is given. " + CHECKPOINT_HELP)
     g = p.add_argument_group("scans (4-D NIfTI, GIfTI, CIFTI; fMRIPrep derivatives)")
     g.add_argument("--atlas-image", action="append", metavar="FILE",
                    help="atlas to parcellate scans with: a NIfTI (3-D labels or 4-D probabilistic "
@@ -62,21 +73,28 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--id-column", help="subject id column of the participants table")
     g.add_argument("--allow-missing-phenotypes", action="store_true",
                    help="keep recordings whose subject is not in the participants table")
-    g = p.add_argument_group("preprocessing contract")
+    g = p.add_argument_group("preprocessing contract (with --like: from the checkpoint)")
     g.add_argument("--target-tr", type=float, help="resample every recording to this TR (seconds)")
-    g.add_argument("--drop-initial", type=int, default=0, metavar="N", help="drop the first N frames")
+    g.add_argument("--drop-initial", type=int, metavar="N", help="drop the first N frames (default 0)")
     g.add_argument("--psc", action="store_true", help="convert raw BOLD to percent signal change")
     g.add_argument("--no-detrend", action="store_true", help="skip linear detrending")
     g.add_argument("--high-pass", type=float, metavar="HZ")
     g.add_argument("--low-pass", type=float, metavar="HZ")
-    g.add_argument("--bad-parcels", default="error", choices=["error", "zero"],
-                   help="parcels with NaN/Inf or no variance: stop, or mark missing (read as 0)")
+    g.add_argument("--bad-parcels", choices=["error", "zero"],
+                   help="parcels with NaN/Inf or no variance: stop (default), or mark missing (read as 0)")
+    g.add_argument("--scaling", choices=list(SCALING_MODES),
+                   help="robust scaling: pooled (default: median and IQR pooled over the training split) "
+                   "or recording (each recording by its own median and IQR, so raw, percent-change, "
+                   "demeaned and z-scored data reach the model alike)")
     g.add_argument("--min-trs", type=int, default=200, help="minimum TRs after preprocessing (a window)")
     g.add_argument("--too-short", default="skip", choices=["skip", "error"])
     g.add_argument("--on-error", default="fail", choices=["fail", "skip"],
                    help="a recording that cannot be read: stop, or skip it and report it")
     g = p.add_argument_group("splits and storage")
-    g.add_argument("--splits", type=comma_floats, default=[0.8, 0.1, 0.1], metavar="TRAIN,VAL,TEST")
+    g.add_argument("--splits", type=comma_floats, metavar="TRAIN,VAL,TEST",
+                   help="fractions of subjects (default 0.8,0.1,0.1; with --like 0,0,1). With no "
+                   "training split the scaling statistics come from the checkpoint (--like, same "
+                   "atlas) or are pooled over all recordings (recorded in the contract)")
     g.add_argument("--seed", type=int, default=0, help="split seed")
     g.add_argument("--split-by", default="subject", choices=["subject", "site"])
     g.add_argument("--jobs", type=int, default=1, help="worker processes (-1: all cores)")
@@ -92,20 +110,46 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def reference_contract(checkpoint: str) -> ReferenceContract:
+    """The contract and atlas of a checkpoint (a folder or a shipped model's name), for
+    ``--like``; a folder that is not a checkpoint is an error naming it."""
+    path = resolve_checkpoint(checkpoint)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise BrainLMInputError("--like expects a checkpoint folder (RUN/model, with config.json, "
+                                "model.safetensors and contract.json) or the name of a shipped model",
+                                str(checkpoint))
+    model = load_pretrained(path)
+    return ReferenceContract(contract=model.contract, atlas=model.atlas, name=str(checkpoint), path=str(path))
+
+
+def _contract(args: argparse.Namespace, like: ReferenceContract | None) -> PreprocessingContract | None:
+    """The contract the flags describe; with ``--like``, the checkpoint's with the flags given on
+    top (``prepare_corpus`` refuses any that differ from the checkpoint's), or None when none is."""
+    flags = {"target_tr": args.target_tr, "drop_initial_trs": args.drop_initial,
+             "percent_signal_change": args.psc or None, "detrend": False if args.no_detrend else None,
+             "high_pass_hz": args.high_pass, "low_pass_hz": args.low_pass, "bad_parcels": args.bad_parcels,
+             "scaling": args.scaling}
+    given = {k: v for k, v in flags.items() if v is not None}
+    if like is None:
+        return PreprocessingContract(**given)
+    if not given:
+        return None
+    return PreprocessingContract.from_dict({**like.contract.cleaning(), "scaling": like.contract.scaling,
+                                            **given})
+
+
 def run(args: argparse.Namespace) -> int:
     """Prepare the corpus and print its summary; 0 on success."""
-    contract = PreprocessingContract(
-        target_tr=args.target_tr, drop_initial_trs=args.drop_initial, percent_signal_change=args.psc,
-        detrend=not args.no_detrend, high_pass_hz=args.high_pass, low_pass_hz=args.low_pass,
-        bad_parcels=args.bad_parcels)
-    if args.atlas is None and not args.atlas_image:
+    like = reference_contract(args.like) if args.like else None
+    contract = _contract(args, like)
+    if args.atlas is None and not args.atlas_image and like is None:
         raise BrainLMInputError("pass --atlas (parcellated time series) or --atlas-image (NIfTI, "
-                                "GIfTI or CIFTI scans)")
+                                "GIfTI or CIFTI scans), or --like CHECKPOINT for files on its atlas")
     options = {k: v for k, v in (("global_signal", args.global_signal),
                                  ("fd_threshold", args.fd_threshold)) if v is not None}
     mesh = args.surface_mesh
     corpus = prepare_corpus(
-        args.sources, args.out, atlas=load_atlas(args.atlas) if args.atlas else None,
+        args.sources, args.out, atlas=atlas_option(args.atlas),
         atlas_image=args.atlas_image, atlas_labels=args.atlas_labels,
         surface_mesh=mesh[0] if mesh and len(mesh) == 1 else mesh, confounds=args.confounds,
         confound_options=options, max_censored=args.max_censored, space=args.space, res=args.res,
@@ -117,8 +161,14 @@ def run(args: argparse.Namespace) -> int:
         fractions=args.splits, split_seed=args.seed, split_by=args.split_by, jobs=args.jobs,
         layout=StoreLayout(chunk_trs=args.chunk_trs, compression=args.compression),
         overwrite=args.overwrite, restart=args.restart, drop_scale_outliers=args.drop_scale_outliers,
-        progress=not args.quiet)
+        progress=not args.quiet, like=like)
     print_summary(corpus.summary())
+    scaling = corpus.info.get("scaling", {})
+    if like is not None:
+        print(f"prepared like {args.like}: {scaling.get('mode')} scaling, statistics from the "
+              f"{corpus.info['prepared_like']['statistics']}" + (f" ({scaling['note']})" if "note" in scaling else ""))
+    elif "note" in scaling:
+        print(f"scaling: {scaling['note']}")
     ingestion = corpus.info.get("ingestion")
     if ingestion:
         conf = ingestion["confounds"]

@@ -413,11 +413,14 @@ class ReferenceContract:
         The pretraining atlas (None: unknown, statistics are then the cohort's own).
     name : str
         Where it came from (the checkpoint folder or shipped model), for records and messages.
+    path : str, optional
+        The checkpoint folder: an input, which the corpus may not be written over or into.
     """
 
     contract: PreprocessingContract
     atlas: Atlas | None
     name: str
+    path: str | None = None
 
     def contract_for(self, atlas: Atlas) -> tuple[PreprocessingContract, bool]:
         """A new contract for a cohort on ``atlas``: the checkpoint's cleaning and scaling mode,

@@ -220,6 +220,8 @@ def prepare_corpus(
                                 "processes, or -1 for all cores")
     # The inputs this build reads: the corpus, and its unfinished build, may be none of them.
     inputs = [*sources, *(x for x in (participants, atlas_image) if isinstance(x, (str, os.PathLike)))]
+    if like is not None and like.path is not None:
+        inputs.append(like.path)
     check_output_folder(out, overwrite=overwrite, sources=inputs)
     check_not_an_input(out.with_name(out.name + ".partial"), inputs)
 

@@ -236,6 +236,20 @@ def specs_from_recordings(recordings: Iterable[Recording]) -> list[SourceSpec]:
                        recording=r, tr=r.tr, phenotypes=dict(r.phenotypes)) for r in recordings]
 
 
+def read_recordings(paths: Sequence[str | Path], atlas: Atlas, *, tr: float | None = None,
+                    orientation: str = "auto", key: str | None = None) -> list[Recording]:
+    """Every time-series file under ``paths`` (files or folders) read on ``atlas``, in memory.
+
+    The TR of each comes from its sidecar, the file or ``tr`` (seconds), never guessed; a file
+    whose parcels do not match ``atlas`` is an error naming it. Returns Recordings (T x P,
+    columns in atlas order; NaN/Inf kept for the contract's bad-parcel policy).
+    """
+    files, _ = discover_files(paths)
+    specs = specs_from_files(files, tr=tr)
+    check_unique_ids(specs)
+    return [s.load(atlas, orientation=orientation, key=key) for s in specs]
+
+
 def check_unique_ids(specs: Sequence[SourceSpec]) -> None:
     """Error listing recordings that would get the same id (same subject/session/task/run)."""
     counts = Counter(s.recording_id for s in specs)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from brainlm.data.atlas import Atlas
-from brainlm.data.contract import PreprocessingContract
+from brainlm.data.contract import CLEANING_FIELDS, PreprocessingContract
 from brainlm.data.corpus import Corpus
 from brainlm.data.recording import Recording
 from brainlm.data.scaling import pooled_scaling
@@ -54,9 +54,9 @@ from brainlm.model.brainlm import BrainLM, EncoderOutput, ParcelPatchTokens
 from brainlm.model.checkpoint import load_pretrained
 from brainlm.model.masking import MaskSpec
 
-#: Contract fields that change the cleaned signal; a corpus must match the checkpoint on all.
-CLEANING_KEYS = ("target_tr", "drop_initial_trs", "percent_signal_change", "detrend", "high_pass_hz",
-                 "low_pass_hz", "confounds", "bad_parcels")
+#: Contract fields that change the cleaned signal; a corpus must match the checkpoint on all
+#: (but ``percent_signal_change`` for a checkpoint with per-recording scaling, which removes it).
+CLEANING_KEYS = CLEANING_FIELDS
 
 
 def is_model(obj) -> bool:
@@ -137,26 +137,38 @@ def open_corpus(corpus: str | Path | Corpus) -> Corpus:
 def model_scaler(model: BrainLM, corpus: Corpus, *, transfer_atlas: bool = False) -> PreprocessingContract:
     """The contract whose robust scaling turns the corpus' cleaned recordings into model input.
 
-    On the pretraining atlas that is the checkpoint's own contract (what pretraining saw); a
-    transferred atlas has no statistics in the checkpoint, so the corpus' scaling (fitted on its
-    training split, no targets involved) is used. Errors when the corpus was cleaned differently
-    from the pretraining data or is on another atlas without ``transfer_atlas``.
+    The checkpoint's scaling mode decides. Per-recording scaling: the checkpoint's contract
+    (each recording by its own statistics, on any atlas). Pooled: on the pretraining atlas the
+    checkpoint's own contract (what pretraining saw); a transferred atlas has no statistics in
+    the checkpoint, so the corpus' pooled statistics (fitted on its training split, or on all
+    its recordings for an evaluation-only cohort; no targets involved) are used. Errors when
+    the corpus was cleaned differently from the pretraining data or is on another atlas
+    without ``transfer_atlas``.
     """
     check_atlas(model, corpus.atlas, transfer=transfer_atlas, source=corpus.path)
     if model.contract is None:
         raise BrainLMInputError("checkpoint has no preprocessing contract (contract.json)", corpus.path)
-    mine, theirs = model.contract.to_dict(), corpus.contract.to_dict()
-    differ = [k for k in CLEANING_KEYS if mine.get(k) != theirs.get(k)]
+    mine, theirs = model.contract.cleaning(), corpus.contract.cleaning()
+    # Percent signal change is a map a * x + b per parcel, which per-recording scaling removes.
+    exempt = {"percent_signal_change"} if model.contract.per_recording else set()
+    differ = [k for k in CLEANING_KEYS if k not in exempt and mine.get(k) != theirs.get(k)]
     if differ:
         raise BrainLMInputError(
             "the corpus was cleaned differently from the model's pretraining data ("
             + ", ".join(f"{k}: corpus {theirs.get(k)!r} vs model {mine.get(k)!r}" for k in differ)
-            + "); prepare it again with the checkpoint's settings", corpus.path)
+            + "); prepare it again with the checkpoint's settings (brainlm prepare ... --like "
+            "CHECKPOINT)", corpus.path)
+    if model.contract.per_recording:
+        return with_input_gain(model, model.contract)
     # An imported upstream checkpoint has no statistics (never released): the corpus' own,
     # times the checkpoint's input gain (calibrated or chosen; 1 when never set).
     if model.contract.is_fitted and (model.atlas is None or corpus.atlas.matches(model.atlas)):
         return model.contract
-    return with_input_gain(model, corpus.contract)
+    scaler = corpus.contract
+    if scaler.per_recording:
+        # The model saw pooled scaling: the corpus' pooled statistics, not its per-recording mode.
+        scaler = PreprocessingContract.from_dict({**scaler.to_dict(), "scaling": "pooled"})
+    return with_input_gain(model, scaler)
 
 
 def input_gain(model: BrainLM) -> tuple[float, float]:
@@ -187,6 +199,9 @@ def with_input_gain(model: BrainLM, scaler: PreprocessingContract) -> Preprocess
     gain, offset = input_gain(model)
     if gain == 1.0 and offset == 0.0:
         return scaler
+    if scaler.per_recording:
+        raise BrainLMInputError("an input gain (scaler_fit.input_gain) cannot be folded into "
+                                "per-recording scaling; prepare the corpus with pooled scaling")
     out = PreprocessingContract.from_dict(scaler.to_dict())
     med, iqr = np.asarray(out.median, dtype=np.float64), np.asarray(out.iqr, dtype=np.float64)
     out.median, out.iqr = (med - offset * iqr / gain).tolist(), (iqr / gain).tolist()
@@ -196,9 +211,10 @@ def with_input_gain(model: BrainLM, scaler: PreprocessingContract) -> Preprocess
 
 def iter_model_input(corpus: Corpus, rows, scaler: PreprocessingContract) -> Iterator[np.ndarray]:
     """Recordings ``rows`` (manifest row indices) as model input, one at a time: (T_i, P)
-    float32 arrays, cleaned and robust-scaled, missing parcels 0."""
+    float32 arrays, cleaned and robust-scaled (pooled, or by each recording's own statistics),
+    missing parcels 0."""
     for i in rows:
-        yield scaler.scale(corpus.read(int(i), scaled=False))
+        yield corpus.read(int(i), scaler=scaler)
 
 
 def read_model_input(corpus: Corpus, rows, scaler: PreprocessingContract) -> list[np.ndarray]:
@@ -225,29 +241,44 @@ def is_corpus(paths: list[Path]) -> bool:
     return len(paths) == 1 and (paths[0] / "corpus.json").is_file()
 
 
-def input_atlas(model: BrainLM, data) -> Atlas:
-    """The atlas that the recordings of ``data`` (a corpus, or files on the checkpoint's atlas)
-    are on."""
+def input_atlas(model: BrainLM, data, atlas: Atlas | None = None) -> Atlas:
+    """The atlas that the recordings of ``data`` are on: a corpus' own, the Recordings' own,
+    ``atlas`` for files when given, else the checkpoint's."""
+    data = list(data)
+    if data and all(isinstance(d, Recording) for d in data):
+        return data[0].atlas
     paths = [Path(d) for d in data]
     if is_corpus(paths):
-        return open_corpus(paths[0]).atlas
+        corpus_atlas = open_corpus(paths[0]).atlas
+        if atlas is not None and not atlas.matches(corpus_atlas):
+            raise BrainLMInputError(f"--atlas is {atlas.name!r} but the corpus is on {corpus_atlas.name!r}; "
+                                    "a corpus carries its atlas: leave --atlas out", str(paths[0]))
+        return corpus_atlas
+    if atlas is not None:
+        return atlas
     if model.atlas is None:
-        raise BrainLMInputError("checkpoint has no atlas; pass a prepared corpus instead", str(paths[0]))
+        raise BrainLMInputError("checkpoint has no atlas; pass the files' atlas (--atlas) or a prepared "
+                                "corpus", str(paths[0]))
     return model.atlas
 
 
 def recording_windows(model: BrainLM, data, *, tr: float | None = None, orientation: str = "auto",
-                      key: str | None = None, transfer_atlas: bool = False,
+                      key: str | None = None, transfer_atlas: bool = False, atlas: Atlas | None = None,
                       ) -> Iterator[tuple[dict, torch.Tensor, np.ndarray, torch.Tensor]]:
     """Every recording of ``data`` as the model's windows, one recording at a time.
 
     Parameters
     ----------
-    data : list of paths
+    data : list of paths, or list of Recording
         One prepared corpus folder (cleaning checked against the checkpoint, scaled by
-        :func:`model_scaler`; recordings shorter than one window are skipped), or time-series
-        files/folders on the checkpoint's atlas, read with ``tr`` (seconds), ``orientation`` and
-        ``key`` and preprocessed with the checkpoint's contract.
+        :func:`model_scaler`; recordings shorter than one window are skipped), time-series
+        files/folders, read with ``tr`` (seconds), ``orientation`` and ``key`` on ``atlas``
+        (default: the checkpoint's) and preprocessed with the checkpoint's contract, or
+        ``Recording`` objects (as :func:`model_inputs` takes them).
+    atlas : Atlas, optional
+        The atlas of the files (another one than the checkpoint's needs ``transfer_atlas``: the
+        checkpoint's cleaning, then its scaling mode; with pooled scaling the statistics are
+        pooled over the files given, as the checkpoint has none for that atlas).
 
     Yields
     ------
@@ -258,22 +289,45 @@ def recording_windows(model: BrainLM, data, *, tr: float | None = None, orientat
     starts : ndarray (W,) int, first TR of each window
     xyz : Tensor (P, 3) float32, parcel centroids in mm
     """
-    paths = [Path(d) for d in data]
-    if not paths:
+    data = [data] if isinstance(data, (str, Path, Recording)) else list(data)
+    if not data:
         raise BrainLMInputError("no data given; expected a prepared corpus or time-series files")
+    if all(isinstance(d, Recording) for d in data):
+        yield from _recording_inputs(model, data, transfer_atlas, None)
+        return
+    if any(isinstance(d, Recording) for d in data):
+        raise BrainLMInputError("data mixes Recording objects and paths; pass one kind")
+    paths = [Path(d) for d in data]
     if is_corpus(paths):
+        input_atlas(model, paths, atlas)  # a corpus on another atlas than --atlas is an error
         yield from _corpus_windows(model, open_corpus(paths[0]), transfer_atlas)
         return
-    atlas = input_atlas(model, paths)
+    atlas = input_atlas(model, paths, atlas)
+    check_atlas(model, atlas, transfer=transfer_atlas, source=str(paths[0]))
     files, _ = discover_files(paths)
     specs = specs_from_files(files, tr=tr)
     check_unique_ids(specs)
+    if not _scales_alone(model, atlas):
+        # Pooled scaling on an atlas the checkpoint has no statistics for: pooled over the files.
+        yield from _recording_inputs(model, [s.load(atlas, orientation=orientation, key=key) for s in specs],
+                                     transfer_atlas, None)
+        return
     xyz = parcel_xyz(atlas)
     for spec in specs:
         rec = spec.load(atlas, orientation=orientation, key=key)
-        windows, starts = model_windows(model, preprocess(model, rec), source=spec.recording_id)
+        windows, starts = model_windows(model, preprocess(model, rec, transfer_atlas=transfer_atlas),
+                                        source=spec.recording_id)
         yield (_ids(spec.recording_id, rec.subject, rec.session, rec.task, rec.run, rec.site),
                windows, starts, xyz)
+
+
+def _scales_alone(model: BrainLM, atlas: Atlas) -> bool:
+    """Whether one recording on ``atlas`` can be scaled without the others: the checkpoint
+    scales per recording, or it holds pooled statistics for this atlas."""
+    contract = model.contract
+    if contract is None:
+        return True  # preprocess() gives the error
+    return contract.per_recording or (model.atlas is not None and atlas.matches(model.atlas))
 
 
 def _corpus_windows(model: BrainLM, corpus: Corpus, transfer_atlas: bool):
@@ -327,7 +381,7 @@ class ModelInput:
 
 def model_inputs(model: BrainLM, data, *, transfer_atlas: bool = False, target_tr: float | None = None,
                  tr: float | None = None, orientation: str = "auto", key: str | None = None,
-                 ) -> Iterator[ModelInput]:
+                 atlas: Atlas | None = None) -> Iterator[ModelInput]:
     """Model input for every recording of ``data``.
 
     Parameters
@@ -337,14 +391,18 @@ def model_inputs(model: BrainLM, data, *, transfer_atlas: bool = False, target_t
     data : path, list of paths, or list of Recording
         * a prepared corpus folder (its cleaning must match the checkpoint's contract; on the
           checkpoint's atlas the checkpoint's scaling is applied, on another atlas the corpus'
-          own training-split scaling), or time-series files/folders on the checkpoint's atlas
-          (read with ``tr``, ``orientation``, ``key``) -- exactly as ``brainlm embed`` reads them;
+          own training-split scaling), or time-series files/folders on ``atlas`` (default: the
+          checkpoint's; read with ``tr``, ``orientation``, ``key``) -- exactly as
+          ``brainlm embed`` reads them;
         * ``Recording`` objects: on the checkpoint's atlas, :func:`preprocess`; on another
           atlas (``transfer_atlas``), cleaned with the checkpoint's settings, resampled to
           ``target_tr`` (default: the contract's) and robust-scaled with statistics pooled over
-          the recordings given (the checkpoint has none for that atlas).
+          the recordings given (the checkpoint has none for that atlas), or each by its own
+          when the checkpoint scales per recording.
     transfer_atlas : bool
         Allow an atlas other than the checkpoint's (through parcel coordinates).
+    atlas : Atlas, optional
+        The atlas of time-series files (default: the checkpoint's).
 
     Yields
     ------
@@ -360,18 +418,21 @@ def model_inputs(model: BrainLM, data, *, transfer_atlas: bool = False, target_t
     if not data:
         raise BrainLMInputError("no data given; expected a corpus, files, or recordings")
     if all(isinstance(d, Recording) for d in data):
-        yield from _from_recordings(model, data, transfer_atlas, target_tr)
+        atlas = data[0].atlas
+        for ids, windows, _, xyz in _recording_inputs(model, data, transfer_atlas, target_tr):
+            yield ModelInput(ids=ids, windows=windows, xyz=xyz, atlas=atlas)
         return
     if any(isinstance(d, Recording) for d in data):
         raise BrainLMInputError("data mixes Recording objects and paths; pass one kind")
-    atlas = input_atlas(model, data)
+    atlas = input_atlas(model, data, atlas)
     for ids, windows, _, xyz in recording_windows(model, data, tr=tr, orientation=orientation, key=key,
-                                                  transfer_atlas=transfer_atlas):
+                                                  transfer_atlas=transfer_atlas, atlas=atlas):
         yield ModelInput(ids=ids, windows=windows, xyz=xyz, atlas=atlas)
 
 
-def _from_recordings(model: BrainLM, recordings: list[Recording], transfer_atlas: bool,
-                     target_tr: float | None) -> Iterator[ModelInput]:
+def _recording_inputs(model: BrainLM, recordings: list[Recording], transfer_atlas: bool,
+                      target_tr: float | None) -> Iterator[tuple[dict, torch.Tensor, np.ndarray, torch.Tensor]]:
+    """Recordings of one atlas as (ids, windows, starts, xyz), as :func:`recording_windows`."""
     atlas = recordings[0].atlas
     for rec in recordings:
         if not rec.atlas.matches(atlas):
@@ -383,30 +444,32 @@ def _from_recordings(model: BrainLM, recordings: list[Recording], transfer_atlas
         raise BrainLMInputError("the model has no preprocessing contract; load a pretrained checkpoint")
     xyz = parcel_xyz(atlas)
     on_model_atlas = model.atlas is not None and atlas.matches(model.atlas)
-    if on_model_atlas and target_tr is None:
-        scaled = [preprocess(model, rec) for rec in recordings]
+    if target_tr is None and (on_model_atlas or model.contract.per_recording):
+        # One recording at a time: the checkpoint's statistics, or each recording's own.
+        scaled = (preprocess(model, rec, transfer_atlas=transfer_atlas) for rec in recordings)
     else:
-        cleaning = {k: v for k, v in model.contract.to_dict().items()
-                    if k not in ("median", "iqr", "scaler_fit")}
+        cleaning = {**model.contract.cleaning(), "scaling": model.contract.scaling}
         if target_tr is not None:
             cleaning["target_tr"] = float(target_tr)
         contract = PreprocessingContract.from_dict(cleaning)
         cleaned = [contract.clean(r.timeseries, r.tr, confounds=r.confounds,
                                   parcel_names=r.atlas.parcel_names, source=r.source or r.id).data
                    for r in recordings]
-        if on_model_atlas:
+        if contract.per_recording:
+            pass  # each recording by its own statistics (scale() computes them)
+        elif on_model_atlas:
             contract.median, contract.iqr = model.contract.median, model.contract.iqr
         else:
             # The checkpoint holds no scaling statistics for this atlas: pool them over the data.
             med, iqr, _ = pooled_scaling(cleaned)
             contract.median, contract.iqr = med.tolist(), iqr.tolist()
             contract = with_input_gain(model, contract)
-        scaled = [contract.scale(c) for c in cleaned]
+        scaled = (contract.scale(c) for c in cleaned)
     for rec, x in zip(recordings, scaled):
-        windows, _ = model_windows(model, x, source=rec.source or rec.id)
+        windows, starts = model_windows(model, x, source=rec.source or rec.id)
         ids = {"recording_id": rec.id, "subject": rec.subject, "session": rec.session,
                "task": rec.task, "run": rec.run, "site": rec.site, **dict(rec.phenotypes)}
-        yield ModelInput(ids=ids, windows=windows, xyz=xyz, atlas=atlas)
+        yield ids, windows, starts, xyz
 
 
 def has_parcel_patch_tokens(model: BrainLM) -> bool:
