@@ -15,8 +15,12 @@ import pytest
 
 from brainlm.commands import main
 from brainlm.data.atomic import OUTPUT_MARKER
+from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
+from brainlm.data.prepare import prepare_corpus
+from brainlm.data.samples import load_schaefer100_rest
 from conftest import write_hcp_folder
+from test_fresh_cohort import demean, make_checkpoint, write_files
 
 
 def cli(capsys, *args) -> tuple[int, str]:
@@ -623,3 +627,62 @@ def test_task_options_are_checked_before_any_work(args, message, started_run, co
     code, err = cli(capsys, *[fill.get(a, a) for a in args])
     assert code == 2 and message in err
     assert not (tmp_path / "out").exists()
+
+
+# --- issue 16: fresh cohorts ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def psc_checkpoint(tmp_path_factory, hcp):
+    """A tiny checkpoint (fresh weights) of an AAL2 corpus with percent signal change and pooled
+    scaling, as ``brainlm prepare --psc`` and ``pretrain`` would leave it."""
+    root = tmp_path_factory.mktemp("psc")
+    cut = [type(r)(r.timeseries[:300], r.tr, r.atlas, subject=r.subject) for r in hcp[:2]]
+    corpus = prepare_corpus(cut, root / "corpus", atlas=cut[0].atlas, min_trs=50, fractions=(1, 0, 0),
+                            contract=PreprocessingContract(percent_signal_change=True, target_tr=0.72))
+    return make_checkpoint(root / "model", corpus.contract, corpus.atlas)
+
+
+def test_like_a_folder_that_is_not_a_checkpoint(src, tmp_path, capsys):
+    notes = user_folder(tmp_path / "notes", "readme.txt")
+    code, err = cli(capsys, "prepare", src, "--like", notes, "--out", tmp_path / "c", "--min-trs", "50", "--quiet")
+    assert code == 2 and str(notes) in err and "--like expects a checkpoint folder" in err
+    code, err = cli(capsys, "prepare", src, "--like", tmp_path / "nowhere", "--out", tmp_path / "c", "--quiet")
+    assert code == 2 and "nowhere" in err and "not the name of a shipped model" in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_like_a_cohort_whose_parcels_cannot_be_matched(psc_checkpoint, tmp_path, capsys):
+    """Schaefer-100 files prepared like an AAL2 checkpoint without --atlas: read on its 94 parcels."""
+    files = write_files(tmp_path / "files", [load_schaefer100_rest()])
+    code, err = cli(capsys, "prepare", files, "--like", psc_checkpoint, "--out", tmp_path / "c", "--quiet")
+    assert code == 2 and "sub-rest01_task-rest_bold.npy" in err and "94" in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_like_units_that_cannot_be_bridged(psc_checkpoint, hcp, tmp_path, capsys):
+    """Demeaned files and a checkpoint with percent signal change and pooled scaling: one line that
+    names the file and says what to do."""
+    cut = [type(r)(r.timeseries[:300], r.tr, r.atlas, subject=r.subject) for r in hcp[2:4]]
+    files = write_files(tmp_path / "files", cut, demean)
+    code, err = cli(capsys, "prepare", files, "--like", psc_checkpoint, "--out", tmp_path / "c", "--min-trs", "50",
+                    "--quiet")
+    assert code == 2 and "_bold.npy" in err and "--scaling recording" in err and "demeaned" in err
+    # The same files through a raw-file command: the same message.
+    code, err = cli(capsys, "embed", psc_checkpoint, files, "--out", tmp_path / "e.parquet")
+    assert code == 2 and "_bold.npy" in err and "--scaling recording" in err
+
+
+def test_like_with_a_cleaning_flag_that_contradicts_the_checkpoint(psc_checkpoint, src, tmp_path, capsys):
+    code, err = cli(capsys, "prepare", src, "--like", psc_checkpoint, "--target-tr", "2", "--out", tmp_path / "c",
+                    "--quiet")
+    assert code == 2 and str(psc_checkpoint) in err and "target_tr: 2.0 vs the checkpoint's 0.72" in err
+
+
+@pytest.mark.parametrize("command", ["prepare", "embed", "networks"])
+def test_an_unknown_atlas_is_one_line_naming_it(command, psc_checkpoint, src, tmp_path, capsys):
+    args = {"prepare": ["prepare", src, "--out", tmp_path / "c", "--quiet"],
+            "embed": ["embed", psc_checkpoint, src, "--out", tmp_path / "e.parquet"],
+            "networks": ["networks", psc_checkpoint, src, "--out", tmp_path / "n", "--transfer-atlas"]}[command]
+    code, err = cli(capsys, *args, "--atlas", "schaefer1000")
+    assert code == 2 and "schaefer1000" in err and "unknown atlas" in err and "aal2" in err
+    assert not any((tmp_path / name).exists() for name in ("c", "e.parquet", "n"))
