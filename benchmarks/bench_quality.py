@@ -54,6 +54,8 @@ RECIPES: dict[str, dict] = {
     # The candidate for the small-data default: every change above that is cheap on a CPU.
     "small": {"preset": "tiny", "epochs": 100, "mask_ratio": 0.2, "mask_ratio_max": 0.9,
               "model_overrides": {"decoder_depth": 2, "decoder_attention": "axial"}},
+    # Labelled everywhere: the decoder starts from the spatial baseline's estimate.
+    "hybrid (spatial prior)": {"preset": "small", "epochs": 50, "spatial_prior": True},
     "wide": {"preset": "tiny", "epochs": 50,
              "model_overrides": {"dim": 128, "depth": 4, "decoder_dim": 128, "decoder_depth": 2,
                                  "decoder_attention": "axial"}},

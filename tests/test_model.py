@@ -176,3 +176,29 @@ def test_decoder_attention_config():
         preset("13m", decoder_attention="sparse")
     full, axial = (BrainLM(preset("13m", decoder_attention=a)) for a in ("full", "axial"))
     assert full.count_parameters() == axial.count_parameters()
+
+
+def test_hybrid_spatial_estimate_is_the_spatial_baseline_and_the_decoder_corrects_it(hcp):
+    from brainlm.tasks.reconstruction import SpatialImputer
+
+    x = hcp[0].timeseries[:400].astype(np.float32)
+    x = (x - x.mean(0)) / x.std(0)
+    imputer = SpatialImputer().fit(x[:200])
+    torch.manual_seed(0)
+    model = BrainLM(preset("tiny", window_trs=200, spatial_prior_parcels=94))
+    model.prior_mean.copy_(torch.from_numpy(imputer.mean_).float())
+    model.prior_covariance.copy_(torch.from_numpy(imputer.covariance_).float())
+    win = torch.from_numpy(x[200:400])[None]
+    mask = model.sample_mask(MaskSpec(ratio=0.75), 1, 94, torch.Generator().manual_seed(0))
+    values_mask = mask[0].repeat_interleave(20, dim=1).T.numpy()  # (T, P)
+    expected = imputer.impute(win[0].numpy(), values_mask)
+    got = model.unpatchify(model.spatial_estimate(win, mask))[0].numpy()
+    np.testing.assert_allclose(got[values_mask], expected[values_mask], atol=2e-3)
+    np.testing.assert_array_equal(got[~values_mask], win[0].numpy()[~values_mask])  # visible kept
+    # The decoder's output is a correction added to the estimate; a model without a prior
+    # refuses one, and a hybrid refuses data on another atlas.
+    loss, pred = model(win, torch.randn(1, 94, 3) * 50, mask)
+    assert pred.shape == (1, 94, 10, 20) and torch.isfinite(loss)
+    with pytest.raises(BrainLMInputError, match="cannot transfer to another atlas"):
+        model.spatial_estimate(torch.randn(1, 200, 90), mask[:, :90])
+    assert "prior_covariance" in model.state_dict() and "prior_covariance" not in BrainLM(preset("tiny")).state_dict()

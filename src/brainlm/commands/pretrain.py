@@ -23,6 +23,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--decoder-attention", choices=["full", "axial"],
                    help="decoder attention over all tokens, or alternating across parcels and across "
                    "time (default: the preset's; axial for 13m/111m/650m, see docs/model.md)")
+    p.add_argument("--spatial-prior", action="store_true",
+                   help="the hybrid model: the decoder starts from the linear spatial estimate of each "
+                        "hidden token (fitted on the training subjects) and learns the residual; tied to "
+                        "the corpus' atlas, and labelled as a hybrid in every result (docs/model.md)")
     g = p.add_argument_group("masking")
     g.add_argument("--mask", default="random", choices=["random", "parcels", "time", "future"])
     g.add_argument("--mask-ratio", type=float,
@@ -62,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     devices = int(args.devices) if args.devices.isdigit() else args.devices
     settings = PretrainSettings(
         corpus=str(Path(args.corpus).resolve()), preset=args.preset, model_overrides=overrides,
+        spatial_prior=args.spatial_prior,
         mask_strategy=args.mask, mask_ratio=args.mask_ratio, mask_ratio_max=args.mask_ratio_max, future_trs=args.future_trs,
         epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate, base_lr=args.lr,
         weight_decay=args.weight_decay, warmup_fraction=args.warmup, clip=args.clip,

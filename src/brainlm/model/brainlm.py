@@ -117,6 +117,13 @@ class BrainLM(ParcelPatchTokens, nn.Module):
             Block(c.decoder_dim, c.decoder_heads, c.mlp_ratio) for _ in range(c.decoder_depth))
         self.decoder_norm = nn.LayerNorm(c.decoder_dim)
         self.decoder_pred = nn.Linear(c.decoder_dim, c.patch_trs)
+        if c.spatial_prior_parcels:
+            # The hybrid: a parcel mean and covariance of the pretraining data (model-input units),
+            # set by pretraining and saved with the weights, and the embedding of the estimate.
+            p = c.spatial_prior_parcels
+            self.register_buffer("prior_mean", torch.zeros(p))
+            self.register_buffer("prior_covariance", torch.eye(p))
+            self.prior_embed = nn.Linear(c.patch_trs, c.decoder_dim)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -148,9 +155,35 @@ class BrainLM(ParcelPatchTokens, nn.Module):
                 attentions.append(w)
         return EncoderOutput(self.norm(h), ids, attentions)
 
-    def forward_decoder(self, enc: EncoderOutput, xyz: torch.Tensor, n_parcels: int) -> torch.Tensor:
-        """-> predicted patches [B, P, N, patch_trs] for every token."""
+    def spatial_estimate(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The hybrid's linear estimate. x: [B, T, P]; mask: [B, P, N] (True = hidden) or None
+        -> [B, P, N, patch_trs] float32: visible values as they are, hidden ones the Gaussian
+        conditional mean ``mu_M + S_MV S_VV^-1 (x_V - mu_V)`` given the parcels visible in the
+        same time patch (the prior mean where none is)."""
+        p = x.shape[2]
+        if p != self.config.spatial_prior_parcels:
+            raise BrainLMInputError(
+                f"this hybrid model's spatial prior covers the {self.config.spatial_prior_parcels} parcels of "
+                f"its pretraining atlas; the data have {p} (a hybrid cannot transfer to another atlas)")
+        if mask is None:
+            return self.patchify(x.float())
+        mu, cov = self.prior_mean.float(), self.prior_covariance.float()
+        centred = self.patchify(x.float() - mu).transpose(1, 2)  # [B, N, P, k]
+        vis = (~mask).transpose(1, 2).float()  # [B, N, P]
+        # One batched solve per time patch: the covariance restricted to the visible parcels,
+        # with identity rows and columns for the hidden ones, whose right-hand side is 0.
+        system = cov * vis[..., :, None] * vis[..., None, :] + torch.diag_embed(1.0 - vis)
+        weights = torch.linalg.solve(system, centred * vis[..., None])
+        estimate = (cov @ weights + mu[:, None]).transpose(1, 2)  # [B, P, N, k]
+        return torch.where(mask[..., None], estimate, self.patchify(x.float()))
+
+    def forward_decoder(self, enc: EncoderOutput, xyz: torch.Tensor, n_parcels: int,
+                        prior: torch.Tensor | None = None) -> torch.Tensor:
+        """-> predicted patches [B, P, N, patch_trs] for every token. ``prior`` [B, P, N, k]: the
+        hybrid's :meth:`spatial_estimate`, which the decoder sees and corrects."""
         c = self.config
+        if bool(c.spatial_prior_parcels) != (prior is not None):
+            raise ValueError("the spatial estimate is needed by a hybrid model and only by one")
         y = self.decoder_embed(enc.latent)
         b, n_tok = y.shape[0], n_parcels * c.n_patches
         if enc.ids_visible is None:
@@ -158,6 +191,8 @@ class BrainLM(ParcelPatchTokens, nn.Module):
         else:
             full = self.mask_token.expand(b, n_tok, -1).clone()
             full.scatter_(1, enc.ids_visible[..., None].expand(-1, -1, y.shape[-1]), y[:, 1:])
+        if prior is not None:
+            full = full + self.prior_embed(prior.to(full.dtype)).flatten(1, 2)
         pos = (self.decoder_spatial(xyz)[:, :, None, :] + self.decoder_temporal[None, None]).flatten(1, 2)
         if c.decoder_attention == "full":
             h = torch.cat([y[:, :1], full + pos], dim=1)
@@ -166,8 +201,8 @@ class BrainLM(ParcelPatchTokens, nn.Module):
             h = h[:, 1:]
         else:
             h = self._axial_decode(full + pos, b, n_parcels)
-        pred = self.decoder_pred(self.decoder_norm(h))
-        return pred.view(b, n_parcels, c.n_patches, c.patch_trs)
+        pred = self.decoder_pred(self.decoder_norm(h)).view(b, n_parcels, c.n_patches, c.patch_trs)
+        return pred if prior is None else pred + prior.to(pred.dtype)
 
     def _axial_decode(self, h: torch.Tensor, b: int, p: int) -> torch.Tensor:
         """[B, P * N, D] -> [B, P * N, D]: even blocks attend across parcels within a time patch,
@@ -190,7 +225,8 @@ class BrainLM(ParcelPatchTokens, nn.Module):
         The loss is the mean squared error over the values of masked tokens only.
         """
         enc = self.forward_encoder(x, xyz, mask)
-        pred = self.forward_decoder(enc, xyz, x.shape[2])
+        prior = self.spatial_estimate(x, mask) if self.config.spatial_prior_parcels else None
+        pred = self.forward_decoder(enc, xyz, x.shape[2], prior)
         return masked_mse(pred, self.patchify(x), mask), pred
 
     # -- bookkeeping --------------------------------------------------------------------------

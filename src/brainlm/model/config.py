@@ -35,6 +35,13 @@ class BrainLMConfig:
         (0: upstream's plain ``Linear(3 -> d)``).
     xyz_scale_mm : float
         Coordinates are divided by this before the Fourier features (about the brain radius).
+    spatial_prior_parcels : int
+        0 (default): a pure BrainLM. ``P > 0``: the *hybrid* model, for data on one atlas of
+        ``P`` parcels. It carries a parcel covariance fitted on its pretraining data; for every
+        time patch it computes the linear (Gaussian conditional) estimate of the hidden parcels
+        from the visible ones at the same TRs, which is the spatial baseline of the evaluation.
+        The decoder receives that estimate and predicts only the residual. Never the default:
+        every result of a hybrid model is labelled as one.
     """
 
     window_trs: int = 200
@@ -49,6 +56,7 @@ class BrainLMConfig:
     xyz_frequencies: int = 6
     xyz_scale_mm: float = 100.0
     decoder_attention: str = "full"
+    spatial_prior_parcels: int = 0
 
     def __post_init__(self) -> None:
         if self.decoder_attention not in DECODER_ATTENTION:
@@ -61,7 +69,8 @@ class BrainLMConfig:
             if f.name == "decoder_attention":
                 continue
             v = getattr(self, f.name)
-            if not isinstance(v, (int, float)) or v < 0 or (v == 0 and f.name != "xyz_frequencies"):
+            if not isinstance(v, (int, float)) or v < 0 or (v == 0 and f.name not in ("xyz_frequencies",
+                                                                                  "spatial_prior_parcels")):
                 raise BrainLMInputError(f"model config field {f.name!r} is {v!r}; expected a positive number")
         if self.window_trs % self.patch_trs:
             raise BrainLMInputError(
@@ -83,8 +92,8 @@ class BrainLMConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise BrainLMInputError(f"model config has unknown field(s) {unknown}")
-        # Checkpoints written before the field existed all had a full-attention decoder.
-        return cls(**{"decoder_attention": "full", **d})
+        # Checkpoints written before the fields existed had a full-attention decoder and no prior.
+        return cls(**{"decoder_attention": "full", "spatial_prior_parcels": 0, **d})
 
 
 #: Sizes of the paper (13M, 111M = ViT-B, 650M = ViT-H) plus two CPU-sized ones: ``tiny`` (the

@@ -127,7 +127,8 @@ def reconstruction_section(run_dir: Path, summary: dict, figures: Path) -> Secti
     cols = ["method"] + [f"{h} @ {r:g}" for r in res["mask_ratios"] for h in ("R²", "MSE", "r")]
     rows = []
     for m in res["methods"]:
-        cells = [METHOD_NAMES.get(m, m)]
+        hybrid = m == "brainlm" and res.get("brainlm_label", "BrainLM") != "BrainLM"
+        cells = [res["brainlm_label"] if hybrid else METHOD_NAMES.get(m, m)]
         for e in res["results"]:
             sc = e["methods"][m]
             cells += [sc["r2"], sc["mse"], sc["pearson_r"]]

@@ -157,6 +157,10 @@ class ReconstructionScores:
 
 
 # -- evaluation --------------------------------------------------------------------------------
+#: How results of a hybrid model (``BrainLMConfig.spatial_prior_parcels``) are labelled.
+HYBRID_LABEL = "BrainLM hybrid (decoder corrects the spatial estimate)"
+
+
 def _mask_seed(seed: int, ratio: float) -> int:
     # One stream per (seed, ratio), independent of which other ratios are evaluated.
     return int(seed) * 100_003 + int(round(ratio * 10_000))
@@ -262,6 +266,8 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
         "checkpoint": str(checkpoint) if not is_model(checkpoint) else None,
         "corpus": corpus.path, "split": split, "strategy": strategy, "seed": int(seed),
         "mask_ratios": ratios, "window_trs": cfg.window_trs,
+        # A hybrid is labelled as one wherever its numbers are shown.
+        "brainlm_label": HYBRID_LABEL if getattr(cfg, "spatial_prior_parcels", 0) else "BrainLM",
         # TRs per token; None for the image ViT-MAE, whose tokens are image patches.
         "patch_trs": getattr(cfg, "patch_trs", None),
         "recordings": used, "recordings_too_short": too_short, "windows": n_windows,
@@ -313,12 +319,14 @@ def reconstruction_markdown(result: dict) -> str:
         for e in result["results"]:
             s = e["methods"][m]
             cells += [_fmt(s["r2"]), _fmt(s["mse"]), _fmt(s["pearson_r"])]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        name = result.get("brainlm_label", "BrainLM") if m == "brainlm" else m
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     best = []
     for e in result["results"]:
         base = max(BASELINES, key=lambda b: e["methods"][b]["r2"])
         model_r2, base_r2 = e["methods"]["brainlm"]["r2"], e["methods"][base]["r2"]
         verdict = "beats" if model_r2 > base_r2 else "does not beat"
-        best.append(f"- mask ratio {e['mask_ratio']:g}: BrainLM R² {model_r2:.3f} {verdict} the best "
+        best.append(f"- mask ratio {e['mask_ratio']:g}: {result.get('brainlm_label', 'BrainLM')} R² "
+                    f"{model_r2:.3f} {verdict} the best "
                     f"baseline ({base}, R² {base_r2:.3f})")
     return "\n".join(lines + [""] + best) + "\n"

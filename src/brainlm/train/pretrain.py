@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+from sklearn.covariance import LedoitWolf
 from lightning.pytorch.callbacks import LearningRateMonitor
 
 from brainlm.data.atomic import OUTPUT_MARKER, write_json, write_output_marker
@@ -43,6 +45,8 @@ class PretrainSettings:
     corpus: str
     preset: str = "tiny"
     model_overrides: dict = field(default_factory=dict)
+    # The hybrid (BrainLMConfig.spatial_prior_parcels): never the default, always labelled.
+    spatial_prior: bool = False
     mask_strategy: str = "random"
     # None: the preset's (model.config.MASK_RATIOS); with mask_ratio_max, each batch draws its
     # ratio from [mask_ratio, mask_ratio_max].
@@ -144,9 +148,10 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
     """
     out = Path(out)
     check_settings(settings)
-    config = preset(settings.preset, **settings.model_overrides)
-    mask = settings.mask_spec()
     corpus = Corpus(settings.corpus)
+    prior = {"spatial_prior_parcels": corpus.atlas.n_parcels} if settings.spatial_prior else {}
+    config = preset(settings.preset, **settings.model_overrides, **prior)
+    mask = settings.mask_spec()
     require_window(corpus, "train", config.window_trs)
     run_config = _check_run_folder(out, settings, resume, corpus)
 
@@ -156,6 +161,8 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
     module = PretrainModule(config.to_dict(), mask.to_dict(), lr=lr, weight_decay=settings.weight_decay,
                             warmup_fraction=settings.warmup_fraction, contract=corpus.contract.to_dict(),
                             atlas=corpus.atlas.to_dict())
+    if settings.spatial_prior:
+        fit_spatial_prior(module.model, corpus)
     # Pretraining reads the corpus with its own contract: the checkpoint inherits it.
     data = CorpusDataModule(settings.corpus, window_trs=config.window_trs, batch_size=settings.batch_size,
                             num_workers=settings.num_workers, crops_per_recording=settings.crops_per_recording)
@@ -187,6 +194,20 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
                    "parameters": module.model.count_parameters(), "precision": setup.precision}
         write_json(out / "metrics.json", summary)
     return metrics
+
+
+def fit_spatial_prior(model, corpus: Corpus, max_frames: int = 50_000) -> None:
+    """Set a hybrid model's prior mean and Ledoit-Wolf covariance (P, P) from up to
+    ``max_frames`` frames (TRs) of the corpus' training split, in model-input units, evenly
+    spread over recordings and time: the same estimator as the evaluation's spatial baseline."""
+    rows = corpus.split_indices("train")
+    total = int(corpus.manifest["n_trs"].to_numpy()[rows].sum())
+    step = max(1, math.ceil(total / max_frames))
+    frames = np.concatenate([np.asarray(corpus.read(int(i)))[::step] for i in rows])[:max_frames]
+    lw = LedoitWolf().fit(frames.astype(np.float64))
+    with torch.no_grad():
+        model.prior_mean.copy_(torch.from_numpy(lw.location_))
+        model.prior_covariance.copy_(torch.from_numpy(lw.covariance_))
 
 
 def _check_run_folder(out: Path, settings: PretrainSettings, resume: bool, corpus: Corpus) -> dict:

@@ -111,7 +111,7 @@ def predict_future(model: BrainLM, context: np.ndarray, xyz: np.ndarray, horizon
         while done < horizon_trs:
             # The hidden TRs are filled with zeros (the scaled median); the encoder drops them.
             x = torch.cat([seq, seq.new_zeros(b, step, p)], dim=1)
-            pred = model.forward_decoder(model.forward_encoder(x, coords, mask), coords, p)
+            _, pred = model(x, coords, mask)
             future = model.unpatchify(pred.float())[:, need:]
             parts.append(future)
             seq = torch.cat([seq, future], dim=1)[:, -need:]

@@ -1,0 +1,56 @@
+"""The pretrained checkpoint shipped in the package: listed, loadable by name, usable by tasks."""
+
+import json
+
+import numpy as np
+import pytest
+
+from brainlm import BrainLMInputError
+from brainlm.commands import main
+from brainlm.data.samples import HCP7_TR, load_schaefer100_rest
+from brainlm.model.checkpoint import load_pretrained
+from brainlm.model.shipped import resolve_checkpoint, shipped_models
+from brainlm.tasks.model_input import encode, load_model
+from brainlm.tasks.networks import identify_networks
+
+
+def test_brainlm_models_lists_hcp_small_with_its_card(capsys):
+    assert main(["models", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    entry = next(m for m in listed if m["name"] == "hcp-small")
+    path = resolve_checkpoint("hcp-small")
+    assert entry["path"] == str(path) and (path / "config.json").is_file()
+    for field in ("summary", "architecture", "trained_on", "training", "scores", "limits"):
+        assert entry[field], field
+    assert any("never score it on the embedded HCP recordings" in t for t in entry["limits"])
+    size = sum(f.stat().st_size for f in path.parent.rglob("*") if f.is_file())
+    assert size <= 20 * 2**20
+    log = (path.parent / "training_log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch,val/masked_mse") and len(log) == entry["training"]["epochs"] + 1
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("hcp-small: ") and str(path) in out and "MODEL_CARD.md" in out
+
+
+def test_shipped_model_loads_by_name_and_runs_on_unseen_data():
+    model = load_model("hcp-small")
+    assert model.atlas.name == "aal2" and model.contract.percent_signal_change
+    assert [m.name for m in shipped_models()] == ["hcp-small"]
+    assert model.config.decoder_attention == "axial"
+    # Networks on a run and an atlas it never saw: the model reads the signal (an untrained
+    # model of the same architecture is scored beside it).
+    res = identify_networks("hcp-small", [load_schaefer100_rest()], transfer_atlas=True, target_tr=HCP7_TR)
+    acc = {(m["model"], m["features"]): m["knn_accuracy"] for m in res["methods"]}
+    assert res["checkpoint"] == "hcp-small"
+    assert acc[("BrainLM", "cls_attention")] > res["chance"]["majority_accuracy"]
+    (emb,) = encode("hcp-small", load_schaefer100_rest(), transfer_atlas=True, target_tr=HCP7_TR)
+    assert np.isfinite(emb["cls"]).all() and emb["cls"].shape == (model.config.dim,)
+
+
+def test_a_local_folder_wins_and_unknown_names_list_the_shipped_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hcp-small").mkdir()
+    with pytest.raises(BrainLMInputError, match="checkpoint lacks config.json"):
+        load_pretrained("hcp-small")  # an explicit path is never reinterpreted as a name
+    with pytest.raises(BrainLMInputError, match=r"not the name of a shipped model \(shipped: hcp-small"):
+        load_pretrained("hcp-large")
