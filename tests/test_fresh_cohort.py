@@ -28,7 +28,7 @@ from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract, ReferenceContract
 from brainlm.data.corpus import Corpus
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import LikeTRWarning, prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.data.samples import load_schaefer100_rest
 from brainlm.data.windows import WindowDataset
@@ -259,3 +259,11 @@ def test_atlas_of_a_corpus_must_be_its_own(pooled_ckpt, short_hcp, tmp_path, cap
     code = main(["embed", str(pooled_ckpt), corpus.path, "--atlas", "schaefer100", "--out", str(tmp_path / "e.parquet")])
     err = capsys.readouterr().err
     assert code == 2 and "the corpus is on 'aal2'" in err and corpus.path in err
+
+
+def test_like_a_checkpoint_without_a_target_tr_warns_and_records_it(short_hcp, tmp_path):
+    like = ReferenceContract(PreprocessingContract(median=[0.0] * 94, iqr=[1.0] * 94), short_hcp[0].atlas, "old")
+    with pytest.warns(LikeTRWarning, match="no target TR"):
+        corpus = prepare_corpus(short_hcp[3:], tmp_path / "c", like=like)
+    assert any("no target TR" in w for w in corpus.info["warnings"])
+    assert corpus.contract.median == [0.0] * 94  # the checkpoint's statistics (same atlas)

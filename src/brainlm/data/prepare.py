@@ -339,12 +339,20 @@ def prepare_corpus(
                          split_of=split_of, phenotype_columns=phenotype_columns)
     train = manifest if fit_on_all else manifest[manifest["split"] == "train"]
     corpus_warnings = _empty_split_warnings(manifest, fractions)
+    if like is not None and like.contract.target_tr is None:
+        # The checkpoint does not say at which TR it was pretrained: nothing to resample to.
+        msg = (f"the checkpoint's contract has no target TR, so the cohort keeps its own TR "
+               f"({next(iter(out_trs)):g} s); it must be the TR of the checkpoint's pretraining data")
+        warnings.warn(msg, LikeTRWarning, stacklevel=2)
+        corpus_warnings.append(msg)
     if stats_from_checkpoint:
         fitted = like_contract
         fitted.scaler_fit = {
             "source": "checkpoint", "checkpoint": like.name,
             "method": "the checkpoint's pooled statistics (the cohort is on its pretraining atlas)",
             "checkpoint_fit": dict(like.contract.scaler_fit)}
+        if "recordings" in like.contract.scaler_fit:
+            fitted.scaler_fit["recordings"] = like.contract.scaler_fit["recordings"]
     else:
         if train.empty:
             raise BrainLMInputError("no recording of the training split survived preprocessing; "
@@ -743,6 +751,10 @@ def _contract_like(like: ReferenceContract, contract: PreprocessingContract | No
                 "that change them (" + ", ".join(f"{k}: {theirs[k]!r} vs the checkpoint's {ref[k]!r}"
                                                 for k in differ) + ")", like.name)
     return mine
+
+
+class LikeTRWarning(UserWarning):
+    """A cohort prepared like a checkpoint whose contract does not fix the TR (no target TR)."""
 
 
 class EmptySplitWarning(UserWarning):
