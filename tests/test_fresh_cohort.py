@@ -25,7 +25,6 @@ import torch
 
 from brainlm import BrainLMInputError
 from brainlm.commands import main
-from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract, ReferenceContract
 from brainlm.data.corpus import Corpus
 from brainlm.data.prepare import LikeTRWarning, prepare_corpus

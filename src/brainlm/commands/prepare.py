@@ -9,7 +9,6 @@ its contract and atlas are passed down to :func:`brainlm.data.prepare.prepare_co
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from brainlm.commands.arguments import ATLAS_HELP, CHECKPOINT_HELP, atlas_option, comma_floats
 from brainlm.data.contract import SCALING_MODES, PreprocessingContract, ReferenceContract
