@@ -30,13 +30,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from brainlm.data.atomic import write_json
+from brainlm.report.benchmark_figures import draw_quality
+
 ROOT = Path(__file__).resolve().parent
+PACKAGED = ROOT.parent / "src" / "brainlm" / "report" / "benchmarks"
 RATIOS = (0.2, 0.5, 0.75, 0.9)
 
 #: Split seeds whose test subjects are all different (checked in ``fold_corpus``).
@@ -46,34 +51,30 @@ FOLD_SPLIT_SEEDS = (0, 1, 3, 4, 8)
 #: model overrides. ``baseline`` is the demo's recipe before this benchmark.
 RECIPES: dict[str, dict] = {
     "baseline": {"preset": "tiny", "epochs": 50},
-    "long": {"preset": "tiny", "epochs": 150},
     "mask-range": {"preset": "tiny", "epochs": 50, "mask_ratio": 0.2, "mask_ratio_max": 0.9},
-    "axial": {"preset": "tiny", "epochs": 50,
-              "model_overrides": {"decoder_depth": 2, "decoder_attention": "axial"}},
-    "patch10": {"preset": "tiny", "epochs": 50, "model_overrides": {"patch_trs": 10}},
-    # The candidate for the small-data default: every change above that is cheap on a CPU.
-    "small": {"preset": "tiny", "epochs": 100, "mask_ratio": 0.2, "mask_ratio_max": 0.9,
-              "model_overrides": {"decoder_depth": 2, "decoder_attention": "axial"}},
+    # The small preset (tiny's encoder, 2-block axial decoder) with its default masking (0.2-0.9).
+    "small-50": {"preset": "small", "epochs": 50},
+    "small": {"preset": "small", "epochs": 100},
+    "small-50, per-recording scaling": {"preset": "small", "epochs": 50, "corpus_scaling": "recording"},
     # Labelled everywhere: the decoder starts from the spatial baseline's estimate.
-    "hybrid (spatial prior)": {"preset": "small", "epochs": 50, "spatial_prior": True},
-    "wide": {"preset": "tiny", "epochs": 50,
-             "model_overrides": {"dim": 128, "depth": 4, "decoder_dim": 128, "decoder_depth": 2,
-                                 "decoder_attention": "axial"}},
+    "small-50 hybrid (spatial prior)": {"preset": "small", "epochs": 50, "spatial_prior": True},
+    "patch10": {"preset": "small", "epochs": 50, "model_overrides": {"patch_trs": 10}},
 }
 
 
-def fold_corpus(work: Path, fold: int):
-    """The HCP corpus of fold ``fold`` (prepared once, then reused)."""
+def fold_corpus(work: Path, fold: int, scaling: str = "pooled"):
+    """The HCP corpus of fold ``fold`` (prepared once, then reused); ``scaling``: the
+    contract's robust scaling, pooled over the training subjects or per recording."""
     from brainlm.data.atlas import load_atlas
     from brainlm.data.contract import PreprocessingContract
     from brainlm.data.corpus import Corpus
     from brainlm.data.prepare import prepare_corpus
     from brainlm.data.samples import HCP7_TR, load_hcp7_aal2
 
-    path = work / f"corpus-fold{fold}"
+    path = work / (f"corpus-fold{fold}" + ("" if scaling == "pooled" else f"-{scaling}"))
     if (path / "corpus.json").is_file():
         return Corpus(path)
-    contract = PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True)
+    contract = PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True, scaling=scaling)
     corpus = prepare_corpus(load_hcp7_aal2(), path, atlas=load_atlas("aal2"), contract=contract,
                             min_trs=200, split_seed=FOLD_SPLIT_SEEDS[fold], jobs=1, overwrite=True)
     return corpus
@@ -96,14 +97,15 @@ def run_one(recipe: str, fold: int, work: Path, forecast: bool, threads: int) ->
     torch.set_num_threads(threads)
     from brainlm.train.pretrain import PretrainSettings, pretrain
 
-    cache = work / "cache" / f"{recipe}--fold{fold}.json"
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "_", recipe)
+    cache = work / "cache" / f"{slug}--fold{fold}.json"
     if cache.is_file():
         cached = json.loads(cache.read_text())
         if not forecast or "forecasting" in cached:
             return cached
-    corpus = fold_corpus(work, fold)
     spec = dict(RECIPES[recipe])
-    run = work / "runs" / f"{recipe}--fold{fold}"
+    corpus = fold_corpus(work, fold, spec.pop("corpus_scaling", "pooled"))
+    run = work / "runs" / f"{slug}--fold{fold}"
     settings = PretrainSettings(corpus=corpus.path, seed=fold, **spec)
     assert not set(test_subjects(corpus)) & set(train_subjects(corpus))
     timing = run / "bench_seconds.json"
@@ -255,40 +257,16 @@ def markdown(table: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(table: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    x = np.arange(len(RATIOS))
-    for name, row in table.items():
-        rr = row["reconstruction_r2"]
-        ax.errorbar(x, [rr[str(r)]["brainlm"]["mean"] for r in RATIOS],
-                    yerr=[rr[str(r)]["brainlm"]["sd"] or 0 for r in RATIOS], marker="o", capsize=3, label=name)
-    first = next(iter(table.values()))["reconstruction_r2"]
-    ax.plot(x, [first[str(r)]["spatial"]["mean"] for r in RATIOS], "k--", lw=2, label="spatial baseline")
-    ax.set_xticks(x, [str(r) for r in RATIOS])
-    ax.set_xlabel("fraction of tokens masked")
-    ax.set_ylabel("masked R² (held-out subject)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--recipes", default=";".join(RECIPES), help="recipe names separated by ';'")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--forecast", action="store_true", help="also fine-tune and score forecasting")
     ap.add_argument("--jobs", type=int, default=1, help="(recipe, fold) runs at once, one thread each")
     ap.add_argument("--work", default=os.environ.get("BRAINLM_BENCH_WORK", "/tmp/brainlm-bench-quality"))
     ap.add_argument("--out", default=str(ROOT / "results" / "quality"))
     args = ap.parse_args()
-    recipes = args.recipes.split(",")
+    recipes = args.recipes.split(";")
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         ap.error(f"unknown recipe(s) {unknown}; expected some of {list(RECIPES)}")
@@ -321,7 +299,9 @@ def main() -> None:
     os.replace(tmp, out / "quality.json")
     (out / "quality.md.tmp").write_text(markdown(table, meta))
     os.replace(out / "quality.md.tmp", out / "quality.md")
-    figure(table, out / "quality.png")
+    draw_quality(table, out / "quality.png")
+    # The report's copy (package data): what `brainlm report` shows of the recipe's evidence.
+    write_json(PACKAGED / "quality.json", {"meta": meta, "recipes": table})
     print(markdown(table, meta))
 
 

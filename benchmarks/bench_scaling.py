@@ -27,9 +27,10 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 
 import bench_quality as bq
+from brainlm.data.atomic import write_json
+from brainlm.report.benchmark_figures import draw_scaling
 
 ROOT = Path(__file__).resolve().parent
 EPOCHS = 40
@@ -137,39 +138,6 @@ def markdown(results: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(results: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    size = [r for r in results if r["run"].startswith("size-")]
-    data = [r for r in results if r["size"] == "m" and not r["simulated"]]
-    sim = [r for r in results if r["simulated"]]
-    spatial = size[0]["reconstruction_r2"]["0.75"]["spatial"]
-    for ax, rows, key, label in ((axes[0], size, "parameters", "parameters"),
-                                 (axes[1], data, "train_recordings", "real training subjects")):
-        rows = sorted(rows, key=lambda r: r[key])
-        for ratio in ("0.2", "0.75"):
-            ax.plot([r[key] for r in rows], [r["reconstruction_r2"][ratio]["brainlm"] for r in rows], "o-",
-                    label=f"BrainLM R² @{ratio}")
-        ax.axhline(spatial, color="k", ls="--", label="spatial baseline @0.75")
-        ax.set_xscale("log")
-        ax.set_xlabel(f"{label} (log)")
-        ax.set_ylabel("masked R², held-out subject")
-        ax.grid(alpha=0.3)
-    for r in sim:
-        axes[1].plot([r["subjects"]], [r["reconstruction_r2"]["0.75"]["brainlm"]], "r*", ms=12,
-                     label=f"5 real + {r['simulated']} simulated @0.75")
-    axes[0].set_title("model size (5 subjects, same steps)")
-    axes[1].set_title("pretraining data (model m, same steps)")
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=1)
@@ -204,7 +172,8 @@ def main() -> None:
     os.replace(tmp, out / "scaling.json")
     (out / "scaling.md.tmp").write_text(markdown(results, meta))
     os.replace(out / "scaling.md.tmp", out / "scaling.md")
-    figure(results, out / "scaling.png")
+    draw_scaling(results, out / "scaling.png")
+    write_json(bq.PACKAGED / "scaling.json", {"meta": meta, "runs": results})
     print(markdown(results, meta))
 
 

@@ -22,7 +22,9 @@ def test_demo_runs_every_step_on_embedded_data(demo_run):
     pre = summary["pretraining"]
     assert pre["epochs"] == 2 and set(pre["validation"]) >= {"val/masked_mse", "val/r2"}
     assert pre["embeddings_deterministic"] and pre["embedded_recordings"] == 7
-    assert (demo_run / "run-tiny" / "model" / "model.safetensors").is_file()
+    assert (demo_run / "run-small" / "model" / "model.safetensors").is_file()
+    assert pre["preset"] == "small" and pre["masking"] == {"strategy": "random", "ratio": 0.2, "future_trs": 20,
+                                                          "ratio_max": 0.9}
     recon = json.loads((demo_run / "results" / "reconstruction" / "reconstruction.json").read_text())
     assert recon["split"] == "test" and recon["recordings"] == 1 and recon["windows"] == 6
     ex = np.load(demo_run / "results" / "reconstruction_example.npz")

@@ -3,7 +3,7 @@
 A run folder (what ``brainlm demo --out DIR`` writes) holds::
 
     summary.json                        settings, timings, key numbers, versions
-    run-tiny/logs/csv/version_0/        the pretraining log (metrics.csv)
+    run-small/logs/csv/version_0/       the pretraining log (metrics.csv)
     results/reconstruction/             brainlm evaluate recon     (reconstruction.json)
     results/reconstruction_example.npz  one test window: target, prediction, mask [T, P]
     results/prediction-TARGET/          brainlm evaluate predict   (prediction.json), one per target

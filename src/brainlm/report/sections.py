@@ -14,6 +14,7 @@ import numpy as np
 from brainlm.data.atlas import Atlas
 from brainlm.data.atomic import to_json
 from brainlm.report.attention_figures import draw_group_figures, draw_network_figures
+from brainlm.report.benchmark_figures import RATIOS, best_own_knn, draw_quality, draw_scaling, load_benchmark
 from brainlm.report.blocks import Section, Table, embed_png, escape, fmt, read_json, row
 from brainlm.report.brain import plot_parcel_values
 from brainlm.report.figures import prediction_scores, reconstruction_example, training_curves
@@ -362,5 +363,75 @@ def provenance_section(run_dir: Path, summary: dict, figures: Path) -> Section:
     return s
 
 
+def benchmarks_section(run_dir: Path, summary: dict, figures: Path) -> Section | None:
+    """The evidence behind the default recipe: the committed quality benchmark and scaling study
+    (not re-run by the demo; ``benchmarks/bench_quality.py`` and ``bench_scaling.py``)."""
+    quality, scaling = load_benchmark("quality"), load_benchmark("scaling")
+    if quality is None and scaling is None:
+        return None
+    s = Section("benchmarks", "The recipe: held-out quality benchmark and scaling study")
+    if quality is not None:
+        meta, recipes = quality["meta"], quality["recipes"]
+        s.paragraphs.append(
+            f"Committed results of <code>benchmarks/bench_quality.py</code> ({escape(meta['date'])}, "
+            f"{escape(meta['machine'])}), not of this run. Each recipe is pretrained on 5 HCP subjects and "
+            f"scored on a held-out sixth, in {len(meta['folds'])} folds with different test subjects and "
+            "seeds; every baseline is fitted on the same training subjects and scored on the same masks. "
+            "Mean ± sd over folds.")
+        cols = ["recipe", "epochs", "pretrain s"] + [f"R² @{r}" for r in RATIOS] + ["spatial @0.75"]
+        rows = []
+        for name, r in recipes.items():
+            rr = r["reconstruction_r2"]
+            rows.append(row([name, r["settings"].get("epochs"), round(r["pretrain_seconds"]["mean"])]
+                            + [_mean_sd(rr[x]["brainlm"]) for x in RATIOS] + [_mean_sd(rr["0.75"]["spatial"])]))
+        s.tables.append(Table("Masked reconstruction R² on the held-out subject", cols, rows))
+        for net, title in (("hcp_aal2", "HCP test subject on AAL2"), ("schaefer100", "Schaefer-100 run")):
+            net_rows = []
+            for name, r in recipes.items():
+                n = r["networks"][net]
+                k, f = n["knn"], n["best_own_feature"]
+                fc = next(v for key, v in k.items() if key.endswith(": fc_profile"))
+                net_rows.append(row([name, f, _mean_sd(k["BrainLM: " + f]),
+                                     _mean_sd(k["BrainLM, time-shifted input: " + f]),
+                                     _mean_sd(k["BrainLM: cls_attention"]), _mean_sd(fc), n["chance"]]))
+            s.tables.append(Table(f"Network identification, {title}: kNN accuracy (leave one parcel out)",
+                                  ["recipe", "best own feature", "accuracy", "same, time-shifted input",
+                                   "CLS attention (paper)", "FC profile", "chance"], net_rows))
+        fc_rows = []
+        for name, r in recipes.items():
+            for m in (r.get("forecasting") or {}).values():
+                steps = m["per_step_mse"]
+                fc_rows.append(row([name, m["label"], _mean_sd(m["mean_mse"]), steps[0], steps[4], steps[-1]]))
+        if fc_rows:
+            s.tables.append(Table("Forecasting 20 TRs from 180 on the held-out subject: MSE",
+                                  ["recipe", "method", "mean over steps", "step 1", "step 5", "step 20"], fc_rows))
+        png = draw_quality(recipes, figures / "benchmark_quality.png")
+        s.figures.append(embed_png(png, "benchmark_quality", "Masked R² against the mask ratio per recipe "
+                                   "(held-out subjects, mean ± sd over folds) and the spatial baseline."))
+    if scaling is not None:
+        runs = scaling["runs"]
+        s.paragraphs.append(
+            f"Scaling study (<code>benchmarks/bench_scaling.py</code>, {escape(scaling['meta']['date'])}): the "
+            f"same held-out subject, every run {scaling['meta']['epochs']} epochs of "
+            f"{scaling['meta']['windows_per_epoch']} windows, so a bigger model or more data gets no more "
+            "optimizer steps.")
+        s.tables.append(Table(
+            "Held-out quality against model size and pretraining data",
+            ["run", "parameters", "real subjects (+ simulated)", "R² @0.2", "R² @0.75", "spatial @0.75",
+             "networks AAL2 (best own)", "time-shifted"],
+            [row([r["run"], r["parameters"], f"{r['subjects']} (+{r['simulated']})",
+                  r["reconstruction_r2"]["0.2"]["brainlm"], r["reconstruction_r2"]["0.75"]["brainlm"],
+                  r["reconstruction_r2"]["0.75"]["spatial"], best_own_knn(r["networks"]["hcp_aal2"]["rows"]),
+                  best_own_knn(r["networks"]["hcp_aal2"]["rows"], "BrainLM, time-shifted input")]) for r in runs]))
+        png = draw_scaling(runs, figures / "benchmark_scaling.png")
+        s.figures.append(embed_png(png, "benchmark_scaling", "Held-out masked R² and network accuracy against "
+                                   "parameters and training subjects (log axes)."))
+    return s
+
+
+def _mean_sd(d: dict) -> str:
+    return fmt(d["mean"]) + (f" ± {fmt(d['sd'])}" if d.get("sd") is not None else "")
+
+
 BUILDERS = [data_section, pretraining_section, reconstruction_section, prediction_section,
-            forecasting_section, networks_section, attention_section, provenance_section]
+            forecasting_section, networks_section, attention_section, benchmarks_section, provenance_section]
