@@ -123,7 +123,7 @@ class BrainLM(ParcelPatchTokens, nn.Module):
             p = c.spatial_prior_parcels
             self.register_buffer("prior_mean", torch.zeros(p))
             self.register_buffer("prior_covariance", torch.eye(p))
-            self.prior_embed = nn.Linear(c.patch_trs, c.decoder_dim)
+            self.decoder_prior_embed = nn.Linear(c.patch_trs, c.decoder_dim)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -192,7 +192,7 @@ class BrainLM(ParcelPatchTokens, nn.Module):
             full = self.mask_token.expand(b, n_tok, -1).clone()
             full.scatter_(1, enc.ids_visible[..., None].expand(-1, -1, y.shape[-1]), y[:, 1:])
         if prior is not None:
-            full = full + self.prior_embed(prior.to(full.dtype)).flatten(1, 2)
+            full = full + self.decoder_prior_embed(prior.to(full.dtype)).flatten(1, 2)
         pos = (self.decoder_spatial(xyz)[:, :, None, :] + self.decoder_temporal[None, None]).flatten(1, 2)
         if c.decoder_attention == "full":
             h = torch.cat([y[:, :1], full + pos], dim=1)
