@@ -29,8 +29,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "recon", help="masked reconstruction vs zero / mean / interpolation / spatial baselines",
         description="Reconstruct masked tokens of a corpus split (deterministic masks at several "
-        "ratios) and score the model and four baselines on the very same masks: R^2 pooled over "
-        "masked values and per parcel, MSE, Pearson r.")
+        "ratios) and score the model and its baselines on the very same masks: R^2 pooled over "
+        "masked values and per parcel, MSE, Pearson r. The spatial baseline is labelled by where "
+        "it was fitted: zero-shot (on the checkpoint's pretraining data, stored with it; when the "
+        "corpus is on the checkpoint's atlas) and in-cohort (on the corpus' training split, when "
+        "it has one). One that cannot be fitted is left out and the results say why.")
     p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("corpus", help="a corpus prepared with the checkpoint's cleaning settings")
     p.add_argument("--out", required=True, help="results folder (reconstruction.json, .md)")

@@ -8,10 +8,19 @@ into non-overlapping windows, draws one deterministic token mask per window and 
 * ``parcel_mean``: each parcel's mean over its visible values in the window;
 * ``interpolation``: linear interpolation in time within each parcel over its visible samples
   (``numpy.interp``; constant beyond the first and last visible sample);
-* ``spatial``: the Gaussian conditional mean of the masked parcels given the visible parcels
-  at the same TR, ``mu_M + S_MO S_OO^-1 (x_O - mu_O)``, with mean and (Ledoit-Wolf shrunk)
-  covariance fitted on the *training* split. It is linear regression of each hidden parcel on
-  whichever parcels are visible, so it handles any mask pattern.
+* the spatial baselines: the Gaussian conditional mean of the masked parcels given the visible
+  parcels at the same TR, ``mu_M + S_MO S_OO^-1 (x_O - mu_O)``, with mean and (Ledoit-Wolf
+  shrunk) covariance fitted on frames of other subjects. It is linear regression of each hidden
+  parcel on whichever parcels are visible, so it handles any mask pattern. Each is labelled by
+  where it was fitted:
+
+  - ``spatial`` (*in-cohort*): on the *training* split of the evaluated corpus, when it has one;
+  - ``spatial_zero_shot`` (*zero-shot*): on the checkpoint's pretraining data (the statistics
+    stored with the checkpoint, ``spatial_baseline.safetensors``), when the corpus is on the
+    checkpoint's atlas and read with its scaling, and is not the pretraining corpus itself
+    (there the in-cohort fit is the same fit).
+
+  A spatial baseline that cannot be fitted is left out, and the result says why.
 
 Metrics over masked values only: R^2 pooled over all masked values (1 - SSE/SST, SST around
 the mean of the masked targets, as in the BrainLM paper), MSE and Pearson r; and the same per
@@ -28,22 +37,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.covariance import LedoitWolf
 
 from brainlm.data.atomic import to_json
 from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
+from brainlm.model.checkpoint import SpatialStatistics, pretraining_spatial_statistics
 from brainlm.model.masking import MaskSpec
 from brainlm.tasks.model_input import (is_model, iter_model_input, load_model, model_scaler, model_windows,
                                        open_corpus, parcel_xyz, predict_masked, token_mask_to_values)
 from brainlm.tasks.results_folder import check_results_folder, publish_results
+from brainlm.train.pretrain import SPATIAL_MAX_FRAMES, ledoit_wolf_statistics, sample_frames
 
-__all__ = ["BASELINES", "ReconstructionScores", "SpatialImputer", "evaluate_reconstruction",
-           "impute_interpolation", "impute_parcel_mean", "reconstruction_markdown"]
+__all__ = ["BASELINES", "SPATIAL_BASELINES", "ReconstructionScores", "SpatialImputer",
+           "evaluate_reconstruction", "impute_interpolation", "impute_parcel_mean",
+           "reconstruction_markdown"]
 
-#: Baselines scored next to the model, in table order.
-BASELINES = ("zero", "parcel_mean", "interpolation", "spatial")
+#: Spatial baselines by where they were fitted: method key -> (fit source, table label).
+SPATIAL_BASELINES = {
+    "spatial": ("in-cohort", "spatial (in-cohort)"),
+    "spatial_zero_shot": ("zero-shot", "spatial (zero-shot)"),
+}
+#: Baselines scored next to the model, in table order (a spatial one only when it could be fitted).
+BASELINES = ("zero", "parcel_mean", "interpolation", *SPATIAL_BASELINES)
 DEFAULT_RATIOS = (0.2, 0.5, 0.75, 0.9)
 
 
@@ -86,9 +102,12 @@ class SpatialImputer:
 
     def fit(self, frames: np.ndarray) -> "SpatialImputer":
         """frames: (n_frames, P) float; returns self."""
-        lw = LedoitWolf().fit(np.asarray(frames, dtype=np.float64))
-        self.mean_, self.covariance_, self.shrinkage_ = lw.location_, lw.covariance_, float(lw.shrinkage_)
-        self.n_frames_ = int(len(frames))
+        return self.use(ledoit_wolf_statistics(frames))
+
+    def use(self, stats: SpatialStatistics) -> "SpatialImputer":
+        """Statistics fitted elsewhere (e.g. stored with a checkpoint); returns self."""
+        self.mean_, self.covariance_ = np.asarray(stats.mean, np.float64), np.asarray(stats.covariance, np.float64)
+        self.shrinkage_, self.n_frames_ = float(stats.shrinkage), int(stats.n_frames)
         return self
 
     def impute(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -166,20 +185,67 @@ def _mask_seed(seed: int, ratio: float) -> int:
     return int(seed) * 100_003 + int(round(ratio * 10_000))
 
 
-def _training_frames(corpus: Corpus, scaler, max_frames: int) -> np.ndarray:
-    """Up to ``max_frames`` frames (TRs) of the training split, evenly spread over recordings and
-    time (deterministic): (n_frames, P) float32."""
-    rows = corpus.split_indices("train")
-    lengths = corpus.manifest["n_trs"].to_numpy()[rows]
-    step = max(1, int(math.ceil(lengths.sum() / max_frames)))
-    frames = [np.ascontiguousarray(x[::step]) for x in iter_model_input(corpus, rows, scaler)]
-    return np.concatenate(frames)[:max_frames]
+def _spatial_baselines(model, corpus: Corpus, scaler, max_frames: int
+                       ) -> tuple[dict[str, SpatialImputer], dict[str, dict]]:
+    """The spatial baselines this corpus can have, and a description of each (fitted or not).
+
+    Returns ``({method: imputer}, {method: {"fit", "label", "available", and "fitted_on",
+    "frames", "ledoit_wolf_shrinkage" or "reason"}})`` for the methods of
+    :data:`SPATIAL_BASELINES`.
+    """
+    imputers, info = {}, {}
+
+    def add(method, imputer=None, *, fitted_on=None, reason=None, **extra):
+        fit, label = SPATIAL_BASELINES[method]
+        entry = {"fit": fit, "label": label, "available": imputer is not None}
+        if imputer is None:
+            entry["reason"] = reason
+        else:
+            imputers[method] = imputer
+            entry.update(fitted_on=fitted_on, frames=imputer.n_frames_,
+                         ledoit_wolf_shrinkage=round(imputer.shrinkage_, 6), **extra)
+        info[method] = entry
+
+    splits = sorted(set(corpus.manifest["split"]))
+    if "train" in splits:
+        add("spatial", SpatialImputer().fit(sample_frames(corpus, corpus.split_indices("train"), scaler, max_frames)),
+            fitted_on="the training split of this corpus (other subjects of the evaluated cohort)",
+            fit_split="train")
+    else:
+        add("spatial", reason=f"the corpus has no training split (splits present: {', '.join(splits)}): "
+                              "no other subjects of this cohort to fit it on")
+
+    stats = pretraining_spatial_statistics(model)
+    if stats is None:
+        reason = ("the checkpoint carries no spatial statistics of its pretraining data "
+                  "(spatial_baseline.safetensors; written before they were stored, an imported "
+                  "upstream model, or a model built in memory)")
+    elif model.atlas is None or not corpus.atlas.matches(model.atlas) or stats.n_parcels != corpus.atlas.n_parcels:
+        reason = (f"the corpus is on atlas {corpus.atlas.name!r} ({corpus.atlas.n_parcels} parcels), not the "
+                  "checkpoint's pretraining atlas"
+                  + (f" {model.atlas.name!r} ({model.atlas.n_parcels} parcels)" if model.atlas is not None else "")
+                  + ": the pretraining covariance has no entries for these parcels")
+    elif scaler is not model.contract:
+        reason = ("the corpus is read with other scaling statistics than the checkpoint's, so the "
+                  "pretraining statistics are in other units")
+    elif stats.info.get("corpus_identity") == corpus.identity():
+        reason = ("the corpus is the checkpoint's pretraining corpus: the pretraining statistics are "
+                  "the in-cohort fit (spatial)")
+    else:
+        reason = None
+    if reason is None:
+        add("spatial_zero_shot", SpatialImputer().use(stats),
+            fitted_on="the checkpoint's pretraining data (its training split), never this cohort",
+            fit_split=stats.info.get("split", "train"), pretraining_atlas=stats.info.get("atlas"))
+    else:
+        add("spatial_zero_shot", reason=reason)
+    return imputers, info
 
 
 def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path | Corpus, *,
                             split: str = "test", ratios=DEFAULT_RATIOS, strategy: str = "random",
                             seed: int = 0, max_recordings: int | None = None,
-                            spatial_max_frames: int = 50_000, batch_size: int = 16,
+                            spatial_max_frames: int = SPATIAL_MAX_FRAMES, batch_size: int = 16,
                             transfer_atlas: bool = False, device: str = "cpu",
                             out: str | Path | None = None, overwrite: bool = False) -> dict:
     """Masked reconstruction of a corpus split by the model and by the baselines, same masks.
@@ -191,7 +257,9 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
     corpus : path or Corpus
         Prepared with the checkpoint's cleaning settings (and atlas, unless ``transfer_atlas``).
     split : {"test", "val", "train"}
-        Recordings to reconstruct; the spatial baseline is always fitted on ``train``.
+        Recordings to reconstruct. The in-cohort spatial baseline (``spatial``) is fitted on the
+        corpus' ``train`` split when it has one; the zero-shot one (``spatial_zero_shot``) comes
+        from the checkpoint's stored pretraining statistics when the corpus is on its atlas.
     ratios : sequence of float
         Fractions of tokens masked (paper: 0.2, 0.75, 0.9).
     strategy : {"random", "parcels", "time"}
@@ -201,7 +269,7 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
     max_recordings : int, optional
         Use only the first N recordings of the split (a quick run).
     spatial_max_frames : int
-        Training frames (TRs) used to fit the spatial baseline.
+        Training frames (TRs) used to fit the in-cohort spatial baseline.
     batch_size : int
         Windows per forward pass.
     out : path, optional
@@ -210,8 +278,11 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
 
     Returns
     -------
-    dict (the JSON): settings, ``parcels`` (names, MNI xyz in mm, networks), and per ratio the
-    pooled metrics and per-parcel arrays of every method.
+    dict (the JSON): settings, ``methods`` (the methods scored, in table order),
+    ``method_labels``, ``spatial_baselines`` (for ``spatial`` and ``spatial_zero_shot``: where it
+    was fitted, or why it was left out), ``spatial_baseline`` (the in-cohort fit, or None),
+    ``parcels`` (names, MNI xyz in mm, networks), and per ratio the pooled metrics and per-parcel
+    arrays of every method.
     """
     t0 = time.perf_counter()
     if strategy not in ("random", "parcels", "time"):
@@ -229,9 +300,9 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
         rows = rows[:max_recordings]
     cfg = model.config
     p = corpus.atlas.n_parcels
-    spatial = SpatialImputer().fit(_training_frames(corpus, scaler, spatial_max_frames))
+    spatial, spatial_info = _spatial_baselines(model, corpus, scaler, spatial_max_frames)
 
-    methods = ("brainlm",) + BASELINES
+    methods = ("brainlm",) + tuple(b for b in BASELINES if b not in SPATIAL_BASELINES or b in spatial)
     scores = {r: {m: ReconstructionScores(p) for m in methods} for r in ratios}
     generators = {r: torch.Generator().manual_seed(_mask_seed(seed, r)) for r in ratios}
     xyz = parcel_xyz(corpus.atlas)
@@ -255,26 +326,35 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
                 xw, mw = target[w], mask[w]
                 sc["parcel_mean"].update(xw, impute_parcel_mean(xw, mw), mw)
                 sc["interpolation"].update(xw, impute_interpolation(xw, mw), mw)
-                sc["spatial"].update(xw, spatial.impute(xw, mw), mw)
+                for name, imputer in spatial.items():
+                    sc[name].update(xw, imputer.impute(xw, mw), mw)
     if n_windows == 0:
         raise BrainLMInputError(f"no recording of split {split!r} has a full window of "
                                 f"{cfg.window_trs} TRs", corpus.path)
 
     atlas = corpus.atlas
+    brainlm_label = HYBRID_LABEL if getattr(cfg, "spatial_prior_parcels", 0) else "BrainLM"
+    in_cohort = spatial_info["spatial"]
     result = {
         "task": "reconstruction",
         "checkpoint": str(checkpoint) if not is_model(checkpoint) else None,
         "corpus": corpus.path, "split": split, "strategy": strategy, "seed": int(seed),
         "mask_ratios": ratios, "window_trs": cfg.window_trs,
         # A hybrid is labelled as one wherever its numbers are shown.
-        "brainlm_label": HYBRID_LABEL if getattr(cfg, "spatial_prior_parcels", 0) else "BrainLM",
+        "brainlm_label": brainlm_label,
         # TRs per token; None for the image ViT-MAE, whose tokens are image patches.
         "patch_trs": getattr(cfg, "patch_trs", None),
         "recordings": used, "recordings_too_short": too_short, "windows": n_windows,
         "units": "model input: robust-scaled signal ((x - median) / IQR per parcel)",
         "methods": list(methods),
-        "spatial_baseline": {"fit_split": "train", "frames": spatial.n_frames_,
-                             "ledoit_wolf_shrinkage": round(spatial.shrinkage_, 6)},
+        "method_labels": {m: brainlm_label if m == "brainlm" else SPATIAL_BASELINES.get(m, (None, m))[1]
+                          for m in methods},
+        # Where each spatial baseline was fitted (zero-shot: the pretraining data; in-cohort:
+        # this corpus' training split), or why it is left out.
+        "spatial_baselines": spatial_info,
+        # The in-cohort fit, as before the zero-shot one existed (None when left out).
+        "spatial_baseline": ({k: in_cohort[k] for k in ("fit_split", "frames", "ledoit_wolf_shrinkage")}
+                             if in_cohort["available"] else None),
         "parcels": {"names": list(atlas.parcel_names), "xyz_mm": np.asarray(atlas.xyz).round(2).tolist(),
                     "networks": list(atlas.networks) if atlas.networks is not None else None,
                     "atlas": atlas.name},
@@ -305,8 +385,17 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
+def _label(result: dict, method: str) -> str:
+    if method == "brainlm":
+        return result.get("brainlm_label", "BrainLM")
+    # Results written before the labels existed name the in-cohort fit plainly ``spatial``.
+    return result.get("method_labels", {}).get(method, method)
+
+
 def reconstruction_markdown(result: dict) -> str:
-    """The pooled metrics as a Markdown table: one row per method, R^2 / MSE / r per ratio."""
+    """The pooled metrics as a Markdown table: one row per method, R^2 / MSE / r per ratio; where
+    each spatial baseline was fitted (or why it is left out), and per ratio BrainLM against the
+    best baseline and against each spatial baseline."""
     ratios = [e["mask_ratio"] for e in result["results"]]
     head = "| method | " + " | ".join(f"R² @{r:g} | MSE @{r:g} | r @{r:g}" for r in ratios) + " |"
     sep = "|---|" + "---:|" * (3 * len(ratios))
@@ -319,14 +408,26 @@ def reconstruction_markdown(result: dict) -> str:
         for e in result["results"]:
             s = e["methods"][m]
             cells += [_fmt(s["r2"]), _fmt(s["mse"]), _fmt(s["pearson_r"])]
-        name = result.get("brainlm_label", "BrainLM") if m == "brainlm" else m
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label(result, m)} | " + " | ".join(cells) + " |")
+    notes = []
+    for m, info in result.get("spatial_baselines", {}).items():
+        if info["available"]:
+            notes.append(f"- {info['label']} (`{m}`): fitted on {info['fitted_on']}; "
+                         f"{info['frames']} frames, Ledoit-Wolf shrinkage {info['ledoit_wolf_shrinkage']:.3f}.")
+        else:
+            notes.append(f"- {info['label']} (`{m}`): left out, {info['reason']}.")
+    model = result.get("brainlm_label", "BrainLM")
     best = []
     for e in result["results"]:
-        base = max(BASELINES, key=lambda b: e["methods"][b]["r2"])
+        present = [b for b in result["methods"] if b != "brainlm" and e["methods"][b]["r2"] is not None]
+        base = max(present, key=lambda b: e["methods"][b]["r2"])
         model_r2, base_r2 = e["methods"]["brainlm"]["r2"], e["methods"][base]["r2"]
         verdict = "beats" if model_r2 > base_r2 else "does not beat"
-        best.append(f"- mask ratio {e['mask_ratio']:g}: {result.get('brainlm_label', 'BrainLM')} R² "
-                    f"{model_r2:.3f} {verdict} the best "
-                    f"baseline ({base}, R² {base_r2:.3f})")
-    return "\n".join(lines + [""] + best) + "\n"
+        line = (f"- mask ratio {e['mask_ratio']:g}: {model} R² {model_r2:.3f} {verdict} the best "
+                f"baseline ({_label(result, base)}, R² {base_r2:.3f})")
+        vs = [f"{'beats' if model_r2 > e['methods'][m]['r2'] else 'does not beat'} {_label(result, m)} "
+              f"(R² {e['methods'][m]['r2']:.3f})"
+              for m in present if m in SPATIAL_BASELINES and m != base]
+        best.append(line + ("; " + "; ".join(vs) if vs else ""))
+    return "\n".join(lines + [""] + (["Spatial baselines, by where they were fitted:"] + notes + [""] if notes else [])
+                     + best) + "\n"

@@ -5,8 +5,10 @@ its corpus; written once training has started, which is what makes the folder re
 Lightning's ``checkpoints/`` (``last.ckpt``, the training state after every epoch including the
 random-number state, for ``--resume``; ``best.ckpt``), ``logs/{tensorboard,csv}/version_N`` (one
 version per start or resume),
-``model/`` (the exported checkpoint: safetensors + config + contract + atlas) and
-``metrics.json`` (final validation metrics next to the trivial baselines).
+``model/`` (the exported checkpoint: safetensors + config + contract + atlas, and the spatial
+statistics of the training split, ``spatial_baseline.safetensors``, for the zero-shot spatial
+baseline of ``brainlm evaluate recon``) and ``metrics.json`` (final validation metrics next to
+the trivial baselines).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from sklearn.covariance import LedoitWolf
 from lightning.pytorch.callbacks import LearningRateMonitor
 
 from brainlm.data.atomic import OUTPUT_MARKER, write_json, write_output_marker
+from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
 from brainlm.data.windows import CorpusDataModule, require_window
 from brainlm.errors import BrainLMInputError
-from brainlm.model.checkpoint import save_pretrained
+from brainlm.model.checkpoint import SPATIAL_BASELINE, SpatialStatistics, save_pretrained
 from brainlm.model.config import BASE_LR, MASK_RATIOS, preset
 from brainlm.model.masking import MaskSpec
 from brainlm.train.module import PretrainModule
@@ -161,8 +164,9 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
     module = PretrainModule(config.to_dict(), mask.to_dict(), lr=lr, weight_decay=settings.weight_decay,
                             warmup_fraction=settings.warmup_fraction, contract=corpus.contract.to_dict(),
                             atlas=corpus.atlas.to_dict())
+    spatial = None
     if settings.spatial_prior:
-        fit_spatial_prior(module.model, corpus)
+        spatial = fit_spatial_prior(module.model, corpus)
     # Pretraining reads the corpus with its own contract: the checkpoint inherits it.
     data = CorpusDataModule(settings.corpus, window_trs=config.window_trs, batch_size=settings.batch_size,
                             num_workers=settings.num_workers, crops_per_recording=settings.crops_per_recording)
@@ -186,7 +190,10 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if trainer.is_global_zero:
         setup.restore_best(module)
-        save_pretrained(module.model, out / "model")
+        # The training split's spatial statistics travel with the checkpoint: the zero-shot
+        # spatial baseline of a fresh cohort on this atlas (the hybrid's prior is the same fit).
+        spatial = spatial if spatial is not None else fit_spatial_statistics(corpus)
+        save_pretrained(module.model, out / "model", tensors={SPATIAL_BASELINE: spatial.to_tensors()})
         best = setup.best.best_model_path
         summary = {"metrics_last_epoch": metrics, "best_checkpoint": Path(best).name if best else None,
                    "best_val_masked_mse": setup.best_score,
@@ -196,18 +203,56 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
     return metrics
 
 
-def fit_spatial_prior(model, corpus: Corpus, max_frames: int = 50_000) -> None:
-    """Set a hybrid model's prior mean and Ledoit-Wolf covariance (P, P) from up to
-    ``max_frames`` frames (TRs) of the corpus' training split, in model-input units, evenly
-    spread over recordings and time: the same estimator as the evaluation's spatial baseline."""
-    rows = corpus.split_indices("train")
+#: Frames (TRs) fitted by the spatial statistics, at most.
+SPATIAL_MAX_FRAMES = 50_000
+
+
+def sample_frames(corpus: Corpus, rows=None, scaler: PreprocessingContract | None = None,
+                  max_frames: int = SPATIAL_MAX_FRAMES) -> np.ndarray:
+    """Up to ``max_frames`` frames (TRs) of recordings ``rows`` (manifest rows; default: the
+    training split), evenly spread over recordings and time (every k-th TR; deterministic).
+
+    ``scaler``: whose robust scaling to read with (see ``Corpus.read``); default the corpus'
+    own, which is what pretraining reads. Returns (n_frames, P) float32, model-input units.
+    """
+    rows = corpus.split_indices("train") if rows is None else np.asarray(rows)
     total = int(corpus.manifest["n_trs"].to_numpy()[rows].sum())
     step = max(1, math.ceil(total / max_frames))
-    frames = np.concatenate([np.asarray(corpus.read(int(i)))[::step] for i in rows])[:max_frames]
-    lw = LedoitWolf().fit(frames.astype(np.float64))
+    frames = [np.ascontiguousarray(corpus.read(int(i), scaler=scaler)[::step]) for i in rows]
+    return np.concatenate(frames)[:max_frames]
+
+
+def ledoit_wolf_statistics(frames: np.ndarray, **info: str) -> SpatialStatistics:
+    """Mean (P,) and Ledoit-Wolf shrunk covariance (P, P), float64, of ``frames`` (n, P): the
+    one estimator behind the spatial baselines and the hybrid's prior. ``info``: where the
+    frames came from (strings, stored with the statistics)."""
+    frames = np.asarray(frames, dtype=np.float64)
+    if frames.ndim != 2 or frames.shape[0] < 2:
+        raise BrainLMInputError(f"spatial statistics need at least 2 frames of P parcels; got an array "
+                                f"of shape {frames.shape}")
+    lw = LedoitWolf().fit(frames)
+    return SpatialStatistics(lw.location_, lw.covariance_, int(frames.shape[0]), float(lw.shrinkage_),
+                             {k: str(v) for k, v in info.items()})
+
+
+def fit_spatial_statistics(corpus: Corpus, max_frames: int = SPATIAL_MAX_FRAMES) -> SpatialStatistics:
+    """The spatial statistics of the corpus' training split as pretraining reads it (its own
+    scaling), from up to ``max_frames`` frames; labelled with the split, scaling mode, atlas and
+    the corpus' identity."""
+    return ledoit_wolf_statistics(sample_frames(corpus, max_frames=max_frames), split="train",
+                                  scaling=corpus.contract.scaling, atlas=corpus.atlas.name,
+                                  corpus_identity=corpus.identity())
+
+
+def fit_spatial_prior(model, corpus: Corpus, max_frames: int = SPATIAL_MAX_FRAMES) -> SpatialStatistics:
+    """Set a hybrid model's prior mean and Ledoit-Wolf covariance (P, P) to
+    :func:`fit_spatial_statistics` of the corpus (the same estimator and frames as the
+    evaluation's spatial baseline); returns the statistics."""
+    stats = fit_spatial_statistics(corpus, max_frames)
     with torch.no_grad():
-        model.prior_mean.copy_(torch.from_numpy(lw.location_))
-        model.prior_covariance.copy_(torch.from_numpy(lw.covariance_))
+        model.prior_mean.copy_(torch.from_numpy(stats.mean))
+        model.prior_covariance.copy_(torch.from_numpy(stats.covariance))
+    return stats
 
 
 def _check_run_folder(out: Path, settings: PretrainSettings, resume: bool, corpus: Corpus) -> dict:
