@@ -13,8 +13,10 @@ from brainlm import BrainLMInputError
 from brainlm.commands import main
 from brainlm.data.atlas import Atlas, load_atlas
 from brainlm.data.samples import load_schaefer100_rest
-from brainlm.tasks.model_input import load_model, model_inputs
-from brainlm.tasks.networks import evaluate_features, identify_networks, network_labels, time_shifted
+from brainlm.model import BrainLM, preset
+from brainlm.tasks.model_input import ModelInput, load_model, model_inputs
+from brainlm.tasks.networks import (evaluate_features, identify_networks, latent_connectivity, network_labels,
+                                    time_shifted)
 
 
 def test_networks_cli_on_real_hcp(trained, hcp_corpus, tmp_path, capsys):
@@ -29,7 +31,8 @@ def test_networks_cli_on_real_hcp(trained, hcp_corpus, tmp_path, capsys):
     assert sum(r["networks"].values()) == 80
     rows = {(m["model"], m["features"]): m for m in r["methods"]}
     assert set(rows) == {(model, f) for model in ("BrainLM", "BrainLM untrained", "BrainLM, time-shifted input")
-                         for f in ("cls_attention", "parcel_attention", "token_embedding")} | {
+                         for f in ("cls_attention", "parcel_attention", "token_embedding",
+                                   "latent_connectivity")} | {
         ("baseline", f) for f in ("fc_profile", "raw_timeseries", "coordinates")}
     chance = r["chance"]
     assert chance["majority_network"] == "Default" and chance["majority_accuracy"] == pytest.approx(23 / 80)
@@ -83,6 +86,32 @@ def test_time_shifted_control_removes_co_fluctuation(trained, hcp):
         off = ~np.eye(94, dtype=bool)
         assert np.abs(fc_x[off]).mean() > 0.2 > 0.1 > np.abs(fc_z[off]).mean()
     assert all(np.array_equal(a.windows, b.windows) for a, b in zip(shifted, time_shifted(inputs, seed=0)))
+
+
+def test_latent_connectivity_is_the_correlation_of_centred_token_vectors(hcp):
+    import torch
+
+    torch.manual_seed(0)
+    model = BrainLM(preset("tiny", window_trs=100)).eval()
+    atlas = load_atlas("aal2")
+    x = hcp[0].timeseries[:400].astype(np.float32)
+    x = (x - x.mean(0)) / x.std(0)
+    xyz = torch.tensor(np.asarray(atlas.xyz, dtype=np.float32))
+    inputs = [ModelInput({"recording_id": "a"}, torch.from_numpy(x[:200]).reshape(2, 100, 94), xyz, atlas),
+              ModelInput({"recording_id": "b"}, torch.from_numpy(x[200:]).reshape(2, 100, 94), xyz, atlas)]
+    got = latent_connectivity(model, inputs, batch_size=3)
+    with torch.no_grad():
+        h = model.forward_encoder(torch.from_numpy(x).reshape(4, 100, 94), xyz.expand(4, -1, -1)).latent[:, 1:]
+    h = h.double().reshape(4, 94, 5, -1).transpose(0, 1).reshape(94, -1, h.shape[-1]).numpy()  # [P, S, D]
+    v = (h - h.mean(1, keepdims=True)).reshape(94, -1)
+    r = (v @ v.T) / np.outer(np.linalg.norm(v, axis=1), np.linalg.norm(v, axis=1))
+    expected = np.arctanh(np.clip(r, -0.999999, 0.999999))
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(got, expected, atol=1e-8)
+    # It lives on co-fluctuation: parcels shifted in time independently lose most of it.
+    off = ~np.eye(94, dtype=bool)
+    shifted = latent_connectivity(model, time_shifted(inputs, seed=0))
+    assert np.abs(shifted[off]).mean() < 0.6 * np.abs(got[off]).mean()
 
 
 def test_evaluate_features_scores_known_structure():

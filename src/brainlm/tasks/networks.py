@@ -9,7 +9,12 @@ network (Yeo-7) have similar vectors:
 * ``parcel_attention``: the parcel's row (where its tokens look) and column (who looks at it)
   of the parcel-by-parcel attention, every layer and head, mean over windows;
 * ``token_embedding``: the final-layer embedding of the parcel's tokens (mean over its time
-  patches) in every window.
+  patches) in every window;
+* ``latent_connectivity``: the parcel's row of the correlation between parcels' final-layer token
+  vectors across windows and time patches (each parcel's mean vector removed first, which takes
+  out what the coordinate embedding puts there): functional connectivity in the model's latent
+  space. It can only be read from the signal's co-fluctuation, so the time-shifted control
+  removes it by construction; the untrained control says what pretraining adds to it.
 
 Each is scored by leave-one-parcel-out k-nearest-neighbour classification (the paper's
 protocol) and logistic regression, and without labels by k-means with k = number of networks
@@ -49,14 +54,15 @@ from brainlm.data.atomic import atomic_directory, write_json, write_text_atomic
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.tasks.attention import extract_attention
-from brainlm.tasks.model_input import ModelInput, is_model, load_model, model_inputs, random_like
+from brainlm.tasks.model_input import (ModelInput, has_parcel_patch_tokens, is_model, load_model, model_inputs,
+                                       random_like)
 from brainlm.tasks.results_folder import read_results_table
 
 __all__ = ["NETWORK_FEATURES", "BASELINE_FEATURES", "ParcelFeatures", "evaluate_features",
            "identify_networks", "network_labels", "parcel_features", "time_shifted"]
 
 #: Feature sets read from a BrainLM model.
-NETWORK_FEATURES = ("cls_attention", "parcel_attention", "token_embedding")
+NETWORK_FEATURES = ("cls_attention", "parcel_attention", "token_embedding", "latent_connectivity")
 #: Feature sets of the baselines, from the model's input signal and the atlas.
 BASELINE_FEATURES = ("fc_profile", "raw_timeseries", "coordinates")
 
@@ -64,6 +70,8 @@ _DESCRIPTIONS = {
     "cls_attention": "CLS-to-parcel attention per window x layer x head",
     "parcel_attention": "parcel-by-parcel attention row and column per layer x head",
     "token_embedding": "final-layer token embedding (mean over patches) per window",
+    "latent_connectivity": "row of the Fisher-z correlation between parcels' centred final-layer token "
+                           "vectors over windows and patches",
     "fc_profile": "row of the mean Fisher-z functional connectivity",
     "raw_timeseries": "z-scored model-input time series (all recordings)",
     "coordinates": "MNI x, y, z of the parcel centre",
@@ -198,6 +206,8 @@ def parcel_features(model: BrainLM | None, inputs: list[ModelInput], *, batch_si
         feats["parcel_attention"] = np.concatenate(
             [parcel.transpose(2, 0, 1, 3).reshape(p, -1), parcel.transpose(3, 0, 1, 2).reshape(p, -1)], axis=1)
         feats["token_embedding"] = np.concatenate(emb).transpose(1, 0, 2).reshape(p, -1).astype(np.float64)
+        if has_parcel_patch_tokens(model):
+            feats["latent_connectivity"] = latent_connectivity(model, inputs, batch_size)
         rel = cls_all.mean(axis=(1, 2), dtype=np.float64)
         cls_map = (rel / rel.mean(axis=1, keepdims=True)).mean(axis=0)
         parcel_mean = parcel.mean(axis=(0, 1))
@@ -219,6 +229,37 @@ def parcel_features(model: BrainLM | None, inputs: list[ModelInput], *, batch_si
         feats["coordinates"] = atlas.xyz.astype(np.float64)
     return ParcelFeatures(features=feats, fc=fc, parcel_attention=parcel_mean, cls_map=cls_map,
                           n_recordings=len(inputs), n_windows=n_win)
+
+
+@torch.no_grad()
+def latent_connectivity(model: BrainLM, inputs: list[ModelInput], batch_size: int = 8) -> np.ndarray:
+    """(P, P) float64: Fisher-z correlation between parcels' final-layer token vectors, with
+    nothing masked. Each token is a sample (window x time patch, over every recording); a
+    parcel's sample is its D-vector minus the parcel's mean vector, and two parcels correlate as
+    the cosine of their concatenated centred samples. Streamed: memory does not grow with the
+    number of windows. Diagonal 0."""
+    model.eval()
+    dev = next(model.parameters()).device
+    p = inputs[0].atlas.n_parcels
+    gram = torch.zeros(p, p, dtype=torch.float64)
+    total = None
+    count = 0
+    for item in inputs:
+        xyz = item.xyz.to(dev)
+        for i in range(0, len(item.windows), batch_size):
+            x = item.windows[i:i + batch_size].to(dev)
+            h = model.forward_encoder(x, xyz.expand(len(x), -1, -1), None).latent[:, 1:].double().cpu()
+            h = h.reshape(len(x), p, -1, h.shape[-1]).transpose(0, 1).reshape(p, -1, h.shape[-1])  # [P, S, D]
+            gram += torch.einsum("psd,qsd->pq", h, h)
+            total = h.sum(1) if total is None else total + h.sum(1)  # [P, D]
+            count += h.shape[1]
+    mean = total / count
+    centred = gram - count * (mean @ mean.T)
+    norm = torch.sqrt(torch.clamp(torch.diagonal(centred), min=1e-12))
+    r = (centred / norm[:, None] / norm[None, :]).numpy()
+    z = np.arctanh(np.clip(r, -0.999999, 0.999999))
+    np.fill_diagonal(z, 0.0)
+    return z
 
 
 def time_shifted(inputs: list[ModelInput], *, seed: int = 0) -> list[ModelInput]:
@@ -392,14 +433,17 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
         raise BrainLMInputError(f"n_neighbors is {n_neighbors} but only {labelled.sum()} parcels are labelled")
 
     trained = parcel_features(model, inputs, batch_size=batch_size)
-    sets = [("BrainLM", name, trained.features[name]) for name in NETWORK_FEATURES]
+    # The image ViT-MAE has no per-parcel tokens, hence no latent connectivity.
+    sets = [("BrainLM", name, trained.features[name]) for name in NETWORK_FEATURES if name in trained.features]
     control = None
     if untrained_control:
         control = parcel_features(random_like(model, seed), inputs, batch_size=batch_size, baselines=False)
-        sets += [("BrainLM untrained", name, control.features[name]) for name in NETWORK_FEATURES]
+        sets += [("BrainLM untrained", name, control.features[name]) for name in NETWORK_FEATURES
+                 if name in control.features]
     if shifted_control:
         shifted = parcel_features(model, time_shifted(inputs, seed=seed), batch_size=batch_size, baselines=False)
-        sets += [("BrainLM, time-shifted input", name, shifted.features[name]) for name in NETWORK_FEATURES]
+        sets += [("BrainLM, time-shifted input", name, shifted.features[name]) for name in NETWORK_FEATURES
+                 if name in shifted.features]
     sets += [("baseline", name, trained.features[name]) for name in BASELINE_FEATURES]
 
     rows, predictions = [], {}
