@@ -7,10 +7,14 @@
   data reach the model as the same numbers, in corpus reads, training windows and raw files,
   and a checkpoint pretrained with it applies it to new data.
 * ``--atlas`` on the commands that take DATA files (``embed``, ``networks``).
+* Zero-shot made explicit: a pretrained checkpoint carries its training split's spatial
+  statistics, and ``brainlm evaluate recon`` on a fresh cohort labels each spatial baseline
+  zero-shot (fitted on the pretraining data) or in-cohort (on the cohort's training split), or
+  leaves it out with the reason.
 
 Real data: the embedded HCP recordings (AAL2, TR 0.72 s, raw scanner values) and the
 Schaefer-100 run (TR 2 s). The checkpoints here are the ``tiny`` architecture with fresh
-weights (the plumbing does not depend on training), except one pretrained for 1 epoch.
+weights (the plumbing does not depend on training), except two pretrained for 1 epoch.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from brainlm.data.recording import Recording
 from brainlm.data.samples import load_schaefer100_rest
 from brainlm.data.windows import WindowDataset
 from brainlm.model.brainlm import BrainLM
-from brainlm.model.checkpoint import load_pretrained, save_pretrained
+from brainlm.model.checkpoint import load_pretrained, load_spatial_statistics, save_pretrained
 from brainlm.model.config import preset
 from brainlm.tasks.model_input import iter_model_input, model_inputs, model_scaler, preprocess
+from brainlm.tasks.reconstruction import SpatialImputer, evaluate_reconstruction
+from brainlm.train.pretrain import sample_frames
 
 
 def make_checkpoint(folder: Path, contract: PreprocessingContract, atlas, seed: int = 0) -> Path:
@@ -233,6 +239,9 @@ def test_a_checkpoint_pretrained_with_per_recording_scaling_takes_demeaned_files
     row = int(np.flatnonzero(corpus.manifest["subject"] == short_hcp[3].subject)[0])
     x = next(iter_model_input(corpus, [row], scaler))
     np.testing.assert_allclose(x[:first.timeseries.shape[0]], first.timeseries, atol=2e-4)
+    # Per-recording units are the checkpoint's units: the zero-shot spatial baseline applies.
+    r = evaluate_reconstruction(model, corpus, ratios=(0.75,))
+    assert r["methods"][-1] == "spatial_zero_shot" and "spatial" not in r["methods"]
 
 
 # --- --atlas on the commands that take DATA files ----------------------------------------------
@@ -266,3 +275,105 @@ def test_like_a_checkpoint_without_a_target_tr_warns_and_records_it(short_hcp, t
         corpus = prepare_corpus(short_hcp[3:], tmp_path / "c", like=like)
     assert any("no target TR" in w for w in corpus.info["warnings"])
     assert corpus.contract.median == [0.0] * 94  # the checkpoint's statistics (same atlas)
+
+
+# --- zero-shot made explicit: evaluate recon on a fresh cohort ------------------------------------
+
+@pytest.fixture(scope="module")
+def pooled_run(tmp_path_factory, short_hcp):
+    """`brainlm pretrain` for 1 epoch on 2 HCP subjects (a third for validation): percent signal
+    change, pooled scaling, AAL2. Returns (checkpoint folder, pretraining corpus)."""
+    root = tmp_path_factory.mktemp("pooled_run")
+    subjects = [r.subject for r in short_hcp[:3]]
+    corpus = prepare_corpus(short_hcp[:3], root / "corpus", atlas=short_hcp[0].atlas,
+                            contract=PreprocessingContract(percent_signal_change=True, target_tr=0.72),
+                            split_assignments=dict(zip(subjects, ("train", "train", "val"))))
+    assert main(["pretrain", corpus.path, "--out", str(root / "run"), "--preset", "tiny", "--epochs", "1",
+                 "--crops-per-recording", "2", "--quiet"]) == 0
+    return root / "run" / "model", corpus
+
+
+def test_pretraining_stores_the_spatial_statistics_of_its_training_frames(pooled_run):
+    from sklearn.covariance import LedoitWolf
+
+    ckpt, corpus = pooled_run
+    stats = load_spatial_statistics(ckpt)
+    # The frames pretraining reads: every TR of both training recordings (1,200 < 50,000).
+    frames = np.concatenate([corpus.read(int(i)) for i in corpus.split_indices("train")])
+    np.testing.assert_array_equal(sample_frames(corpus), frames)
+    direct = LedoitWolf().fit(frames.astype(np.float64))
+    np.testing.assert_array_equal(stats.mean, direct.location_)
+    np.testing.assert_array_equal(stats.covariance, direct.covariance_)
+    assert stats.shrinkage == direct.shrinkage_ and stats.n_frames == len(frames) == 1200
+    assert stats.info == {"split": "train", "scaling": "pooled", "atlas": "aal2",
+                          "corpus_identity": corpus.identity()}
+    assert stats.mean.dtype == stats.covariance.dtype == np.float64 and stats.covariance.shape == (94, 94)
+    assert "spatial_baseline.safetensors" in json.loads((ckpt / "digests.json").read_text())["sha256"]
+    loaded = load_pretrained(ckpt).spatial_statistics
+    np.testing.assert_array_equal(loaded.covariance, stats.covariance)
+
+
+def test_an_evaluation_only_cohort_on_the_checkpoint_atlas_gets_the_zero_shot_baseline(pooled_run, short_hcp, tmp_path):
+    ckpt, _ = pooled_run
+    files = write_files(tmp_path / "files", short_hcp[3:])
+    cohort, out = tmp_path / "cohort", tmp_path / "recon"
+    assert main(["prepare", str(files), "--atlas", "aal2", "--like", str(ckpt), "--out", str(cohort), "--quiet"]) == 0
+    assert main(["evaluate", "recon", str(ckpt), str(cohort), "--ratios", "0.5,0.75", "--out", str(out)]) == 0
+    r = json.loads((out / "reconstruction.json").read_text())
+    assert r["methods"] == ["brainlm", "zero", "parcel_mean", "interpolation", "spatial_zero_shot"]
+    assert r["method_labels"]["spatial_zero_shot"] == "spatial (zero-shot)"
+    zs, ic = r["spatial_baselines"]["spatial_zero_shot"], r["spatial_baselines"]["spatial"]
+    assert zs["available"] and zs["fit"] == "zero-shot" and zs["frames"] == 1200
+    assert "pretraining data" in zs["fitted_on"] and zs["pretraining_atlas"] == "aal2"
+    assert not ic["available"] and ic["fit"] == "in-cohort" and "no training split" in ic["reason"]
+    assert r["spatial_baseline"] is None  # the in-cohort fit, as the key always meant
+    for e in r["results"]:
+        assert e["methods"]["spatial_zero_shot"]["r2"] > 0.1  # regions co-fluctuate in a new cohort too
+    md = (out / "reconstruction.md").read_text()
+    assert "| spatial (zero-shot) |" in md and "never this cohort" in md
+    assert "spatial (in-cohort) (`spatial`): left out, the corpus has no training split" in md
+    assert md.count("spatial (zero-shot), R²") == 2  # the verdict of each ratio names it
+
+
+def test_the_zero_shot_baseline_is_the_spatial_imputer_fitted_on_the_pretraining_frames(pooled_run, short_hcp, tmp_path):
+    """A cohort prepared like the checkpoint whose training split is the pretraining training
+    split: its in-cohort fit is the imputer fitted on those frames, and the zero-shot baseline
+    scores the same on the same masks."""
+    ckpt, pre = pooled_run
+    model = load_pretrained(ckpt)
+    recordings = short_hcp[:2] + short_hcp[3:]
+    assignments = {r.subject: "train" if i < 2 else "test" for i, r in enumerate(recordings)}
+    cohort = prepare_corpus(recordings, tmp_path / "c", like=ReferenceContract(model.contract, model.atlas, str(ckpt)),
+                            split_assignments=assignments)
+    assert cohort.identity() != pre.identity()
+    imputer = SpatialImputer().fit(sample_frames(pre))
+    stored = SpatialImputer().use(model.spatial_statistics)
+    for a in ("mean_", "covariance_", "shrinkage_", "n_frames_"):
+        np.testing.assert_array_equal(getattr(stored, a), getattr(imputer, a))
+    r = evaluate_reconstruction(model, cohort, ratios=(0.75,))
+    assert r["methods"][-2:] == ["spatial", "spatial_zero_shot"]
+    m = r["results"][0]["methods"]
+    assert m["spatial_zero_shot"]["r2"] == pytest.approx(m["spatial"]["r2"], abs=1e-5)
+    np.testing.assert_allclose(m["spatial_zero_shot"]["per_parcel"]["mse"], m["spatial"]["per_parcel"]["mse"],
+                               rtol=1e-4)
+    # On the pretraining corpus itself, the stored fit is the in-cohort one: not shown twice.
+    own = evaluate_reconstruction(model, pre, split="val", ratios=(0.75,))
+    assert "spatial_zero_shot" not in own["methods"]
+    assert "pretraining corpus" in own["spatial_baselines"]["spatial_zero_shot"]["reason"]
+
+
+def test_a_cohort_on_another_atlas_without_a_train_split_has_no_spatial_baseline_and_says_why(
+        pooled_run, schaefer_files, tmp_path, capsys):
+    ckpt, _ = pooled_run
+    cohort, out = tmp_path / "cohort", tmp_path / "recon"
+    assert main(["prepare", str(schaefer_files), "--atlas", "schaefer100", "--like", str(ckpt), "--out",
+                 str(cohort), "--quiet"]) == 0
+    assert main(["evaluate", "recon", str(ckpt), str(cohort), "--transfer-atlas", "--ratios", "0.75",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads((out / "reconstruction.json").read_text())
+    assert r["methods"] == ["brainlm", "zero", "parcel_mean", "interpolation"] and r["windows"] == 2
+    reasons = {m: v["reason"] for m, v in r["spatial_baselines"].items() if not v["available"]}
+    assert "no training split" in reasons["spatial"]
+    assert "'schaefer100' (100 parcels), not the checkpoint's pretraining atlas 'aal2'" in reasons["spatial_zero_shot"]
+    assert "left out" in printed and "the best baseline" in printed
