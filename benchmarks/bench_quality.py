@@ -101,6 +101,12 @@ def run_one(recipe: str, fold: int, work: Path, forecast: bool, threads: int) ->
     cache = work / "cache" / f"{slug}--fold{fold}.json"
     if cache.is_file():
         cached = json.loads(cache.read_text())
+        if not any(r["features"] == "latent_connectivity" for r in cached["networks"]["hcp_aal2"]["rows"]):
+            # Scored before the feature existed: networks again, from the saved checkpoint.
+            spec = dict(RECIPES[recipe])
+            corpus = fold_corpus(work, fold, spec.pop("corpus_scaling", "pooled"))
+            cached["networks"] = score_networks(work / "runs" / f"{slug}--fold{fold}" / "model", corpus, fold)
+            _write_cache(cache, cached)
         if not forecast or "forecasting" in cached:
             return cached
     spec = dict(RECIPES[recipe])
@@ -126,23 +132,33 @@ def run_one(recipe: str, fold: int, work: Path, forecast: bool, threads: int) ->
            **score_model(model, corpus, fold)}
     if forecast:
         out["forecasting"] = _forecast(model, corpus, run, fold)
+    _write_cache(cache, out)
+    return out
+
+
+def _write_cache(cache: Path, result: dict) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1))
+    tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, cache)
-    return out
 
 
 def score_model(model: Path, corpus, seed: int) -> dict:
     """Masked reconstruction and network identification of a checkpoint on ``corpus``'s test
     subject (the fold's protocol): ``reconstruction_r2`` {ratio: {method: R²}} and ``networks``
     {dataset: {chance, rows: [{model, features, knn}]}}."""
-    from brainlm.data.samples import HCP7_TR, load_hcp7_aal2, load_schaefer100_rest
-    from brainlm.tasks.networks import identify_networks
     from brainlm.tasks.reconstruction import evaluate_reconstruction
 
     rec = evaluate_reconstruction(model, corpus, split="test", ratios=RATIOS, seed=seed)
     recon = {str(e["mask_ratio"]): {m: e["methods"][m]["r2"] for m in e["methods"]} for e in rec["results"]}
+    return {"reconstruction_r2": recon, "networks": score_networks(model, corpus, seed)}
+
+
+def score_networks(model: Path, corpus, seed: int) -> dict:
+    """Network identification from the test subject's recording (AAL2) and the Schaefer-100 run."""
+    from brainlm.data.samples import HCP7_TR, load_hcp7_aal2, load_schaefer100_rest
+    from brainlm.tasks.networks import identify_networks
+
     tests = set(test_subjects(corpus))
     test_recordings = [r for r in load_hcp7_aal2() if r.subject in tests]
     networks = {}
@@ -153,7 +169,7 @@ def score_model(model: Path, corpus, seed: int) -> dict:
         networks[name] = {"chance": res["chance"]["majority_accuracy"],
                           "rows": [{"model": m["model"], "features": m["features"],
                                     "knn": m["knn_accuracy"]} for m in res["methods"]]}
-    return {"reconstruction_r2": recon, "networks": networks}
+    return networks
 
 
 def _forecast(model: Path, corpus, run: Path, fold: int) -> dict:
@@ -214,6 +230,11 @@ def aggregate(results: list[dict]) -> dict:
     return table
 
 
+def _label(name: str, row: dict) -> str:
+    n = len(row["folds"])
+    return f"{name} ({n} fold{'s' if n > 1 else ''})"
+
+
 def markdown(table: dict, meta: dict) -> str:
     def ms(d):
         return f"{d['mean']:.3f}" + (f" ± {d['sd']:.3f}" if d.get("sd") is not None else "")
@@ -228,7 +249,7 @@ def markdown(table: dict, meta: dict) -> str:
              "|---" * (3 + 2 * len(RATIOS)) + "|"]
     for name, row in table.items():
         rr = row["reconstruction_r2"]
-        lines.append(f"| {name} | {row['parameters']:,} | {row['pretrain_seconds']['mean']:.0f} | "
+        lines.append(f"| {_label(name, row)} | {row['parameters']:,} | {row['pretrain_seconds']['mean']:.0f} | "
                      + " | ".join(ms(rr[str(r)]["brainlm"]) for r in RATIOS) + " | "
                      + " | ".join(ms(rr[str(r)]["spatial"]) for r in RATIOS) + " |")
     for net, title in (("hcp_aal2", "Networks, HCP test subject on AAL2"),
@@ -242,7 +263,7 @@ def markdown(table: dict, meta: dict) -> str:
             f = n["best_own_feature"]
             k = n["knn"]
             fc = next(v for key, v in k.items() if key.endswith(": fc_profile"))
-            lines.append(f"| {name} | {f} | {ms(k['BrainLM: ' + f])} | {ms(k['BrainLM, time-shifted input: ' + f])} | "
+            lines.append(f"| {_label(name, row)} | {f} | {ms(k['BrainLM: ' + f])} | {ms(k['BrainLM, time-shifted input: ' + f])} | "
                          f"{ms(k['BrainLM: cls_attention'])} | {ms(k['BrainLM, time-shifted input: cls_attention'])} | "
                          f"{ms(k['BrainLM untrained: ' + f])} | {ms(fc)} | {n['chance']:.3f} |")
     fc_rows = {k: v for k, v in table.items() if "forecasting" in v}
@@ -252,21 +273,24 @@ def markdown(table: dict, meta: dict) -> str:
         for name, row in fc_rows.items():
             for m, v in row["forecasting"].items():
                 s = v["per_step_mse"]
-                lines.append(f"| {name} | {v['label']} | {ms(v['mean_mse'])} | "
+                lines.append(f"| {_label(name, row)} | {v['label']} | {ms(v['mean_mse'])} | "
                              + " / ".join(f"{s[i]:.3f}" for i in (0, 4, 9, len(s) - 1)) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipes", default=";".join(RECIPES), help="recipe names separated by ';'")
+    ap.add_argument("--recipes", default=";".join(RECIPES),
+                    help="recipe names separated by ';', each optionally NAME:FOLDS (fewer folds than --folds, "
+                         "e.g. a screening run on fold 0 only; the tables say how many folds each has)")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--forecast", action="store_true", help="also fine-tune and score forecasting")
     ap.add_argument("--jobs", type=int, default=1, help="(recipe, fold) runs at once, one thread each")
     ap.add_argument("--work", default=os.environ.get("BRAINLM_BENCH_WORK", "/tmp/brainlm-bench-quality"))
     ap.add_argument("--out", default=str(ROOT / "results" / "quality"))
     args = ap.parse_args()
-    recipes = args.recipes.split(";")
+    wanted = [r.rsplit(":", 1) if ":" in r else (r, str(args.folds)) for r in args.recipes.split(";")]
+    recipes = {name: min(int(n), args.folds) for name, n in wanted}
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         ap.error(f"unknown recipe(s) {unknown}; expected some of {list(RECIPES)}")
@@ -277,7 +301,7 @@ def main() -> None:
         fold_corpus(work, f)
     tests = [test_subjects(fold_corpus(work, f)) for f in folds]
     assert len({tuple(t) for t in tests}) == len(folds), f"folds share a test subject: {tests}"
-    tasks = [(r, f) for r in recipes for f in folds]
+    tasks = [(r, f) for r, n in recipes.items() for f in folds[:n]]
     threads = 1 if args.jobs > 1 else max(os.cpu_count() or 1, 1)
     t0 = time.perf_counter()
     if args.jobs > 1:

@@ -382,7 +382,7 @@ def benchmarks_section(run_dir: Path, summary: dict, figures: Path) -> Section |
         rows = []
         for name, r in recipes.items():
             rr = r["reconstruction_r2"]
-            rows.append(row([name, r["settings"].get("epochs"), round(r["pretrain_seconds"]["mean"])]
+            rows.append(row([_recipe(name, r), r["settings"].get("epochs"), round(r["pretrain_seconds"]["mean"])]
                             + [_mean_sd(rr[x]["brainlm"]) for x in RATIOS] + [_mean_sd(rr["0.75"]["spatial"])]))
         s.tables.append(Table("Masked reconstruction R² on the held-out subject", cols, rows))
         for net, title in (("hcp_aal2", "HCP test subject on AAL2"), ("schaefer100", "Schaefer-100 run")):
@@ -391,7 +391,7 @@ def benchmarks_section(run_dir: Path, summary: dict, figures: Path) -> Section |
                 n = r["networks"][net]
                 k, f = n["knn"], n["best_own_feature"]
                 fc = next(v for key, v in k.items() if key.endswith(": fc_profile"))
-                net_rows.append(row([name, f, _mean_sd(k["BrainLM: " + f]),
+                net_rows.append(row([_recipe(name, r), f, _mean_sd(k["BrainLM: " + f]),
                                      _mean_sd(k["BrainLM, time-shifted input: " + f]),
                                      _mean_sd(k["BrainLM: cls_attention"]), _mean_sd(fc), n["chance"]]))
             s.tables.append(Table(f"Network identification, {title}: kNN accuracy (leave one parcel out)",
@@ -401,7 +401,8 @@ def benchmarks_section(run_dir: Path, summary: dict, figures: Path) -> Section |
         for name, r in recipes.items():
             for m in (r.get("forecasting") or {}).values():
                 steps = m["per_step_mse"]
-                fc_rows.append(row([name, m["label"], _mean_sd(m["mean_mse"]), steps[0], steps[4], steps[-1]]))
+                fc_rows.append(row([_recipe(name, r), m["label"], _mean_sd(m["mean_mse"]), steps[0], steps[4],
+                                    steps[-1]]))
         if fc_rows:
             s.tables.append(Table("Forecasting 20 TRs from 180 on the held-out subject: MSE",
                                   ["recipe", "method", "mean over steps", "step 1", "step 5", "step 20"], fc_rows))
@@ -427,6 +428,11 @@ def benchmarks_section(run_dir: Path, summary: dict, figures: Path) -> Section |
         s.figures.append(embed_png(png, "benchmark_scaling", "Held-out masked R² and network accuracy against "
                                    "parameters and training subjects (log axes)."))
     return s
+
+
+def _recipe(name: str, r: dict) -> str:
+    n = len(r["folds"])
+    return f"{name} ({n} fold{'s' if n > 1 else ''})"
 
 
 def _mean_sd(d: dict) -> str:
