@@ -6,8 +6,8 @@
    group, a null score), simulated at three sites' TRs and resampled to 0.72 s. Every corpus is
    split by subject, with robust scaling fitted on its training split.
 2. The ``small`` model (the recipe that did best on held-out subjects in
-   ``benchmarks/results/quality``: an axial decoder, mask ratios drawn per batch from 0.2-0.9,
-   100 epochs) is pretrained on the HCP training subjects and validated on a held-out subject
+   ``benchmarks/results/quality`` that fits the demo's budget: an axial decoder, mask ratios
+   drawn per batch from 0.2-0.9, 50 epochs) is pretrained on the HCP training subjects and validated on a held-out subject
    against trivial baselines. Embeddings from the exported checkpoint are checked to be
    deterministic.
 3. Masked reconstruction on the HCP test subject, against interpolation and spatial baselines
@@ -98,7 +98,7 @@ class DemoSettings:
     """
 
     preset: str = "small"
-    epochs: int = 100
+    epochs: int = 50
     cohort_subjects: int = 150
     cohort_trs: int = 500
     prediction_targets: tuple[str, ...] = ("age", "group")
@@ -119,7 +119,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="the main job end to end on the embedded real data")
     p.add_argument("--out", default="demo-out", help="output folder (default: ./demo-out)")
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--epochs", type=int, help="pretraining epochs of the small model (default 100; --quick: 2)")
+    p.add_argument("--epochs", type=int, help="pretraining epochs of the small model (default 50; --quick: 2)")
     p.add_argument("--quick", action="store_true",
                    help="every step with much less training (a smoke test of a few minutes)")
     return p
