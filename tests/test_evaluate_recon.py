@@ -1,13 +1,17 @@
 """Masked reconstruction evaluation: the pretrained tiny model on the held-out HCP subject next
 to baselines scored on the same masks; metric arithmetic; baselines on signals with known
-answers; determinism; bad input leaves no results behind."""
+answers; determinism; bad input leaves no results behind; the spatial statistics a checkpoint
+carries for the zero-shot baseline (stored, digest-checked, absent from older checkpoints)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
+import torch
+from safetensors.numpy import save_file
 from sklearn.metrics import r2_score
 
 from brainlm.commands import main
@@ -15,9 +19,17 @@ from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.errors import BrainLMInputError
+from brainlm.model.brainlm import BrainLM
+from brainlm.model.checkpoint import (SPATIAL_BASELINE, load_pretrained, load_spatial_statistics, load_tensors,
+                                      save_pretrained)
+from brainlm.model.config import preset
 from brainlm.tasks.reconstruction import (
     BASELINES, ReconstructionScores, SpatialImputer, evaluate_reconstruction, impute_interpolation,
-    impute_parcel_mean)
+    impute_parcel_mean, reconstruction_markdown)
+from brainlm.train.pretrain import ledoit_wolf_statistics, sample_frames
+
+#: The methods on the pretraining corpus itself: the stored statistics are its in-cohort fit.
+OWN_CORPUS_METHODS = ["brainlm", "zero", "parcel_mean", "interpolation", "spatial"]
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +44,10 @@ def recon(trained, hcp_corpus, tmp_path_factory):
 def test_pretrained_model_beats_trivial_baselines_on_held_out_hcp(recon, hcp_corpus):
     out, r = recon
     assert r["split"] == "test" and r["recordings"] == 1 and r["windows"] == 6
-    assert r["methods"] == ["brainlm", *BASELINES]
+    assert r["methods"] == OWN_CORPUS_METHODS
     md = (out / "reconstruction.md").read_text()
-    assert "| brainlm |" in md and "| spatial |" in md
+    assert "| BrainLM |" in md and "| spatial (in-cohort) |" in md
+    assert "the corpus is the checkpoint's pretraining corpus" in r["spatial_baselines"]["spatial_zero_shot"]["reason"]
     for entry in r["results"]:
         m = entry["methods"]
         # The very same masked values for every method.
@@ -64,7 +77,7 @@ def test_baselines_behave_as_bold_physics_says(recon):
     assert low["interpolation"]["pearson_r"] > high["interpolation"]["pearson_r"] + 0.05
     # Regions co-fluctuate: the visible parcels at the same TR are the best baseline.
     for m in (low, high):
-        assert m["spatial"]["r2"] == max(m[b]["r2"] for b in BASELINES)
+        assert m["spatial"]["r2"] == max(m[b]["r2"] for b in BASELINES if b in m)
 
 
 def test_same_seed_same_numbers_other_seed_other_masks(trained, hcp_corpus):
@@ -146,3 +159,77 @@ def test_corpus_cleaned_differently_is_refused(trained, hcp, tmp_path):
     with pytest.raises(BrainLMInputError, match="high_pass_hz"):
         evaluate_reconstruction(trained / "model", corpus, out=tmp_path / "res")
     assert not (tmp_path / "res").exists()
+
+
+# -- the spatial statistics a checkpoint carries -----------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoints(hcp_corpus, tmp_path_factory):
+    """Two ``tiny`` checkpoints (same fresh weights) on the HCP corpus' contract and atlas: one
+    written as before (no spatial statistics), one carrying the statistics of its training
+    frames. Returns (without, with, statistics)."""
+    root = tmp_path_factory.mktemp("ckpts")
+    torch.manual_seed(0)
+    model = BrainLM(preset("tiny"), contract=hcp_corpus.contract, atlas=hcp_corpus.atlas)
+    stats = ledoit_wolf_statistics(sample_frames(hcp_corpus, max_frames=3000), split="train", scaling="pooled",
+                                   atlas="aal2", corpus_identity="another corpus")
+    save_pretrained(model, root / "old")
+    save_pretrained(model, root / "new", tensors={SPATIAL_BASELINE: stats.to_tensors()})
+    return root / "old", root / "new", stats
+
+
+def test_spatial_statistics_round_trip_through_the_checkpoint(checkpoints):
+    _, new, stats = checkpoints
+    back = load_spatial_statistics(new)
+    np.testing.assert_array_equal(back.mean, stats.mean)
+    np.testing.assert_array_equal(back.covariance, stats.covariance)
+    assert (back.n_frames, back.shrinkage, back.info) == (3000, stats.shrinkage, stats.info)
+    arrays, meta = load_tensors(new, SPATIAL_BASELINE)
+    assert set(arrays) == {"mean", "covariance"} and meta["format"] == "brainlm-spatial-baseline"
+    assert load_pretrained(new).spatial_statistics.n_parcels == 94
+
+
+def test_a_checkpoint_without_spatial_statistics_loads_and_evaluates(checkpoints, hcp_corpus, tmp_path):
+    old, new, _ = checkpoints
+    assert load_spatial_statistics(old) is None and load_pretrained(old).spatial_statistics is None
+    r = evaluate_reconstruction(old, hcp_corpus, ratios=(0.75,), max_recordings=1, out=tmp_path / "old")
+    assert r["methods"] == OWN_CORPUS_METHODS
+    assert "carries no spatial statistics" in r["spatial_baselines"]["spatial_zero_shot"]["reason"]
+    assert r["spatial_baseline"]["fit_split"] == "train" and r["spatial_baselines"]["spatial"]["fit"] == "in-cohort"
+    # With them (fitted on 'another corpus'), both are scored on the same masks, each labelled.
+    r = evaluate_reconstruction(new, hcp_corpus, ratios=(0.75,), max_recordings=1, out=tmp_path / "new")
+    assert r["methods"] == [*OWN_CORPUS_METHODS, "spatial_zero_shot"]
+    assert r["method_labels"] == {"brainlm": "BrainLM", "zero": "zero", "parcel_mean": "parcel_mean",
+                                  "interpolation": "interpolation", "spatial": "spatial (in-cohort)",
+                                  "spatial_zero_shot": "spatial (zero-shot)"}
+    m = r["results"][0]["methods"]
+    assert m["spatial_zero_shot"]["n_values"] == m["brainlm"]["n_values"]
+    # 3,000 frames of the same subjects: close to, not the same as, the in-cohort fit.
+    assert m["spatial_zero_shot"]["r2"] == pytest.approx(m["spatial"]["r2"], abs=0.05)
+    md = (tmp_path / "new" / "reconstruction.md").read_text()
+    assert md == reconstruction_markdown(r)
+    for text in ("| spatial (in-cohort) |", "| spatial (zero-shot) |", "`spatial` (in-cohort): fitted on the training split",
+                 "`spatial_zero_shot` (zero-shot): fitted on the checkpoint's pretraining data"):
+        assert text in md
+    verdict = md.splitlines()[-1]
+    assert "spatial (in-cohort)" in verdict and "spatial (zero-shot)" in verdict
+
+
+def test_altered_or_added_spatial_statistics_are_refused(checkpoints, tmp_path):
+    old, new, stats = checkpoints
+    altered = tmp_path / "altered"
+    shutil.copytree(new, altered)
+    arrays, meta = stats.to_tensors()
+    save_file({**arrays, "covariance": arrays["covariance"] * 1.01}, altered / SPATIAL_BASELINE, metadata=meta)
+    for load in (load_pretrained, load_spatial_statistics):
+        with pytest.raises(BrainLMInputError, match="spatial_baseline.safetensors was altered or damaged"):
+            load(altered)
+    # Statistics slipped into a checkpoint written without them are not taken on trust.
+    added = tmp_path / "added"
+    shutil.copytree(old, added)
+    shutil.copy(new / SPATIAL_BASELINE, added / SPATIAL_BASELINE)
+    with pytest.raises(BrainLMInputError, match="not recorded in digests.json"):
+        load_pretrained(added)
+    # A deleted file the checkpoint was written with is named.
+    (altered / SPATIAL_BASELINE).unlink()
+    with pytest.raises(BrainLMInputError, match="lacks spatial_baseline.safetensors"):
+        load_pretrained(altered)

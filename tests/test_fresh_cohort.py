@@ -331,7 +331,7 @@ def test_an_evaluation_only_cohort_on_the_checkpoint_atlas_gets_the_zero_shot_ba
         assert e["methods"]["spatial_zero_shot"]["r2"] > 0.1  # regions co-fluctuate in a new cohort too
     md = (out / "reconstruction.md").read_text()
     assert "| spatial (zero-shot) |" in md and "never this cohort" in md
-    assert "spatial (in-cohort) (`spatial`): left out, the corpus has no training split" in md
+    assert "`spatial` (in-cohort): left out, the corpus has no training split" in md
     assert md.count("spatial (zero-shot), R²") == 2  # the verdict of each ratio names it
 
 

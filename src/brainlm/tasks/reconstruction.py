@@ -412,10 +412,10 @@ def reconstruction_markdown(result: dict) -> str:
     notes = []
     for m, info in result.get("spatial_baselines", {}).items():
         if info["available"]:
-            notes.append(f"- {info['label']} (`{m}`): fitted on {info['fitted_on']}; "
+            notes.append(f"- `{m}` ({info['fit']}): fitted on {info['fitted_on']}; "
                          f"{info['frames']} frames, Ledoit-Wolf shrinkage {info['ledoit_wolf_shrinkage']:.3f}.")
         else:
-            notes.append(f"- {info['label']} (`{m}`): left out, {info['reason']}.")
+            notes.append(f"- `{m}` ({info['fit']}): left out, {info['reason']}.")
     model = result.get("brainlm_label", "BrainLM")
     best = []
     for e in result["results"]:
