@@ -42,7 +42,8 @@ def test_tiny_pretraining_beats_trivial_baselines(trained):
 def test_checkpoint_reloads_exactly_and_carries_its_contract(trained, hcp, hcp_corpus):
     model = load_pretrained(trained / "model")
     assert sorted(p.name for p in (trained / "model").iterdir()) == [
-        ".brainlm-output.json", "atlas.json", "config.json", "contract.json", "digests.json", "model.safetensors"]
+        ".brainlm-output.json", "atlas.json", "config.json", "contract.json", "digests.json", "model.safetensors",
+        "spatial_baseline.safetensors"]
     assert model.contract == hcp_corpus.contract and model.atlas.matches(hcp_corpus.atlas)
     # The checkpoint's preprocessing is exactly what the corpus stored for this recording.
     row = int(np.flatnonzero(hcp_corpus.manifest["subject"] == hcp[2].subject)[0])

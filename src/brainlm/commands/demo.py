@@ -39,7 +39,7 @@ import torch
 from brainlm import __version__
 from brainlm.data.atlas import load_atlas
 from brainlm.data.atomic import write_json, write_npz_atomic
-from brainlm.data.contract import PreprocessingContract
+from brainlm.data.contract import PreprocessingContract, ReferenceContract
 from brainlm.data.example_scans import write_fmriprep_example
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import HCP7_TR, load_hcp7_aal2, load_schaefer100_rest
@@ -329,6 +329,21 @@ def _reconstruction(checkpoint: Path, hcp, results: Path, s: DemoSettings, summa
         mask=token_mask_to_values(model, mask)[0],
         parcel_names=np.array(hcp.atlas.parcel_names), tr_s=np.float64(hcp.contract.target_tr),
         title=np.array(f"HCP test subject {subject}, first window, 75% of tokens masked"))
+    # Zero-shot on data the model never saw in any form: the Schaefer-100 run (another atlas,
+    # scanner and TR), prepared like the checkpoint's pretraining data, every recording in test.
+    # No spatial baseline can be fitted there (the stored one is on AAL2; the cohort has no
+    # training subject), and the results say so.
+    like = prepare_corpus([load_schaefer100_rest()], out / "corpus-schaefer100-like", atlas=load_atlas("schaefer100"),
+                          like=ReferenceContract(model.contract, model.atlas, str(checkpoint)),
+                          min_trs=WINDOW_TRS, jobs=1, overwrite=True)
+    zero = evaluate_reconstruction(checkpoint, like, split="test", seed=s.seed, transfer_atlas=True,
+                                   out=results / "reconstruction-schaefer100")
+    at = next(e for e in zero["results"] if e["mask_ratio"] == 0.75)["methods"]
+    best = max((m for m in at if m != "brainlm"), key=lambda m: at[m]["r2"])
+    summary["reconstruction"]["zero_shot_schaefer100"] = {"r2_at_0.75": at["brainlm"]["r2"], "best_baseline": best,
+                                                          "best_baseline_r2_at_0.75": at[best]["r2"]}
+    con.print(f"zero-shot on the Schaefer-100 run (unseen atlas): R² at 0.75 {at['brainlm']['r2']:.3f} vs "
+              f"{best} {at[best]['r2']:.3f}")
 
 
 def _prediction(checkpoint: Path, cohort, results: Path, s: DemoSettings, summary: dict, con) -> None:

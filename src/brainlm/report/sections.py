@@ -27,6 +27,8 @@ METHOD_NAMES = {
     "brainlm": "BrainLM (pretrained)", "zero": "predict 0 (the scaled median)",
     "parcel_mean": "parcel mean of visible values", "interpolation": "linear interpolation in time",
     "spatial": "spatial (Ledoit-Wolf Gaussian imputation from visible parcels, fitted on train)",
+    "spatial_zero_shot": "spatial, zero-shot (Ledoit-Wolf Gaussian imputation fitted on the checkpoint's "
+                         "pretraining data)",
 }
 
 
@@ -125,25 +127,17 @@ def reconstruction_section(run_dir: Path, summary: dict, figures: Path) -> Secti
         f"({res['windows']} windows of {res['window_trs']} TRs) with {escape(res['strategy'])} masks drawn "
         f"with seed {res['seed']}; every method fills in the very same masked values. R² is pooled over "
         "all masked values (1 − SSE/SST, as in the paper); units are the model's scaled signal.")
-    cols = ["method"] + [f"{h} @ {r:g}" for r in res["mask_ratios"] for h in ("R²", "MSE", "r")]
-    rows = []
-    for m in res["methods"]:
-        hybrid = m == "brainlm" and res.get("brainlm_label", "BrainLM") != "BrainLM"
-        cells = [res["brainlm_label"] if hybrid else METHOD_NAMES.get(m, m)]
-        for e in res["results"]:
-            sc = e["methods"][m]
-            cells += [sc["r2"], sc["mse"], sc["pearson_r"]]
-        rows.append(row(cells, highlight=m == "brainlm"))
-    s.tables.append(Table("Pooled metrics over masked values, by mask ratio", cols, rows))
-    verdicts = []
-    for e in res["results"]:
-        base = {m: v["r2"] for m, v in e["methods"].items() if m != "brainlm" and v["r2"] is not None}
-        best = max(base, key=base.get)
-        ours = e["methods"]["brainlm"]["r2"]
-        word = "<span class='win'>beats</span>" if ours > base[best] else "<span class='lose'>trails</span>"
-        verdicts.append(f"at {e['mask_ratio']:g} BrainLM {word} the best baseline ({METHOD_NAMES.get(best, best)}: "
-                        f"R² {base[best]:.3f} vs {ours:.3f})")
-    s.verdict = "; ".join(verdicts) + "."
+    s.tables.append(_reconstruction_table(res, "Pooled metrics over masked values, by mask ratio"))
+    s.verdict = _reconstruction_verdict(res)
+    zero = read_json(run_dir / "results" / "reconstruction-schaefer100" / "reconstruction.json")
+    if zero is not None:
+        missing = [b["reason"] for b in zero.get("spatial_baselines", {}).values() if not b.get("available")]
+        s.paragraphs.append(
+            "Zero-shot on data the model never saw in any form: the Schaefer-100 run (another atlas, scanner "
+            "and TR), prepared like the checkpoint's pretraining data (<code>brainlm prepare --like</code>) "
+            "and read through parcel coordinates. " + (f"No spatial baseline: {escape('; '.join(missing))}. "
+                                                        if missing else "") + _reconstruction_verdict(zero))
+        s.tables.append(_reconstruction_table(zero, "Zero-shot, Schaefer-100 run: pooled metrics over masked values"))
     example = run_dir / "results" / "reconstruction_example.npz"
     if example.exists():
         z = np.load(example, allow_pickle=False)
@@ -168,6 +162,31 @@ def reconstruction_section(run_dir: Path, summary: dict, figures: Path) -> Secti
                                f"R² of the masked values of each parcel at mask ratio {ratio:g}, drawn at the "
                                "parcel's MNI centre (not clipped: below 0 means worse than the parcel's own mean)."))
     return s
+
+
+def _reconstruction_table(res: dict, caption: str) -> Table:
+    cols = ["method"] + [f"{h} @ {r:g}" for r in res["mask_ratios"] for h in ("R²", "MSE", "r")]
+    rows = []
+    for m in res["methods"]:
+        hybrid = m == "brainlm" and res.get("brainlm_label", "BrainLM") != "BrainLM"
+        cells = [res["brainlm_label"] if hybrid else METHOD_NAMES.get(m, m)]
+        for e in res["results"]:
+            sc = e["methods"][m]
+            cells += [sc["r2"], sc["mse"], sc["pearson_r"]]
+        rows.append(row(cells, highlight=m == "brainlm"))
+    return Table(caption, cols, rows)
+
+
+def _reconstruction_verdict(res: dict) -> str:
+    verdicts = []
+    for e in res["results"]:
+        base = {m: v["r2"] for m, v in e["methods"].items() if m != "brainlm" and v["r2"] is not None}
+        best = max(base, key=base.get)
+        ours = e["methods"]["brainlm"]["r2"]
+        word = "<span class='win'>beats</span>" if ours > base[best] else "<span class='lose'>trails</span>"
+        verdicts.append(f"at {e['mask_ratio']:g} BrainLM {word} the best baseline ({METHOD_NAMES.get(best, best)}: "
+                        f"R² {base[best]:.3f} vs {ours:.3f})")
+    return "; ".join(verdicts) + "."
 
 
 # -- prediction ----------------------------------------------------------------------------------
