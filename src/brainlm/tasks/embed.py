@@ -2,12 +2,14 @@
 
 DATA is a prepared corpus (its cleaned recordings are scaled with the checkpoint's contract,
 which must have the same cleaning settings) or time-series files/folders (read and preprocessed
-with the checkpoint's contract). Output: one row per recording (or per window), with ids and the
-CLS (``cls_0000`` ...) and mean-pooled (``mean_0000`` ...) embeddings as float32 columns.
+with the checkpoint's contract). Output: one row per recording (or per window), with ids, the
+phenotypes (a corpus' manifest columns, or a Recording's own), and the CLS (``cls_0000`` ...)
+and mean-pooled (``mean_0000`` ...) embeddings as float32 columns.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,33 @@ import pandas as pd
 import torch
 
 from brainlm.data.atomic import write_parquet_atomic
-from brainlm.tasks.model_input import embed_windows, load_model, recording_windows
+from brainlm.tasks.model_input import (embed_windows, is_corpus, load_model, open_corpus,
+                                       recording_windows)
+
+#: Prefixes of the embedding columns; every other column is an id or a phenotype.
+EMBEDDING_PREFIXES = ("cls_", "mean_")
+
+
+@dataclass
+class Embeddings:
+    """Embeddings of every recording and of every window, from one pass over the data.
+
+    Attributes
+    ----------
+    recordings : DataFrame
+        One row per recording: ids, phenotypes, ``n_windows``, ``cls_*`` and ``mean_*`` (D
+        each, float32; a recording's embedding is the mean over its windows).
+    windows : DataFrame
+        One row per window: ids, phenotypes, ``start_tr`` (first TR of the window),
+        ``cls_*`` and ``mean_*``.
+    fc : ndarray (n_recordings, P (P - 1) / 2) float32, or None
+        Fisher-z functional connectivity of each recording's model input (its windows end to
+        end), rows in the order of ``recordings``; only when asked for (``fc=True``).
+    """
+
+    recordings: pd.DataFrame
+    windows: pd.DataFrame
+    fc: np.ndarray | None = None
 
 
 def embed(checkpoint: str | Path, data: list[str | Path], out: str | Path | None = None, *,
@@ -23,20 +51,70 @@ def embed(checkpoint: str | Path, data: list[str | Path], out: str | Path | None
           key: str | None = None, transfer_atlas: bool = False, batch_size: int = 32,
           device: str = "cpu") -> pd.DataFrame:
     """Embeddings of every recording in ``data``; written to ``out`` (Parquet) when given."""
-    model = load_model(checkpoint, device)
-    rows = []
-    for ids, windows, starts, xyz in recording_windows(model, data, tr=tr, orientation=orientation,
-                                                       key=key, transfer_atlas=transfer_atlas):
-        cls, mean = embed_windows(model, windows, xyz, batch_size)
-        if per_window:
-            for k, s in enumerate(starts):
-                rows.append({**ids, "start_tr": int(s), **_columns(cls[k], mean[k])})
-        else:
-            rows.append({**ids, "n_windows": len(starts), **_columns(cls.mean(0), mean.mean(0))})
-    df = pd.DataFrame(rows)
+    emb = embed_all(checkpoint, data, tr=tr, orientation=orientation, key=key,
+                    transfer_atlas=transfer_atlas, batch_size=batch_size, device=device)
+    df = emb.windows if per_window else emb.recordings
     if out is not None:
         write_parquet_atomic(df, out)
     return df
+
+
+def embed_all(checkpoint, data, *, tr: float | None = None, orientation: str = "auto",
+              key: str | None = None, transfer_atlas: bool = False, batch_size: int = 32,
+              device: str = "cpu", fc: bool = False) -> Embeddings:
+    """Recording and window embeddings of ``data`` (as :func:`embed` reads it) and, with
+    ``fc``, the Fisher-z FC of the same model-input signal (:func:`fisher_z_fc`)."""
+    model = load_model(checkpoint, device)
+    phenotypes = _corpus_phenotypes(data)
+    recordings, windows, connectivity = [], [], []
+    for ids, wins, starts, xyz in recording_windows(model, data, tr=tr, orientation=orientation,
+                                                    key=key, transfer_atlas=transfer_atlas):
+        ids = {**ids, **phenotypes.get(ids["recording_id"], {})}
+        cls, mean = embed_windows(model, wins, xyz, batch_size)
+        for k, s in enumerate(starts):
+            windows.append({**ids, "start_tr": int(s), **_columns(cls[k], mean[k])})
+        recordings.append({**ids, "n_windows": len(starts), **_columns(cls.mean(0), mean.mean(0))})
+        if fc:
+            x = wins.numpy()
+            connectivity.append(fisher_z_fc(x.reshape(-1, x.shape[2])))
+    fc_array = None
+    if fc:
+        fc_array = np.stack(connectivity) if connectivity else np.zeros((0, 0), np.float32)
+    return Embeddings(pd.DataFrame(recordings), pd.DataFrame(windows), fc_array)
+
+
+def fisher_z_fc(x: np.ndarray) -> np.ndarray:
+    """Upper triangle (diagonal excluded) of the Fisher-z Pearson correlation matrix.
+
+    x: (T, P) time series -> (P (P - 1) / 2,) float32, row-major order of ``np.triu_indices``.
+    A parcel with no variance (a missing parcel reads as 0) has correlation 0 with every other.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.mean(0)
+    sd = np.sqrt((x ** 2).sum(0))
+    z = np.divide(x, sd, out=np.zeros_like(x), where=sd > 0)
+    r = z.T @ z
+    # Clipped below 1 so that arctanh stays finite for (near) identical parcels.
+    r = np.clip(r[np.triu_indices(x.shape[1], k=1)], -0.999999, 0.999999)
+    return np.arctanh(r).astype(np.float32)
+
+
+def _corpus_phenotypes(data) -> dict[str, dict]:
+    """Phenotypes of a corpus' recordings by ``recording_id`` ({} for files and Recordings,
+    whose ids already carry their own)."""
+    data = [data] if isinstance(data, (str, Path)) else list(data)
+    if not data or not all(isinstance(d, (str, Path)) for d in data) or not is_corpus([Path(d) for d in data]):
+        return {}
+    corpus = open_corpus(data[0])
+    cols = [c for c in corpus.phenotype_columns if c in corpus.manifest]
+    if not cols:
+        return {}
+    m = corpus.manifest.set_index("recording_id")[cols]
+    return {rid: {c: _plain(v) for c, v in row.items()} for rid, row in m.iterrows()}
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def _columns(cls: torch.Tensor, mean: torch.Tensor) -> dict:
