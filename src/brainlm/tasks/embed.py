@@ -22,6 +22,8 @@ from brainlm.tasks.model_input import (embed_windows, is_corpus, load_model, ope
 
 #: Prefixes of the embedding columns; every other column is an id or a phenotype.
 EMBEDDING_PREFIXES = ("cls_", "mean_")
+#: Id columns of every row (a corpus adds ``split``).
+ID_COLUMNS = ("recording_id", "subject", "session", "task", "run", "site")
 
 
 @dataclass
@@ -97,6 +99,17 @@ def fisher_z_fc(x: np.ndarray) -> np.ndarray:
     # Clipped below 1 so that arctanh stays finite for (near) identical parcels.
     r = np.clip(r[np.triu_indices(x.shape[1], k=1)], -0.999999, 0.999999)
     return np.arctanh(r).astype(np.float32)
+
+
+def corpus_columns(data) -> list[str] | None:
+    """The id and phenotype columns that :func:`embed_all` gives the rows of ``data`` when it is
+    one prepared corpus (read from its manifest, nothing embedded), else None (files and
+    Recordings: known only once read)."""
+    data = [data] if isinstance(data, (str, Path)) else list(data)
+    if not data or not all(isinstance(d, (str, Path)) for d in data) or not is_corpus([Path(d) for d in data]):
+        return None
+    corpus = open_corpus(data[0])
+    return [*ID_COLUMNS, "split", *(c for c in corpus.phenotype_columns if c in corpus.manifest)]
 
 
 def _corpus_phenotypes(data) -> dict[str, dict]:

@@ -45,6 +45,7 @@ from brainlm.errors import BrainLMInputError
 from brainlm.tasks.embed import EMBEDDING_PREFIXES, Embeddings, embed_all
 
 __all__ = ["MAX_CATEGORICAL_LEVELS", "N_NEIGHBOURS", "N_PERMUTATIONS", "available_columns", "check_column",
+           "check_column_name",
            "latent_paths", "latent_space", "latent_space_of", "write_latent"]
 
 #: An integer column with at most this many distinct values is categorical (a group, a sex code).
@@ -65,12 +66,17 @@ def available_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if not str(c).startswith(EMBEDDING_PREFIXES) and c not in _NOT_COLUMNS]
 
 
+def check_column_name(column: str, names: list[str] | None, source: str | None = None) -> None:
+    """An error naming the available columns when ``column`` is not among ``names`` (nothing
+    checked when ``names`` is None)."""
+    if names is not None and column not in names:
+        raise BrainLMInputError(f"no column {column!r} to plot; available: {', '.join(map(str, names))}", source)
+
+
 def check_column(df: pd.DataFrame, column: str, source: str | None = None) -> pd.Series:
     """The values of ``column`` in ``df``; an error naming the available columns when it is not
     there, and a clear error when it has fewer than two distinct values."""
-    names = available_columns(df)
-    if column not in names:
-        raise BrainLMInputError(f"no column {column!r} to plot; available: {', '.join(map(str, names))}", source)
+    check_column_name(column, available_columns(df), source)
     values = df[column]
     present = values.dropna()
     if present.empty:
