@@ -54,7 +54,7 @@ def embed(checkpoint: str | Path, data: list[str | Path], out: str | Path | None
           device: str = "cpu") -> pd.DataFrame:
     """Embeddings of every recording in ``data``; written to ``out`` (Parquet) when given."""
     emb = embed_all(checkpoint, data, tr=tr, orientation=orientation, key=key,
-                    transfer_atlas=transfer_atlas, batch_size=batch_size, device=device)
+                    transfer_atlas=transfer_atlas, batch_size=batch_size, device=device, windows=per_window)
     df = emb.windows if per_window else emb.recordings
     if out is not None:
         write_parquet_atomic(df, out)
@@ -63,18 +63,19 @@ def embed(checkpoint: str | Path, data: list[str | Path], out: str | Path | None
 
 def embed_all(checkpoint, data, *, tr: float | None = None, orientation: str = "auto",
               key: str | None = None, transfer_atlas: bool = False, batch_size: int = 32,
-              device: str = "cpu", fc: bool = False) -> Embeddings:
-    """Recording and window embeddings of ``data`` (as :func:`embed` reads it) and, with
-    ``fc``, the Fisher-z FC of the same model-input signal (:func:`fisher_z_fc`)."""
+              device: str = "cpu", fc: bool = False, windows: bool = True) -> Embeddings:
+    """Recording and (with ``windows``; else an empty table) window embeddings of ``data`` (as
+    :func:`embed` reads it) and, with ``fc``, the Fisher-z FC of the same model-input signal
+    (:func:`fisher_z_fc`)."""
     model = load_model(checkpoint, device)
     phenotypes = _corpus_phenotypes(data)
-    recordings, windows, connectivity = [], [], []
+    recordings, window_rows, connectivity = [], [], []
     for ids, wins, starts, xyz in recording_windows(model, data, tr=tr, orientation=orientation,
                                                     key=key, transfer_atlas=transfer_atlas):
         ids = {**ids, **phenotypes.get(ids["recording_id"], {})}
         cls, mean = embed_windows(model, wins, xyz, batch_size)
-        for k, s in enumerate(starts):
-            windows.append({**ids, "start_tr": int(s), **_columns(cls[k], mean[k])})
+        for k, s in enumerate(starts if windows else ()):
+            window_rows.append({**ids, "start_tr": int(s), **_columns(cls[k], mean[k])})
         recordings.append({**ids, "n_windows": len(starts), **_columns(cls.mean(0), mean.mean(0))})
         if fc:
             x = wins.numpy()
@@ -82,7 +83,7 @@ def embed_all(checkpoint, data, *, tr: float | None = None, orientation: str = "
     fc_array = None
     if fc:
         fc_array = np.stack(connectivity) if connectivity else np.zeros((0, 0), np.float32)
-    return Embeddings(pd.DataFrame(recordings), pd.DataFrame(windows), fc_array)
+    return Embeddings(pd.DataFrame(recordings), pd.DataFrame(window_rows), fc_array)
 
 
 def fisher_z_fc(x: np.ndarray) -> np.ndarray:
