@@ -19,6 +19,7 @@ from brainlm.report.blocks import Section, Table, embed_png, escape, fmt, read_j
 from brainlm.report.brain import plot_parcel_values
 from brainlm.report.figures import prediction_scores, reconstruction_example, training_curves
 from brainlm.report.forecasting_figures import plot_step_curves
+from brainlm.report.latent_figures import draw_latent_figure, latent_caption, score_text
 from brainlm.tasks.group_attention import read_parcels as read_group_parcels
 from brainlm.tasks.networks import read_parcels as read_network_parcels
 from brainlm.tasks.prediction.evaluate import headline
@@ -382,6 +383,27 @@ def provenance_section(run_dir: Path, summary: dict, figures: Path) -> Section:
     return s
 
 
+def latent_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+    path = run_dir / "results" / "latent-site.json"
+    r = read_json(path)
+    if r is None:
+        return _missing("latent", "The latent space", "the latent-space map")
+    s = Section("latent", "The latent space")
+    s.paragraphs.append(
+        f"Embeddings (CLS, per recording and per window) of the {r['n_recordings']} recordings of the "
+        "synthetic cohort, mapped to two dimensions by PCA and coloured by site, next to the same map of "
+        "each recording's functional connectivity. Sites differ in noise and scanner: the effect that "
+        "users of multi-site cohorts must harmonize. The separability score is read against its chance "
+        "level from permuted labels (whole subjects permuted).")
+    s.tables.append(Table(f"Separability of '{escape(r['column'])}' ({escape(r['score']['name'])})",
+                          ["features", "score (chance; p)"],
+                          [row(["BrainLM", score_text(r, "brainlm")], highlight=True),
+                           row(["FC (Fisher-z, upper triangle)", score_text(r, "fc")])]))
+    png = draw_latent_figure(path, figures / "latent_site.png")
+    s.figures.append(embed_png(png, "latent_site", latent_caption(r)))
+    return s
+
+
 def benchmarks_section(run_dir: Path, summary: dict, figures: Path) -> Section | None:
     """The evidence behind the default recipe: the committed quality benchmark and scaling study
     (not re-run by the demo; ``benchmarks/bench_quality.py`` and ``bench_scaling.py``)."""
@@ -459,4 +481,5 @@ def _mean_sd(d: dict) -> str:
 
 
 BUILDERS = [data_section, pretraining_section, reconstruction_section, prediction_section,
-            forecasting_section, networks_section, attention_section, benchmarks_section, provenance_section]
+            forecasting_section, networks_section, attention_section, latent_section, benchmarks_section,
+            provenance_section]
