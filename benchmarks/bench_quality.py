@@ -30,15 +30,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
+from joblib import Parallel, delayed
 
+from brainlm.data.atlas import load_atlas
 from brainlm.data.atomic import write_json
+from brainlm.data.contract import PreprocessingContract
+from brainlm.data.corpus import Corpus
+from brainlm.data.prepare import prepare_corpus
+from brainlm.data.samples import HCP7_TR, load_hcp7_aal2, load_schaefer100_rest
 from brainlm.report.benchmark_figures import draw_quality
+from brainlm.tasks.forecasting.baselines import BaselineSettings
+from brainlm.tasks.forecasting.comparison import compare
+from brainlm.tasks.forecasting.finetune import FinetuneSettings
+from brainlm.tasks.networks import identify_networks
+from brainlm.tasks.reconstruction import evaluate_reconstruction
+from brainlm.train.pretrain import PretrainSettings, pretrain
 
 ROOT = Path(__file__).resolve().parent
 PACKAGED = ROOT.parent / "src" / "brainlm" / "report" / "benchmarks"
@@ -65,11 +80,6 @@ RECIPES: dict[str, dict] = {
 def fold_corpus(work: Path, fold: int, scaling: str = "pooled"):
     """The HCP corpus of fold ``fold`` (prepared once, then reused); ``scaling``: the
     contract's robust scaling, pooled over the training subjects or per recording."""
-    from brainlm.data.atlas import load_atlas
-    from brainlm.data.contract import PreprocessingContract
-    from brainlm.data.corpus import Corpus
-    from brainlm.data.prepare import prepare_corpus
-    from brainlm.data.samples import HCP7_TR, load_hcp7_aal2
 
     path = work / (f"corpus-fold{fold}" + ("" if scaling == "pooled" else f"-{scaling}"))
     if (path / "corpus.json").is_file():
@@ -92,10 +102,8 @@ def train_subjects(corpus) -> list[str]:
 
 def run_one(recipe: str, fold: int, work: Path, forecast: bool, threads: int) -> dict:
     """Pretrain ``recipe`` on fold ``fold`` and score it; the result dict (also cached)."""
-    import torch
 
     torch.set_num_threads(threads)
-    from brainlm.train.pretrain import PretrainSettings, pretrain
 
     slug = re.sub(r"[^A-Za-z0-9.-]+", "_", recipe)
     cache = work / "cache" / f"{slug}--fold{fold}.json"
@@ -116,7 +124,6 @@ def run_one(recipe: str, fold: int, work: Path, forecast: bool, threads: int) ->
     assert not set(test_subjects(corpus)) & set(train_subjects(corpus))
     timing = run / "bench_seconds.json"
     if not timing.is_file():  # a finished run is reused (e.g. to add forecasting)
-        import shutil
         shutil.rmtree(run, ignore_errors=True)
         t0 = time.perf_counter()
         pretrain(settings, run, progress=False)
@@ -147,7 +154,6 @@ def score_model(model: Path, corpus, seed: int) -> dict:
     """Masked reconstruction and network identification of a checkpoint on ``corpus``'s test
     subject (the fold's protocol): ``reconstruction_r2`` {ratio: {method: R²}} and ``networks``
     {dataset: {chance, rows: [{model, features, knn}]}}."""
-    from brainlm.tasks.reconstruction import evaluate_reconstruction
 
     rec = evaluate_reconstruction(model, corpus, split="test", ratios=RATIOS, seed=seed)
     recon = {str(e["mask_ratio"]): {m: e["methods"][m]["r2"] for m in e["methods"]} for e in rec["results"]}
@@ -156,8 +162,6 @@ def score_model(model: Path, corpus, seed: int) -> dict:
 
 def score_networks(model: Path, corpus, seed: int) -> dict:
     """Network identification from the test subject's recording (AAL2) and the Schaefer-100 run."""
-    from brainlm.data.samples import HCP7_TR, load_hcp7_aal2, load_schaefer100_rest
-    from brainlm.tasks.networks import identify_networks
 
     tests = set(test_subjects(corpus))
     test_recordings = [r for r in load_hcp7_aal2() if r.subject in tests]
@@ -173,9 +177,6 @@ def score_networks(model: Path, corpus, seed: int) -> dict:
 
 
 def _forecast(model: Path, corpus, run: Path, fold: int) -> dict:
-    from brainlm.tasks.forecasting.baselines import BaselineSettings
-    from brainlm.tasks.forecasting.comparison import compare
-    from brainlm.tasks.forecasting.finetune import FinetuneSettings
 
     res = compare(model, corpus.path, run / "forecasting",
                   finetune_settings=FinetuneSettings(epochs=5, crops_per_recording=16, seed=fold, scratch=False),
@@ -305,12 +306,10 @@ def main() -> None:
     threads = 1 if args.jobs > 1 else max(os.cpu_count() or 1, 1)
     t0 = time.perf_counter()
     if args.jobs > 1:
-        from joblib import Parallel, delayed
         results = Parallel(n_jobs=args.jobs)(delayed(run_one)(r, f, work, args.forecast, threads) for r, f in tasks)
     else:
         results = [run_one(r, f, work, args.forecast, threads) for r, f in tasks]
     table = aggregate(results)
-    import platform
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
                        f"{'one thread per run, ' + str(args.jobs) + ' runs at once' if args.jobs > 1 else 'all threads'}",

@@ -8,7 +8,7 @@ that a bigger model or more data gets no more compute than a smaller one:
 
 * **model size**: four widths/depths of the ``small`` recipe (axial decoder, mask ratios drawn
   per batch from 0.2-0.9) on the 5 training subjects;
-* **data**: the ``small`` model on 1, 2, 3 and 5 training subjects (real recordings, 1,200 TRs
+* **data**: the ``small`` model on 1, 3 and 5 training subjects (real recordings, 1,200 TRs
   each), and on the 5 real subjects plus ``SIMULATED`` simulated subjects on AAL2 (coupled
   oscillators on the HCP connectome; docs/simulation.md), which add windows but not real ones.
 
@@ -28,12 +28,22 @@ import time
 from pathlib import Path
 
 
+import torch
+from joblib import Parallel, delayed
+
 import bench_quality as bq
+from brainlm.data.atlas import load_atlas
 from brainlm.data.atomic import write_json
+from brainlm.data.contract import PreprocessingContract
+from brainlm.data.corpus import Corpus
+from brainlm.data.prepare import prepare_corpus
+from brainlm.data.samples import HCP7_TR, load_hcp7_aal2
 from brainlm.report.benchmark_figures import draw_scaling
+from brainlm.simulate.cohort import simulate_cohort
+from brainlm.train.pretrain import PretrainSettings, pretrain
 
 ROOT = Path(__file__).resolve().parent
-EPOCHS = 40
+EPOCHS = 30
 WINDOWS_PER_EPOCH = 320
 SIMULATED = 40
 RECIPE = {"mask_ratio": 0.2, "mask_ratio_max": 0.9}
@@ -42,7 +52,7 @@ SIZES = {
     "xs": {"dim": 32, "depth": 2, "heads": 4, "decoder_dim": 32, "decoder_heads": 4, **AXIAL},
     "s": {"dim": 64, "depth": 2, "heads": 4, "decoder_dim": 64, "decoder_heads": 4, **AXIAL},
     "m": {"dim": 96, "depth": 3, "heads": 4, "decoder_dim": 64, "decoder_heads": 4, **AXIAL},
-    "l": {"dim": 192, "depth": 4, "heads": 6, "decoder_dim": 96, "decoder_heads": 4, **AXIAL},
+    "l": {"dim": 128, "depth": 4, "heads": 4, "decoder_dim": 64, "decoder_heads": 4, **AXIAL},
 }
 FOLD = 0
 
@@ -50,7 +60,7 @@ FOLD = 0
 def runs() -> dict[str, dict]:
     """Every run of the study: model size and training data."""
     out = {f"size-{k}": {"size": k, "subjects": 5, "simulated": 0} for k in SIZES}
-    out |= {f"data-{n}subj": {"size": "m", "subjects": n, "simulated": 0} for n in (1, 2, 3)}
+    out |= {f"data-{n}subj": {"size": "m", "subjects": n, "simulated": 0} for n in (1, 3)}
     out[f"data-5subj+{SIMULATED}sim"] = {"size": "m", "subjects": 5, "simulated": SIMULATED}
     return out
 
@@ -58,12 +68,6 @@ def runs() -> dict[str, dict]:
 def corpus_for(work: Path, subjects: int, simulated: int):
     """Fold 0's validation and test subjects plus the first ``subjects`` of its training subjects
     (and ``simulated`` simulated subjects, all in training)."""
-    from brainlm.data.atlas import load_atlas
-    from brainlm.data.contract import PreprocessingContract
-    from brainlm.data.corpus import Corpus
-    from brainlm.data.prepare import prepare_corpus
-    from brainlm.data.samples import HCP7_TR, load_hcp7_aal2
-    from brainlm.simulate.cohort import simulate_cohort
 
     path = work / f"corpus-scaling-{subjects}subj-{simulated}sim"
     if (path / "corpus.json").is_file():
@@ -84,10 +88,8 @@ def corpus_for(work: Path, subjects: int, simulated: int):
 
 
 def run_one(name: str, spec: dict, work: Path, threads: int) -> dict:
-    import torch
 
     torch.set_num_threads(threads)
-    from brainlm.train.pretrain import PretrainSettings, pretrain
 
     cache = work / "cache" / f"scaling-{name}.json"
     if cache.is_file():
@@ -155,7 +157,6 @@ def main() -> None:
     # Longest runs first, so two workers finish together.
     order = sorted(todo, key=lambda n: -(SIZES[todo[n]["size"]]["dim"]))
     if args.jobs > 1:
-        from joblib import Parallel, delayed
         results = Parallel(n_jobs=args.jobs)(delayed(run_one)(n, todo[n], work, threads) for n in order)
     else:
         results = [run_one(n, todo[n], work, threads) for n in order]

@@ -16,13 +16,14 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 EXPECTED_FIGURES = {
     "training_curves", "reconstruction_example", "reconstruction_r2_brain", "prediction_scores",
     "forecast_error_by_step", "networks_confusion", "networks_brain", "attention_group_difference",
+    "latent_site", "benchmark_quality", "benchmark_scaling",
 }
 
 
 def test_report_has_every_section_and_figure(demo_run):
     page = (demo_run / "report.html").read_text()
     for anchor in ("data", "pretraining", "reconstruction", "prediction", "forecasting", "networks",
-                   "attention", "provenance"):
+                   "attention", "latent", "benchmarks", "provenance"):
         assert f'<section id="{anchor}">' in page
     assert "Not in this run" not in page
     found = {name for name in EXPECTED_FIGURES if f'data-figure="{name}"' in page}
