@@ -43,7 +43,7 @@ from brainlm.simulate.cohort import simulate_cohort
 from brainlm.train.pretrain import PretrainSettings, pretrain
 
 ROOT = Path(__file__).resolve().parent
-EPOCHS = 30
+EPOCHS = 20
 WINDOWS_PER_EPOCH = 320
 SIMULATED = 40
 RECIPE = {"mask_ratio": 0.2, "mask_ratio_max": 0.9}
