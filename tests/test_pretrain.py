@@ -136,7 +136,7 @@ def test_resume_and_run_folder_checks(hcp_corpus, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main(base + ["--epochs", "2", "--resume", "--mask-ratio", "0.5", "--preset", "13m"]) == 2
     err = capsys.readouterr().err
-    assert "mask_ratio: None -> 0.5" in err and "preset: 'tiny' -> '13m'" in err
+    assert "mask_ratio: None -> 0.5" in err and "preset: 'small' -> '13m'" in err
     assert main(base + ["--epochs", "2", "--resume"]) == 0
     logs = sorted((run / "logs" / "csv").glob("version_*/metrics.csv"))
     assert len(logs) == 2  # the resumed run logs next to the first, never over it

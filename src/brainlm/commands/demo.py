@@ -69,9 +69,11 @@ from brainlm.train.pretrain import PretrainSettings, pretrain
 __all__ = ["DemoSettings", "register", "run", "run_demo"]
 
 WINDOW_TRS = 200
-#: The model feature the demo's network step leads with: the best of the model's own feature
-#: sets over the held-out folds of benchmarks/results/quality (CLS attention, the paper's, is
-#: always shown beside it).
+#: The model feature the demo's network step leads with (CLS attention, the paper's, is always
+#: shown beside it): the one that reads co-fluctuation. Over the held-out folds of
+#: benchmarks/results/quality its time-shifted control falls to near chance, while the token
+#: embeddings and parcel attention score higher on AAL2 but as well on time-shifted input
+#: (they read location).
 NETWORK_FEATURE = "latent_connectivity"
 
 

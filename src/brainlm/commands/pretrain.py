@@ -17,7 +17,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                               "many GPUs/nodes through --devices/--num-nodes/--strategy).")
     p.add_argument("corpus")
     p.add_argument("--out", required=True, help="run folder (logs, checkpoints, model/)")
-    p.add_argument("--preset", default="tiny", help="tiny | small | 13m | 111m | 650m")
+    p.add_argument("--preset", default="small",
+                   help="small (default: the small-data recipe, benchmarks/results/quality) | tiny | 13m | 111m | 650m")
     p.add_argument("--window-trs", type=int, help="window length in TRs (default 200)")
     p.add_argument("--patch-trs", type=int, help="TRs per token (default 20)")
     p.add_argument("--decoder-attention", choices=["full", "axial"],
