@@ -108,7 +108,8 @@ def main() -> int:
                    "--transfer-atlas for others, where results differ)"],
     }
     with atomic_directory(Path(args.out), overwrite=True, what="shipped model") as tmp:
-        shutil.copytree(run / "model", tmp / "model")
+        # copyfile, not copy2: package files get the umask's permissions, not the run's private ones.
+        shutil.copytree(run / "model", tmp / "model", copy_function=shutil.copyfile)
         write_json(tmp / "card.json", card)
         write_text_atomic(tmp / "MODEL_CARD.md", card_markdown(card))
         _training_log(run, tmp / "training_log.csv")

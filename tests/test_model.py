@@ -203,3 +203,17 @@ def test_hybrid_spatial_estimate_is_the_spatial_baseline_and_the_decoder_correct
     with pytest.raises(BrainLMInputError, match="cannot transfer to another atlas"):
         model.spatial_estimate(torch.randn(1, 200, 90), mask[:, :90])
     assert "prior_covariance" in model.state_dict() and "prior_covariance" not in BrainLM(preset("tiny")).state_dict()
+
+
+def test_checkpoint_files_get_the_umask_permissions(tmp_path):
+    import os
+
+    from brainlm.model.checkpoint import save_pretrained
+
+    umask = os.umask(0)
+    os.umask(umask)
+    save_pretrained(BrainLM(preset("tiny")), tmp_path / "ck")
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "ck").iterdir()}
+    # Weights too: a checkpoint shared on a cluster must be readable by whoever the umask allows.
+    assert modes["model.safetensors"] == 0o666 & ~umask
+    assert set(modes.values()) == {0o666 & ~umask}

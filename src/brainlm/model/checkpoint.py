@@ -45,7 +45,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from brainlm.data.atlas import Atlas
-from brainlm.data.atomic import atomic_directory, write_json
+from brainlm.data.atomic import atomic_directory, atomic_path, write_json
 from brainlm.data.contract import PreprocessingContract
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
@@ -152,7 +152,10 @@ def save_pretrained(model, directory, *, extra: dict[str, dict] | None = None,
         _check_tensor_file_name(name)
     with atomic_directory(directory, overwrite=True, what="checkpoint") as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
+        # Through atomic_path for its permissions: safetensors writes weight files private (0600),
+        # which a checkpoint shared on a cluster must not be.
+        with atomic_path(tmp / WEIGHTS) as f:
+            save_file(state, f, metadata={"format": "pt"})
         write_json(tmp / "config.json", {"format": FORMAT, "brainlm_version": __version__,
                                          "architecture": getattr(model.config, "architecture", "brainlm"),
                                          "model": model.config.to_dict(), "sha256": sha256_file(tmp / WEIGHTS)})
@@ -163,8 +166,9 @@ def save_pretrained(model, directory, *, extra: dict[str, dict] | None = None,
         for name, content in (extra or {}).items():
             write_json(tmp / name, content)
         for name, (arrays, metadata) in (tensors or {}).items():
-            safetensors.numpy.save_file({k: np.ascontiguousarray(np.asarray(v)) for k, v in arrays.items()},
-                                        tmp / name, metadata=dict(metadata or {}))
+            with atomic_path(tmp / name) as f:
+                safetensors.numpy.save_file({k: np.ascontiguousarray(np.asarray(v)) for k, v in arrays.items()},
+                                            f, metadata=dict(metadata or {}))
         cfg = json.loads((tmp / "config.json").read_text())
         write_json(tmp / "config.json", {**cfg, "digests": DIGESTS})
         write_json(tmp / DIGESTS, {"sha256": {f.name: sha256_file(f) for f in sorted(tmp.iterdir())
