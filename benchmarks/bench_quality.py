@@ -324,6 +324,7 @@ def main() -> None:
     os.replace(out / "quality.md.tmp", out / "quality.md")
     draw_quality(table, out / "quality.png")
     # The report's copy (package data): what `brainlm report` shows of the recipe's evidence.
+    PACKAGED.mkdir(parents=True, exist_ok=True)
     write_json(PACKAGED / "quality.json", {"meta": meta, "recipes": table})
     print(markdown(table, meta))
 

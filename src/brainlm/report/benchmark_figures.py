@@ -55,32 +55,37 @@ def draw_quality(recipes: dict, path: str | Path) -> Path:
 
 
 def draw_scaling(runs: list[dict], path: str | Path) -> Path:
-    """Held-out masked R² and network accuracy against parameters (left) and real training
-    subjects (right), log axes, from ``scaling.json``'s ``runs``."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    """Held-out masked R² minus the spatial baseline's (same masks, same units: each run scales
+    with its own checkpoint's statistics) against parameters (left) and real training subjects
+    (right), log x axes, from ``scaling.json``'s ``runs``; above 0 the model beats the baseline."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     size = sorted((r for r in runs if r["run"].startswith("size-")), key=lambda r: r["parameters"])
-    data = sorted((r for r in runs if r["run"].startswith("data-") and not r["simulated"]) or [],
-                  key=lambda r: r["subjects"])
-    base = next((r for r in size if r["subjects"] == 5 and r["size"] == "m"), None)
-    if base is not None:
-        data = sorted(data + [base], key=lambda r: r["subjects"])
-    spatial = runs[0]["reconstruction_r2"]["0.75"]["spatial"]
+    data = [r for r in runs if r["run"].startswith("data-") and not r["simulated"]]
+    data += [r for r in size if r["size"] == "m"]  # the 5-subject point of the same model
+    data.sort(key=lambda r: r["subjects"])
+
+    def gap(r, ratio):
+        rr = r["reconstruction_r2"][ratio]
+        return rr["brainlm"] - rr["spatial"]
+
     for ax, rows, key, label in ((axes[0], size, "parameters", "parameters"),
                                  (axes[1], data, "subjects", "real training subjects")):
         for ratio, style in (("0.2", "o-"), ("0.75", "s-")):
-            ax.plot([r[key] for r in rows], [r["reconstruction_r2"][ratio]["brainlm"] for r in rows], style,
-                    label=f"masked R² @{ratio}")
-        ax.plot([r[key] for r in rows], [best_own_knn(r["networks"]["hcp_aal2"]["rows"]) for r in rows], "^:",
-                label="networks kNN (AAL2, best own feature)")
-        ax.axhline(spatial, color="k", ls="--", label="spatial baseline R² @0.75")
+            ax.plot([r[key] for r in rows], [gap(r, ratio) for r in rows], style, label=f"mask {ratio}")
+        ax.axhline(0, color="k", ls="--", lw=1, label="spatial baseline")
         ax.set_xscale("log")
         ax.set_xlabel(f"{label} (log scale)")
         ax.grid(alpha=0.3)
     for r in (r for r in runs if r["simulated"]):
-        axes[1].plot([r["subjects"]], [r["reconstruction_r2"]["0.75"]["brainlm"]], "r*", ms=12,
-                     label=f"+ {r['simulated']} simulated subjects, R² @0.75")
+        for ratio, marker in (("0.2", "r*"), ("0.75", "m*")):
+            axes[1].plot([r["subjects"]], [gap(r, ratio)], marker, ms=12,
+                         label=f"5 real + {r['simulated']} simulated, mask {ratio}")
+    subjects = sorted({r["subjects"] for r in data})
+    axes[1].set_xticks(subjects, [str(n) for n in subjects])
+    axes[1].minorticks_off()
     axes[0].set_title("model size (5 training subjects, same optimizer steps)", fontsize=9)
-    axes[1].set_title("pretraining data (same model, same optimizer steps)", fontsize=9)
-    axes[0].set_ylabel("held-out score")
+    axes[1].set_title("pretraining data (model m, same optimizer steps)", fontsize=9)
+    axes[0].set_ylabel("held-out masked R² minus spatial baseline's")
+    axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
     return save_figure(fig, path)
