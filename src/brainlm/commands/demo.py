@@ -347,7 +347,8 @@ def _reconstruction(checkpoint: Path, hcp, results: Path, s: DemoSettings, summa
     # scanner and TR), prepared like the checkpoint's pretraining data, every recording in test.
     # No spatial baseline can be fitted there (the stored one is on AAL2; the cohort has no
     # training subject), and the results say so.
-    like = prepare_corpus([load_schaefer100_rest()], out / "corpus-schaefer100-like", atlas=load_atlas("schaefer100"),
+    like = prepare_corpus([load_schaefer100_rest()], results.parent / "corpus-schaefer100-like",
+                          atlas=load_atlas("schaefer100"),
                           like=ReferenceContract(model.contract, model.atlas, str(checkpoint)),
                           min_trs=WINDOW_TRS, jobs=1, overwrite=True)
     zero = evaluate_reconstruction(checkpoint, like, split="test", seed=s.seed, transfer_atlas=True,
