@@ -311,8 +311,11 @@ def main() -> None:
         results = [run_one(r, f, work, args.forecast, threads) for r, f in tasks]
     table = aggregate(results)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            # From the runs themselves: cached runs may have been trained by an earlier invocation.
             "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
-                       f"{'one thread per run, ' + str(args.jobs) + ' runs at once' if args.jobs > 1 else 'all threads'}",
+                       + ("one thread per run, two runs at once" if {r["threads"] for r in results} == {1}
+                          else "all threads per run")
+                       + "; pretrain seconds are not a speed benchmark (other jobs shared the cores)",
             "folds": folds, "test_subjects": tests, "ratios": list(RATIOS), "wall_seconds": round(time.perf_counter() - t0, 1)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
