@@ -81,11 +81,12 @@ NETWORK_FEATURE = "latent_connectivity"
 class DemoSettings:
     """How much of each step the demo runs.
 
-    The default took 8.6 min on an idle 2-core CPU machine (pretraining 3.9 min, prediction
+    The default took 10.2 min on an idle 2-core CPU machine (pretraining 5.4 min, prediction
     3.1 min; ``benchmarks/bench_demo.py``); the budget is 15 minutes on 2 CPU cores. The cohort
     is large enough for the prediction step to say something: with 40 simulated subjects no
     BrainLM method differed significantly from FC + ridge on age; with 150, full fine-tuning
-    beats it (MSE 0.28 vs 0.64, p 0.047), the direction the 500-subject benchmark found.
+    reaches MSE 0.22-0.28 against 0.64, the direction the 500-subject benchmark found (p 0.047
+    with the tiny model; not significant with the small one over the quick protocol's 3 folds).
 
     Parameters
     ----------
