@@ -36,9 +36,16 @@ def run(args: argparse.Namespace) -> int:
             if key in c:
                 value = c[key]
                 if isinstance(value, dict):
-                    value = "; ".join(f"{k} {v}" for k, v in value.items())
+                    value = "; ".join(f"{k} {_plain(v)}" for k, v in value.items())
                 elif isinstance(value, list):
                     value = "; ".join(map(str, value))
                 print(f"  {key.replace('_', ' ')}: {value}")
         print(f"  card: {m.path.parent / 'MODEL_CARD.md'}")
     return 0
+
+
+def _plain(value) -> str:
+    """A nested card entry on one line (``a: x, b: y``), not a Python repr."""
+    if isinstance(value, dict):
+        return "(" + ", ".join(f"{k}: {v}" for k, v in value.items()) + ")"
+    return str(value)
