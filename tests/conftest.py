@@ -30,6 +30,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One BLAS and torch thread for a module (``pytestmark = pytest.mark.usefixtures(...)``):
+    multi-threaded kernels spinning on a busy shared machine are many times slower than one
+    thread, and results are the same. Restored afterwards."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def hcp():
     """The 7 embedded HCP recordings (1200 TRs x 94 AAL2 regions, TR 0.72 s)."""

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
@@ -25,17 +24,10 @@ from brainlm.simulate.cohort import simulate_cohort
 from brainlm.tasks.embed import embed_all, fisher_z_fc
 from brainlm.tasks.latent import latent_paths, latent_space
 
+# The tests share 2 cores with other jobs: one BLAS/torch thread (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tests share 2 cores with other jobs: one BLAS/torch thread (results are the same).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(threads)
+
 
 
 @pytest.fixture(scope="module")

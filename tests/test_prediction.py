@@ -15,7 +15,6 @@ import torch
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupKFold, KFold, cross_val_score
 from sklearn.pipeline import make_pipeline
-from threadpoolctl import threadpool_limits
 
 from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
@@ -33,18 +32,10 @@ from brainlm.tasks.prediction.training import loss_function, random_crops, train
 
 RUNS = 2
 
+# The tests share 2 cores with other jobs: one BLAS/torch thread (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tests share 2 cores with other jobs; multi-threaded BLAS and torch kernels spinning on a
-    # busy machine are many times slower than one thread (results are the same). Restored after.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(threads)
+
 
 
 @pytest.fixture(scope="module")
