@@ -26,7 +26,7 @@ from brainlm.model.config import preset
 from brainlm.tasks.reconstruction import (
     BASELINES, ReconstructionScores, SpatialImputer, evaluate_reconstruction, impute_interpolation,
     impute_parcel_mean, reconstruction_markdown)
-from brainlm.train.pretrain import ledoit_wolf_statistics, sample_frames
+from brainlm.train.spatial import ledoit_wolf_statistics, sample_frames
 
 #: The methods on the pretraining corpus itself: the stored statistics are its in-cohort fit.
 OWN_CORPUS_METHODS = ["brainlm", "zero", "parcel_mean", "interpolation", "spatial"]

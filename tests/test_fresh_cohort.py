@@ -40,7 +40,7 @@ from brainlm.model.checkpoint import load_pretrained, load_spatial_statistics, s
 from brainlm.model.config import preset
 from brainlm.tasks.model_input import iter_model_input, model_inputs, model_scaler, preprocess
 from brainlm.tasks.reconstruction import SpatialImputer, evaluate_reconstruction
-from brainlm.train.pretrain import sample_frames
+from brainlm.train.spatial import sample_frames
 
 
 def make_checkpoint(folder: Path, contract: PreprocessingContract, atlas, seed: int = 0) -> Path:

@@ -30,7 +30,6 @@ Statistics are accumulated as sums, so the split is streamed window batch by win
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ from brainlm.model.masking import MaskSpec
 from brainlm.tasks.model_input import (is_model, iter_model_input, load_model, model_scaler, model_windows,
                                        open_corpus, parcel_xyz, predict_masked, token_mask_to_values)
 from brainlm.tasks.results_folder import check_results_folder, publish_results
-from brainlm.train.pretrain import SPATIAL_MAX_FRAMES, ledoit_wolf_statistics, sample_frames
+from brainlm.train.spatial import SPATIAL_MAX_FRAMES, ledoit_wolf_statistics, sample_frames
 
 __all__ = ["BASELINES", "SPATIAL_BASELINES", "ReconstructionScores", "SpatialImputer",
            "evaluate_reconstruction", "impute_interpolation", "impute_parcel_mean",
