@@ -197,6 +197,10 @@ def test_brain_figures(tmp_path):
         data = path.read_bytes()
         assert data[:8] == PNG and len(data) > 10_000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "n.png", "s.png", "v.png"]
+    # A constant map (an untrained model's uniform CLS attention, within float error) still draws.
+    flat = plot_parcel_values(1.0 + 1e-9 * rng.normal(size=94), atlas, tmp_path / "flat.png", symmetric=False)
+    assert flat.read_bytes()[:8] == PNG
+    flat.unlink()
     with pytest.raises(BrainLMInputError, match=r"expected \(94,\)"):
         plot_parcel_values(values[:90], atlas, tmp_path / "x.png")
     with pytest.raises(BrainLMInputError, match="all NaN"):

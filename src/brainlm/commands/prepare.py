@@ -39,9 +39,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "test unless --splits is given. " + CHECKPOINT_HELP)
     g = p.add_argument_group("scans (4-D NIfTI, GIfTI, CIFTI; fMRIPrep derivatives)")
     g.add_argument("--atlas-image", action="append", metavar="FILE",
-                   help="atlas to parcellate scans with: a NIfTI (3-D labels or 4-D probabilistic "
-                   "maps), a .dlabel.nii, or a surface atlas given twice (left and right .annot or "
-                   ".label.gii); parcel centres are computed from it")
+                   help="atlas to parcellate scans with: a424 (the original BrainLM checkpoints' "
+                   "labels image, packaged; parcels in their order), a NIfTI (3-D labels or 4-D "
+                   "probabilistic maps), a .dlabel.nii, or a surface atlas given twice (left and "
+                   "right .annot or .label.gii); parcel centres are computed from a file")
     g.add_argument("--atlas-labels", metavar="TABLE",
                    help="names of the atlas labels: TSV/CSV with index,name[,network] or a .txt")
     g.add_argument("--surface-mesh", action="append", metavar="MESH",

@@ -19,7 +19,8 @@ from brainlm.data.fmriprep import ConfoundStrategy, denoise
 from brainlm.data.readers import RawSeries
 from brainlm.data.surfaces import (SurfaceAtlas, extract_surface_signals, is_surface_atlas_file,
                                    load_surface_atlas, read_cifti_series, read_gifti_series)
-from brainlm.data.volumes import VolumeAtlas, extract_volume_signals, load_volume_atlas
+from brainlm.data.volumes import (EMBEDDED_ATLAS_IMAGES, VolumeAtlas, embedded_volume_atlas,
+                                  extract_volume_signals, load_volume_atlas)
 from brainlm.errors import BrainLMInputError
 
 
@@ -136,8 +137,16 @@ def load_atlas_image(files: str | Path | Sequence[str | Path], labels: str | Pat
                      name: str | None = None) -> VolumeAtlas | SurfaceAtlas:
     """A volumetric (one NIfTI) or surface (an .annot/.label.gii pair, or a .dlabel.nii) atlas,
     told apart by the file names; see :func:`~brainlm.data.volumes.load_volume_atlas` and
-    :func:`~brainlm.data.surfaces.load_surface_atlas`."""
+    :func:`~brainlm.data.surfaces.load_surface_atlas`. A packaged atlas image's name
+    (``"a424"``, see :func:`~brainlm.data.volumes.embedded_volume_atlas`) names itself; a file
+    of that name in the working directory wins, as for checkpoints."""
     paths = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
+    if len(paths) == 1 and str(paths[0]).lower() in EMBEDDED_ATLAS_IMAGES and not paths[0].exists():
+        if labels is not None or mesh is not None:
+            raise BrainLMInputError(f"the packaged atlas image {str(paths[0])!r} has its own labels "
+                                    "(parcel names of its atlas table) and is volumetric: leave out "
+                                    "--atlas-labels and --surface-mesh")
+        return embedded_volume_atlas(str(paths[0]))
     if len(paths) == 2 or (len(paths) == 1 and is_surface_atlas_file(paths[0])):
         return load_surface_atlas(paths, labels, mesh=mesh, name=name)
     if len(paths) != 1:

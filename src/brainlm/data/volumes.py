@@ -20,15 +20,21 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from brainlm.data.atlas import Atlas
+from brainlm.data.atlas import Atlas, load_atlas
 from brainlm.errors import BrainLMInputError
 
 ATLAS_KINDS = ("auto", "labels", "maps")
+
+#: Atlas images packaged with brainlm, by the name ``--atlas-image`` takes: the file in
+#: ``brainlm/data/resources`` and the packaged atlas table whose parcels (order, names and
+#: centres) the image's labels 1..P are (provenance in resources/README.md).
+EMBEDDED_ATLAS_IMAGES = {"a424": "a424_2mm.nii.gz"}
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 # Header names accepted in a labels table (case-insensitive), first match wins.
@@ -386,6 +392,29 @@ def load_volume_atlas(image: str | Path, labels: str | Path | None = None, *,
     return VolumeAtlas(image=path, kind=kind, values=tuple(int(v) for v in values), atlas=atlas)
 
 
+def embedded_volume_atlas(name: str) -> VolumeAtlas:
+    """A packaged atlas image by name (``"a424"``: upstream BrainLM's labels image, 2 mm MNI152).
+
+    Label ``k`` is column ``k - 1`` of the packaged atlas table of the same name, so scans
+    parcellated with it come out in exactly the parcel order, names and centres of
+    ``load_atlas(name)``: what a checkpoint trained on that table expects. The table's centres
+    are kept rather than the image's centres of mass (for A424 they differ by a median 3 mm),
+    because they are the coordinates the checkpoints were trained with.
+    """
+    key = str(name).lower()
+    if key not in EMBEDDED_ATLAS_IMAGES:
+        raise BrainLMInputError(f"unknown packaged atlas image {name!r}; expected one of "
+                                f"{list(EMBEDDED_ATLAS_IMAGES)} or a NIfTI/GIfTI/CIFTI atlas file")
+    # A regular installation unpacks package data to files, which the workers reopen by path.
+    image = Path(str(resources.files("brainlm.data") / "resources" / EMBEDDED_ATLAS_IMAGES[key]))
+    loaded = load_volume_atlas(image, name=key, kind="labels")
+    table = load_atlas(key)
+    if loaded.values != tuple(range(1, table.n_parcels + 1)):
+        raise BrainLMInputError(f"packaged atlas image does not hold labels 1..{table.n_parcels} "
+                                f"of the {key} table; reinstall brainlm", str(image))
+    return VolumeAtlas(image=image, kind="labels", values=loaded.values, atlas=table)
+
+
 # -- the atlas on a scan's grid ---------------------------------------------------------------
 @dataclass(eq=False)
 class _GridAtlas:
@@ -593,6 +622,6 @@ def extract_volume_signals(path: str | Path, atlas: VolumeAtlas, *, mask: str | 
                          notes=notes)
 
 
-__all__ = ["ATLAS_KINDS", "AtlasResampledWarning", "VolumeAtlas", "VolumeSignals",
-           "extract_volume_signals", "is_nifti", "load_volume_atlas", "map_centroids", "open_4d",
-           "parcel_centroids", "read_labels_table"]
+__all__ = ["ATLAS_KINDS", "EMBEDDED_ATLAS_IMAGES", "AtlasResampledWarning", "VolumeAtlas",
+           "VolumeSignals", "embedded_volume_atlas", "extract_volume_signals", "is_nifti",
+           "load_volume_atlas", "map_centroids", "open_4d", "parcel_centroids", "read_labels_table"]

@@ -59,6 +59,24 @@ def _node_size(n_parcels: int) -> float:
     return float(np.clip(3000.0 / n_parcels, 8.0, 60.0))
 
 
+def _drawable_range(vmin: float, vmax: float) -> tuple[float, float]:
+    """The colour range, widened around its middle when nilearn could not draw it.
+
+    nilearn writes the colour bar's bounds with 2 significant digits and fails on a range that
+    rounds to one value: a constant map, or one spanning 0.996..1.004 (the near-uniform CLS
+    attention of an untrained or imported model)."""
+    def collapsed(lo, hi):
+        return float(f"{lo:.2g}") >= float(f"{hi:.2g}")
+
+    if not collapsed(vmin, vmax):
+        return vmin, vmax
+    mid = (vmin + vmax) / 2
+    half = max((vmax - vmin) / 2, 1e-9 * max(abs(mid), 1e-9))
+    while collapsed(mid - half, mid + half):
+        half *= 2
+    return mid - half, mid + half
+
+
 def plot_parcel_values(values, atlas: Atlas, path: str | Path, *, title: str = "",
                        cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None,
                        symmetric: bool | None = None, colorbar_label: str | None = None,
@@ -108,8 +126,7 @@ def plot_parcel_values(values, atlas: Atlas, path: str | Path, *, title: str = "
         vmin, vmax = (-m if vmin is None else vmin), (m if vmax is None else vmax)
     vmin = float(v.min()) if vmin is None else vmin
     vmax = float(v.max()) if vmax is None else vmax
-    if vmax <= vmin:
-        vmax = vmin + 1e-12
+    vmin, vmax = _drawable_range(vmin, vmax)
     fig = plt.figure(figsize=(11, 3.4))
     # Larger |value| -> larger marker as well as a stronger colour, so that the top parcels
     # stand out even where markers overlap in projection.
