@@ -103,7 +103,7 @@ def test_prepare_like_on_the_checkpoint_atlas_takes_its_cleaning_and_statistics(
     assert set(corpus.manifest["split"]) == {"test"} and len(corpus) == 2
     assert corpus.contract.scaler_fit["source"] == "checkpoint"
     assert corpus.info["prepared_like"] == {"checkpoint": str(pooled_ckpt), "scaling": "pooled",
-                                            "statistics": "checkpoint"}
+                                            "normalization": "robust", "statistics": "checkpoint"}
     assert corpus.contract.units == "raw"
     assert "warnings" not in corpus.info  # train and val were not asked for
     # The corpus reaches the model as the raw recording does through the checkpoint's contract.

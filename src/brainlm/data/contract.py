@@ -14,17 +14,21 @@ exactly what pretraining saw. Steps, in order:
 5. resampling to ``target_tr`` seconds with a polyphase anti-aliasing filter
    (``scipy.signal.resample_poly``), e.g. UK Biobank 0.735 s and HCP 0.72 s onto one grid, or
    2 s data up-sampled;
-6. per-parcel robust scaling ``(x - median) / IQR``: with ``scaling="pooled"`` (the default)
-   the statistics are pooled over the training split and stored in the contract; with
-   ``scaling="recording"`` every recording is scaled by its own median and IQR (computed over the
+6. per-parcel scaling ``(x - centre) / spread``, by default robust (centre = median, spread =
+   IQR; ``normalization`` picks min-max or demeaning instead, see
+   :data:`brainlm.data.scaling.NORMALIZATIONS`): with ``scaling="pooled"`` (the default) the
+   statistics are pooled over the training split and stored in the contract; with
+   ``scaling="recording"`` every recording is scaled by its own statistics (computed over the
    whole recording, never over a window), so raw, percent-change, demeaned and z-scored data
-   reach the model alike.
+   reach the model alike (for robust and per-parcel min-max scaling). An affine ``gain * . + offset``
+   (1 and 0 unless a checkpoint asks for an input gain) follows.
 
 Per-recording scaling also bridges units: a contract with percent signal change refuses data
 without a positive baseline (demeaned, z-scored) under pooled scaling, but under per-recording
-scaling such a recording is cleaned without the conversion, which gives the same model input
-(percent signal change is ``a * x + b`` per parcel, and per-recording robust scaling removes any
-such map).
+robust or per-parcel min-max scaling such a recording is cleaned without the conversion, which
+gives the same model input (percent signal change is ``a * x + b`` per parcel, and these remove
+any such map; per-recording demeaning or one min-max over all parcels do not, so they bridge
+nothing).
 """
 
 from __future__ import annotations
@@ -41,13 +45,17 @@ from scipy.signal import resample_poly
 from brainlm.data.atlas import Atlas
 from brainlm.data.atomic import write_json
 from brainlm.data.recording import Recording
-from brainlm.data.scaling import recording_scaling, robust_scale
+from brainlm.data.scaling import check_normalization, recording_statistics, robust_scale
 from brainlm.errors import BrainLMInputError
 
 BAD_PARCEL_POLICIES = ("error", "zero")
 #: ``"pooled"``: statistics pooled over a training split, stored in the contract;
-#: ``"recording"``: each recording by its own median and IQR.
+#: ``"recording"``: each recording by its own statistics (median and IQR, or those of the
+#: contract's ``normalization``).
 SCALING_MODES = ("pooled", "recording")
+#: The fields that say how cleaned data are scaled on read (step 6), apart from the fitted
+#: statistics: what ``prepare --like`` copies from a checkpoint besides the cleaning.
+SCALING_FIELDS = ("scaling", "normalization")
 #: Units of the input, as :func:`input_units` classifies a recording: ``"raw"`` (scanner units
 #: with a positive baseline), ``"centred"`` (demeaned or z-scored: no baseline); a contract may
 #: also say ``"mixed"`` (its recordings came in both).
@@ -119,17 +127,31 @@ class PreprocessingContract:
     bad_parcels : {"error", "zero"}
         What to do with parcels holding NaN/Inf or no variance.
     median, iqr : list of float or None
-        Pooled robust-scaling statistics per parcel (length P), set by fitting on the training
-        split (or taken from a checkpoint, see ``scaler_fit``); used when ``scaling="pooled"``.
+        Pooled scaling statistics per parcel (length P): the centre and the spread of
+        ``normalization``, despite the names (kept so stored contracts load): median and IQR
+        for ``"robust"``, min and max - min for ``"minmax"``, the one min and max - min over all
+        parcels repeated P times for ``"minmax-global"``. Set by fitting on the training split
+        (or taken from a checkpoint, see ``scaler_fit``); used when ``scaling="pooled"`` (with
+        per-recording scaling they are kept for reference, and None for ``"demean"``).
     scaler_fit : dict
         Where the statistics come from and how they were fitted.
     scaling : {"pooled", "recording"}
         ``"pooled"``: ``(x - median) / iqr`` with the statistics above; ``"recording"``: every
-        recording by its own per-parcel median and IQR (no statistics needed). Contracts
+        recording by its own per-parcel centre and spread (no statistics needed). Contracts
         written before this field existed load as ``"pooled"``.
     units : {"raw", "centred", "mixed"} or None
         Units of the data the contract was made for (None: not recorded). With
         ``percent_signal_change`` and pooled scaling only ``"raw"`` data can be used.
+    normalization : {"robust", "minmax", "minmax-global", "demean"}
+        Which centre and spread scale each parcel (:data:`brainlm.data.scaling.NORMALIZATIONS`):
+        median/IQR, per-parcel min/(max - min), one min/(max - min) over all parcels, or
+        mean/1. ``"demean"`` needs ``scaling="recording"``. Contracts written before this field
+        existed load as ``"robust"``.
+    gain, offset : float
+        Affine map after the normalization, ``gain * (x - centre) / spread + offset`` (gain > 0).
+        1 and 0 for data; the tasks layer sets them from a checkpoint's input gain
+        (``brainlm.tasks.model_input.with_input_gain``), so they work with either scaling mode.
+        Missing parcels still read as ``fill_missing``.
     """
 
     target_tr: float | None = None
@@ -145,6 +167,9 @@ class PreprocessingContract:
     scaler_fit: dict = field(default_factory=dict)
     scaling: str = "pooled"
     units: str | None = None
+    normalization: str = "robust"
+    gain: float = 1.0
+    offset: float = 0.0
     version: int = CONTRACT_VERSION
 
     def __post_init__(self) -> None:
@@ -168,6 +193,11 @@ class PreprocessingContract:
         if self.scaling not in SCALING_MODES:
             raise BrainLMInputError(
                 f"field 'scaling' is {self.scaling!r}; expected one of {SCALING_MODES}", src)
+        check_normalization(self.normalization, self.scaling, src)
+        if not (np.isfinite(self.gain) and self.gain > 0 and np.isfinite(self.offset)):
+            raise BrainLMInputError(f"fields 'gain' {self.gain!r} and 'offset' {self.offset!r}; expected a "
+                                    "gain > 0 and a finite offset", src)
+        self.gain, self.offset = float(self.gain), float(self.offset)
         if self.units is not None and self.units not in UNITS:
             raise BrainLMInputError(f"field 'units' is {self.units!r}; expected one of {UNITS} or None", src)
         if (self.median is None) != (self.iqr is None):
@@ -239,7 +269,7 @@ class PreprocessingContract:
 
         good = np.setdiff1d(np.arange(x.shape[1]), bad)
         units = input_units(x, good)
-        psc = self.percent_signal_change and not (units == "centred" and self.scaling == "recording")
+        psc = self.percent_signal_change and not (units == "centred" and self.unit_free)
         if psc:
             mean = x.mean(axis=0)
             sd = x.std(axis=0)
@@ -311,24 +341,37 @@ class PreprocessingContract:
         """Whether each recording is scaled by its own statistics."""
         return self.scaling == "recording"
 
+    @property
+    def unit_free(self) -> bool:
+        """Whether the scaled signal does not depend on the units of the input (any map
+        ``a * x + b`` per parcel, ``a > 0``, e.g. percent signal change): per-recording robust or
+        per-parcel min-max scaling. Demeaning keeps the scale ``a``, and one min and max over all
+        parcels keeps the ratios between parcels' ``a``."""
+        return self.per_recording and self.normalization in ("robust", "minmax")
+
     def cleaning(self) -> dict:
         """The settings of steps 1-5 (:data:`CLEANING_FIELDS`): two contracts with equal
         cleaning give the same cleaned signal."""
         return {k: getattr(self, k) for k in CLEANING_FIELDS}
 
+    def scaling_settings(self) -> dict:
+        """The scaling mode and normalization (:data:`SCALING_FIELDS`), without statistics."""
+        return {k: getattr(self, k) for k in SCALING_FIELDS}
+
     def scale(self, cleaned: np.ndarray, fill_missing: float = 0.0, *,
               statistics: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-        """``(x - median) / IQR`` per parcel; missing (NaN) parcels become ``fill_missing``.
+        """``gain * (x - centre) / spread + offset`` per parcel (robust: centre = median, spread
+        = IQR); missing (NaN) parcels become ``fill_missing``.
 
         Parameters
         ----------
         cleaned : ndarray, shape (..., P)
             Cleaned signal. With per-recording scaling and no ``statistics`` it must be a whole
-            recording (T, P): its own median and IQR are used.
-        statistics : (median, iqr), each shape (P,), optional
-            With per-recording scaling: the statistics of the whole recording that ``cleaned``
-            is a window of (:meth:`brainlm.data.corpus.Corpus.recording_statistics`). Ignored
-            for pooled scaling.
+            recording (T, P): its own statistics (of ``normalization``) are used.
+        statistics : (centre, spread), each shape (P,), optional
+            With per-recording scaling: the statistics of ``normalization`` of the whole
+            recording that ``cleaned`` is a window of
+            (:meth:`brainlm.data.corpus.Corpus.recording_statistics`). Ignored for pooled scaling.
 
         Returns
         -------
@@ -342,7 +385,7 @@ class PreprocessingContract:
                 if cleaned.ndim != 2:
                     raise BrainLMInputError(f"per-recording scaling needs a whole recording (T x P) "
                                             f"or its statistics; got shape {cleaned.shape}")
-                statistics = recording_scaling(cleaned)
+                statistics = recording_statistics(cleaned, self.normalization)
             med, iqr = (np.asarray(v, dtype=np.float32) for v in statistics)
         else:
             med = np.asarray(self.median, dtype=np.float32)
@@ -350,7 +393,7 @@ class PreprocessingContract:
         if cleaned.shape[-1] != med.size:
             raise BrainLMInputError(
                 f"data has {cleaned.shape[-1]} parcels; the contract was fitted on {med.size}")
-        out = robust_scale(cleaned, med, iqr)
+        out = robust_scale(cleaned, med, iqr, self.gain, self.offset)
         return np.nan_to_num(out, nan=fill_missing, copy=False)
 
     def transform(self, recording: Recording) -> np.ndarray:
@@ -407,7 +450,8 @@ class ReferenceContract:
     Attributes
     ----------
     contract : PreprocessingContract
-        The checkpoint's fitted contract: its cleaning and scaling mode are copied, and its
+        The checkpoint's fitted contract: its cleaning, scaling mode and normalization are
+        copied, and its
         pooled statistics are used when the cohort is on ``atlas``.
     atlas : Atlas or None
         The pretraining atlas (None: unknown, statistics are then the cohort's own).
@@ -423,10 +467,10 @@ class ReferenceContract:
     path: str | None = None
 
     def contract_for(self, atlas: Atlas) -> tuple[PreprocessingContract, bool]:
-        """A new contract for a cohort on ``atlas``: the checkpoint's cleaning and scaling mode,
-        with its pooled statistics when ``atlas`` is the checkpoint's. Returns (contract,
-        whether the statistics came from the checkpoint)."""
-        d = {**self.contract.cleaning(), "scaling": self.contract.scaling}
+        """A new contract for a cohort on ``atlas``: the checkpoint's cleaning, scaling mode and
+        normalization, with its pooled statistics when ``atlas`` is the checkpoint's. Returns
+        (contract, whether the statistics came from the checkpoint)."""
+        d = {**self.contract.cleaning(), **self.contract.scaling_settings()}
         out = PreprocessingContract.from_dict(d)
         same = (self.atlas is not None and atlas.matches(self.atlas) and self.contract.median is not None
                 and len(self.contract.median) == atlas.n_parcels)

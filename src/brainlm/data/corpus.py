@@ -6,11 +6,13 @@ Layout of a corpus folder::
     manifest.parquet   one row per recording: ids, TRs, lengths, split, phenotypes, zarr array
     skipped.parquet    recordings left out and why
     atlas.json         the parcellation (names, MNI xyz in mm, networks)
-    contract.json      the fitted preprocessing contract (incl. robust-scaling statistics)
+    contract.json      the fitted preprocessing contract (incl. the pooled scaling statistics)
     timeseries.zarr/   one float32 array (T x P) per recording, chunked along time; cleaned and
                        resampled but not yet scaled (scaling is applied on read, so a refit never
                        rewrites data); missing parcels are NaN. Each array's attributes hold the
-                       recording's own per-parcel ``median`` and ``iqr`` (per-recording scaling)
+                       recording's own per-parcel ``median`` and ``iqr``, and ``minimum``,
+                       ``maximum`` and ``mean`` (null for missing parcels): the statistics of
+                       per-recording scaling, whatever the normalization
 
 Nothing here loads the corpus into memory: a window read touches one or two chunks.
 """
@@ -29,7 +31,7 @@ import zarr
 
 from brainlm.data.atlas import Atlas
 from brainlm.data.contract import PreprocessingContract
-from brainlm.data.scaling import recording_scaling
+from brainlm.data.scaling import check_normalization, normalization_statistics, recording_statistics
 from brainlm.errors import BrainLMInputError
 
 CORPUS_FORMAT = "brainlm-corpus"
@@ -78,7 +80,7 @@ class Corpus:
             self._median = np.asarray(self.contract.median, dtype=np.float32)
             self._iqr = np.asarray(self.contract.iqr, dtype=np.float32)
         self._arrays: dict[int, zarr.Array] = {}
-        self._statistics: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._statistics: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
 
     # Handles to zarr arrays cannot cross process boundaries (DataLoader workers): reopen lazily.
     def __getstate__(self):
@@ -146,23 +148,34 @@ class Corpus:
             self._arrays[index] = arr
         return arr
 
-    def recording_statistics(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The per-parcel median and IQR of the whole recording ``index`` (a manifest row), each
-        (P,) float32: what per-recording scaling divides by, whatever window is read. Stored
-        with the recording by ``prepare``; computed from the whole recording (once per open
-        corpus) for corpora written before."""
+    def recording_statistics(self, index: int, normalization: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The per-parcel centre and spread of the whole recording ``index`` (a manifest row),
+        each (P,) float32: what per-recording scaling subtracts and divides by, whatever window
+        is read.
+
+        Parameters
+        ----------
+        normalization : str, optional
+            Whose statistics (:data:`brainlm.data.scaling.NORMALIZATIONS`): median and IQR for
+            ``"robust"``, min and max - min for the min-max ones, mean and 1 for ``"demean"``.
+            Default: the corpus' contract's.
+
+        Stored with the recording by ``prepare``; computed from the whole recording (once per
+        open corpus and normalization) for corpora written before.
+        """
         index = int(index)
-        stats = self._statistics.get(index)
+        normalization = self.contract.normalization if normalization is None else normalization
+        check_normalization(normalization, "recording", self.path)
+        stats = self._statistics.get((index, normalization))
         if stats is None:
             arr = self._array(index)
             attrs = arr.attrs.asdict() if hasattr(arr.attrs, "asdict") else dict(arr.attrs)
-            if "median" in attrs and "iqr" in attrs:
-                stats = (np.asarray(attrs["median"], dtype=np.float32), np.asarray(attrs["iqr"], dtype=np.float32))
-            else:
-                stats = recording_scaling(arr[:])
+            stats = _stored_statistics(attrs, normalization)
+            if stats is None:
+                stats = recording_statistics(arr[:], normalization)
             if len(self._statistics) >= 4096:  # bounded, like the array handles
                 self._statistics.pop(next(iter(self._statistics)))
-            self._statistics[index] = stats
+            self._statistics[(index, normalization)] = stats
         return stats
 
     def read(self, index: int, start: int = 0, stop: int | None = None, *, scaled: bool = True,
@@ -172,13 +185,14 @@ class Corpus:
         Parameters
         ----------
         scaled : bool
-            Apply robust scaling (missing parcels then read as ``fill_missing``); without it the
-            cleaned signal is returned with missing parcels as NaN.
+            Apply the scaling (``gain * (x - centre) / spread + offset``; missing parcels then
+            read as ``fill_missing``); without it the cleaned signal is returned with missing
+            parcels as NaN.
         scaler : PreprocessingContract, optional
             Whose scaling to apply (a checkpoint's, see
             :func:`brainlm.tasks.model_input.model_scaler`); default: this corpus' contract.
-            Per-recording scaling uses the whole recording's statistics, so a window reads as
-            the same numbers as in the whole recording.
+            Per-recording scaling uses the whole recording's statistics of the scaler's
+            normalization, so a window reads as the same numbers as in the whole recording.
 
         Returns
         -------
@@ -189,9 +203,10 @@ class Corpus:
             return x
         scaler = self.contract if scaler is None else scaler
         if scaler.per_recording:
-            return scaler.scale(x, fill_missing, statistics=self.recording_statistics(index))
-        if scaler is not self.contract:
+            return scaler.scale(x, fill_missing, statistics=self.recording_statistics(index, scaler.normalization))
+        if scaler is not self.contract or scaler.gain != 1.0 or scaler.offset != 0.0:
             return scaler.scale(x, fill_missing)
+        # The corpus' own pooled scaling, in place (the common training read).
         x -= self._median
         x /= self._iqr
         return np.nan_to_num(x, nan=fill_missing, copy=False)
@@ -233,3 +248,23 @@ class Corpus:
             return pd.DataFrame(columns=["recording_id", "source", "reason"])
         with self._fs.open(p, "rb") as f:
             return pd.read_parquet(f)
+
+
+def _stored_statistics(attrs: dict, normalization: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(centre, spread) float32 of ``normalization`` from a recording's zarr attributes, or None
+    when ``prepare`` did not store what it needs (corpora written before)."""
+    if normalization == "robust":
+        if "median" in attrs and "iqr" in attrs:
+            return np.asarray(attrs["median"], dtype=np.float32), np.asarray(attrs["iqr"], dtype=np.float32)
+        return None
+    # Missing parcels are stored as null, which reads as NaN: "never observed".
+    if normalization == "demean":
+        if "mean" not in attrs:
+            return None
+        c, sp, _ = normalization_statistics(normalization, means=np.asarray(attrs["mean"], dtype=np.float64))
+    else:
+        if "minimum" not in attrs or "maximum" not in attrs:
+            return None
+        extrema = np.asarray([attrs["minimum"], attrs["maximum"]], dtype=np.float64)
+        c, sp, _ = normalization_statistics(normalization, extrema=extrema)
+    return c.astype(np.float32), sp.astype(np.float32)

@@ -3,9 +3,11 @@
 Pass 1 (parallel over recordings): read, validate, clean and resample each recording (steps 1-5
 of the preprocessing contract) and write it to the chunked store, with a small completion
 marker per recording, so an interrupted run resumes where it stopped.
-Pass 2 (parallel): pool robust-scaling statistics over the training split only (over every
-recording for an evaluation-only cohort, or none at all when they come from a checkpoint:
-``like``). Each recording's own statistics are stored with it (per-recording scaling).
+Pass 2 (parallel): pool the scaling statistics of the contract's normalization over the
+training split only (over every recording for an evaluation-only cohort, or none at all when
+they come from a checkpoint: ``like``): robust quartiles from a streaming histogram, min-max
+from each recording's extrema (no second pass over the data), none for per-recording
+demeaning. Each recording's own statistics are stored with it (per-recording scaling).
 Then the manifest, atlas, contract and, last, ``corpus.json`` are written and the build folder
 ``CORPUS.partial`` is renamed to ``CORPUS``: a corpus that looks complete is complete.
 
@@ -42,7 +44,8 @@ from brainlm.data.extraction import ImageParcellation, load_atlas_image
 from brainlm.data.fmriprep import confounds_file_for, find_scans, parse_confound_strategy, participants_file
 from brainlm.data.progress import ProgressBar
 from brainlm.data.recording import Recording
-from brainlm.data.scaling import (QuartileHistogram, QuartileRange, recording_quartiles, recording_scaling,
+from brainlm.data.scaling import (ExtremaRange, QuartileHistogram, QuartileRange, normalization_statistics,
+                                  recording_extrema, recording_means, recording_quartiles, recording_scaling,
                                   scaling_from_quartiles)
 from brainlm.data.sources import (SourceSpec, attach_phenotypes, check_unique_ids, discover_files,
                                   specs_from_files, specs_from_recordings, specs_from_scans)
@@ -298,13 +301,17 @@ def prepare_corpus(
     # in train) pools over all its recordings, and says so in the contract.
     fit_on_all = "train" not in set(split_of.values())
     train_quartiles: dict[str, np.ndarray] = {}  # (3, P) float32 per recording of the fit
+    train_extrema: dict[str, np.ndarray] = {}  # (2, P) float64 per recording of the fit
     for s, group in zip(specs, groups):
         marker = done_dir / f"{s.recording_id}.json"
         if marker.exists():
             r = json.loads(marker.read_text())
             quartiles = r.pop("quartiles", None)
+            extrema = r.pop("extrema", None)
             if r["status"] == "ok" and (fit_on_all or split_of[group] == "train"):
                 train_quartiles[r["recording_id"]] = np.asarray(quartiles, dtype=np.float32)
+                if extrema is not None:
+                    train_extrema[r["recording_id"]] = np.asarray(extrema, dtype=np.float64)
             (records if r["status"] == "ok" else skipped).append(r)
     skipped += failures
     like_contract, stats_from_checkpoint = (like.contract_for(atlas) if like is not None else (None, False))
@@ -358,7 +365,7 @@ def prepare_corpus(
             raise BrainLMInputError("no recording of the training split survived preprocessing; "
                                     "cannot fit the scaling statistics", str(out))
         fitted = _fit_scaler(build, train[~train["recording_id"].isin(list(outliers))], train_range, atlas,
-                             contract, jobs)
+                             contract, jobs, train_extrema)
         fitted.scaler_fit["source"] = "cohort"
         if fit_on_all:
             fitted.scaler_fit["split"] = "all"
@@ -366,20 +373,25 @@ def prepare_corpus(
                                          "cohort): statistics pooled over all its recordings")
         if like is not None:
             fitted.scaler_fit["checkpoint"] = like.name
+            why = (f"atlas {atlas.name!r} is not the checkpoint's "
+                   f"({like.atlas.name if like.atlas is not None else 'unknown'!r})"
+                   if like.atlas is None or not atlas.matches(like.atlas)
+                   else "the checkpoint carries no pooled scaling statistics")
             fitted.scaler_fit["note"] = (
-                f"atlas {atlas.name!r} is not the checkpoint's "
-                f"({like.atlas.name if like.atlas is not None else 'unknown'!r}): the cohort's own pooled "
-                "statistics" + (" over all its recordings" if fit_on_all else " over its training split"))
+                f"{why}: the cohort's own pooled statistics"
+                + (" over all its recordings" if fit_on_all else " over its training split"))
         if outliers:
             fitted.scaler_fit["excluded_scale_outliers"] = sorted(outliers)
     if fitted.per_recording:
-        fitted.scaler_fit["applied"] = ("per recording: each recording is scaled by its own per-parcel "
-                                        "median and IQR (stored with it); the pooled statistics are kept "
-                                        "for reference")
+        fitted.scaler_fit["applied"] = (f"per recording: each recording is scaled by its own per-parcel "
+                                        f"{_STATISTICS_NAMES[fitted.normalization]} (stored with it)"
+                                        + ("" if fitted.median is None else
+                                           "; the pooled statistics are kept for reference"))
     units = _units_record(records)
     fitted.units = units["units"]
-    bad = [atlas.parcel_names[i] for i in np.flatnonzero(~(np.isfinite(fitted.median) & np.isfinite(fitted.iqr)
-                                                            & (np.asarray(fitted.iqr) > 0)))]
+    bad = [] if fitted.median is None else [
+        atlas.parcel_names[i] for i in np.flatnonzero(~(np.isfinite(fitted.median) & np.isfinite(fitted.iqr)
+                                                        & (np.asarray(fitted.iqr) > 0)))]
     if bad:
         raise BrainLMInputError(f"the scaling statistics are not finite for parcel(s) {bad[:5]}; the "
                                 "training recordings hold values too large to scale", str(out))
@@ -413,10 +425,12 @@ def prepare_corpus(
     if outlier_records:
         info["scale_outliers"] = outlier_records
     info["input_units"] = units
-    info["scaling"] = {"mode": fitted.scaling, "statistics": fitted.scaler_fit.get("source"),
+    info["scaling"] = {"mode": fitted.scaling, "normalization": fitted.normalization,
+                       "statistics": fitted.scaler_fit.get("source"),
                        **({"note": fitted.scaler_fit["note"]} if "note" in fitted.scaler_fit else {})}
     if like is not None:
         info["prepared_like"] = {"checkpoint": like.name, "scaling": fitted.scaling,
+                                 "normalization": fitted.normalization,
                                  "statistics": "checkpoint" if stats_from_checkpoint else "cohort"}
     write_text_atomic(build / "corpus.json", json.dumps(info, indent=2))
     shutil.rmtree(done_dir)
@@ -650,14 +664,18 @@ def _process_one(spec: SourceSpec, build: Path, atlas: Atlas, contract: Preproce
                              compressors=layout.compressors(), overwrite=True)
     arr[:] = cleaned.data
     quartiles = recording_quartiles(cleaned.data)
+    extrema = recording_extrema(cleaned.data)
     # The recording's own statistics travel with it: per-recording scaling of any window (a
-    # training crop) divides by the whole recording's median and IQR.
+    # training crop) uses the whole recording's median and IQR, min and max, or mean (whichever
+    # normalization reads it; missing parcels stored as null).
     med, iqr = recording_scaling(cleaned.data, quartiles)
-    arr.attrs.update({"median": med.tolist(), "iqr": iqr.tolist()})
+    arr.attrs.update({"median": med.tolist(), "iqr": iqr.tolist(),
+                      "minimum": _nulls(extrema[0]), "maximum": _nulls(extrema[1]),
+                      "mean": _nulls(recording_means(cleaned.data))})
     result = {**base, "status": "ok", "tr_source": rec.tr, "n_trs_source": rec.n_timepoints,
               "tr": cleaned.tr, "n_trs": n, "bad_parcels": cleaned.bad_parcels,
               "units": cleaned.units, "percent_signal_change": cleaned.percent_signal_change,
-              "quartiles": quartiles.tolist()}
+              "quartiles": quartiles.tolist(), "extrema": extrema.tolist()}
     if extraction is not None:
         result["extraction"] = extraction
     write_text_atomic(marker, json.dumps(result))
@@ -736,14 +754,15 @@ def _units_record(records: list[dict]) -> dict:
 
 
 def _contract_like(like: ReferenceContract, contract: PreprocessingContract | None) -> PreprocessingContract:
-    """The cleaning and scaling mode of ``like``; a ``contract`` also given must agree."""
+    """The cleaning, scaling mode and normalization of ``like``; a ``contract`` also given must
+    agree."""
     if not isinstance(like, ReferenceContract):
         raise BrainLMInputError(f"like is a {type(like).__name__}; expected a ReferenceContract "
                                 "(a checkpoint's contract and atlas)")
-    mine = PreprocessingContract.from_dict({**like.contract.cleaning(), "scaling": like.contract.scaling})
+    mine = PreprocessingContract.from_dict({**like.contract.cleaning(), **like.contract.scaling_settings()})
     if contract is not None:
-        theirs = {**contract.cleaning(), "scaling": contract.scaling}
-        ref = {**mine.cleaning(), "scaling": mine.scaling}
+        theirs = {**contract.cleaning(), **contract.scaling_settings()}
+        ref = {**mine.cleaning(), **mine.scaling_settings()}
         differ = [k for k in ref if ref[k] != theirs[k]]
         if differ:
             raise BrainLMInputError(
@@ -848,26 +867,69 @@ def _manifest(records, spec_by_id, groups_of, split_of, phenotype_columns) -> pd
     return df.sort_values("recording_id", kind="stable").reset_index(drop=True)
 
 
-def _fit_scaler(build: Path, train: pd.DataFrame, train_range: QuartileRange, atlas: Atlas,
-                contract: PreprocessingContract, jobs: int) -> PreprocessingContract:
-    """Pooled per-parcel median and IQR over the training recordings (module scaling)."""
-    from joblib import Parallel, delayed
+#: What per-recording scaling subtracts and divides by, per normalization (for records).
+_STATISTICS_NAMES = {"robust": "median and IQR", "minmax": "min and max - min",
+                     "minmax-global": "min and max - min over all parcels", "demean": "mean (spread 1)"}
 
-    ids = train["recording_id"].tolist()
-    hist = train_range.histogram()
-    n_parts = max(1, min(len(ids), os.cpu_count() if jobs == -1 else jobs))
-    parts = [ids[k::n_parts] for k in range(n_parts)]
-    for counts in Parallel(n_jobs=n_parts)(delayed(_histogram_part)(build, part, hist, os.getpid()) for part in parts):
-        hist.counts += counts
-    med, iqr, degenerate = scaling_from_quartiles(*hist.quantiles())
+
+def _nulls(v: np.ndarray) -> list:
+    """A float vector as a JSON-ready list, NaN (a missing parcel) as None."""
+    return [None if not np.isfinite(x) else float(x) for x in v]
+
+
+def _fit_scaler(build: Path, train: pd.DataFrame, train_range: QuartileRange, atlas: Atlas,
+                contract: PreprocessingContract, jobs: int,
+                train_extrema: dict[str, np.ndarray] | None = None) -> PreprocessingContract:
+    """Pooled per-parcel statistics of the contract's normalization over the training
+    recordings (module docstring): median and IQR from histograms, min and max from each
+    recording's extrema (``train_extrema``, recording id -> (2, P); a recording without them is
+    read again), none for ``"demean"`` (per recording only)."""
     fitted = PreprocessingContract.from_dict(contract.to_dict())
+    ids = train["recording_id"].tolist()
+    fit = {"split": "train", "recordings": len(ids), "timepoints": int(train["n_trs"].sum()),
+           "normalization": contract.normalization}
+    if contract.normalization == "demean":
+        fitted.median = fitted.iqr = None
+        fitted.scaler_fit = {**fit, "method": "none: demeaning is per recording (each recording's own "
+                                               "per-parcel mean, spread 1)"}
+        return fitted
+    if contract.normalization == "robust":
+        from joblib import Parallel, delayed
+
+        hist = train_range.histogram()
+        n_parts = max(1, min(len(ids), os.cpu_count() if jobs == -1 else jobs))
+        parts = [ids[k::n_parts] for k in range(n_parts)]
+        for counts in Parallel(n_jobs=n_parts)(delayed(_histogram_part)(build, part, hist, os.getpid())
+                                               for part in parts):
+            hist.counts += counts
+        med, iqr, degenerate = scaling_from_quartiles(*hist.quantiles())
+        method = f"pooled quartiles from a {hist.n_bins}-bin histogram per parcel"
+        policy = "no variance in the training split: median 0 if unobserved, IQR 1"
+    else:
+        pooled = ExtremaRange()
+        known = train_extrema or {}
+        group = None
+        for rid in ids:
+            if rid not in known:
+                import zarr
+
+                # A build resumed from before extrema were recorded: read the recording again.
+                if group is None:
+                    group = zarr.open_group(build / "timeseries.zarr", mode="r")
+                pooled.add(recording_extrema(group[rid][:]))
+            else:
+                pooled.add(known[rid])
+        med, iqr, degenerate = normalization_statistics(contract.normalization, extrema=pooled.extrema)
+        method = ("pooled min and max " + ("per parcel" if contract.normalization == "minmax" else
+                                           "over all parcels") + ", from each recording's extrema")
+        policy = ("max equal to min in the training split: spread 1 (left unscaled, as upstream does), "
+                  "min 0 if unobserved")
     fitted.median = [float(v) for v in med]
     fitted.iqr = [float(v) for v in iqr]
     fitted.scaler_fit = {
-        "split": "train", "recordings": len(ids), "timepoints": int(train["n_trs"].sum()),
-        "method": f"pooled quartiles from a {hist.n_bins}-bin histogram per parcel",
+        **fit, "method": method,
         "degenerate_parcels": [atlas.parcel_names[i] for i in np.flatnonzero(degenerate)],
-        "degenerate_policy": "no variance in the training split: median 0 if unobserved, IQR 1",
+        "degenerate_policy": policy,
     }
     return fitted
 

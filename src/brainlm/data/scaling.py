@@ -15,6 +15,26 @@ recording by its own per-parcel median and IQR (:func:`recording_scaling`). Medi
 equivariant under ``a * x + b`` (``a > 0``), so the scaled signal does not depend on the units
 of the input: raw scanner values, percent signal change, demeaned and z-scored versions of one
 recording reach the model as the same numbers.
+
+Normalizations. Every normalization is one code path, a centre and a spread per parcel,
+``(x - centre) / spread`` (:func:`robust_scale`), optionally followed by an affine map
+``gain * . + offset`` (a checkpoint's input gain); only the statistics differ
+(:data:`NORMALIZATIONS`):
+
+* ``"robust"``: centre = median, spread = IQR (the default);
+* ``"minmax"``: centre = min, spread = max - min, per parcel, so values span [0, 1];
+* ``"minmax-global"``: one min and one max over every value of every parcel (the same
+  centre and spread for all parcels);
+* ``"demean"``: centre = mean, spread = 1 (only per recording: a pooled mean would leave each
+  recording's own offset in).
+
+Pooled (over a training split) or per recording, see ``PreprocessingContract.scaling``. Pooled
+min and max stream cheaply: each recording reports its per-parcel extrema
+(:func:`recording_extrema`), and the pooled ones are their minimum and maximum
+(:class:`ExtremaRange`). A spread of 0 (a parcel constant over the data fitted on, or never
+observed) becomes 1: the parcel is left unscaled, as upstream BrainLM's min-max code leaves it
+(brainlm still subtracts the centre, so such a parcel reads as 0; cleaning marks constant
+parcels missing anyway).
 """
 
 from __future__ import annotations
@@ -23,7 +43,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from brainlm.errors import BrainLMInputError
+
 QUARTILES = (0.25, 0.5, 0.75)
+#: Per-parcel normalizations ``(x - centre) / spread``: which statistics are the centre and the
+#: spread (module docstring).
+NORMALIZATIONS = ("robust", "minmax", "minmax-global", "demean")
+#: Normalizations that only make sense with each recording's own statistics.
+PER_RECORDING_ONLY = ("demean",)
 
 
 def recording_quartiles(x: np.ndarray) -> np.ndarray:
@@ -182,24 +209,178 @@ def recording_scaling(x: np.ndarray, quartiles: np.ndarray | None = None) -> tup
     return med.astype(np.float32), iqr.astype(np.float32)
 
 
-def pooled_scaling(recordings: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`scaling_from_quartiles` of the exact pooled quartiles of recordings held in memory
-    (each (T_i, P), NaN for missing parcels); corpora use the streaming histogram instead."""
-    q25, med, q75 = np.nanpercentile(np.concatenate(recordings), [25, 50, 75], axis=0)
-    return scaling_from_quartiles(q25, med, q75)
+def recording_extrema(x: np.ndarray) -> np.ndarray:
+    """Per-parcel minimum and maximum of one recording.
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, P)
+        Cleaned signal; NaN columns mark missing parcels.
+
+    Returns
+    -------
+    ndarray, shape (2, P), float64: rows min and max; NaN for missing parcels.
+    """
+    out = np.full((2, x.shape[1]), np.nan)
+    valid = ~np.isnan(x).any(axis=0)
+    if valid.any():
+        v = x[:, valid].astype(np.float64)
+        out[0, valid], out[1, valid] = v.min(axis=0), v.max(axis=0)
+    return out
 
 
-def robust_scale(x: np.ndarray, median: np.ndarray, iqr: np.ndarray) -> np.ndarray:
-    """``(x - median) / iqr`` per parcel.
+def recording_means(x: np.ndarray) -> np.ndarray:
+    """Per-parcel mean of one recording, shape (P,) float64 (NaN for missing parcels)."""
+    out = np.full(x.shape[1], np.nan)
+    valid = ~np.isnan(x).any(axis=0)
+    if valid.any():
+        out[valid] = x[:, valid].astype(np.float64).mean(axis=0)
+    return out
+
+
+class ExtremaRange:
+    """Running per-parcel [min, max] over recordings (pooled min-max statistics): O(P) memory
+    however many recordings stream through, and independent of their order."""
+
+    def __init__(self) -> None:
+        self.lo: np.ndarray | None = None
+        self.hi: np.ndarray | None = None
+        self.recordings = 0
+
+    def add(self, extrema: np.ndarray) -> None:
+        """One recording's :func:`recording_extrema`, shape (2, P) (NaN for missing parcels)."""
+        e = np.asarray(extrema, dtype=np.float64)
+        if self.lo is None:
+            self.lo, self.hi = e[0].copy(), e[1].copy()
+        else:
+            # fmin/fmax ignore NaN: a parcel missing in one recording keeps the others' range.
+            np.fmin(self.lo, e[0], out=self.lo)
+            np.fmax(self.hi, e[1], out=self.hi)
+        self.recordings += 1
+
+    @property
+    def extrema(self) -> np.ndarray:
+        """Pooled extrema, shape (2, P) (NaN for parcels never observed)."""
+        if self.lo is None:
+            raise ValueError("no recording was added")
+        return np.stack([self.lo, self.hi])
+
+
+def check_normalization(normalization: str, scaling: str, source: str = "preprocessing contract") -> None:
+    """Error unless ``normalization`` is one of :data:`NORMALIZATIONS` and makes sense with
+    ``scaling`` (``"pooled"`` or ``"recording"``)."""
+    if normalization not in NORMALIZATIONS:
+        raise BrainLMInputError(f"field 'normalization' is {normalization!r}; expected one of {NORMALIZATIONS}",
+                                source)
+    if normalization in PER_RECORDING_ONLY and scaling != "recording":
+        raise BrainLMInputError(f"field 'normalization' is {normalization!r} with scaling {scaling!r}; "
+                                f"{normalization!r} subtracts each recording's own mean, so it needs "
+                                "scaling 'recording'", source)
+
+
+def normalization_statistics(normalization: str, *, quartiles: np.ndarray | None = None,
+                             extrema: np.ndarray | None = None, means: np.ndarray | None = None
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centre and spread per parcel of ``normalization`` from summary statistics.
+
+    Parameters
+    ----------
+    normalization : one of :data:`NORMALIZATIONS`
+    quartiles : ndarray, shape (3, P)
+        25th, 50th and 75th percentiles (``"robust"``).
+    extrema : ndarray, shape (2, P)
+        Min and max (``"minmax"``, ``"minmax-global"``).
+    means : ndarray, shape (P,)
+        Means (``"demean"``).
+        NaN in any of them marks a parcel never observed.
+
+    Returns
+    -------
+    centre, spread : ndarray, shape (P,), float64
+        A parcel never observed gets centre 0; a spread that is 0 or undefined becomes 1 (the
+        parcel is left unscaled, as upstream's min-max code does, not divided by zero).
+        ``"minmax-global"`` repeats its one min and max for every parcel.
+    degenerate : ndarray of bool, shape (P,)
+        Parcels whose spread was set to 1.
+    """
+    if normalization == "robust":
+        q = np.asarray(quartiles, dtype=np.float64)
+        return scaling_from_quartiles(q[0], q[1], q[2])
+    if normalization == "demean":
+        m = np.asarray(means, dtype=np.float64)
+        return np.where(np.isfinite(m), m, 0.0), np.ones_like(m), ~np.isfinite(m)
+    e = np.asarray(extrema, dtype=np.float64)
+    lo, hi = e[0], e[1]
+    if normalization == "minmax-global":
+        seen = np.isfinite(lo) & np.isfinite(hi)
+        g_lo, g_hi = (float(lo[seen].min()), float(hi[seen].max())) if seen.any() else (0.0, 0.0)
+        lo, hi = np.full_like(lo, g_lo), np.full_like(hi, g_hi)
+    elif normalization != "minmax":
+        raise ValueError(f"unknown normalization {normalization!r}")
+    spread = hi - lo
+    degenerate = ~(np.isfinite(spread) & (spread > 0))
+    return np.where(np.isfinite(lo), lo, 0.0), np.where(degenerate, 1.0, spread), degenerate
+
+
+def recording_statistics(x: np.ndarray, normalization: str = "robust", quartiles: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """One recording's own centre and spread per parcel for ``normalization`` (per-recording
+    scaling).
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, P)
+        The whole cleaned recording (not a window of it); NaN columns mark missing parcels.
+    quartiles : ndarray, shape (3, P), optional
+        Its :func:`recording_quartiles` (``"robust"``), when already computed.
+
+    Returns
+    -------
+    centre, spread : ndarray, shape (P,), float32 (see :func:`normalization_statistics`).
+    """
+    if normalization == "robust":
+        return recording_scaling(x, quartiles)
+    if normalization == "demean":
+        c, s, _ = normalization_statistics(normalization, means=recording_means(x))
+    else:
+        c, s, _ = normalization_statistics(normalization, extrema=recording_extrema(x))
+    return c.astype(np.float32), s.astype(np.float32)
+
+
+def pooled_scaling(recordings: list[np.ndarray], normalization: str = "robust"
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`normalization_statistics` pooled exactly over recordings held in memory (each
+    (T_i, P), NaN for missing parcels); corpora stream instead (histogram, :class:`ExtremaRange`).
+    ``"demean"`` has no pooled form (:func:`check_normalization` refuses it)."""
+    check_normalization(normalization, "pooled", "pooled scaling")
+    if normalization == "robust":
+        q25, med, q75 = np.nanpercentile(np.concatenate(recordings), [25, 50, 75], axis=0)
+        return scaling_from_quartiles(q25, med, q75)
+    pooled = ExtremaRange()
+    for x in recordings:
+        pooled.add(recording_extrema(x))
+    return normalization_statistics(normalization, extrema=pooled.extrema)
+
+
+def robust_scale(x: np.ndarray, median: np.ndarray, iqr: np.ndarray, gain: float = 1.0,
+                 offset: float = 0.0) -> np.ndarray:
+    """``gain * (x - centre) / spread + offset`` per parcel: every normalization's one formula
+    (robust scaling: centre = median, spread = IQR).
 
     Parameters
     ----------
     x : ndarray, shape (..., P)
     median, iqr : ndarray, shape (P,)
+        Centre and spread of the normalization.
+    gain, offset : float
+        Affine map after the normalization (a checkpoint's input gain; 1 and 0 by default).
 
     Returns
     -------
     ndarray, float32, same shape as ``x``. (Upstream BrainLM computed ``x - median / iqr``,
     which leaves each parcel's scale untouched; this is the intended formula.)
     """
-    return ((x - median) / iqr).astype(np.float32, copy=False)
+    out = ((x - median) / iqr).astype(np.float32, copy=False)
+    if gain != 1.0 or offset != 0.0:
+        out = (out * np.float32(gain) + np.float32(offset)).astype(np.float32, copy=False)
+    return out

@@ -32,16 +32,79 @@ from brainlm.model.layers import sinusoidal_positions
 from brainlm.model.upstream import (UpstreamBrainLM, UpstreamBrainLMConfig, UpstreamViTMAE,
                                     UpstreamViTMAEConfig, sincos_2d)
 
-__all__ = ["ImportReport", "NORMALIZATIONS", "import_upstream", "load_upstream", "read_upstream",
-           "save_imported"]
+__all__ = ["DEFAULT_NORMALIZATION", "FAMILY_NORMALIZATIONS", "ImportReport", "NORMALIZATIONS",
+           "UpstreamNormalization", "import_upstream", "load_upstream", "read_upstream", "save_imported"]
 
-#: The input normalizations of upstream's data-conversion script, by its column names (the
-#: statistics were never released; formulas in docs/upstream.md). The paper model's training
-#: script reads ``Voxelwise_RobustScaler_Normalized_Recording`` by default; the ViT-MAE tutorials
-#: read ``All_Patient_All_Voxel_Normalized_Recording`` and divide by 5.6430855 inside the model.
-NORMALIZATIONS = {
-    "upstream-brainlm": "Voxelwise_RobustScaler_Normalized_Recording",
-    "upstream-vitmae": "All_Patient_All_Voxel_Normalized_Recording",
+
+@dataclass(frozen=True)
+class UpstreamNormalization:
+    """One input normalization of upstream's data-conversion script and how brainlm repeats it.
+
+    Attributes
+    ----------
+    column : str
+        Upstream's column name (``convert_ukbiobank_to_arrow.py``).
+    normalization : str
+        brainlm's per-parcel normalization (:data:`brainlm.data.scaling.NORMALIZATIONS`).
+    scaling : {"pooled", "recording"}
+        Statistics pooled over a corpus' training split, or each recording's own.
+    gain : float
+        Constant factor after the normalization (upstream's global s.d. or 99th percentile,
+        inverted); the contract's ``scaler_fit.input_gain`` starts at it.
+    formula : str
+        Upstream's formula, for records and messages.
+    """
+
+    column: str
+    normalization: str
+    scaling: str
+    gain: float = 1.0
+    formula: str = ""
+
+
+#: Upstream's global s.d. and 99th percentile of mean-subtracted UK Biobank values (constants of
+#: its conversion script; the 99th percentile as the script writes it).
+UPSTREAM_GLOBAL_STD = 41.44047
+UPSTREAM_GLOBAL_99TH = 111.13143061224855
+
+#: The input normalizations of upstream's data-conversion script (the statistics were never
+#: released), by ``--normalization`` name: kebab-case of upstream's column names. Upstream
+#: normalized raw parcellated intensities with no other cleaning, and its min-max statistics
+#: over "all patients" are over its training recordings (a corpus' training split here).
+NORMALIZATIONS: dict[str, UpstreamNormalization] = {
+    "voxelwise-robust": UpstreamNormalization(
+        "Voxelwise_RobustScaler_Normalized_Recording", "robust", "pooled",
+        formula="(x - median) / IQR per parcel"),
+    "all-patient-all-voxel": UpstreamNormalization(
+        "All_Patient_All_Voxel_Normalized_Recording", "minmax-global", "pooled",
+        formula="(x - min) / (max - min), one min and max over every value of every training recording"),
+    "per-voxel-all-patient": UpstreamNormalization(
+        "Per_Voxel_All_Patient_Normalized_Recording", "minmax", "pooled",
+        formula="(x - min) / (max - min) per parcel, over all training recordings"),
+    "per-patient-all-voxel": UpstreamNormalization(
+        "Per_Patient_All_Voxel_Normalized_Recording", "minmax-global", "recording",
+        formula="(x - min) / (max - min), min and max over all values of one recording"),
+    "per-patient-per-voxel": UpstreamNormalization(
+        "Per_Patient_Per_Voxel_Normalized_Recording", "minmax", "recording",
+        formula="(x - min) / (max - min) per parcel of one recording"),
+    "subtract-mean": UpstreamNormalization(
+        "Subtract_Mean_Normalized_Recording", "demean", "recording",
+        formula="x - mean per parcel of one recording"),
+    "subtract-mean-global-std": UpstreamNormalization(
+        "Subtract_Mean_Divide_Global_STD_Normalized_Recording", "demean", "recording",
+        gain=1.0 / UPSTREAM_GLOBAL_STD, formula=f"(x - mean) / {UPSTREAM_GLOBAL_STD}"),
+    "subtract-mean-global-99th": UpstreamNormalization(
+        "Subtract_Mean_Divide_Global_99thPercent_Normalized_Recording", "demean", "recording",
+        gain=1.0 / UPSTREAM_GLOBAL_99TH, formula=f"(x - mean) / {UPSTREAM_GLOBAL_99TH}"),
+}
+#: The default: upstream's training-script default column, brainlm's behaviour before the choice.
+DEFAULT_NORMALIZATION = "voxelwise-robust"
+#: The column each family's own scripts read: the paper model's training script defaults to the
+#: robust-scaler column; the ViT-MAE tutorials read the all-patient-all-voxel column (and divide
+#: by 5.6430855 inside the model, which ``UpstreamViTMAE`` does itself).
+FAMILY_NORMALIZATIONS = {
+    "upstream-brainlm": "voxelwise-robust",
+    "upstream-vitmae": "all-patient-all-voxel",
 }
 
 #: UK Biobank's TR (s): most of upstream's pretraining data (HCP: 0.72 s).
@@ -65,6 +128,8 @@ class ImportReport:
         Parameters of the imported model.
     notes : list of str
         Anything else a user should know (e.g. a ``train_mode`` other than auto-encoding).
+    normalization : str
+        The upstream input normalization assumed (a key of :data:`NORMALIZATIONS`).
     """
 
     family: str
@@ -73,6 +138,7 @@ class ImportReport:
     ignored: dict[str, str]
     parameters: int
     notes: list[str] = field(default_factory=list)
+    normalization: str = "voxelwise-robust"
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -275,41 +341,78 @@ def _all_upstream_names(model, family: str) -> list[str]:
 
 
 # -- the API ------------------------------------------------------------------------------------
-def imported_contract(family: str, target_tr: float = UKB_TR) -> PreprocessingContract:
+def normalization_choice(name: str) -> UpstreamNormalization:
+    """The :data:`NORMALIZATIONS` entry ``name``; a one-line error listing the names otherwise."""
+    if name not in NORMALIZATIONS:
+        raise BrainLMInputError(f"normalization {name!r} is not an upstream variant; expected one of "
+                                f"{', '.join(NORMALIZATIONS)}", "--normalization")
+    return NORMALIZATIONS[name]
+
+
+def imported_contract(family: str, target_tr: float = UKB_TR,
+                      normalization: str = DEFAULT_NORMALIZATION) -> PreprocessingContract:
     """The preprocessing contract of an imported checkpoint.
 
-    Cleaning: resampling to ``target_tr`` (UK Biobank's 0.735 s by default) and a linear
-    detrend. No scaling statistics: upstream never released them, so a corpus' own
-    training-split robust scaling is used (see docs/upstream.md); ``scaler_fit`` records the
-    upstream normalization the weights were trained with.
+    Cleaning: resampling to ``target_tr`` (UK Biobank's 0.735 s by default), with a linear
+    detrend for ``voxelwise-robust`` (brainlm's contract before the choice existed) and none for
+    the other variants (upstream normalized raw intensities as extracted, so a detrend would
+    remove the baseline that min-max scaling keeps). No pooled statistics: upstream never
+    released them, so a corpus' own training split stands in (see docs/upstream.md), or each
+    recording's own statistics for the per-patient variants. ``scaler_fit`` records the upstream
+    column, the family's own column, and the variant's constant gain (``input_gain`` starts at
+    it; a calibration multiplies it).
     """
+    v = normalization_choice(normalization)
+    robust = normalization == DEFAULT_NORMALIZATION
+    source = "the corpus' own" if v.scaling == "pooled" else "each recording's own"
+    split = " (training split)" if v.scaling == "pooled" else ""
     return PreprocessingContract(
-        target_tr=target_tr, detrend=True,
+        target_tr=target_tr, detrend=robust, scaling=v.scaling, normalization=v.normalization,
         scaler_fit={"statistics": "none (upstream never released its scaling statistics)",
-                    "upstream_normalization": NORMALIZATIONS[family],
-                    "applied": "the corpus' own per-parcel robust scaling (training split)",
-                    "input_gain": 1.0})
+                    "upstream_normalization": v.column,
+                    "family_normalization": NORMALIZATIONS[FAMILY_NORMALIZATIONS[family]].column,
+                    "upstream_formula": v.formula,
+                    "applied": (f"{source} per-parcel robust scaling{split}" if robust else
+                                f"{source} {v.normalization} statistics{split}"
+                                + (f", times {v.gain:.8g}" if v.gain != 1.0 else "")),
+                    "variant_gain": v.gain,
+                    "input_gain": v.gain})
 
 
-def load_upstream(src, *, target_tr: float = UKB_TR):
+def load_upstream(src, *, target_tr: float = UKB_TR, normalization: str = DEFAULT_NORMALIZATION):
     """An upstream checkpoint folder as a model in memory, with its import report.
+
+    Parameters
+    ----------
+    src : path
+        The downloaded checkpoint folder.
+    target_tr : float
+        TR (s) the contract resamples to.
+    normalization : str
+        The upstream input normalization the weights are assumed to have seen, a key of
+        :data:`NORMALIZATIONS` (default ``"voxelwise-robust"``): it sets the contract's
+        normalization, scaling mode, cleaning and input gain (:func:`imported_contract`).
 
     Returns
     -------
     (UpstreamBrainLM or UpstreamViTMAE, ImportReport)
     """
+    normalization_choice(normalization)  # a bad name fails before the weights are read
     cfg, state, weights = read_upstream(src)
     config_file = str(Path(src) / "config.json")
     family = family_of(cfg, config_file)
     atlas = load_atlas("a424")
     config = convert_config(cfg, family, config_file, atlas)
     cls = UpstreamBrainLM if family == UpstreamBrainLMConfig.architecture else UpstreamViTMAE
-    model = cls(config, contract=imported_contract(family, target_tr), atlas=atlas)
+    model = cls(config, contract=imported_contract(family, target_tr, normalization), atlas=atlas)
     if family == UpstreamViTMAEConfig.architecture and config.n_parcels != 424:
         raise BrainLMInputError("the ViT-MAE family is built for the 424 A424 parcels", config_file)
     mapped, ignored = map_state(state, model, family, str(weights), Path(config_file).name)
     model.load_state_dict(mapped, strict=True)
     notes = []
+    if normalization != FAMILY_NORMALIZATIONS[family]:
+        notes.append(f"normalization {normalization!r} is not the one this family's own scripts read "
+                     f"({FAMILY_NORMALIZATIONS[family]!r})")
     if family == UpstreamViTMAEConfig.architecture:
         mode = cfg.get("train_mode", "auto_encode")
         if mode != "auto_encode":
@@ -320,19 +423,22 @@ def load_upstream(src, *, target_tr: float = UKB_TR):
             if not torch.allclose(t, sincos_2d(t.shape[-1], config.grid), atol=1e-5):
                 notes.append(f"{name} differs from the fixed 2-D sine-cosine table (used as stored)")
     report = ImportReport(family=family, source=str(weights), n_tensors=len(mapped), ignored=ignored,
-                          parameters=sum(p.numel() for p in model.parameters()), notes=notes)
+                          parameters=sum(p.numel() for p in model.parameters()), notes=notes,
+                          normalization=normalization)
     return model.eval(), report
 
 
-def import_upstream(src, out, *, target_tr: float = UKB_TR) -> ImportReport:
-    """Convert the upstream checkpoint folder ``src`` into a brainlm checkpoint folder ``out``.
+def import_upstream(src, out, *, target_tr: float = UKB_TR,
+                    normalization: str = DEFAULT_NORMALIZATION) -> ImportReport:
+    """Convert the upstream checkpoint folder ``src`` into a brainlm checkpoint folder ``out``,
+    assuming the upstream input ``normalization`` (see :func:`load_upstream`).
 
     ``out`` then loads with :func:`brainlm.model.checkpoint.load_pretrained` (and every
     ``brainlm`` command that takes a checkpoint). The import report is also written to
     ``out/upstream_import.json``. Converted weights stay under the hub's licence terms
     (docs/upstream.md): convert locally, do not redistribute.
     """
-    model, report = load_upstream(src, target_tr=target_tr)
+    model, report = load_upstream(src, target_tr=target_tr, normalization=normalization)
     save_imported(model, report, out)
     return report
 
@@ -342,4 +448,6 @@ def save_imported(model, report: ImportReport, out) -> None:
     :mod:`brainlm.tasks.calibration`) as a checkpoint folder, with ``upstream_import.json``."""
     save_pretrained(model, out, extra={"upstream_import.json": {
         "family": report.family, "source": report.source, "n_tensors": report.n_tensors,
-        "ignored": report.ignored, "parameters": report.parameters, "notes": report.notes}})
+        "ignored": report.ignored, "parameters": report.parameters, "notes": report.notes,
+        "normalization": report.normalization,
+        "upstream_column": NORMALIZATIONS[report.normalization].column}})

@@ -28,9 +28,10 @@ answered here, in one place:
   padding-only patches are left out); :class:`ParcelReduction`: token attention and token
   embeddings per parcel (an image token belongs to the parcels of its row band).
 * :func:`input_gain`: the gain and offset that an imported checkpoint's contract asks for
-  (``scaler_fit.input_gain`` / ``input_offset``, chosen by :func:`calibrate_input_gain`),
-  folded into the scaler that :func:`model_scaler` returns (:func:`with_input_gain`), so
-  every window made from a corpus carries it.
+  (``scaler_fit.input_gain`` / ``input_offset``: an upstream normalization's constant, times
+  the one chosen by :func:`calibrate_input_gain`), set on the scaler that :func:`model_scaler`
+  returns (:func:`with_input_gain`: the contract's ``gain``/``offset``, pooled or per-recording
+  scaling alike), so every window made from a corpus carries it.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def check_atlas(model: BrainLM, atlas: Atlas, *, transfer: bool = False, source:
 
 def preprocess(model: BrainLM, recording: Recording, *, transfer_atlas: bool = False) -> np.ndarray:
     """The checkpoint's preprocessing contract on a raw recording: (T_out, P) float32, cleaned,
-    resampled to the contract's TR and robust-scaled with the pretraining statistics."""
+    resampled to the contract's TR and scaled with the pretraining statistics (or, for a
+    checkpoint that scales per recording, the recording's own, times its input gain)."""
     if model.contract is not None and not model.contract.is_fitted \
             and "upstream_normalization" in model.contract.scaler_fit:
         # Upstream never released its scaling statistics: a corpus' training split stands in.
@@ -107,7 +109,10 @@ def preprocess(model: BrainLM, recording: Recording, *, transfer_atlas: bool = F
         raise BrainLMInputError("this model has no fitted preprocessing contract; load a "
                                 "pretrained checkpoint or set model.contract", recording.source or recording.id)
     check_atlas(model, recording.atlas, transfer=transfer_atlas, source=recording.source or recording.id)
-    return model.contract.transform(recording)
+    # Pooled statistics of a checkpoint are its input as is (a fine-tuned imported model's
+    # already carry its gain); per-recording scaling takes the gain here, as in model_scaler.
+    contract = with_input_gain(model, model.contract) if model.contract.per_recording else model.contract
+    return contract.transform(recording)
 
 
 def model_windows(model: BrainLM, data: np.ndarray, source: str | None = None) -> tuple[torch.Tensor, np.ndarray]:
@@ -135,22 +140,25 @@ def open_corpus(corpus: str | Path | Corpus) -> Corpus:
 
 
 def model_scaler(model: BrainLM, corpus: Corpus, *, transfer_atlas: bool = False) -> PreprocessingContract:
-    """The contract whose robust scaling turns the corpus' cleaned recordings into model input.
+    """The contract whose scaling turns the corpus' cleaned recordings into model input.
 
     The checkpoint's scaling mode decides. Per-recording scaling: the checkpoint's contract
-    (each recording by its own statistics, on any atlas). Pooled: on the pretraining atlas the
-    checkpoint's own contract (what pretraining saw); a transferred atlas has no statistics in
-    the checkpoint, so the corpus' pooled statistics (fitted on its training split, or on all
-    its recordings for an evaluation-only cohort; no targets involved) are used. Errors when
-    the corpus was cleaned differently from the pretraining data or is on another atlas
-    without ``transfer_atlas``.
+    (each recording by its own statistics of the checkpoint's normalization, on any atlas).
+    Pooled: on the pretraining atlas the checkpoint's own contract (what pretraining saw); a
+    transferred atlas (or an imported upstream checkpoint) has no statistics in the checkpoint,
+    so the corpus' pooled statistics (fitted on its training split, or on all its recordings
+    for an evaluation-only cohort; no targets involved) are used. The checkpoint's input gain
+    (:func:`input_gain`) is set on the result whenever the statistics are not the checkpoint's
+    own. Errors when the corpus was cleaned or normalized differently from the pretraining
+    data, or is on another atlas without ``transfer_atlas``.
     """
     check_atlas(model, corpus.atlas, transfer=transfer_atlas, source=corpus.path)
     if model.contract is None:
         raise BrainLMInputError("checkpoint has no preprocessing contract (contract.json)", corpus.path)
     mine, theirs = model.contract.cleaning(), corpus.contract.cleaning()
-    # Percent signal change is a map a * x + b per parcel, which per-recording scaling removes.
-    exempt = {"percent_signal_change"} if model.contract.per_recording else set()
+    # Percent signal change is a map a * x + b per parcel, which per-recording robust or min-max
+    # scaling removes (demeaning keeps a).
+    exempt = {"percent_signal_change"} if model.contract.unit_free else set()
     differ = [k for k in CLEANING_KEYS if k not in exempt and mine.get(k) != theirs.get(k)]
     if differ:
         raise BrainLMInputError(
@@ -158,6 +166,13 @@ def model_scaler(model: BrainLM, corpus: Corpus, *, transfer_atlas: bool = False
             + ", ".join(f"{k}: corpus {theirs.get(k)!r} vs model {mine.get(k)!r}" for k in differ)
             + "); prepare it again with the checkpoint's settings (brainlm prepare ... --like "
             "CHECKPOINT)", corpus.path)
+    if corpus.contract.normalization != model.contract.normalization:
+        # The corpus' pooled statistics (and its per-recording attributes' meaning) belong to
+        # its normalization: another one would feed the model numbers on another scale.
+        raise BrainLMInputError(
+            f"field 'normalization' is {corpus.contract.normalization!r} in the corpus but "
+            f"{model.contract.normalization!r} in the checkpoint; prepare the corpus again like the "
+            "checkpoint (brainlm prepare ... --like CKPT)", corpus.path)
     if model.contract.per_recording:
         return with_input_gain(model, model.contract)
     # An imported upstream checkpoint has no statistics (never released): the corpus' own,
@@ -172,13 +187,14 @@ def model_scaler(model: BrainLM, corpus: Corpus, *, transfer_atlas: bool = False
 
 
 def input_gain(model: BrainLM) -> tuple[float, float]:
-    """(gain, offset) that turn robust-scaled values into the model's input:
-    ``input = gain * (x - median) / IQR + offset``.
+    """(gain, offset) that turn normalized values into the model's input:
+    ``input = gain * (x - centre) / spread + offset`` (robust: centre = median, spread = IQR).
 
     Read from the checkpoint's contract (``scaler_fit.input_gain``, ``input_offset``). Only
     imported upstream checkpoints carry them (upstream's scaling statistics were never released,
-    so the corpus' robust scaling stands in, and its amplitude may not be what the weights
-    expect; see :func:`calibrate_input_gain`); (1.0, 0.0) otherwise.
+    so the corpus' statistics stand in, and their amplitude may not be what the weights expect;
+    the gain is the upstream normalization's constant, e.g. 1 / 41.44047, times the calibrated
+    one, see :func:`calibrate_input_gain`); (1.0, 0.0) otherwise.
     """
     fit = model.contract.scaler_fit if model.contract is not None else {}
     gain, offset = float(fit.get("input_gain", 1.0)), float(fit.get("input_offset", 0.0))
@@ -189,22 +205,20 @@ def input_gain(model: BrainLM) -> tuple[float, float]:
 
 
 def with_input_gain(model: BrainLM, scaler: PreprocessingContract) -> PreprocessingContract:
-    """``scaler`` with the model's input gain and offset folded into its statistics.
+    """``scaler`` with the model's input gain and offset (:func:`input_gain`) as its ``gain``
+    and ``offset``: the one place where the gain enters.
 
-    ``gain * (x - m) / s + offset == (x - m') / s'`` with ``s' = s / gain`` and
-    ``m' = m - offset * s / gain``, so everything that scales with the returned contract (task
-    windows, the fine-tuning data module) makes the same model input. Missing parcels still
-    become 0. ``scaler`` itself is returned when the gain is 1 and the offset 0.
+    The scaler's data-layer scaling then reads ``gain * (x - centre) / spread + offset``, with
+    pooled or per-recording statistics alike, so everything that scales with the returned
+    contract (task windows, the fine-tuning data module) makes the same model input. The gain
+    is set, not multiplied, so applying it twice changes nothing. Missing parcels still become
+    0. ``scaler`` itself is returned when it already has that gain and offset.
     """
     gain, offset = input_gain(model)
-    if gain == 1.0 and offset == 0.0:
+    if (scaler.gain, scaler.offset) == (gain, offset):
         return scaler
-    if scaler.per_recording:
-        raise BrainLMInputError("an input gain (scaler_fit.input_gain) cannot be folded into "
-                                "per-recording scaling; prepare the corpus with pooled scaling")
     out = PreprocessingContract.from_dict(scaler.to_dict())
-    med, iqr = np.asarray(out.median, dtype=np.float64), np.asarray(out.iqr, dtype=np.float64)
-    out.median, out.iqr = (med - offset * iqr / gain).tolist(), (iqr / gain).tolist()
+    out.gain, out.offset = gain, offset
     out.scaler_fit = {**out.scaler_fit, "input_gain": gain, "input_offset": offset}
     return out
 
@@ -448,7 +462,7 @@ def _recording_inputs(model: BrainLM, recordings: list[Recording], transfer_atla
         # One recording at a time: the checkpoint's statistics, or each recording's own.
         scaled = (preprocess(model, rec, transfer_atlas=transfer_atlas) for rec in recordings)
     else:
-        cleaning = {**model.contract.cleaning(), "scaling": model.contract.scaling}
+        cleaning = {**model.contract.cleaning(), **model.contract.scaling_settings()}
         if target_tr is not None:
             cleaning["target_tr"] = float(target_tr)
         contract = PreprocessingContract.from_dict(cleaning)
@@ -456,12 +470,14 @@ def _recording_inputs(model: BrainLM, recordings: list[Recording], transfer_atla
                                   parcel_names=r.atlas.parcel_names, source=r.source or r.id).data
                    for r in recordings]
         if contract.per_recording:
-            pass  # each recording by its own statistics (scale() computes them)
+            # Each recording by its own statistics (scale() computes them), times the gain.
+            contract = with_input_gain(model, contract)
         elif on_model_atlas:
             contract.median, contract.iqr = model.contract.median, model.contract.iqr
+            contract.gain, contract.offset = model.contract.gain, model.contract.offset
         else:
             # The checkpoint holds no scaling statistics for this atlas: pool them over the data.
-            med, iqr, _ = pooled_scaling(cleaned)
+            med, iqr, _ = pooled_scaling(cleaned, contract.normalization)
             contract.median, contract.iqr = med.tolist(), iqr.tolist()
             contract = with_input_gain(model, contract)
         scaled = (contract.scale(c) for c in cleaned)
