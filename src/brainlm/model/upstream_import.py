@@ -341,6 +341,12 @@ def _all_upstream_names(model, family: str) -> list[str]:
 
 
 # -- the API ------------------------------------------------------------------------------------
+#: What brainlm applies for each non-robust normalization, in words (``scaler_fit.applied``).
+_APPLIED = {"minmax": "(x - min) / (max - min) per parcel",
+            "minmax-global": "(x - min) / (max - min), one min and max over all parcels",
+            "demean": "x - mean per parcel"}
+
+
 def normalization_choice(name: str) -> UpstreamNormalization:
     """The :data:`NORMALIZATIONS` entry ``name``; a one-line error listing the names otherwise."""
     if name not in NORMALIZATIONS:
@@ -373,7 +379,7 @@ def imported_contract(family: str, target_tr: float = UKB_TR,
                     "family_normalization": NORMALIZATIONS[FAMILY_NORMALIZATIONS[family]].column,
                     "upstream_formula": v.formula,
                     "applied": (f"{source} per-parcel robust scaling{split}" if robust else
-                                f"{source} {v.normalization} statistics{split}"
+                                f"{_APPLIED[v.normalization]}, with {source} statistics{split}"
                                 + (f", times {v.gain:.8g}" if v.gain != 1.0 else "")),
                     "variant_gain": v.gain,
                     "input_gain": v.gain})
