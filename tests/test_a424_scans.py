@@ -97,16 +97,18 @@ def test_scans_with_a424_like_an_imported_checkpoint_reach_every_task(scans, cap
     ckpt = root / "paper"
     assert main(["import-upstream", str(PAPER), "--out", str(ckpt)]) == 0
     corpus_dir = root / "corpus"
+    # Half the subjects in split train: the scaling statistics and the in-cohort spatial
+    # baseline are fitted on them, and the tasks score the other half.
     assert main(["prepare", str(folder), "--atlas-image", "a424", "--like", str(ckpt), "--tr",
-                 str(HCP_TR), "--out", str(corpus_dir), "--quiet"]) == 0
+                 str(HCP_TR), "--splits", "0.5,0,0.5", "--out", str(corpus_dir), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "prepared like" in out
+    assert "prepared like" in out and "the checkpoint carries no pooled scaling statistics" in out
 
     corpus = Corpus(corpus_dir)
     model = load_pretrained(ckpt)
     assert corpus.atlas.matches(model.atlas) and corpus.atlas.name == "a424"
     assert corpus.tr == pytest.approx(0.735)          # the checkpoint's contract resamples
-    assert set(corpus.manifest["split"]) == {"test"}
+    assert corpus.manifest["split"].value_counts().to_dict() == {"train": 2, "test": 2}
     # Column k of the corpus is A424 label k + 1: each cleaned column correlates best with the
     # series painted into that parcel (the noise is independent per parcel).
     for i, row in corpus.manifest.iterrows():
@@ -126,9 +128,11 @@ def test_scans_with_a424_like_an_imported_checkpoint_reach_every_task(scans, cap
     assert main(["embed", str(ckpt), str(corpus_dir), "--out", str(again)]) == 0
     pd.testing.assert_frame_equal(emb, pd.read_parquet(again))   # deterministic
 
-    assert main(["evaluate", "recon", str(ckpt), str(corpus_dir), "--out", str(root / "recon")]) == 0
-    recon = json.loads((root / "recon" / "reconstruction.json").read_text())
-    assert "brainlm" in json.dumps(recon)
+    study = root / "study" / "results"    # the task outputs, then one report of them
+    assert main(["evaluate", "recon", str(ckpt), str(corpus_dir), "--out", str(study / "reconstruction")]) == 0
+    recon = json.loads((study / "reconstruction" / "reconstruction.json").read_text())
+    assert recon["checkpoint"] == str(ckpt) and recon["recordings"] == 2
+    assert {"brainlm", "spatial"} <= set(recon["methods"])
 
     labels = root / "networks.tsv"
     xyz = np.asarray(load_atlas("a424").xyz, dtype=float)
@@ -137,8 +141,12 @@ def test_scans_with_a424_like_an_imported_checkpoint_reach_every_task(scans, cap
             for n, (x, y, _) in zip(load_atlas("a424").parcel_names, xyz)]
     labels.write_text("name\tnetwork\n" + "\n".join(rows) + "\n")
     assert main(["networks", str(ckpt), str(corpus_dir), "--labels", str(labels),
-                 "--out", str(root / "networks")]) == 0
-    assert (root / "networks").is_dir()
+                 "--out", str(study / "networks-a424")]) == 0
+    networks = json.loads((study / "networks-a424" / "networks.json").read_text())
+    assert networks["labelled_parcels"] == 424
+    assert main(["report", str(study.parent)]) == 0
+    page = (study.parent / "report.html").read_text()
+    assert f"checkpoint(s) {ckpt}" in page and 'data-figure="networks_confusion"' in page
 
 
 @pytest.mark.slow
@@ -149,5 +157,27 @@ def test_scans_on_a424_reach_the_image_family_too(scans):
     corpus_dir = root / "corpus_vit"
     assert main(["prepare", str(folder), "--atlas-image", "a424", "--like", str(ckpt), "--tr",
                  str(HCP_TR), "--out", str(corpus_dir), "--quiet"]) == 0
+    assert set(Corpus(corpus_dir).manifest["split"]) == {"test"}    # --like's default splits
     assert main(["embed", str(ckpt), str(corpus_dir), "--out", str(root / "vit.parquet")]) == 0
     assert len(pd.read_parquet(root / "vit.parquet")) == 4
+
+
+def test_another_atlas_on_an_imported_checkpoint_needs_transfer_atlas(tmp_path, capsys):
+    # The paper model reads parcel coordinates, so --transfer-atlas runs it on AAL2 (results
+    # differ); without the flag the atlas mismatch is a one-line error naming the corpus.
+    from brainlm.data.contract import PreprocessingContract
+    from brainlm.data.prepare import prepare_corpus
+
+    ckpt = tmp_path / "paper"
+    assert main(["import-upstream", str(PAPER), "--out", str(ckpt)]) == 0
+    corpus = tmp_path / "aal2"
+    prepare_corpus(load_hcp7_aal2()[:2], corpus, atlas=load_atlas("aal2"), fractions=(0.5, 0.0, 0.5),
+                   contract=PreprocessingContract(target_tr=0.735, detrend=True), progress=False)
+    capsys.readouterr()
+    assert main(["embed", str(ckpt), str(corpus), "--out", str(tmp_path / "e.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "--transfer-atlas" in err and "'aal2'" in err and "'a424'" in err and str(corpus) in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "e.parquet").exists()
+    assert main(["embed", str(ckpt), str(corpus), "--out", str(tmp_path / "e.parquet"), "--transfer-atlas"]) == 0
+    assert len(pd.read_parquet(tmp_path / "e.parquet")) == 2

@@ -1,5 +1,6 @@
 """The HTML report: rendered from a quick demo run, checked in a real headless Chromium."""
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -55,10 +56,26 @@ def test_report_draws_every_figure_from_the_saved_numbers(demo_run, tmp_path, ca
     assert "results table not found" in capsys.readouterr().err
 
 
+def test_report_of_a_study_folder_of_task_results(demo_run, tmp_path, capsys):
+    # A user's own task results (no summary.json, no pretraining) get a report too.
+    study = tmp_path / "study"
+    shutil.copytree(demo_run / "results", study / "results", ignore=shutil.ignore_patterns("*.png"))
+    assert main(["report", str(study)]) == 0
+    page = (study / "report.html").read_text()
+    for anchor in ("reconstruction", "networks", "attention", "provenance"):
+        assert f'<section id="{anchor}">' in page
+    assert 'data-figure="reconstruction_r2_brain"' in page and 'data-figure="networks_confusion"' in page
+    assert '<section id="benchmarks">' not in page          # brainlm's own recipe: not this study's
+    assert "Not in this run: a pretraining run" in page
+    checkpoint = json.loads((demo_run / "results" / "reconstruction" / "reconstruction.json").read_text())["checkpoint"]
+    assert f"checkpoint(s) {checkpoint}" in page
+
+
 def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "summary.json is missing" in err and str(tmp_path) in err and "Traceback" not in err
+    assert "expected summary.json" in err and "results/" in err and str(tmp_path) in err
+    assert "Traceback" not in err
     (tmp_path / "summary.json").write_text("{not json")
     with pytest.raises(BrainLMInputError, match="not valid JSON"):
         render_report(tmp_path)

@@ -27,8 +27,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -51,6 +49,7 @@ from brainlm.report.console import make_console, print_summary
 from brainlm.report.forecasting_figures import draw_forecast_figure
 from brainlm.report.latent_figures import draw_latent_figure, score_text
 from brainlm.report.html import render_report
+from brainlm.report.sections import software_versions
 from brainlm.simulate.cohort import limbic_prefrontal, simulate_cohort
 from brainlm.tasks.embed import embed
 from brainlm.tasks.forecasting.baselines import BaselineSettings, NeuralTraining
@@ -247,7 +246,7 @@ def run_demo(out: Path, jobs: int = 2, settings: DemoSettings = DemoSettings()) 
     summary["step_seconds"] = steps.seconds
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     summary["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    summary["versions"] = _versions()
+    summary["versions"] = software_versions()
     write_json(out / "summary.json", summary)
 
     con.rule("[bold]Report")
@@ -468,14 +467,3 @@ def _best_brainlm(res: dict) -> str:
 
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in ("brainlm", "torch", "lightning", "numpy", "scipy", "pandas", "scikit-learn", "nilearn",
-                 "zarr", "matplotlib", "torchdiffeq"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out

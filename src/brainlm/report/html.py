@@ -11,6 +11,10 @@ A run folder (what ``brainlm demo --out DIR`` writes) holds::
     results/networks-DATASET/           brainlm networks           (networks.json, parcels.tsv)
     results/attention/                  brainlm attention          (group_attention.json, parcels.tsv)
 
+A *study* folder is the same without ``summary.json`` and pretraining: a user's own task results
+on any checkpoint (an imported upstream one included), written with ``--out DIR/results/NAME``
+under the names above; its report names the checkpoints and corpora the results record.
+
 Every figure is drawn again from those results into ``DIR/figures/`` and embedded in the page
 as a PNG data URI, so the HTML file can be mailed or archived alone. Sections whose results are
 absent say so instead of failing, so a partial run still gets a report.
@@ -35,8 +39,12 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     summary = read_json(run_dir / "summary.json")
     if summary is None:
-        raise BrainLMInputError("not a run folder: summary.json is missing (it is written by "
-                                "`brainlm demo --out DIR`)", str(run_dir))
+        if not (run_dir / "results").is_dir():
+            raise BrainLMInputError(
+                "not a run folder: expected summary.json (written by `brainlm demo --out DIR`) or a "
+                "results/ folder of task outputs (e.g. `brainlm evaluate recon CKPT CORPUS --out "
+                "DIR/results/reconstruction`)", str(run_dir))
+        summary = sections.study_summary(run_dir)
     figures = run_dir / "figures"
     figures.mkdir(exist_ok=True)
     built = [builder(run_dir, summary, figures) for builder in sections.BUILDERS]

@@ -7,12 +7,16 @@ step is absent from the run.
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from brainlm.data.atlas import Atlas
 from brainlm.data.atomic import to_json
+from brainlm.version import __version__
 from brainlm.report.attention_figures import draw_group_figures, draw_network_figures
 from brainlm.report.benchmark_figures import RATIOS, best_own_knn, draw_quality, draw_scaling, load_benchmark
 from brainlm.report.blocks import Section, Table, embed_png, escape, fmt, read_json, row
@@ -41,7 +45,41 @@ def _masking(pre: dict) -> str:
     return f"{m['ratio']:.0%}"
 
 
+def software_versions() -> dict:
+    """Python and the versions of the packages a run's numbers depend on."""
+    out = {"python": platform.python_version()}
+    for name in ("brainlm", "torch", "lightning", "numpy", "scipy", "pandas", "scikit-learn", "nilearn",
+                 "zarr", "matplotlib", "torchdiffeq"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def study_summary(run_dir: Path) -> dict:
+    """What a study folder (task results under ``results/``, no ``summary.json``) tells the report:
+    the checkpoints and corpora its results name, and this software. A user's own analysis of any
+    checkpoint (an imported upstream one included) gets a report this way."""
+    found: dict[str, set] = {"checkpoints": set(), "corpora": set()}
+    for path in sorted((run_dir / "results").glob("*/*.json")):
+        res = read_json(path)
+        if isinstance(res, dict):
+            for key, into in (("checkpoint", "checkpoints"), ("corpus", "corpora")):
+                if isinstance(res.get(key), str):
+                    found[into].add(res[key])
+    return {"kind": "study", "brainlm_version": __version__,
+            "command": f"brainlm report {run_dir}",
+            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "versions": software_versions(),
+            "settings": {k: sorted(v) for k, v in found.items()}}
+
+
 def subtitle(summary: dict) -> str:
+    if summary.get("kind") == "study":
+        names = ", ".join(summary["settings"].get("checkpoints", [])) or "unknown"
+        return (f"brainlm {summary.get('brainlm_version', '?')} · the saved task results of checkpoint(s) "
+                f"{names} · {summary.get('finished', '')}")
     return (f"brainlm {summary.get('brainlm_version', '?')} · produced by `{summary.get('command', 'brainlm demo')}` "
             f"in {summary.get('seconds', 0) / 60:.1f} min on {summary.get('device', 'cpu')} · "
             f"{summary.get('finished', '')}")
@@ -376,9 +414,14 @@ def provenance_section(run_dir: Path, summary: dict, figures: Path) -> Section:
     if steps:
         s.tables.append(Table("Time per step", ["step", "seconds"],
                               [row([k, f"{v:.1f}"]) for k, v in steps.items()]))
-    s.paragraphs.append(f"Command: <code>{escape(summary.get('command', 'brainlm demo'))}</code>; seed "
-                        f"{summary.get('seed', 0)} everywhere (splits, crops, masks, folds, models). The "
-                        "settings of every step follow.")
+    if summary.get("kind") == "study":
+        s.paragraphs.append(f"Command: <code>{escape(summary['command'])}</code>, drawn from the saved "
+                            "results under <code>results/</code>; the settings of each task are in its "
+                            "JSON file there. The checkpoints and corpora those results name follow.")
+    else:
+        s.paragraphs.append(f"Command: <code>{escape(summary.get('command', 'brainlm demo'))}</code>; seed "
+                            f"{summary.get('seed', 0)} everywhere (splits, crops, masks, folds, models). The "
+                            "settings of every step follow.")
     s.pre = to_json(summary.get("settings", {}))
     return s
 
@@ -407,6 +450,8 @@ def latent_section(run_dir: Path, summary: dict, figures: Path) -> Section:
 def benchmarks_section(run_dir: Path, summary: dict, figures: Path) -> Section | None:
     """The evidence behind the default recipe: the committed quality benchmark and scaling study
     (not re-run by the demo; ``benchmarks/bench_quality.py`` and ``bench_scaling.py``)."""
+    if summary.get("kind") == "study":
+        return None   # the evidence for brainlm's own recipe; a study may be of any checkpoint
     quality, scaling = load_benchmark("quality"), load_benchmark("scaling")
     if quality is None and scaling is None:
         return None
