@@ -18,7 +18,9 @@ Protocol (fixed; every recipe and every baseline sees the same folds, masks and 
   VAR and persistence, per step, on the test subject.
 
 Each (recipe, fold) result is cached in ``WORK/cache/`` as it finishes, so an interrupted run
-resumes and recipes can be added later; the tables are written to ``--out`` (JSON + Markdown +
+resumes and recipes can be added later; the runs of an earlier ``--out/quality.json`` count as
+cached too (``--fresh``: not), so a fresh machine adds folds without training the rest again. The
+tables, of the recipes named in ``--recipes`` only, are written to ``--out`` (JSON + Markdown +
 figure). Run one heavy job at a time on a small machine (``--jobs`` runs several folds at once,
 one thread each).
 
@@ -105,16 +107,10 @@ def run_one(recipe: str, fold: int, work: Path, forecast: bool, threads: int) ->
 
     torch.set_num_threads(threads)
 
-    slug = re.sub(r"[^A-Za-z0-9.-]+", "_", recipe)
-    cache = work / "cache" / f"{slug}--fold{fold}.json"
+    slug = _slug(recipe)
+    cache = _cache_file(work, recipe, fold)
     if cache.is_file():
         cached = json.loads(cache.read_text())
-        if not any(r["features"] == "latent_connectivity" for r in cached["networks"]["hcp_aal2"]["rows"]):
-            # Scored before the feature existed: networks again, from the saved checkpoint.
-            spec = dict(RECIPES[recipe])
-            corpus = fold_corpus(work, fold, spec.pop("corpus_scaling", "pooled"))
-            cached["networks"] = score_networks(work / "runs" / f"{slug}--fold{fold}" / "model", corpus, fold)
-            _write_cache(cache, cached)
         if not forecast or "forecasting" in cached:
             return cached
     spec = dict(RECIPES[recipe])
@@ -141,6 +137,29 @@ def run_one(recipe: str, fold: int, work: Path, forecast: bool, threads: int) ->
         out["forecasting"] = _forecast(model, corpus, run, fold)
     _write_cache(cache, out)
     return out
+
+
+def _slug(recipe: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", recipe)
+
+
+def _cache_file(work: Path, recipe: str, fold: int) -> Path:
+    return work / "cache" / f"{_slug(recipe)}--fold{fold}.json"
+
+
+def seed_cache(work: Path, results: Path) -> int:
+    """Count the runs of an earlier results file (``results/quality.json``) as cached, so a
+    fresh machine (an empty ``WORK``) adds recipes or folds without training the others again.
+    A run already in the cache wins. Returns how many runs were taken from ``results``."""
+    if not results.is_file():
+        return 0
+    n = 0
+    for run in json.loads(results.read_text())["runs"]:
+        cache = _cache_file(work, run["recipe"], run["fold"])
+        if not cache.is_file():
+            _write_cache(cache, run)
+            n += 1
+    return n
 
 
 def _write_cache(cache: Path, result: dict) -> None:
@@ -289,6 +308,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="(recipe, fold) runs at once, one thread each")
     ap.add_argument("--work", default=os.environ.get("BRAINLM_BENCH_WORK", "/tmp/brainlm-bench-quality"))
     ap.add_argument("--out", default=str(ROOT / "results" / "quality"))
+    ap.add_argument("--fresh", action="store_true",
+                    help="ignore the runs of an earlier --out/quality.json (they count as cached by default)")
     args = ap.parse_args()
     wanted = [r.rsplit(":", 1) if ":" in r else (r, str(args.folds)) for r in args.recipes.split(";")]
     recipes = {name: min(int(n), args.folds) for name, n in wanted}
@@ -297,6 +318,10 @@ def main() -> None:
         ap.error(f"unknown recipe(s) {unknown}; expected some of {list(RECIPES)}")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if not args.fresh:
+        seeded = seed_cache(work, Path(args.out) / "quality.json")
+        if seeded:
+            print(f"{seeded} run(s) taken from {Path(args.out) / 'quality.json'} (--fresh trains them again)")
     folds = list(range(args.folds))
     for f in folds:  # sequentially: corpora are shared by the runs
         fold_corpus(work, f)
