@@ -53,6 +53,16 @@ NORMALIZATIONS = ("robust", "minmax", "minmax-global", "demean")
 PER_RECORDING_ONLY = ("demean",)
 
 
+def _over_valid_parcels(x: np.ndarray, statistic, rows: int) -> np.ndarray:
+    """``statistic`` (float64 [T, P_valid] -> [rows, P_valid]) of the parcels of ``x`` [T, P]
+    without NaN; NaN columns (missing parcels) stay NaN. Returns [rows, P] float64."""
+    out = np.full((rows, x.shape[1]), np.nan)
+    valid = ~np.isnan(x).any(axis=0)
+    if valid.any():
+        out[:, valid] = statistic(x[:, valid].astype(np.float64))
+    return out
+
+
 def recording_quartiles(x: np.ndarray) -> np.ndarray:
     """Per-parcel 25th, 50th and 75th percentiles of one recording.
 
@@ -65,11 +75,7 @@ def recording_quartiles(x: np.ndarray) -> np.ndarray:
     -------
     ndarray, shape (3, P), float64; NaN for missing parcels.
     """
-    out = np.full((3, x.shape[1]), np.nan)
-    valid = ~np.isnan(x).any(axis=0)
-    if valid.any():
-        out[:, valid] = np.quantile(x[:, valid].astype(np.float64), QUARTILES, axis=0)
-    return out
+    return _over_valid_parcels(x, lambda v: np.quantile(v, QUARTILES, axis=0), 3)
 
 
 @dataclass
@@ -221,21 +227,12 @@ def recording_extrema(x: np.ndarray) -> np.ndarray:
     -------
     ndarray, shape (2, P), float64: rows min and max; NaN for missing parcels.
     """
-    out = np.full((2, x.shape[1]), np.nan)
-    valid = ~np.isnan(x).any(axis=0)
-    if valid.any():
-        v = x[:, valid].astype(np.float64)
-        out[0, valid], out[1, valid] = v.min(axis=0), v.max(axis=0)
-    return out
+    return _over_valid_parcels(x, lambda v: np.stack([v.min(axis=0), v.max(axis=0)]), 2)
 
 
 def recording_means(x: np.ndarray) -> np.ndarray:
     """Per-parcel mean of one recording, shape (P,) float64 (NaN for missing parcels)."""
-    out = np.full(x.shape[1], np.nan)
-    valid = ~np.isnan(x).any(axis=0)
-    if valid.any():
-        out[valid] = x[:, valid].astype(np.float64).mean(axis=0)
-    return out
+    return _over_valid_parcels(x, lambda v: v.mean(axis=0)[None], 1)[0]
 
 
 class ExtremaRange:
