@@ -70,6 +70,16 @@ def test_networks_on_schaefer100_through_coordinates(trained):
     assert r["chance"]["majority_accuracy"] == pytest.approx(0.24)
     assert rows[("baseline", "fc_profile")]["knn_accuracy"] > 0.4
     assert rows[("BrainLM", "token_embedding")]["knn_accuracy"] > r["chance"]["majority_accuracy"]
+    # Scoring the feature sets in parallel processes changes the time, not the numbers.
+    again = identify_networks(model, [rest], transfer_atlas=True, target_tr=0.72, untrained_control=False,
+                              shifted_control=False, jobs=2)
+    assert again["methods"] == r["methods"] and again["confusion"] == r["confusion"]
+
+
+@pytest.mark.parametrize("jobs", [0, -2, 1.5, True])
+def test_networks_jobs_must_be_a_count_of_processes(jobs):
+    with pytest.raises(BrainLMInputError, match=r"jobs=.*expected a positive number of worker processes"):
+        identify_networks("no-such-checkpoint", [], jobs=jobs)
 
 
 def test_time_shifted_control_removes_co_fluctuation(trained, hcp):

@@ -43,6 +43,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--labels", help="TSV/CSV with columns name, network (default: the atlas' networks)")
     p.add_argument("--neighbors", type=int, default=5, metavar="K", help="k of the kNN classifier (default 5)")
     p.add_argument("--max-recordings", type=int, metavar="N", help="use the first N recordings only")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="feature sets scored at once, one process each (-1: all cores); the "
+                   "leave-one-parcel-out fits dominate the run time, the numbers do not change")
     p.add_argument("--no-untrained-control", action="store_true",
                    help="skip the randomly initialised model of the same architecture")
     p.add_argument("--no-shifted-control", action="store_true",
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                           untrained_control=not args.no_untrained_control,
                           shifted_control=not args.no_shifted_control, batch_size=args.batch_size,
                           device=args.device, seed=args.seed, tr=args.tr, orientation=args.orientation,
-                          key=args.key)
+                          key=args.key, jobs=args.jobs)
     if not args.no_figures:
         draw_network_folder(args.out)
     _print_networks(con, r)
