@@ -20,7 +20,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
 from brainlm.data.prepare import prepare_corpus
 from brainlm.model import MaskSpec
-from brainlm.model.checkpoint import load_pretrained
+from brainlm.model.checkpoint import load_pretrained, pretraining_spatial_statistics
 from brainlm.tasks.forecasting import (BASELINES, BaselineSettings, BrainLMForecaster, FinetuneSettings,
                                        NeuralTraining, check_lengths, evaluate, finetune, forecast,
                                        forecast_windows, load_forecaster, make_baseline, predict_future,
@@ -173,6 +173,13 @@ def test_finetune_writes_both_models_and_is_deterministic(finetuned, trained, hc
         assert m["train_windows_per_epoch"] == 10 and np.isfinite(m["best_val_mse"])
         assert json.loads((finetuned / folder / "forecasting.json").read_text())["horizon_trs"] == 20
     assert info["models"]["finetuned"]["initialisation"] == "pretrained"
+    # The fine-tuned forecaster carries the pretraining data's spatial statistics (the zero-shot
+    # spatial baseline); the scratch model, which never saw that data, does not.
+    source = pretraining_spatial_statistics(load_pretrained(trained / "model"))
+    forwarded = pretraining_spatial_statistics(load_pretrained(finetuned / "model"))
+    assert source is not None and forwarded is not None
+    np.testing.assert_array_equal(forwarded.covariance, source.covariance)
+    assert pretraining_spatial_statistics(load_pretrained(finetuned / "scratch")) is None
     # Fine-tuning moved the weights, and differently from the randomly initialised control.
     sha = {d: json.loads((d / "config.json").read_text())["sha256"]
            for d in (trained / "model", finetuned / "model", finetuned / "scratch")}

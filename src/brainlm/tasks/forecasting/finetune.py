@@ -35,7 +35,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
 from brainlm.data.windows import CorpusDataModule, require_window
 from brainlm.errors import BrainLMInputError
-from brainlm.model.checkpoint import save_pretrained
+from brainlm.model.checkpoint import SPATIAL_BASELINE, pretraining_spatial_statistics, save_pretrained
 from brainlm.model.shipped import resolve_checkpoint
 from brainlm.model.brainlm import BrainLM
 from brainlm.model.masking import MaskSpec
@@ -145,7 +145,11 @@ def finetune(checkpoint: str | Path, corpus: str | Path, out: str | Path,
             init = model.state_dict() if kind == "finetuned" else None
             trained, info = _train(init, model, data, scaler, atlas,
                                    MaskSpec("future", future_trs=s.horizon_trs), s, build, kind, progress)
-            save_pretrained(trained, build / folder)
+            # The fine-tuned forecaster keeps the pretraining data's spatial statistics (its
+            # zero-shot baseline in evaluate recon); the scratch model never saw that data.
+            stats = pretraining_spatial_statistics(pretrained) if kind == "finetuned" and on_model_atlas else None
+            save_pretrained(trained, build / folder,
+                            tensors=None if stats is None else {SPATIAL_BASELINE: stats.to_tensors()})
             write_json(build / folder / FORECASTING_FILE,
                        {"context_trs": s.context_trs, "horizon_trs": s.horizon_trs,
                         "initialisation": "pretrained" if kind == "finetuned" else "random",
