@@ -181,3 +181,25 @@ def test_another_atlas_on_an_imported_checkpoint_needs_transfer_atlas(tmp_path, 
     assert not (tmp_path / "e.parquet").exists()
     assert main(["embed", str(ckpt), str(corpus), "--out", str(tmp_path / "e.parquet"), "--transfer-atlas"]) == 0
     assert len(pd.read_parquet(tmp_path / "e.parquet")) == 2
+
+
+def test_info_says_what_an_imported_checkpoint_expects(tmp_path, capsys):
+    ckpt = tmp_path / "old13m"
+    assert main(["import-upstream", str(PAPER), "--out", str(ckpt),
+                 "--normalization", "subtract-mean-global-std"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"checkpoint {ckpt}: upstream-brainlm")
+    assert "atlas: a424 (424 parcels)" in out and "detrend False" in out and "TR 0.735 s" in out
+    assert "input scaling: demean (recording), statistics each recording's own; gain 0.0241" in out
+    assert "normalization subtract-mean-global-std" in out
+    assert f"brainlm prepare SCANS --atlas-image a424 --like {ckpt}" in out
+    assert main(["info", str(ckpt), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["preprocessing"]["input_gain"] == pytest.approx(1 / 41.44047)
+    assert info["upstream"]["upstream_column"] == "Subtract_Mean_Divide_Global_STD_Normalized_Recording"
+    assert info["spatial_baseline"] is False and info["model"]["n_parcels"] == 424
+    assert main(["info", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "not found: expected a corpus folder, a checkpoint folder or the name of a shipped model" in err

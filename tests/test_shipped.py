@@ -59,6 +59,15 @@ def test_shipped_model_loads_by_name_and_runs_on_unseen_data():
     assert np.isfinite(emb["cls"]).all() and emb["cls"].shape == (model.config.dim,)
 
 
+def test_info_describes_the_shipped_model_by_name(capsys):
+    assert main(["info", "hcp-small"]) == 0
+    out = capsys.readouterr().out
+    assert "brainlm, 451,892 parameters" in out and "atlas: aal2 (94 parcels)" in out
+    assert "percent signal change True" in out and "statistics pooled over 6 pretraining recordings" in out
+    assert "zero-shot spatial baseline stored: yes" in out
+    assert "brainlm prepare DATA --atlas aal2 --like hcp-small --out CORPUS" in out
+
+
 def test_a_local_folder_wins_and_unknown_names_list_the_shipped_ones(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "hcp-small").mkdir()
