@@ -69,6 +69,12 @@ def test_report_of_a_study_folder_of_task_results(demo_run, tmp_path, capsys):
     assert "Not in this run: a pretraining run" in page
     checkpoint = json.loads((demo_run / "results" / "reconstruction" / "reconstruction.json").read_text())["checkpoint"]
     assert f"checkpoint(s) {checkpoint}" in page
+    # A corpus the results name but that cannot be read from here is named, not described.
+    recon = study / "results" / "reconstruction" / "reconstruction.json"
+    res = json.loads(recon.read_text())
+    recon.write_text(json.dumps({**res, "corpus": str(tmp_path / "moved-away")}))
+    assert main(["report", str(study)]) == 0
+    assert "moved-away</b>: named by the results but not readable from here" in (study / "report.html").read_text()
 
 
 def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):

@@ -16,6 +16,8 @@ import numpy as np
 
 from brainlm.data.atlas import Atlas
 from brainlm.data.atomic import to_json
+from brainlm.data.corpus import Corpus
+from brainlm.errors import BrainLMInputError
 from brainlm.version import __version__
 from brainlm.report.attention_figures import draw_group_figures, draw_network_figures
 from brainlm.report.benchmark_figures import RATIOS, best_own_knn, draw_quality, draw_scaling, load_benchmark
@@ -68,10 +70,18 @@ def study_summary(run_dir: Path) -> dict:
             for key, into in (("checkpoint", "checkpoints"), ("corpus", "corpora")):
                 if isinstance(res.get(key), str):
                     found[into].add(res[key])
+    # The corpora as they are now (paths as the tasks were given them: relative ones resolve
+    # from where the report is made); one that cannot be opened is named, not described.
+    corpora, notes = {}, {}
+    for path in sorted(found["corpora"]):
+        try:
+            corpora[path] = Corpus(path).summary()
+        except BrainLMInputError as e:
+            notes[path] = f"named by the results but not readable from here ({e.reason})"
     return {"kind": "study", "brainlm_version": __version__,
             "command": f"brainlm report {run_dir}",
             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "versions": software_versions(),
+            "versions": software_versions(), "corpora": corpora, "data_notes": notes,
             "settings": {k: sorted(v) for k, v in found.items()}}
 
 
@@ -114,14 +124,20 @@ def data_section(run_dir: Path, summary: dict, figures: Path) -> Section:
                            "phenotypes"], rows))
     for name, text in summary.get("data_notes", {}).items():
         s.paragraphs.append(f"<b>{escape(name)}</b>: {escape(text)}")
-    contract = next(iter(corpora.values()))["contract"]
+    name, first = next(iter(corpora.items()))
+    contract = first["contract"]
+    norm = contract.get("normalization", "robust")
+    formula = {"robust": "robust scaling (x − median) / IQR", "minmax": "min-max scaling (x − min) / (max − min)",
+               "minmax-global": "min-max scaling (x − min) / (max − min) over all parcels",
+               "demean": "demeaning x − mean"}[norm]
+    fitted = ("each recording by its own statistics" if contract.get("scaling") == "recording"
+              else f"fitted on the {contract['scaler_fit'].get('recordings')} training recordings only")
     s.paragraphs.append(
-        "Preprocessing contract (saved with the checkpoint and applied by "
-        "<code>brainlm.tasks.model_input.preprocess</code>): "
+        f"Preprocessing contract of <code>{escape(name)}</code> (the checkpoint's, as "
+        "<code>brainlm.tasks.model_input</code> applies it): "
         f"percent signal change {contract['percent_signal_change']}, linear detrend {contract['detrend']}, "
         f"band-pass {contract['high_pass_hz']}–{contract['low_pass_hz']} Hz, resampled to TR "
-        f"{contract['target_tr']} s, per-parcel robust scaling (x − median) / IQR fitted on the "
-        f"{contract['scaler_fit'].get('recordings')} training recordings only.")
+        f"{contract['target_tr']} s, per-parcel {formula}, {fitted}.")
     return s
 
 
