@@ -149,7 +149,7 @@ def test_scans_with_a424_like_an_imported_checkpoint_reach_every_task(scans, cap
     assert f"checkpoint(s) {ckpt}" in page and 'data-figure="networks_confusion"' in page
     # The corpus the results name is described (it is readable from here), with its contract.
     assert "Corpora (splits by subject" in page and "resampled to TR 0.735 s" in page
-    assert "per-parcel robust scaling (x − median) / IQR, fitted on the 2 training recordings" in page
+    assert "scaled (x - median) / IQR per parcel, fitted on the 2 training recordings" in page
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 from brainlm.data.atomic import to_json
 from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
-from brainlm.model.checkpoint import FORMAT, load_pretrained, pretraining_spatial_statistics
+from brainlm.model.checkpoint import is_checkpoint, load_pretrained, pretraining_spatial_statistics
 from brainlm.model.shipped import resolve_checkpoint, shipped_models
 from brainlm.report.console import print_summary
 
@@ -26,15 +26,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("path", metavar="CORPUS_OR_CHECKPOINT")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
-
-
-def _is_checkpoint(path: Path) -> bool:
-    if not (path / "config.json").is_file():
-        return False
-    try:
-        return json.loads((path / "config.json").read_text()).get("format") == FORMAT
-    except (json.JSONDecodeError, AttributeError):
-        return False
 
 
 def checkpoint_summary(checkpoint: str) -> dict:
@@ -112,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             raise BrainLMInputError("not found: expected a corpus folder, a checkpoint folder or the name "
                                     f"of a shipped model ({', '.join(names) or 'none shipped'})", args.path)
         path = resolve_checkpoint(args.path)
-    if _is_checkpoint(path):
+    if is_checkpoint(path):
         summary = checkpoint_summary(args.path)
         if args.json:
             print(to_json(summary))

@@ -44,7 +44,8 @@ from brainlm.data.extraction import ImageParcellation, load_atlas_image
 from brainlm.data.fmriprep import confounds_file_for, find_scans, parse_confound_strategy, participants_file
 from brainlm.data.progress import ProgressBar
 from brainlm.data.recording import Recording
-from brainlm.data.scaling import (ExtremaRange, QuartileHistogram, QuartileRange, normalization_statistics,
+from brainlm.data.scaling import (NORMALIZATION_FORMULAS, ExtremaRange, QuartileHistogram, QuartileRange,
+                                  normalization_statistics,
                                   recording_extrema, recording_means, recording_quartiles, recording_scaling,
                                   scaling_from_quartiles)
 from brainlm.data.sources import (SourceSpec, attach_phenotypes, check_unique_ids, discover_files,
@@ -383,8 +384,8 @@ def prepare_corpus(
         if outliers:
             fitted.scaler_fit["excluded_scale_outliers"] = sorted(outliers)
     if fitted.per_recording:
-        fitted.scaler_fit["applied"] = (f"per recording: each recording is scaled by its own per-parcel "
-                                        f"{_STATISTICS_NAMES[fitted.normalization]} (stored with it)"
+        fitted.scaler_fit["applied"] = (f"per recording: {NORMALIZATION_FORMULAS[fitted.normalization]}, "
+                                        "with each recording's own statistics (stored with it)"
                                         + ("" if fitted.median is None else
                                            "; the pooled statistics are kept for reference"))
     units = _units_record(records)
@@ -867,11 +868,6 @@ def _manifest(records, spec_by_id, groups_of, split_of, phenotype_columns) -> pd
     return df.sort_values("recording_id", kind="stable").reset_index(drop=True)
 
 
-#: What per-recording scaling subtracts and divides by, per normalization (for records).
-_STATISTICS_NAMES = {"robust": "median and IQR", "minmax": "min and max - min",
-                     "minmax-global": "min and max - min over all parcels", "demean": "mean (spread 1)"}
-
-
 def _nulls(v: np.ndarray) -> list:
     """A float vector as a JSON-ready list, NaN (a missing parcel) as None."""
     return [None if not np.isfinite(x) else float(x) for x in v]
@@ -906,19 +902,14 @@ def _fit_scaler(build: Path, train: pd.DataFrame, train_range: QuartileRange, at
         method = f"pooled quartiles from a {hist.n_bins}-bin histogram per parcel"
         policy = "no variance in the training split: median 0 if unobserved, IQR 1"
     else:
+        import zarr
+
         pooled = ExtremaRange()
         known = train_extrema or {}
-        group = None
+        # A build resumed from before extrema were recorded reads those recordings again.
+        group = None if set(ids) <= set(known) else zarr.open_group(build / "timeseries.zarr", mode="r")
         for rid in ids:
-            if rid not in known:
-                import zarr
-
-                # A build resumed from before extrema were recorded: read the recording again.
-                if group is None:
-                    group = zarr.open_group(build / "timeseries.zarr", mode="r")
-                pooled.add(recording_extrema(group[rid][:]))
-            else:
-                pooled.add(known[rid])
+            pooled.add(known[rid] if rid in known else recording_extrema(group[rid][:]))
         med, iqr, degenerate = normalization_statistics(contract.normalization, extrema=pooled.extrema)
         method = ("pooled min and max " + ("per parcel" if contract.normalization == "minmax" else
                                            "over all parcels") + ", from each recording's extrema")

@@ -49,6 +49,13 @@ QUARTILES = (0.25, 0.5, 0.75)
 #: Per-parcel normalizations ``(x - centre) / spread``: which statistics are the centre and the
 #: spread (module docstring).
 NORMALIZATIONS = ("robust", "minmax", "minmax-global", "demean")
+#: Each normalization in words, for records (contracts, corpora) and reports.
+NORMALIZATION_FORMULAS = {
+    "robust": "(x - median) / IQR per parcel",
+    "minmax": "(x - min) / (max - min) per parcel",
+    "minmax-global": "(x - min) / (max - min), one min and max over all parcels",
+    "demean": "x - mean per parcel",
+}
 #: Normalizations that only make sense with each recording's own statistics.
 PER_RECORDING_ONLY = ("demean",)
 

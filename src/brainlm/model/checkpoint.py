@@ -271,6 +271,16 @@ def _verify_digests(directory: Path, cfg: dict, bare: bool = False) -> None:
                                     "(its sha256 differs from the one in digests.json)", str(f))
 
 
+def is_checkpoint(directory) -> bool:
+    """Whether ``directory`` holds a brainlm checkpoint (its config.json says this format);
+    a quick look that reads no weights, for telling checkpoints from corpora and other folders."""
+    try:
+        cfg = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(cfg, dict) and cfg.get("format") == FORMAT
+
+
 def load_pretrained(directory, map_location: str = "cpu", *, bare: bool = False):
     """Read a checkpoint folder into the model class its config names (:class:`BrainLM` or an
     upstream family); see the module docstring for what is checked. ``bare``: accept a

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from brainlm.data.atlas import Atlas, load_atlas
 from brainlm.data.contract import PreprocessingContract
+from brainlm.data.scaling import NORMALIZATION_FORMULAS
 from brainlm.errors import BrainLMInputError
 from brainlm.model.checkpoint import save_pretrained
 from brainlm.model.layers import sinusoidal_positions
@@ -341,12 +342,6 @@ def _all_upstream_names(model, family: str) -> list[str]:
 
 
 # -- the API ------------------------------------------------------------------------------------
-#: What brainlm applies for each non-robust normalization, in words (``scaler_fit.applied``).
-_APPLIED = {"minmax": "(x - min) / (max - min) per parcel",
-            "minmax-global": "(x - min) / (max - min), one min and max over all parcels",
-            "demean": "x - mean per parcel"}
-
-
 def normalization_choice(name: str) -> UpstreamNormalization:
     """The :data:`NORMALIZATIONS` entry ``name``; a one-line error listing the names otherwise."""
     if name not in NORMALIZATIONS:
@@ -379,7 +374,7 @@ def imported_contract(family: str, target_tr: float = UKB_TR,
                     "family_normalization": NORMALIZATIONS[FAMILY_NORMALIZATIONS[family]].column,
                     "upstream_formula": v.formula,
                     "applied": (f"{source} per-parcel robust scaling{split}" if robust else
-                                f"{_APPLIED[v.normalization]}, with {source} statistics{split}"
+                                f"{NORMALIZATION_FORMULAS[v.normalization]}, with {source} statistics{split}"
                                 + (f", times {v.gain:.8g}" if v.gain != 1.0 else "")),
                     "variant_gain": v.gain,
                     "input_gain": v.gain})

@@ -17,6 +17,7 @@ import numpy as np
 from brainlm.data.atlas import Atlas
 from brainlm.data.atomic import to_json
 from brainlm.data.corpus import Corpus
+from brainlm.data.scaling import NORMALIZATION_FORMULAS
 from brainlm.errors import BrainLMInputError
 from brainlm.version import __version__
 from brainlm.report.attention_figures import draw_group_figures, draw_network_figures
@@ -126,10 +127,7 @@ def data_section(run_dir: Path, summary: dict, figures: Path) -> Section:
         s.paragraphs.append(f"<b>{escape(name)}</b>: {escape(text)}")
     name, first = next(iter(corpora.items()))
     contract = first["contract"]
-    norm = contract.get("normalization", "robust")
-    formula = {"robust": "robust scaling (x − median) / IQR", "minmax": "min-max scaling (x − min) / (max − min)",
-               "minmax-global": "min-max scaling (x − min) / (max − min) over all parcels",
-               "demean": "demeaning x − mean"}[norm]
+    formula = NORMALIZATION_FORMULAS[contract.get("normalization", "robust")]
     fitted = ("each recording by its own statistics" if contract.get("scaling") == "recording"
               else f"fitted on the {contract['scaler_fit'].get('recordings')} training recordings only")
     s.paragraphs.append(
@@ -137,7 +135,7 @@ def data_section(run_dir: Path, summary: dict, figures: Path) -> Section:
         "<code>brainlm.tasks.model_input</code> applies it): "
         f"percent signal change {contract['percent_signal_change']}, linear detrend {contract['detrend']}, "
         f"band-pass {contract['high_pass_hz']}–{contract['low_pass_hz']} Hz, resampled to TR "
-        f"{contract['target_tr']} s, per-parcel {formula}, {fitted}.")
+        f"{contract['target_tr']} s, scaled {formula}, {fitted}.")
     return s
 
 
