@@ -201,6 +201,20 @@ def test_a_corpus_with_another_normalization_is_refused_in_one_line(corpora):
         model_scaler(model, robust)
 
 
+@pytest.mark.parametrize("name", ["all-patient-all-voxel", "per-voxel-all-patient"])
+def test_pooled_min_max_refitted_from_the_stored_recordings_matches(corpora, name):
+    # A build resumed from before each recording recorded its extrema reads the training
+    # recordings again: the statistics must be the ones fitted from the recorded extrema.
+    from brainlm.data.prepare import _fit_scaler
+
+    _, corpus = corpora[name]
+    train = corpus.manifest.iloc[corpus.split_indices("train")]
+    refit = _fit_scaler(Path(corpus.path), train, None, corpus.atlas, corpus.contract, 1, train_extrema={})
+    np.testing.assert_allclose(refit.median, corpus.contract.median, rtol=1e-6)
+    np.testing.assert_allclose(refit.iqr, corpus.contract.iqr, rtol=1e-6)
+    assert refit.scaler_fit["recordings"] == 4
+
+
 def test_pooled_demeaning_and_unknown_names_are_refused():
     with pytest.raises(BrainLMInputError, match="needs scaling 'recording'"):
         PreprocessingContract(normalization="demean")
