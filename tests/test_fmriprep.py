@@ -8,12 +8,18 @@ second output space, and the raw dataset's participants.tsv two folders up.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
+from dask.distributed import Client, LocalCluster, get_task_stream
 
 from brainlm import BrainLMInputError
 from brainlm.commands import main
+from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
 from brainlm.data.example_scans import SPACE, TR, write_fmriprep_example
 from brainlm.data.extraction import ImageParcellation
@@ -245,12 +251,74 @@ def test_a_rerun_skips_finished_scans(dataset, tmp_path, monkeypatch):
     assert not (tmp_path / "c.partial").exists()
 
 
-def test_dask_backend_gives_the_same_corpus(dataset, tmp_path, cli_corpus):
-    pytest.importorskip("dask.distributed")
-    corpus = prepare_corpus([dataset["deriv"]], tmp_path / "c", atlas_image=dataset["atlas"],
-                            atlas_labels=dataset["labels"], space=SPACE, min_trs=100, jobs=2,
-                            dask_scheduler="local", fractions=(0.5, 0.25, 0.25),
-                            contract=cli_corpus.contract.__class__(percent_signal_change=True))
-    assert corpus.manifest["recording_id"].tolist() == cli_corpus.manifest["recording_id"].tolist()
-    for i in range(4):
-        np.testing.assert_array_equal(corpus.read(i, scaled=False), cli_corpus.read(i, scaled=False))
+# -- Dask ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dask_cluster(request):
+    """A real Dask cluster on this machine, as ``dask scheduler`` + ``dask worker`` would give:
+    2 worker processes of 1 thread, every port (the scheduler's, its HTTP server's, which starts
+    even without a dashboard, and the workers') chosen by the system, so no clash with another
+    run; only errors logged. Closed, workers included, by a finalizer. Its workers keep the
+    working folder they started in (this test session's)."""
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           scheduler_port=0, dashboard_address=":0", silence_logs=logging.ERROR,
+                           timeout="60s")
+    request.addfinalizer(lambda: cluster.close(timeout=30))
+    return cluster
+
+
+def _assert_same_corpus(corpus: Corpus, reference: Corpus) -> None:
+    """Bit-identical: manifest rows, every recording (stored and scaled), contract and atlas."""
+    pd.testing.assert_frame_equal(corpus.manifest, reference.manifest, check_exact=True)
+    assert len(corpus.manifest) == 4
+    for i in range(len(reference.manifest)):
+        for scaled in (False, True):
+            mine, theirs = corpus.read(i, scaled=scaled), reference.read(i, scaled=scaled)
+            assert mine.dtype == theirs.dtype == np.float32 and mine.tobytes() == theirs.tobytes()
+    for part in ("contract", "atlas"):
+        assert json.dumps(getattr(corpus, part).to_dict(), sort_keys=True) == \
+            json.dumps(getattr(reference, part).to_dict(), sort_keys=True), part
+
+
+@contextlib.contextmanager
+def _tasks_on(cluster: LocalCluster):
+    """Yields a list that, once the block is done, holds the (key, worker) of every task the
+    cluster's workers ran meanwhile."""
+    ran: list[tuple[str, str]] = []
+    with Client(cluster) as client, get_task_stream(client) as stream:
+        yield ran
+    ran += [(str(t["key"]), t["worker"]) for t in stream.data]
+
+
+@pytest.mark.parametrize("scheduler", ["address", "local"])
+def test_dask_backend_gives_the_same_corpus(dataset, tmp_path, cli_corpus, dask_cluster, scheduler,
+                                            monkeypatch):
+    """On a cluster (its scheduler's address) or a local one that prepare starts itself
+    ("local"), pass 1 runs on Dask workers and the corpus is bit-identical to joblib's. The
+    paths are relative to a working folder the cluster's workers are not in."""
+    work = dataset["root"].parent
+    monkeypatch.chdir(work)
+    rel = {k: dataset[k].relative_to(work) for k in ("deriv", "atlas", "labels")}
+    address = dask_cluster.scheduler_address if scheduler == "address" else "local"
+    with _tasks_on(dask_cluster) as ran:
+        corpus = prepare_corpus([rel["deriv"]], tmp_path / "c", atlas_image=rel["atlas"],
+                                atlas_labels=rel["labels"], space=SPACE, min_trs=100, jobs=2,
+                                dask_scheduler=address, fractions=(0.5, 0.25, 0.25),
+                                contract=PreprocessingContract(percent_signal_change=True))
+    _assert_same_corpus(corpus, cli_corpus)
+    # One task per scan, each on the cluster's workers, and nothing else (nilearn's own joblib
+    # calls inside a task stay in that task).
+    on_cluster = 4 if scheduler == "address" else 0
+    assert len(ran) == on_cluster and all("_process_one" in key for key, _ in ran)
+    assert {w for _, w in ran} <= set(dask_cluster.scheduler_info["workers"])
+
+
+def test_prepare_command_on_a_dask_cluster(dataset, tmp_path, cli_corpus, dask_cluster):
+    """``brainlm prepare --dask-scheduler ADDRESS``: the same corpus as with ``--jobs 2``."""
+    out = tmp_path / "corpus"
+    with _tasks_on(dask_cluster) as ran:
+        rc = main(["prepare", str(dataset["deriv"]), "--atlas-image", str(dataset["atlas"]),
+                   "--atlas-labels", str(dataset["labels"]), "--space", SPACE, "--out", str(out),
+                   "--psc", "--min-trs", "100", "--splits", "0.5,0.25,0.25", "--quiet",
+                   "--dask-scheduler", dask_cluster.scheduler_address])
+    assert rc == 0 and len(ran) == 4
+    _assert_same_corpus(Corpus(out), cli_corpus)

@@ -27,7 +27,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -181,9 +181,10 @@ def prepare_corpus(
     jobs : int
         Worker processes for cleaning and statistics (-1: all cores).
     dask_scheduler : str, optional
-        Run pass 1 on a Dask cluster: a scheduler address (``tcp://host:8786``; ``out`` must be
-        on a file system the workers share) or ``"local"`` (a local cluster of ``jobs``
-        processes). Needs the ``dask`` extra.
+        Run pass 1 on a Dask cluster, one task per recording: a scheduler address
+        (``tcp://host:8786``; the sources and ``out`` must be on a file system the workers
+        share, and are sent to them as absolute paths) or ``"local"`` (a local cluster of
+        ``jobs`` processes). Needs the ``dask`` extra.
     layout : StoreLayout
         Chunking and compression of the array store.
     overwrite : bool
@@ -554,6 +555,8 @@ def _run_pass1(pending, build, atlas, contract, opts, layout, jobs, progress,
         return []
     from joblib import Parallel, delayed
 
+    if dask_scheduler is not None:
+        pending, build, opts = _absolute_paths(pending, build, opts)
     tasks = (delayed(_process_one)(s, build, atlas, contract, opts, layout, os.getpid()) for s in pending)
     results = []
     with _parallel_backend(dask_scheduler, jobs) as n_jobs:
@@ -564,6 +567,26 @@ def _run_pass1(pending, build, atlas, contract, opts, layout, jobs, progress,
                 results.append(r)
                 advance()
     return results
+
+
+def _absolute_paths(pending: list[SourceSpec], build: Path, opts: dict) -> tuple[list[SourceSpec], Path, dict]:
+    """The tasks' paths (scans, tables, masks, atlas image or surface meshes, the build folder)
+    made absolute: Dask workers run in their own working folders, usually on other machines, and
+    would read a relative path from there."""
+    def absolute(p):
+        return None if p is None else Path(p).absolute()
+
+    pending = [replace(s, path=absolute(s.path), files=tuple(absolute(f) for f in s.files),
+                       mask=absolute(s.mask)) for s in pending]
+    parcellation = opts.get("parcellation")
+    if parcellation is not None:
+        image = parcellation.atlas_image
+        if isinstance(image, VolumeAtlas):
+            image = replace(image, image=absolute(image.image))
+        elif not isinstance(image.mesh, str):  # a pair of mesh files, not a bundled mesh's name
+            image = replace(image, mesh=tuple(str(absolute(m)) for m in image.mesh))
+        opts = {**opts, "parcellation": replace(parcellation, atlas_image=image)}
+    return pending, build.absolute(), opts
 
 
 @contextlib.contextmanager
@@ -582,8 +605,10 @@ def _parallel_backend(dask_scheduler: str | None, jobs: int):
     n_local = os.cpu_count() if jobs == -1 else max(1, jobs)
     with contextlib.ExitStack() as stack:
         if dask_scheduler == "local":
+            # The scheduler's HTTP server starts whatever the dashboard setting; ":0" puts it on a
+            # free port (None would take 8787 and warn when another cluster holds it).
             cluster = stack.enter_context(LocalCluster(n_workers=n_local, threads_per_worker=1,
-                                                       processes=True, dashboard_address=None))
+                                                       processes=True, dashboard_address=":0"))
             # The client, once entered, is what joblib's Dask backend submits to.
             stack.enter_context(Client(cluster))
         else:
@@ -621,10 +646,27 @@ def die_with_parent(parent_pid: int, interval_s: float = 0.2) -> None:
 
 def _process_one(spec: SourceSpec, build: Path, atlas: Atlas, contract: PreprocessingContract,
                  opts: dict, layout: StoreLayout, parent_pid: int | None = None) -> dict:
-    """Pass 1 for one recording; writes its array, then its completion marker (atomically).
-    ``parent_pid``: the process that runs the build (a worker exits when it dies)."""
+    """Pass 1 for one recording, as one task of a worker (joblib or Dask): see :func:`_clean_and_store`.
+    ``parent_pid``: the process that runs the build (a worker exits when it dies).
+
+    Everything the task calls runs in the worker, one step after another. joblib would
+    otherwise hand the joblib calls nested inside it (nilearn's maskers reduce each volume
+    through ``Parallel``, whatever their ``n_jobs``) to the backend of the outer call: on a Dask
+    cluster, each block of volumes would be shipped to the scheduler and back as hundreds of
+    tiny tasks while the worker's own thread waits.
+    """
+    from joblib import parallel_config
+
     if parent_pid is not None:
         die_with_parent(parent_pid)
+    with parallel_config(backend="sequential"):
+        return _clean_and_store(spec, build, atlas, contract, opts, layout)
+
+
+def _clean_and_store(spec: SourceSpec, build: Path, atlas: Atlas, contract: PreprocessingContract,
+                     opts: dict, layout: StoreLayout) -> dict:
+    """Read, validate and clean one recording; write its array, then its completion marker
+    (atomically). Returns the marker's content (``status`` ok, skipped or failed)."""
     base = {"recording_id": spec.recording_id, "source": spec.label}
     extraction = None
     try:
