@@ -356,7 +356,9 @@ def test_a_malformed_config_json_is_one_line(config, message, checkpoint, corpor
 
 @pytest.mark.parametrize("case", ["missing folder", "onto a folder", "batch 0", "cuda:7", "bad device"])
 def test_embed_options_are_checked_before_any_work(case, started_run, corpora, tmp_path, capsys):
-    out = {"missing folder": tmp_path / "nope" / "e.parquet", "onto a folder": tmp_path}.get(case, tmp_path / "e.parquet")
+    out = {"missing folder": tmp_path / "nope" / "e.parquet"}.get(case, tmp_path / "e.parquet")
+    if case == "onto a folder":  # a .parquet name that is a folder (other names are dataset folders)
+        out.mkdir()
     extra = {"batch 0": ["--batch-size", "0"], "cuda:7": ["--device", "cuda:7"],
              "bad device": ["--device", "gpu-please"]}.get(case, [])
     before = sorted(tmp_path.rglob("*"))

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from brainlm.data.atlas import EMBEDDED_ATLASES, Atlas, load_atlas
+from brainlm.data.atomic import check_not_an_input
 from brainlm.data.corpus import Corpus
 from brainlm.data.recording import Recording
 from brainlm.data.sources import read_recordings
@@ -49,19 +50,33 @@ def check_device(device: str, option: str = "--device") -> None:
         raise BrainLMInputError(f"{option} {device!r}: expected cpu, cuda, cuda:N or mps")
 
 
-def check_output_file(path, option: str = "--out") -> Path:
-    """``path`` as a Path if a file can be written there: not a folder, in an existing folder
-    the user may write to; else an error naming ``option`` and the path."""
+def check_output_file(path, option: str = "--out", *, overwrite: bool = False, sources=(),
+                      replaceable=None, flag: str = "--overwrite") -> Path:
+    """``path`` as a Path if a file may be written there; else an error naming ``option`` and
+    the path. The file form of :func:`brainlm.data.atomic.check_output_folder`:
+
+    * not a folder, in an existing folder the user may write to;
+    * not one of ``sources`` (paths the command reads) nor inside one, whatever ``overwrite``;
+    * an existing file only with ``overwrite`` (the message names ``flag``), and then only if
+      ``replaceable(path)`` says brainlm wrote it (when ``replaceable`` is given).
+    """
     path = Path(path)
     if path.is_dir():
         raise BrainLMInputError(f"{option} is a folder; expected a file name (e.g. {path / 'embeddings.parquet'})",
                                 str(path))
+    check_not_an_input(path, sources, what=f"{option} file")
     parent = path.parent
     if not parent.is_dir():
         what = "is a file, not a folder" if parent.exists() else "does not exist; create it first"
         raise BrainLMInputError(f"{option}: the folder {parent} {what}", str(path))
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BrainLMInputError(f"{option}: no permission to write in {parent}", str(path))
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise BrainLMInputError(f"{option} file exists; pass {flag} to replace it", str(path))
+        if replaceable is not None and not replaceable(path):
+            raise BrainLMInputError(f"{flag} replaces only a file that brainlm wrote; this one is "
+                                    "kept: choose another name, or remove it yourself", str(path))
     return path
 
 

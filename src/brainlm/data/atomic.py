@@ -108,9 +108,10 @@ def write_output_marker(folder: str | Path, what: str = "output") -> None:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
 
-def check_not_an_input(target: str | Path, sources: Iterable) -> Path:
+def check_not_an_input(target: str | Path, sources: Iterable, what: str = "output folder") -> Path:
     """``target`` as a Path; an error if it is, contains or lies inside one of ``sources``
-    (paths a command reads; other items, such as in-memory recordings, are ignored)."""
+    (paths a command reads; other items, such as in-memory recordings, are ignored). ``what``
+    names the output in the message ("output folder", "--out file" ...)."""
     target = Path(target)
     resolved = target.resolve()
     for source in sources:
@@ -118,8 +119,8 @@ def check_not_an_input(target: str | Path, sources: Iterable) -> Path:
             continue
         how = _overlap(resolved, Path(source).resolve())
         if how:
-            raise BrainLMInputError(f"the output folder {how} the input {source}; choose an output "
-                                    "folder outside the inputs", str(target))
+            raise BrainLMInputError(f"the {what} {how} the input {source}; choose an output "
+                                    "outside the inputs", str(target))
     return target
 
 
