@@ -19,7 +19,8 @@ from brainlm.data.samples import load_schaefer100_rest
 from brainlm.model import MaskSpec
 from brainlm.model.checkpoint import load_pretrained
 from brainlm.tasks.model_input import preprocess, reconstruct
-from brainlm.train.trainer import make_trainer, resolve_precision
+from brainlm.model.precision import resolve_precision
+from brainlm.train.trainer import make_trainer
 
 HERE = Path(__file__).parent
 
@@ -31,8 +32,9 @@ def test_tiny_pretraining_beats_trivial_baselines(trained):
     baseline = min(last["val/baseline_zero_mse"], last["val/baseline_mean_mse"])
     assert best < 0.85 * baseline, metrics
     assert last["val/r2"] > 0.1
-    # The fixture leaves accelerator and precision on "auto": bf16-mixed where a GPU trains it.
-    expected = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    # The fixture leaves accelerator and precision on "auto": bf16-mixed where the device that
+    # trains multiplies bfloat16 natively (tests/test_precision.py).
+    expected = resolve_precision("auto", "auto")
     assert metrics["parameters"]["total"] == 401_908 and metrics["precision"] == expected
     log = pd.read_csv(trained / "logs" / "csv" / "version_0" / "metrics.csv")
     assert log["val/masked_mse"].dropna().iloc[-1] < log["val/masked_mse"].dropna().iloc[0]
@@ -180,13 +182,11 @@ def test_progress_off_a_terminal_is_one_line_per_epoch(hcp_corpus, tmp_path, cap
 
 
 def test_precision_follows_the_device_that_trains():
-    # "auto" is settled by where training runs, never by the machine the code happens to be on.
-    assert resolve_precision("auto", "cpu") == "32-true"
-    assert resolve_precision("auto", "gpu") == resolve_precision("auto", "cuda") == "bf16-mixed"
-    assert resolve_precision("auto", "auto") == ("bf16-mixed" if torch.cuda.is_available() else "32-true")
-    assert resolve_precision("16-mixed", "gpu") == "16-mixed"
+    # "auto" is settled by the device that trains (tests/test_precision.py has the rules).
+    assert resolve_precision("auto", "auto") == resolve_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")
     setup = make_trainer(max_epochs=1, accelerator="cpu", silent=True)
-    assert setup.precision == "32-true" and setup.best is None
+    assert setup.precision == resolve_precision("auto", "cpu") and setup.best is None
+    assert make_trainer(max_epochs=1, accelerator="cpu", precision="32-true", silent=True).precision == "32-true"
     assert not setup.trainer.loggers and setup.trainer.checkpoint_callback is None  # writes nothing
     with pytest.raises(BrainLMInputError, match="monitored metric"):
         make_trainer(max_epochs=1, accelerator="cpu", best="memory")

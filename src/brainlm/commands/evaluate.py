@@ -88,6 +88,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transfer-atlas", action="store_true",
                    help="allow a corpus on another atlas than the checkpoint's")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="32-true",
+                   help="the model's forward passes (and fine-tuning): 32-true (default: exact, the same "
+                   "on every machine), bf16-mixed (faster where bfloat16 is native), or auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
 
@@ -107,7 +110,7 @@ def _recon(args: argparse.Namespace) -> int:
     result = evaluate_reconstruction(
         args.checkpoint, args.corpus, split=args.split, ratios=args.ratios, strategy=args.mask,
         seed=args.seed, max_recordings=args.max_recordings, batch_size=args.batch_size,
-        transfer_atlas=args.transfer_atlas, device=args.device, out=args.out,
+        transfer_atlas=args.transfer_atlas, device=args.device, precision=args.precision, out=args.out,
         overwrite=args.overwrite)
     print(reconstruction_markdown(result))
     print(f"results in {args.out} ({result['seconds']} s)")
@@ -119,7 +122,7 @@ def _predict(args: argparse.Namespace) -> int:
         n_folds=args.folds, inner_folds=args.inner_folds, seeds=tuple(args.seeds),
         deep_seeds=args.deep_seeds, lstm_epochs=args.lstm_epochs, finetune_epochs=args.finetune_epochs,
         probe_epochs=args.probe_epochs, patience=args.patience, batch_size=args.batch_size,
-        lora_rank=args.lora_rank, max_missing=args.max_missing)
+        lora_rank=args.lora_rank, max_missing=args.max_missing, precision=args.precision)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise BrainLMInputError("--methods is empty; expected method names or groups")

@@ -54,6 +54,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     ft.add_argument("--transfer-atlas", action="store_true",
                     help="allow a corpus on another atlas than the checkpoint's")
     ft.add_argument("--accelerator", default=f.accelerator, help="auto | cpu | gpu")
+    ft.add_argument("--precision", default=f.precision,
+                    help="auto (default): bf16-mixed where bfloat16 is native (a GPU with bf16, a CPU with AMX-BF16 "
+                   "or AVX512-BF16), else 32-true; or 32-true, bf16-mixed, 16-mixed (GPU only)")
     ft.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ft.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -108,7 +111,7 @@ def _finetune(args: argparse.Namespace) -> int:
         context_trs=args.context, horizon_trs=args.horizon, epochs=args.epochs, batch_size=args.batch_size,
         crops_per_recording=args.crops_per_recording, lr=args.lr, weight_decay=args.weight_decay,
         seed=args.seed, scratch=not args.no_scratch, transfer_atlas=args.transfer_atlas,
-        accelerator=args.accelerator)
+        accelerator=args.accelerator, precision=args.precision)
     summary = finetune(args.checkpoint, args.corpus, args.out, settings, overwrite=args.overwrite,
                        progress=not args.quiet)
     for kind, m in summary["models"].items():

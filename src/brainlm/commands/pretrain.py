@@ -54,7 +54,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--devices", default="1", help="devices per node (number or 'auto')")
     g.add_argument("--num-nodes", type=int, default=1)
     g.add_argument("--strategy", default="auto", help="auto | ddp | fsdp | ...")
-    g.add_argument("--precision", default="auto", help="auto (bf16-mixed on GPU, 32-true on CPU) or a Lightning value")
+    g.add_argument("--precision", default="auto",
+                   help="auto (default): bf16-mixed where bfloat16 is native (a GPU with bf16, a CPU with AMX-BF16 "
+                   "or AVX512-BF16), else 32-true; or 32-true, bf16-mixed, 16-mixed (GPU only)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true")
     return p

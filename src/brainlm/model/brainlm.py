@@ -57,6 +57,21 @@ def visible_token_ids(mask: torch.Tensor | None) -> torch.Tensor | None:
     return hidden.to(torch.int8).argsort(dim=1, stable=True)[:, :n_visible]
 
 
+def tokens_in_place(visible: torch.Tensor, ids_visible: torch.Tensor | None, mask_token: torch.Tensor,
+                    n_tokens: int) -> torch.Tensor:
+    """The decoder's full token sequence: visible [B, L_visible, D] tokens put back at
+    ``ids_visible`` [B, L_visible] among ``n_tokens`` slots, the learned ``mask_token`` [1, 1, D]
+    everywhere else -> [B, n_tokens, D] (``visible`` itself when nothing was hidden). Shared by
+    every model that drops hidden tokens before its encoder."""
+    if ids_visible is None:
+        return visible
+    # Under autocast the visible tokens come out of a Linear in the autocast dtype (bf16) while
+    # the mask token is an fp32 parameter; scatter needs one dtype, and the cast keeps the mask
+    # token's gradient.
+    full = mask_token.to(visible.dtype).expand(visible.shape[0], n_tokens, -1).clone()
+    return full.scatter(1, ids_visible[..., None].expand(-1, -1, visible.shape[-1]), visible)
+
+
 class ParcelPatchTokens:
     """Tokens that are one parcel's patch of ``patch_trs`` consecutive TRs: how a window becomes
     tokens and back, and the token masks drawn on them. Shared by :class:`BrainLM` and the
@@ -186,11 +201,7 @@ class BrainLM(ParcelPatchTokens, nn.Module):
             raise ValueError("the spatial estimate is needed by a hybrid model and only by one")
         y = self.decoder_embed(enc.latent)
         b, n_tok = y.shape[0], n_parcels * c.n_patches
-        if enc.ids_visible is None:
-            full = y[:, 1:]
-        else:
-            full = self.mask_token.expand(b, n_tok, -1).clone()
-            full.scatter_(1, enc.ids_visible[..., None].expand(-1, -1, y.shape[-1]), y[:, 1:])
+        full = tokens_in_place(y[:, 1:], enc.ids_visible, self.mask_token, n_tok)
         if prior is not None:
             full = full + self.decoder_prior_embed(prior.to(full.dtype)).flatten(1, 2)
         pos = (self.decoder_spatial(xyz)[:, :, None, :] + self.decoder_temporal[None, None]).flatten(1, 2)

@@ -37,7 +37,7 @@ from torch import nn
 from brainlm.data.atlas import Atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.errors import BrainLMInputError
-from brainlm.model.brainlm import EncoderOutput, ParcelPatchTokens, visible_token_ids
+from brainlm.model.brainlm import EncoderOutput, ParcelPatchTokens, tokens_in_place, visible_token_ids
 from brainlm.model.layers import sinusoidal_positions
 from brainlm.model.masking import MaskSpec
 
@@ -266,11 +266,7 @@ class UpstreamBrainLM(ParcelPatchTokens, nn.Module):
         c = self.config
         y = self.decoder_embed(enc.latent)
         b = y.shape[0]
-        if enc.ids_visible is None:
-            full = y[:, 1:]
-        else:
-            full = self.mask_token.expand(b, n_parcels * c.n_patches, -1).clone()
-            full.scatter_(1, enc.ids_visible[..., None].expand(-1, -1, y.shape[-1]), y[:, 1:])
+        full = tokens_in_place(y[:, 1:], enc.ids_visible, self.mask_token, n_parcels * c.n_patches)
         full = full.view(b, n_parcels, c.n_patches, -1) + self.decoder_spatial(xyz)[:, :, None, :]
         h = torch.cat([y[:, :1], (full + self.temporal[None, None]).flatten(1, 2)], dim=1)
         for blk in self.decoder_blocks:
@@ -615,12 +611,7 @@ class UpstreamViTMAE(nn.Module):
                         n_parcels: int | None = None) -> torch.Tensor:
         """-> predicted patches [B, L, ps * ps * C] for every image token."""
         y = self.decoder_embed(enc.latent)
-        b = y.shape[0]
-        if enc.ids_visible is None:
-            full = y[:, 1:]
-        else:
-            full = self.mask_token.expand(b, self.config.n_tokens, -1).clone()
-            full.scatter_(1, enc.ids_visible[..., None].expand(-1, -1, y.shape[-1]), y[:, 1:])
+        full = tokens_in_place(y[:, 1:], enc.ids_visible, self.mask_token, self.config.n_tokens)
         h = torch.cat([y[:, :1], full], dim=1) + self.decoder_pos_embed
         for blk in self.decoder_blocks:
             h, _ = blk(h)

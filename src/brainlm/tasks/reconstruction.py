@@ -43,6 +43,7 @@ from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.model.checkpoint import SpatialStatistics, pretraining_spatial_statistics
 from brainlm.model.masking import MaskSpec
+from brainlm.model.precision import resolve_precision
 from brainlm.tasks.model_input import (is_model, iter_model_input, load_model, model_scaler, model_windows,
                                        open_corpus, parcel_xyz, predict_masked, token_mask_to_values)
 from brainlm.tasks.results_folder import check_results_folder, publish_results
@@ -245,7 +246,7 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
                             split: str = "test", ratios=DEFAULT_RATIOS, strategy: str = "random",
                             seed: int = 0, max_recordings: int | None = None,
                             spatial_max_frames: int = SPATIAL_MAX_FRAMES, batch_size: int = 16,
-                            transfer_atlas: bool = False, device: str = "cpu",
+                            transfer_atlas: bool = False, device: str = "cpu", precision: str = "32-true",
                             out: str | Path | None = None, overwrite: bool = False) -> dict:
     """Masked reconstruction of a corpus split by the model and by the baselines, same masks.
 
@@ -271,6 +272,9 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
         Training frames (TRs) used to fit the in-cohort spatial baseline.
     batch_size : int
         Windows per forward pass.
+    precision : str
+        The model's forward passes: ``32-true`` (default), ``bf16-mixed`` or ``auto``
+        (:func:`brainlm.model.precision.resolve_precision`); the baselines are always float64/32.
     out : path, optional
         Folder for ``reconstruction.json`` and ``reconstruction.md``, published only when
         everything succeeded; an existing folder needs ``overwrite``.
@@ -290,6 +294,7 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
     if not ratios or len(set(ratios)) != len(ratios):
         raise BrainLMInputError(f"mask ratios {ratios}; expected distinct fractions")
     specs = [MaskSpec(strategy, r) for r in ratios]  # validates each ratio
+    precision = resolve_precision(precision, device)
     out = check_results_folder(out, overwrite)
     model = load_model(checkpoint, device)
     corpus = open_corpus(corpus)
@@ -315,7 +320,7 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
         n_windows += len(wins)
         for r, spec in zip(ratios, specs):
             mask_tok = model.sample_mask(spec, len(wins), p, generators[r])
-            pred = predict_masked(model, wins, xyz, mask_tok, batch_size).numpy()
+            pred = predict_masked(model, wins, xyz, mask_tok, batch_size, precision).numpy()
             mask = token_mask_to_values(model, mask_tok)
             target = wins.numpy()
             sc = scores[r]
@@ -338,7 +343,7 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
         "task": "reconstruction",
         "checkpoint": str(checkpoint) if not is_model(checkpoint) else None,
         "corpus": corpus.path, "split": split, "strategy": strategy, "seed": int(seed),
-        "mask_ratios": ratios, "window_trs": cfg.window_trs,
+        "mask_ratios": ratios, "window_trs": cfg.window_trs, "precision": precision,
         # A hybrid is labelled as one wherever its numbers are shown.
         "brainlm_label": brainlm_label,
         # TRs per token; None for the image ViT-MAE, whose tokens are image patches.

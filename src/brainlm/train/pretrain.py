@@ -29,6 +29,7 @@ from brainlm.errors import BrainLMInputError
 from brainlm.model.checkpoint import SPATIAL_BASELINE, save_pretrained
 from brainlm.model.config import BASE_LR, MASK_RATIOS, preset
 from brainlm.model.masking import MaskSpec
+from brainlm.model.precision import resolve_precision
 from brainlm.train.module import PretrainModule
 from brainlm.train.spatial import fit_spatial_prior, fit_spatial_statistics
 from brainlm.train.trainer import make_trainer
@@ -118,6 +119,7 @@ def check_settings(settings: PretrainSettings) -> None:
              "a fraction in (0, 1)")):
         if not ok(value):
             raise BrainLMInputError(f"{option} {value!r}; expected {expected}")
+    resolve_precision(settings.precision, settings.accelerator)  # refused before anything is written
     ratio, ratio_max = settings.mask_ratios()
     if ratio_max is not None and ratio_max < ratio:
         raise BrainLMInputError(f"--mask-ratio-max {ratio_max} is below the smallest mask ratio "

@@ -175,7 +175,7 @@ class FitLog:
 def fit_supervised(net: nn.Module, optimizer: torch.optim.Optimizer, *, loss: Callable, train: EpochBatches,
                    val: Iterable[Batch] | None = None, val_loss: Callable | None = None, max_epochs: int,
                    patience: int | None = None, count_start: bool = False, clip: float | None = None,
-                   accelerator: str = "cpu", devices: int | list[int] = 1) -> FitLog:
+                   accelerator: str = "cpu", devices: int | list[int] = 1, precision: str = "32-true") -> FitLog:
     """Train ``net`` in place through :func:`~brainlm.train.trainer.make_trainer` and load back
     the weights of its best validation epoch.
 
@@ -193,8 +193,12 @@ def fit_supervised(net: nn.Module, optimizer: torch.optim.Optimizer, *, loss: Ca
     clip : float, optional
         Gradient-norm clipping.
 
-    ``net`` ends on the CPU, in eval mode. Precision is 32-true on every device: these networks are small, and full precision keeps
-    their results the same on a CPU and a GPU. Nothing is written to disk (no logger, no
+    precision : str
+        ``32-true`` by default on every device: most of these networks are small, and full
+        precision keeps their results the same on a CPU and a GPU. ``bf16-mixed`` (or ``auto``)
+        for a BrainLM encoder being fine-tuned (:func:`brainlm.model.precision.resolve_precision`).
+
+    ``net`` ends on the CPU, in eval mode. Nothing is written to disk (no logger, no
     checkpoint file; the best weights are kept in memory).
     """
     if max_epochs < 1 or (patience is not None and patience < 1):
@@ -202,7 +206,7 @@ def fit_supervised(net: nn.Module, optimizer: torch.optim.Optimizer, *, loss: Ca
     module = SupervisedModule(net, loss, optimizer, val_loss)
     timer = EpochTimes()
     setup = make_trainer(
-        max_epochs=max_epochs, accelerator=accelerator, devices=devices, precision="32-true",
+        max_epochs=max_epochs, accelerator=accelerator, devices=devices, precision=precision,
         monitor="val/loss" if val is not None else None, best="memory" if val is not None else None,
         patience=patience, count_start=count_start, callbacks=[timer], silent=True,
         gradient_clip_val=clip,

@@ -1,7 +1,9 @@
 """The one Lightning trainer factory behind every fit: pretraining, forecasting fine-tuning,
 phenotype heads and the neural baselines.
 
-:func:`make_trainer` settles precision (``auto``: bf16-mixed on a GPU, 32-true on the CPU),
+:func:`make_trainer` settles precision (``auto``: bf16-mixed where the device multiplies bfloat16
+natively, a GPU with bf16 or a CPU with AMX-BF16/AVX512-BF16, else 32-true:
+:func:`brainlm.model.precision.resolve_precision`),
 accelerator, devices, nodes and strategy (``fsdp`` shards BrainLM block by block), loggers,
 progress output (:mod:`brainlm.train.progress`) and how the best epoch is kept:
 
@@ -36,19 +38,11 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from brainlm.errors import BrainLMInputError
 from brainlm.model.layers import Block
+from brainlm.model.precision import resolve_precision
 from brainlm.train.progress import progress_callbacks
 
 BEST = ("checkpoint", "memory", None)
 LOGGERS = {"tensorboard": TensorBoardLogger, "csv": CSVLogger}
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto`` -> ``bf16-mixed`` when training runs on a GPU, else ``32-true``; any other value
-    is returned as given (a Lightning precision string)."""
-    if precision != "auto":
-        return precision
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if gpu else "32-true"
 
 
 def resolve_strategy(strategy):
@@ -226,8 +220,9 @@ def make_trainer(*, max_epochs: int, accelerator: str = "auto", devices: int | s
     ----------
     max_epochs : int
     accelerator, devices, num_nodes, strategy, precision
-        As Lightning's; ``precision="auto"`` and ``strategy="fsdp"`` see :func:`resolve_precision`
-        and :func:`resolve_strategy`.
+        As Lightning's; ``precision`` is one of :data:`brainlm.model.precision.PRECISIONS`
+        (``auto`` and the refusals: :func:`~brainlm.model.precision.resolve_precision`);
+        ``strategy="fsdp"``: :func:`resolve_strategy`.
     monitor, mode : str
         The validation metric that picks the best epoch, and whether lower or higher is better.
     best : {"checkpoint", "memory", None}

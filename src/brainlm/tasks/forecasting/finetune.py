@@ -39,6 +39,7 @@ from brainlm.model.checkpoint import SPATIAL_BASELINE, pretraining_spatial_stati
 from brainlm.model.shipped import resolve_checkpoint
 from brainlm.model.brainlm import BrainLM
 from brainlm.model.masking import MaskSpec
+from brainlm.model.precision import resolve_precision
 from brainlm.tasks.forecasting.api import FORECASTING_FILE, with_window
 from brainlm.tasks.forecasting.windows import check_lengths
 from brainlm.tasks.model_input import (has_parcel_patch_tokens, load_model, model_scaler, random_like,
@@ -122,6 +123,7 @@ def finetune(checkpoint: str | Path, corpus: str | Path, out: str | Path,
     check_lengths(s.context_trs, s.horizon_trs, pretrained.config.patch_trs, source=str(checkpoint))
     if s.epochs < 1 or s.batch_size < 1 or s.crops_per_recording < 1 or not s.lr > 0:
         raise BrainLMInputError("epochs, batch_size, crops_per_recording and lr must be positive")
+    precision = resolve_precision(s.precision, s.accelerator)
     data = Corpus(corpus)
     scaler = model_scaler(pretrained, data, transfer_atlas=s.transfer_atlas)
     # The checkpoint's atlas; on a transferred atlas the corpus' (its parcels are the ones modelled).
@@ -136,7 +138,7 @@ def finetune(checkpoint: str | Path, corpus: str | Path, out: str | Path,
     model = with_window(pretrained, window)
     summary = {"format": FORMAT, "checkpoint": str(resolve_checkpoint(checkpoint).resolve()),
                "corpus": str(Path(corpus).resolve()) if "://" not in str(corpus) else str(corpus),
-               "settings": asdict(s), "window_trs": window, "tr_s": data.tr,
+               "settings": asdict(s), "precision": precision, "window_trs": window, "tr_s": data.tr,
                "train_recordings": int(len(data.split_indices("train"))),
                "val_recordings": int(len(data.split_indices("val"))), "models": {}}
     with atomic_directory(out, overwrite=overwrite) as build:

@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 from brainlm.data.atlas import Atlas
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
+from brainlm.model.precision import resolve_precision
 from brainlm.tasks.model_input import (check_atlas, embed_windows, load_model, model_windows, preprocess,
                                        random_like)
 
@@ -54,6 +55,9 @@ class BrainLMEmbedding(TransformerMixin, BaseEstimator):
         Windows per forward pass.
     device : str
         Torch device.
+    precision : str
+        Forward passes in ``32-true`` (default) or ``bf16-mixed`` (``auto``: bf16 where it is
+        native; :func:`brainlm.model.precision.resolve_precision`).
 
     Attributes
     ----------
@@ -74,7 +78,7 @@ class BrainLMEmbedding(TransformerMixin, BaseEstimator):
 
     def __init__(self, checkpoint=None, *, pooling: str = "cls", weights: str = "pretrained",
                  random_state: int = 0, atlas: Atlas | None = None, transfer_atlas: bool = False,
-                 batch_size: int = 32, device: str = "cpu"):
+                 batch_size: int = 32, device: str = "cpu", precision: str = "32-true"):
         self.checkpoint = checkpoint
         self.pooling = pooling
         self.weights = weights
@@ -83,6 +87,7 @@ class BrainLMEmbedding(TransformerMixin, BaseEstimator):
         self.transfer_atlas = transfer_atlas
         self.batch_size = batch_size
         self.device = device
+        self.precision = precision
 
     def fit(self, X, y=None):
         """Load (or initialise) the model; ``X`` is checked, not learned from."""
@@ -92,6 +97,7 @@ class BrainLMEmbedding(TransformerMixin, BaseEstimator):
             raise BrainLMInputError(f"weights {self.weights!r}; expected one of {WEIGHTS}")
         if self.checkpoint is None:
             raise BrainLMInputError("BrainLMEmbedding needs a checkpoint (a folder or a BrainLM)")
+        self.precision_ = resolve_precision(self.precision, self.device)
         model = load_model(self.checkpoint, self.device)
         if self.weights == "random":
             model = random_like(model, self.random_state)
@@ -153,7 +159,7 @@ class BrainLMEmbedding(TransformerMixin, BaseEstimator):
         out = []
         for x, xyz in self._inputs(X):
             wins, _ = model_windows(self.model_, x)
-            cls, mean = embed_windows(self.model_, wins, torch.from_numpy(xyz), self.batch_size)
+            cls, mean = embed_windows(self.model_, wins, torch.from_numpy(xyz), self.batch_size, self.precision_)
             parts = {"cls": [cls], "mean": [mean], "both": [cls, mean]}[self.pooling]
             out.append(torch.cat(parts, dim=1).numpy())
         return out

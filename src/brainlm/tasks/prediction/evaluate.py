@@ -23,6 +23,7 @@ from brainlm.data.atomic import to_json
 from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
+from brainlm.model.precision import PRECISIONS
 from brainlm.tasks.model_input import (
     is_model, load_model, model_scaler, open_corpus, read_model_input, subject_keys)
 from brainlm.tasks.prediction.baselines import (
@@ -66,6 +67,9 @@ class PredictionSettings:
     lora_rank : int
     max_missing : float
         Largest fraction of recordings allowed without a target value.
+    precision : str
+        The BrainLM methods' forward passes and fine-tuning: ``32-true`` (default), ``bf16-mixed``
+        or ``auto`` (:func:`brainlm.model.precision.resolve_precision`). Baselines run in float32/64.
     """
 
     n_folds: int = 5
@@ -80,8 +84,11 @@ class PredictionSettings:
     batch_size: int = 16
     lora_rank: int = 4
     max_missing: float = 0.5
+    precision: str = "32-true"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise BrainLMInputError(f"precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise BrainLMInputError(f"seeds {self.seeds}; expected distinct integers")
@@ -196,7 +203,8 @@ class _Inputs:
         if not cache:
             emb = BrainLMEmbedding(self.model, pooling="both", weights=weights, random_state=seed,
                                    atlas=self.atlas, transfer_atlas=self.transfer_atlas,
-                                   batch_size=self.settings.batch_size, device=self.device)
+                                   batch_size=self.settings.batch_size, device=self.device,
+                                   precision=self.settings.precision)
             windows = self._timed(f"brainlm_{weights}_embeddings",
                                   lambda: emb.fit(self.series).transform_windows(self.series))
             d = self.model.config.dim
@@ -237,7 +245,7 @@ def _plan(method: Method, task: str, inputs: _Inputs, seed: int, n_train_min: in
     return inputs.series, None, BrainLMFineTuner(
         inputs.model, mode=mode, max_epochs=s.finetune_epochs, patience=s.patience,
         batch_size=s.batch_size, lora_rank=s.lora_rank, atlas=inputs.atlas, device=inputs.device,
-        **common), None
+        precision=s.precision, **common), None
 
 
 def evaluate_prediction(checkpoint: str | Path | BrainLM, corpus: str | Path | Corpus, target: str, *,

@@ -32,6 +32,7 @@ from torch import nn
 
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
+from brainlm.model.precision import autocast
 from brainlm.tasks.model_input import load_model, pool_tokens
 from brainlm.tasks.prediction.training import (WindowedHead, check_series, random_crops,
                                               recording_tiles)
@@ -134,6 +135,10 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
     atlas : Atlas, optional
         Atlas of the inputs (default: the checkpoint's), for the parcel coordinates.
     device : str
+    precision : str
+        ``32-true`` (default) or ``bf16-mixed`` for the encoder's forward and backward passes
+        (``auto``: :func:`brainlm.model.precision.resolve_precision`); the head's probe start is
+        fitted on features computed in the same precision.
 
     ``fit(X, y, groups)`` takes X as a list of (T, P) model-input arrays (cleaned and scaled with
     the checkpoint's contract, as a corpus read gives).
@@ -143,7 +148,7 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
                  lr: float = 1e-3, encoder_lr: float = 1e-4, weight_decay: float = 0.01,
                  lora_rank: int = 4, lora_alpha: float = 8.0, max_epochs: int = 10, patience: int = 3,
                  batch_size: int = 16, val_fraction: float = 0.2, random_state: int = 0,
-                 probe_init: bool = True, atlas=None, device: str = "cpu"):
+                 probe_init: bool = True, atlas=None, device: str = "cpu", precision: str = "32-true"):
         self.checkpoint = checkpoint
         self.mode = mode
         self.task = task
@@ -160,6 +165,7 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
         self.probe_init = probe_init
         self.atlas = atlas
         self.device = device
+        self.precision = precision
 
     def _model(self) -> BrainLM:
         if self.mode not in MODES:
@@ -205,8 +211,9 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
         stopping can only improve on it (the start is epoch 0)."""
         wins, owner = recording_tiles(items, self.window_trs_)
         net.eval()
-        feats = torch.cat([net.features(wins[i:i + self.batch_size].to(self.device)).float().cpu()
-                           for i in range(0, len(wins), self.batch_size)]).numpy()
+        with autocast(self.precision, self.device):
+            feats = torch.cat([net.features(wins[i:i + self.batch_size].to(self.device)).float().cpu()
+                               for i in range(0, len(wins), self.batch_size)]).numpy()
         y = targets.numpy()[owner]
         if self.task == "classification":
             probe = LogisticRegression(C=1.0, max_iter=2000).fit(feats, y.astype(int))

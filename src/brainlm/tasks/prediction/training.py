@@ -23,6 +23,7 @@ from torch import nn
 
 from brainlm.data.windows import tile
 from brainlm.errors import BrainLMInputError
+from brainlm.model.precision import autocast
 from brainlm.train.supervised import EpochBatches, FixedBatches, accelerator_for, fit_supervised
 
 
@@ -90,10 +91,12 @@ def loss_function(classification: bool) -> Callable[[torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
-def predict_batched(net: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """net outputs [M] for inputs [M, ...], in eval mode."""
+def predict_batched(net: nn.Module, inputs: torch.Tensor, batch_size: int,
+                    precision: str = "32-true") -> torch.Tensor:
+    """net outputs [M] float32 for inputs [M, ...], in eval mode, under ``precision``'s autocast."""
     net.eval()
-    return torch.cat([net(inputs[i:i + batch_size]).float() for i in range(0, len(inputs), batch_size)])
+    with autocast(precision, inputs.device):
+        return torch.cat([net(inputs[i:i + batch_size]).float() for i in range(0, len(inputs), batch_size)])
 
 
 def per_recording(outputs: torch.Tensor, owner: np.ndarray, n: int) -> np.ndarray:
@@ -106,7 +109,8 @@ def train_early_stopping(net: nn.Module, optimizer: torch.optim.Optimizer, *,
                          epoch_data: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
                          val_inputs: torch.Tensor, val_targets: torch.Tensor, classification: bool,
                          max_epochs: int, patience: int, batch_size: int,
-                         generator: torch.Generator, device: str = "cpu") -> TrainingLog:
+                         generator: torch.Generator, device: str = "cpu",
+                         precision: str = "32-true") -> TrainingLog:
     """Train ``net`` (inputs [B, ...] -> outputs [B]) until the validation loss stops improving.
 
     Parameters
@@ -121,6 +125,8 @@ def train_early_stopping(net: nn.Module, optimizer: torch.optim.Optimizer, *,
         Shuffles the examples within each epoch.
     device : str
         Where to train (torch device name); ``net`` is returned there.
+    precision : str
+        As Lightning's (``32-true``, ``bf16-mixed``; :mod:`brainlm.model.precision`).
 
     The parameters with the lowest validation loss are loaded back into ``net``; the starting
     point counts as epoch 0, so training never ends worse on validation than it began (which
@@ -141,7 +147,8 @@ def train_early_stopping(net: nn.Module, optimizer: torch.optim.Optimizer, *,
     train = EpochBatches(batches, -(-len(first[0]) // batch_size))
     fit = fit_supervised(net, optimizer, loss=loss_function(classification), train=train,
                          val=FixedBatches(val_inputs, val_targets, batch_size), max_epochs=max_epochs,
-                         patience=patience, count_start=True, accelerator=accelerator, devices=devices)
+                         patience=patience, count_start=True, accelerator=accelerator, devices=devices,
+                         precision=precision)
     net.to(device)
     # The mean training loss of an epoch weights each batch by its size.
     train_loss = [sum(loss * n for loss, n in epoch) / sum(n for _, n in epoch) for epoch in fit.batch_losses]
@@ -208,14 +215,16 @@ class WindowedHead:
             self.log_ = train_early_stopping(
                 net, optimizer, epoch_data=epoch_data, val_inputs=val_inputs, val_targets=val_targets,
                 classification=classification, max_epochs=self.max_epochs, patience=self.patience,
-                batch_size=self.batch_size, generator=gen, device=getattr(self, "device", "cpu"))
+                batch_size=self.batch_size, generator=gen, device=getattr(self, "device", "cpu"),
+                precision=getattr(self, "precision", "32-true"))
         self.net_ = net
         return self
 
     def _outputs(self, X) -> np.ndarray:
         items = self._prepare(X)
         inputs, owner = self._eval_examples(items)
-        return per_recording(predict_batched(self.net_, inputs, self.batch_size), owner, len(items))
+        outputs = predict_batched(self.net_, inputs, self.batch_size, getattr(self, "precision", "32-true"))
+        return per_recording(outputs, owner, len(items))
 
     def predict(self, X) -> np.ndarray:
         """(n,) predictions: targets for regression, 0/1 labels for classification."""
