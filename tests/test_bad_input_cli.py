@@ -216,6 +216,35 @@ def test_resume_from_a_damaged_last_checkpoint_names_the_file(damage, corpora, s
     assert ("damaged or truncated" in err) if damage != "foreign" else ("not a training state" in err)
 
 
+class _Payload:
+    """A pickle that runs a command when it is loaded: what a planted checkpoint would hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("form", ["torch-zip", "raw-pickle"])
+def test_a_planted_pickle_in_the_training_state_never_runs(form, corpora, started_run, tmp_path, capsys):
+    import pickle
+
+    import torch
+
+    run = resumable_copy(started_run, tmp_path)
+    last, marker = run / "checkpoints" / "last.ckpt", tmp_path / "payload-ran"
+    state = {"state_dict": {}, "loops": {}, "payload": _Payload(marker)}
+    if form == "torch-zip":
+        torch.save(state, last)
+    else:
+        last.write_bytes(pickle.dumps(state))
+    code, err = cli(capsys, "pretrain", corpora[0], "--out", run, "--epochs", "2", "--resume", *TINY)
+    assert code == 2 and str(last) in err and "will not load" in err
+    assert not marker.exists()
+
+
 def test_a_run_becomes_resumable_only_once_training_started(corpora, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["pretrain", corpora[0], "--out", run, "--epochs", "1", *TINY]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,7 +186,7 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
     resume_from = last if resume and last.exists() else None
     if resume_from is not None:
         _check_last_checkpoint(resume_from, module)
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if trainer.is_global_zero:
@@ -246,9 +247,17 @@ def _check_run_folder(out: Path, settings: PretrainSettings, resume: bool, corpu
 
 def _check_last_checkpoint(path: Path, module: L.LightningModule) -> None:
     """An error naming ``path`` if it is not a complete training state of this model."""
+    # weights_only: torch's restricted unpickler, which builds tensors and plain containers and
+    # refuses every other global, so a planted pickle never runs (everything brainlm saves in a
+    # training state is made of those: RandomState keeps it so).
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any failure to unpickle is a damaged file
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise BrainLMInputError("the training state holds Python objects other than tensors and plain "
+                                "values, which brainlm never writes and will not load (a pickle can "
+                                "run code); delete it to restart this run from its beginning",
+                                str(path)) from None
+    except Exception as e:  # noqa: BLE001 - any other failure to read is a damaged file
         raise BrainLMInputError(f"cannot read the training state ({type(e).__name__}); the file is "
                                 "damaged or truncated: delete it to restart this run from its "
                                 "beginning", str(path)) from None
