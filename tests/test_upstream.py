@@ -29,12 +29,27 @@ from brainlm.tasks.reconstruction import evaluate_reconstruction
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream_brainlm"
 PAPER, VIT = FIXTURES / "paper_13m_small", FIXTURES / "vitmae_small"
-TOL = 1e-5
+# How far float32 results of the same model may move with the CPU's kernels (tests must pass on
+# any x86-64 machine). The longest sums are the attention's, over up to n = 4,241 tokens; kernels
+# that add in another order (SIMD width, blocking) change such a sum by about sqrt(n) u of its
+# magnitude, u = 2**-24: 4e-6. About six of them lie in series between input and logits (two
+# encoder and two decoder attentions, the value convolution, the norms), and their errors add: up
+# to 2.5e-5 of the output's scale, which is what another CPU type gave (logits 2.45e-5 off, and so
+# did the original code there). RTOL allows 4x that, relative to the largest reference value;
+# a real discrepancy (upstream's token-order dependence: 0.11, a wrong scaling: 1) is thousands of
+# times larger. On the machine that made the fixtures the outputs agree to 1e-6 (a note, not a
+# requirement).
+RTOL = 1e-4
 RATIOS = {"075": 0.75, "000": 0.0}
 
 
 def maxdiff(a, b) -> float:
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
+
+
+def close(ours, reference) -> bool:
+    """Every value within RTOL of the reference's largest magnitude."""
+    return maxdiff(ours, reference) <= RTOL * float(np.abs(np.asarray(reference, dtype=np.float64)).max())
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +80,14 @@ def test_paper_model_reproduces_upstream(paper, tag):
         loss, pred = model(x, xyz, mask, order=order)
     n = io["last_hidden_state_first256"].shape[1]
     assert tuple(enc.latent.shape) == tuple(io["last_hidden_state_shape"])
-    assert maxdiff(enc.latent[:, 0], io["cls_embedding"]) <= TOL
-    assert maxdiff(enc.latent[:, :n], io["last_hidden_state_first256"]) <= TOL
+    assert close(enc.latent[:, 0], io["cls_embedding"])
+    assert close(enc.latent[:, :n], io["last_hidden_state_first256"])
     rows = io["encoder_attentions_row_ids"]
-    assert maxdiff(torch.stack(enc.attentions)[:, :, :, rows], io["encoder_attentions_rows"]) <= TOL
+    assert close(torch.stack(enc.attentions)[:, :, :, rows], io["encoder_attentions_rows"])
     assert tuple(pred.shape) == tuple(io["logits_shape"])
-    assert maxdiff(pred[:, :64], io["logits_first64_parcels"]) <= TOL
+    assert close(pred[:, :64], io["logits_first64_parcels"])
     if RATIOS[tag] > 0:
-        assert abs(float(loss) - float(io["loss"])) <= TOL
+        assert abs(float(loss) - float(io["loss"])) <= RTOL * abs(float(io["loss"]))
     else:  # upstream divides 0 by 0 when nothing is masked
         assert np.isnan(float(io["loss"])) and torch.isnan(loss)
 
@@ -87,8 +102,8 @@ def test_paper_model_order_dependence(paper):
         shuffled = model.forward_encoder(x, xyz, None, order=order).latent[:, 0]
         natural = model.forward_encoder(x, xyz, None).latent[:, 0]
         again = model.forward_encoder(x, xyz, None).latent[:, 0]
-    assert maxdiff(shuffled, io["cls_embedding"]) <= TOL
-    assert maxdiff(natural, io["cls_embedding_noise_arange"]) <= TOL
+    assert close(shuffled, io["cls_embedding"])
+    assert close(natural, io["cls_embedding_noise_arange"])
     assert maxdiff(natural, shuffled) > 0.1  # upstream's run-to-run change (0.42 here)
     assert torch.equal(natural, again)
 
@@ -115,21 +130,21 @@ def test_vitmae_reproduces_upstream(vit, tag):
         loss, pred, pixel_mask = model.forward_image(rows, mask, order)
     n = io["last_hidden_state_first256"].shape[1]
     assert tuple(enc.latent.shape) == tuple(io["last_hidden_state_shape"])
-    assert maxdiff(enc.latent[:, 0], io["cls_embedding"]) <= TOL
-    assert maxdiff(enc.latent[:, :n], io["last_hidden_state_first256"]) <= TOL
+    assert close(enc.latent[:, 0], io["cls_embedding"])
+    assert close(enc.latent[:, :n], io["last_hidden_state_first256"])
     ids = io["encoder_attentions_row_ids"]
-    assert maxdiff(torch.stack(enc.attentions)[:, :, :, ids], io["encoder_attentions_rows"]) <= TOL
-    assert maxdiff(decoded[:, io["decoder_logits_patch_row13_token_ids"]], io["decoder_logits_patch_row13"]) <= TOL
-    assert maxdiff(pred[:, :64], io["logits_first64_parcels"]) <= TOL
+    assert close(torch.stack(enc.attentions)[:, :, :, ids], io["encoder_attentions_rows"])
+    assert close(decoded[:, io["decoder_logits_patch_row13_token_ids"]], io["decoder_logits_patch_row13"])
+    assert close(pred[:, :64], io["logits_first64_parcels"])
     assert np.array_equal(pixel_mask[:, :64].numpy(), io["mask"])
     if RATIOS[tag] > 0:
-        assert abs(float(loss) - float(io["loss"])) <= TOL
+        assert abs(float(loss) - float(io["loss"])) <= RTOL * abs(float(io["loss"]))
     else:
         assert np.isnan(float(io["loss"])) and torch.isnan(loss)
     # Our frame: predictions back in atlas order and input units; the pixel mask likewise.
     with torch.no_grad():
         _, ours = model(x, None, mask, order)
-    assert maxdiff(model.to_image_rows(ours), pred) <= TOL
+    assert close(model.to_image_rows(ours), pred)
     assert torch.equal(model.to_image_rows(model.pixel_mask(mask).float()) * model.config.input_divisor,
                        pixel_mask)
 
@@ -140,11 +155,11 @@ def test_vitmae_natural_order_is_deterministic(vit):
     io = np.load(VIT / "io_mask000.npz")
     with torch.no_grad():
         natural = model.forward_encoder(x).latent
-    assert maxdiff(natural[:, 0], io["cls_embedding"]) <= TOL
+    assert close(natural[:, 0], io["cls_embedding"])
     # Upstream's token j >= 1 is image patch ids_shuffle[j - 1]; ours is patch j - 1.
     shuffle = torch.from_numpy(io["noise"]).argsort(dim=1)[:, :255]
     ours = natural[:, 1:].gather(1, shuffle[..., None].expand(-1, -1, natural.shape[-1]))
-    assert maxdiff(ours, io["last_hidden_state_first256"][:, 1:]) <= TOL
+    assert close(ours, io["last_hidden_state_first256"][:, 1:])
 
 
 # -- the importer ---------------------------------------------------------------------------------
