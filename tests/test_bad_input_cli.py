@@ -19,6 +19,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import load_schaefer100_rest
+from brainlm.errors import BrainLMInputError
 from conftest import write_hcp_folder
 from test_fresh_cohort import demean, make_checkpoint, write_files
 
@@ -355,15 +356,67 @@ def test_a_checkpoint_without_contract_loads_only_as_a_bare_model(checkpoint):
     assert load_pretrained(checkpoint, bare=True).contract is None
 
 
-def test_a_checkpoint_from_before_digests_still_loads(checkpoint):
+@pytest.mark.parametrize("edit", ["heads 4 -> 8", "contract medians + 5", "input gain 1 -> 5"])
+def test_removing_the_digests_does_not_let_an_edited_checkpoint_load(edit, checkpoint, corpora, tmp_path, capsys):
+    """Issue 25: deleting "digests" from config.json (and digests.json) made a checkpoint load as
+    one from before digests, with only its weights checked: every edit then went through."""
     from brainlm.model.checkpoint import load_pretrained
+
+    cfg = json.loads((checkpoint / "config.json").read_text())
+    if edit.startswith("heads"):
+        cfg["model"]["heads"] = 8
+    contract = json.loads((checkpoint / "contract.json").read_text())
+    if edit.startswith("contract"):
+        contract["median"] = [v + 5 for v in contract["median"]]
+    if edit.startswith("input gain"):  # where an imported checkpoint keeps it
+        contract["scaler_fit"] = {**(contract.get("scaler_fit") or {}), "input_gain": 5.0}
+    del cfg["digests"]
+    (checkpoint / "config.json").write_text(json.dumps(cfg))
+    (checkpoint / "contract.json").write_text(json.dumps(contract))
+    for name in ("digests.json", "spatial_baseline.safetensors"):
+        (checkpoint / name).unlink()
+    before = tree(checkpoint)
+    code, err = cli(capsys, "embed", checkpoint, corpora[0], "--out", tmp_path / "e.parquet")
+    assert code == 2 and "names no digests.json" in err and "record_digests" in err
+    assert not (tmp_path / "e.parquet").exists() and tree(checkpoint) == before
+    with pytest.raises(BrainLMInputError, match="names no digests.json"):
+        load_pretrained(checkpoint)
+
+
+def test_an_old_checkpoint_loads_once_its_files_are_vouched_for(checkpoint):
+    from brainlm.model.checkpoint import load_pretrained, record_digests
 
     cfg = json.loads((checkpoint / "config.json").read_text())
     del cfg["digests"]
     (checkpoint / "config.json").write_text(json.dumps(cfg))
     (checkpoint / "digests.json").unlink()
     (checkpoint / "spatial_baseline.safetensors").unlink()  # written by later versions only
+    with pytest.raises(BrainLMInputError, match="names no digests.json"):
+        load_pretrained(checkpoint)
+    record_digests(checkpoint)
     assert load_pretrained(checkpoint).contract is not None
+    with pytest.raises(BrainLMInputError, match="already has digests.json"):
+        record_digests(checkpoint)
+
+
+def test_non_finite_weights_are_refused_at_load(checkpoint):
+    """Issue 25: NaN weights with re-computed digests loaded and gave all-NaN embeddings."""
+    from safetensors.torch import load_file, save_file
+
+    from brainlm.model.checkpoint import load_pretrained, record_digests
+
+    weights = load_file(checkpoint / "model.safetensors")
+    weights["blocks.0.attn.qkv.weight"][0, 0] = float("nan")
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((checkpoint / "config.json").read_text())
+    cfg["sha256"] = __import__("brainlm.model.checkpoint", fromlist=["sha256_file"]).sha256_file(
+        checkpoint / "model.safetensors")
+    del cfg["digests"]
+    (checkpoint / "config.json").write_text(json.dumps(cfg))
+    (checkpoint / "digests.json").unlink()
+    record_digests(checkpoint)  # every digest is right: only the values are wrong
+    with pytest.raises(BrainLMInputError, match=r"NaN or infinite values \(blocks.0.attn.qkv.weight"):
+        load_pretrained(checkpoint)
 
 
 # --- items 10-11: options and files that ended in a traceback -----------------------------------
@@ -374,11 +427,17 @@ def test_a_checkpoint_from_before_digests_still_loads(checkpoint):
     ("heads: many", "cannot build a model"),
 ])
 def test_a_malformed_config_json_is_one_line(config, message, checkpoint, corpora, tmp_path, capsys):
-    if config == "heads: many":  # an old checkpoint (no digests.json) with a broken setting
+    if config == "heads: many":  # an old checkpoint (digests vouched for) with a broken setting
+        from brainlm.model.checkpoint import record_digests
+
         config = json.loads((checkpoint / "config.json").read_text())
         config["model"]["heads"] = "many"
         del config["digests"]
-    (checkpoint / "config.json").write_text(json.dumps(config))
+        (checkpoint / "digests.json").unlink()
+        (checkpoint / "config.json").write_text(json.dumps(config))
+        record_digests(checkpoint)
+    else:
+        (checkpoint / "config.json").write_text(json.dumps(config))
     code, err = cli(capsys, "embed", checkpoint, corpora[0], "--out", tmp_path / "e.parquet")
     assert code == 2 and message in err and str(checkpoint) in err
 

@@ -17,7 +17,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import load_schaefer100_rest
 from brainlm.model import MaskSpec
-from brainlm.model.checkpoint import load_pretrained
+from brainlm.model.checkpoint import load_pretrained, record_digests
 from brainlm.tasks.model_input import preprocess, reconstruct
 from brainlm.model.precision import resolve_precision
 from brainlm.train.trainer import make_trainer
@@ -107,8 +107,12 @@ def test_damaged_checkpoints_are_refused(trained, tmp_path):
     (ck / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(BrainLMInputError, match="config.json was altered"):  # digests.json (issue 18)
         load_pretrained(ck)
-    del cfg["digests"]  # as a checkpoint written before digests.json: the weights still decide
+    del cfg["digests"]  # removing the digests does not make an edit load (issue 25)
     (ck / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BrainLMInputError, match="names no digests.json"):
+        load_pretrained(ck)
+    (ck / "digests.json").unlink()  # vouched for as an old checkpoint: the weights still decide
+    record_digests(ck)
     with pytest.raises(BrainLMInputError, match=r"do not match the architecture.*missing \['blocks.3"):
         load_pretrained(ck)
     (ck / "config.json").unlink()

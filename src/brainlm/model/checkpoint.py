@@ -19,9 +19,10 @@ Layout of a checkpoint folder::
     .brainlm-output.json  the marker of a folder brainlm wrote (not part of the checkpoint)
 
 Loading is strict: missing, unexpected or mis-shaped tensors are an error (upstream silently
-re-initialised them), the weights' sha256 must match the one recorded, and every file recorded
-in digests.json must be present and unchanged (an edited config or contract would otherwise
-load and silently change what the model computes). A checkpoint without a contract loads only
+re-initialised them), and so are NaN or infinite weights; the weights' sha256 must match the one
+recorded, and every file recorded in digests.json must be present and unchanged (an edited
+config or contract would otherwise load and silently change what the model computes). A
+checkpoint without digests is refused (:func:`record_digests` vouches for an old one). A checkpoint without a contract loads only
 when the caller asks for a bare model (``bare=True``): every task needs to know how its input
 was cleaned and scaled. Extra tensor files (``save_pretrained(..., tensors=...)``) are
 safetensors too, and are read back only through :func:`load_tensors`, which checks them against
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import safetensors.numpy
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -169,10 +171,38 @@ def save_pretrained(model, directory, *, extra: dict[str, dict] | None = None,
             with atomic_path(tmp / name) as f:
                 safetensors.numpy.save_file({k: np.ascontiguousarray(np.asarray(v)) for k, v in arrays.items()},
                                             f, metadata=dict(metadata or {}))
-        cfg = json.loads((tmp / "config.json").read_text())
-        write_json(tmp / "config.json", {**cfg, "digests": DIGESTS})
-        write_json(tmp / DIGESTS, {"sha256": {f.name: sha256_file(f) for f in sorted(tmp.iterdir())
-                                              if f.is_file() and not f.name.startswith(".")}})
+        _write_digests(tmp)
+
+
+def _write_digests(directory: Path) -> None:
+    """Name digests.json in config.json, then record the sha256 of every other file."""
+    cfg = json.loads((directory / "config.json").read_text())
+    write_json(directory / "config.json", {**cfg, "digests": DIGESTS})
+    write_json(directory / DIGESTS, {"sha256": {f.name: sha256_file(f) for f in sorted(directory.iterdir())
+                                                if f.is_file() and not f.name.startswith(".")
+                                                and f.name != DIGESTS}})
+
+
+def record_digests(directory) -> None:
+    """Record the sha256 of every file of a checkpoint written before digests.json existed, so
+    that it loads again (:func:`load_pretrained` refuses a checkpoint without digests, since
+    removing them would otherwise let an edited config or contract through). Only for a
+    checkpoint whose files you trust as they are: this vouches for them. A checkpoint that
+    already has digests is refused (its files are checked, not re-recorded)."""
+    directory = Path(directory)
+    cfg_path = directory / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BrainLMInputError(f"cannot read config.json ({e})", str(directory)) from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise BrainLMInputError("not a brainlm checkpoint (config.json's format)", str(directory))
+    if "digests" in cfg or (directory / DIGESTS).exists():
+        raise BrainLMInputError(f"checkpoint already has {DIGESTS}; its files are checked against it",
+                                str(directory))
+    if sha256_file(directory / WEIGHTS) != cfg.get("sha256"):
+        raise BrainLMInputError(f"{WEIGHTS} does not match the sha256 in config.json", str(directory))
+    _write_digests(directory)
 
 
 def load_tensors(directory, name: str) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
@@ -180,8 +210,7 @@ def load_tensors(directory, name: str) -> tuple[dict[str, np.ndarray], dict[str,
     ``(arrays by name, metadata)``, or None when the checkpoint has no such file.
 
     The file must be recorded in digests.json with its sha256 (an altered file, or one added
-    after the checkpoint was written, is an error naming it). Checkpoints written before
-    digests.json existed have no extra tensor files: None.
+    after the checkpoint was written, is an error naming it).
     """
     _check_tensor_file_name(name)
     directory = resolve_checkpoint(directory)
@@ -190,7 +219,9 @@ def load_tensors(directory, name: str) -> tuple[dict[str, np.ndarray], dict[str,
         cfg = json.loads((directory / "config.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BrainLMInputError(f"cannot read config.json ({e})", str(directory)) from None
-    recorded = _recorded_digests(directory) if isinstance(cfg, dict) and "digests" in cfg else {}
+    if not isinstance(cfg, dict) or "digests" not in cfg:
+        raise BrainLMInputError(f"config.json names no {DIGESTS}: {name} cannot be checked", str(directory))
+    recorded = _recorded_digests(directory)
     if name not in recorded:
         if path.exists():
             raise BrainLMInputError(f"{name} is not recorded in {DIGESTS}: it was added after the "
@@ -253,11 +284,20 @@ def _recorded_digests(directory: Path) -> dict:
 
 def _verify_digests(directory: Path, cfg: dict, bare: bool = False) -> None:
     """Every file recorded in ``digests.json`` is present (contract.json may be absent when
-    ``bare``) and unchanged; an error naming the first that is not. Checkpoints written before digests.json existed (config.json does not
-    name it) have only their weights checked."""
+    ``bare``) and unchanged, and every file of the checkpoint is recorded; an error naming the
+    first that is not. A checkpoint without digests is refused: deleting them must not turn an
+    edited config or contract into an "old" checkpoint that loads (:func:`record_digests`
+    vouches for one written before digests existed)."""
     if "digests" not in cfg:
-        return
+        raise BrainLMInputError(
+            f"config.json names no {DIGESTS}, so its files cannot be checked (a checkpoint written "
+            "before digests, or one whose digests were removed); if you trust its files as they are, "
+            "run brainlm.model.checkpoint.record_digests on the folder once", str(directory))
     recorded = _recorded_digests(directory)
+    for name in ("config.json", WEIGHTS, "contract.json", "atlas.json"):
+        if (directory / name).is_file() and name not in recorded:
+            raise BrainLMInputError(f"{name} is not recorded in {DIGESTS}: it was added or the digests "
+                                    "were edited after the checkpoint was written", str(directory))
     for name, digest in sorted(recorded.items()):
         f = directory / str(name)
         if not f.is_file():
@@ -347,6 +387,11 @@ def load_pretrained(directory, map_location: str = "cpu", *, bare: bool = False)
             + "; ".join(filter(None, [missing and f"missing {missing[:5]}",
                                       unexpected and f"unexpected {unexpected[:5]}",
                                       shapes and f"shape {shapes[:3]}"])), str(directory))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise BrainLMInputError(f"weights hold NaN or infinite values ({', '.join(bad[:3])}"
+                                f"{', ...' if len(bad) > 3 else ''}); a model with them computes only NaN",
+                                str(directory / WEIGHTS))
     model.load_state_dict(state, strict=True)
     # Carried like the contract and the atlas (never applied by the model): the zero-shot
     # spatial baseline of `brainlm evaluate recon` reads it.
