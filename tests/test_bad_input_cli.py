@@ -778,3 +778,60 @@ def test_an_unknown_atlas_is_one_line_naming_it(command, psc_checkpoint, src, tm
     code, err = cli(capsys, *args, "--atlas", "schaefer1000")
     assert code == 2 and "schaefer1000" in err and "unknown atlas" in err and "aal2" in err
     assert not any((tmp_path / name).exists() for name in ("c", "e.parquet", "n"))
+
+
+# --- issue 25: outputs that replaced the user's inputs --------------------------------------------
+
+@pytest.fixture
+def study(checkpoint, corpora, tmp_path):
+    """A study folder: one reconstruction result of the small checkpoint (results/reconstruction)."""
+    root = tmp_path / "study"
+    assert main(["evaluate", "recon", str(checkpoint), str(corpora[0]), "--out",
+                 str(root / "results" / "reconstruction"), "--ratios", "0.5", "--split", "train"]) == 0
+    return root
+
+
+def test_report_never_writes_over_its_own_results_or_a_users_file(study, tmp_path, capsys):
+    results = study / "results" / "reconstruction" / "reconstruction.json"
+    kept = results.read_bytes()
+    code, err = cli(capsys, "report", study, "--out", results)
+    assert code == 2 and "inside the input" in err and results.read_bytes() == kept
+    code, err = cli(capsys, "report", study, "--out", study)  # a folder: was an IsADirectoryError
+    assert code == 2 and "--out is a folder" in err
+    # The study's own report is drawn again in place; elsewhere an existing report needs --overwrite.
+    assert cli(capsys, "report", study)[0] == 0 and cli(capsys, "report", study)[0] == 0
+    out = tmp_path / "report.html"
+    assert cli(capsys, "report", study, "--out", out)[0] == 0
+    code, err = cli(capsys, "report", study, "--out", out)
+    assert code == 2 and "pass --overwrite" in err
+    assert cli(capsys, "report", study, "--out", out, "--overwrite")[0] == 0
+    notes = tmp_path / "notes.html"
+    notes.write_text("<!DOCTYPE html><title>my notes</title>")
+    code, err = cli(capsys, "report", study, "--out", notes, "--overwrite")
+    assert code == 2 and "replaces only a file that brainlm wrote" in err
+    assert notes.read_text() == "<!DOCTYPE html><title>my notes</title>"
+    (study / "report.html").write_text("not a report")  # a user's file under the default name
+    code, err = cli(capsys, "report", study)
+    assert code == 2 and (study / "report.html").read_text() == "not a report"
+
+
+def test_pretrain_never_writes_into_its_corpus_or_another_brainlm_folder(corpora, tmp_path, capsys):
+    corpus = Path(corpora[0])
+    before = tree(corpus)
+    code, err = cli(capsys, "pretrain", corpus, "--out", corpus, "--epochs", "1", *TINY)
+    assert code == 2 and "the input" in err and tree(corpus) == before
+    code, err = cli(capsys, "pretrain", corpus, "--out", corpus / "run", "--epochs", "1", *TINY)
+    assert code == 2 and "the input" in err and tree(corpus) == before
+    # Another corpus (a folder brainlm wrote, of another kind) is not a run folder either.
+    other = Path(corpora[1])
+    before = tree(other)
+    code, err = cli(capsys, "pretrain", corpus, "--out", other, "--epochs", "1", *TINY)
+    assert code == 2 and "holds a corpus" in err and tree(other) == before
+
+
+def test_prepare_overwrite_replaces_a_corpus_never_a_run(hcp_folder, started_run, tmp_path, capsys):
+    run = Path(shutil.copytree(started_run, tmp_path / "run"))
+    before = tree(run)
+    code, err = cli(capsys, "prepare", hcp_folder, "--out", run, "--atlas", "aal2", "--overwrite")
+    assert code == 2 and "replaces only a corpus" in err and "pretraining run" in err
+    assert tree(run) == before

@@ -21,7 +21,7 @@ EXPECTED_FIGURES = {
 }
 
 
-def test_report_has_every_section_and_figure(demo_run):
+def test_report_has_every_section_and_figure(demo_run, tmp_path):
     page = (demo_run / "report.html").read_text()
     for anchor in ("data", "pretraining", "reconstruction", "prediction", "forecasting", "networks",
                    "attention", "latent", "benchmarks", "provenance"):
@@ -32,7 +32,7 @@ def test_report_has_every_section_and_figure(demo_run):
     assert page.count("data:image/png;base64,") >= len(EXPECTED_FIGURES)
     assert "src=\"http" not in page and "href=\"http" not in page  # self-contained
     # `brainlm report` renders the same page again from the saved results alone.
-    again = demo_run / "again.html"
+    again = tmp_path / "again.html"
     assert main(["report", str(demo_run), "--out", str(again)]) == 0
     assert again.read_text().count("<figure") == page.count("<figure")
 

@@ -108,6 +108,16 @@ def write_output_marker(folder: str | Path, what: str = "output") -> None:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
 
+def output_kind(folder: str | Path) -> str | None:
+    """What brainlm wrote in ``folder`` (its output marker's ``what``: "corpus", "pretraining
+    run", "checkpoint", "results" ...), or None when it has no readable marker."""
+    try:
+        marker = json.loads((Path(folder) / OUTPUT_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker.get("what") if isinstance(marker, dict) and isinstance(marker.get("what"), str) else None
+
+
 def check_not_an_input(target: str | Path, sources: Iterable, what: str = "output folder") -> Path:
     """``target`` as a Path; an error if it is, contains or lies inside one of ``sources``
     (paths a command reads; other items, such as in-memory recordings, are ignored). ``what``
@@ -125,14 +135,15 @@ def check_not_an_input(target: str | Path, sources: Iterable, what: str = "outpu
 
 
 def check_output_folder(target: str | Path, *, overwrite: bool = False, sources: Iterable = (),
-                        flag: str = "--overwrite") -> Path:
+                        flag: str = "--overwrite", kind: str | None = None) -> Path:
     """``target`` as a Path if brainlm may publish a folder there; else an error naming it.
 
     * ``target`` must not be, contain or lie inside any of ``sources`` (paths the command reads;
       other items, such as in-memory recordings, are ignored), with or without ``overwrite``;
     * an existing ``target`` is refused unless ``overwrite`` (the message names ``flag``), and
       even then it is replaced only if it is an empty folder or one brainlm wrote (it carries
-      :data:`OUTPUT_MARKER`);
+      :data:`OUTPUT_MARKER`) and, when ``kind`` is given, one of that kind (a corpus is not
+      replaced by a run, nor a run by a corpus);
     * the nearest existing ancestor must be a folder the user may write to.
     """
     target = check_not_an_input(target, sources)
@@ -147,6 +158,10 @@ def check_output_folder(target: str | Path, *, overwrite: bool = False, sources:
             raise BrainLMInputError(f"{flag} replaces only a folder that brainlm wrote (it has "
                                     f"{OUTPUT_MARKER}); this one does not, so it is kept: choose "
                                     "another folder, or remove it yourself", str(target))
+        found = output_kind(target)
+        if kind is not None and found is not None and found != kind:
+            raise BrainLMInputError(f"{flag} replaces only a {kind}; this folder holds a {found}, so it "
+                                    "is kept: choose another folder", str(target))
         return target
     ancestor = resolved.parent
     while not ancestor.exists():
@@ -174,14 +189,15 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False, suffix: str
     published folder gets the permissions the umask allows (temporary folders are private), like
     any other folder the user creates; so do files written in it with :func:`atomic_path`.
     """
-    target = check_output_folder(target, overwrite=overwrite, sources=sources, flag=flag)
+    kind = None if what == "output" else what
+    target = check_output_folder(target, overwrite=overwrite, sources=sources, flag=flag, kind=kind)
     target.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent))
     try:
         yield build
         write_output_marker(build, what)
         # Checked again: the folder may have appeared (or been changed) while this one was built.
-        check_output_folder(target, overwrite=overwrite, sources=sources, flag=flag)
+        check_output_folder(target, overwrite=overwrite, sources=sources, flag=flag, kind=kind)
         build.chmod(0o777 & ~_umask())
         publish_directory(build, target)
     finally:

@@ -227,7 +227,7 @@ def prepare_corpus(
     inputs = [*sources, *(x for x in (participants, atlas_image) if isinstance(x, (str, os.PathLike)))]
     if like is not None and like.path is not None:
         inputs.append(like.path)
-    check_output_folder(out, overwrite=overwrite, sources=inputs)
+    check_output_folder(out, overwrite=overwrite, sources=inputs, kind="corpus")
     check_not_an_input(out.with_name(out.name + ".partial"), inputs)
 
     parcellation = None
@@ -439,7 +439,7 @@ def prepare_corpus(
     (build / "settings.json").unlink()
     write_output_marker(build, "corpus")
     # Checked again just before the old corpus goes: it may have appeared during the build.
-    check_output_folder(out, overwrite=overwrite, sources=inputs)
+    check_output_folder(out, overwrite=overwrite, sources=inputs, kind="corpus")
     publish_directory(build, out)
     return Corpus(out)
 

@@ -31,7 +31,21 @@ from brainlm.errors import BrainLMInputError
 from brainlm.report import sections
 from brainlm.report.blocks import read_json
 
-__all__ = ["render_report"]
+__all__ = ["render_report", "is_report"]
+
+#: Every report's title (the template's): how a report file is told from the user's files.
+REPORT_TITLE = "BrainLM report"
+
+
+def is_report(path: str | Path) -> bool:
+    """Whether ``path`` is an HTML report that brainlm wrote (its head holds the report's
+    title), i.e. a file that rendering the report again may replace."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return head.lstrip().lower().startswith("<!doctype html>") and f"<title>{REPORT_TITLE}</title>" in head
 
 
 def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -50,7 +64,7 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     built = [builder(run_dir, summary, figures) for builder in sections.BUILDERS]
     keys = sections.key_numbers(run_dir, summary)
     page = _template().render(
-        title="BrainLM report", subtitle=sections.subtitle(summary), keys=keys,
+        title=REPORT_TITLE, subtitle=sections.subtitle(summary), keys=keys,
         sections=[s for s in built if s is not None])
     out = Path(out) if out is not None else run_dir / "report.html"
     write_text_atomic(out, page)

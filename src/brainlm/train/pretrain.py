@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 
-from brainlm.data.atomic import OUTPUT_MARKER, write_json, write_output_marker
+from brainlm.data.atomic import OUTPUT_MARKER, check_not_an_input, output_kind, write_json, write_output_marker
 from brainlm.data.corpus import Corpus
 from brainlm.data.windows import CorpusDataModule, require_window
 from brainlm.errors import BrainLMInputError
@@ -93,6 +93,8 @@ class PretrainSettings:
 # corpus may move: its identity, not its path, is checked).
 _RESUMABLE = {"epochs", "num_workers", "corpus"}
 CORPUS_KEY = "corpus_sha256"
+#: What a run folder's output marker says it is.
+RUN_KIND = "pretraining run"
 
 
 def check_settings(settings: PretrainSettings) -> None:
@@ -208,6 +210,8 @@ def _check_run_folder(out: Path, settings: PretrainSettings, resume: bool, corpu
     """The content of ``run_config.json`` for this run (written when training starts); an error
     if ``out`` cannot hold it: ``--resume`` without a started run, or one with another
     configuration or corpus; a started run, or a folder brainlm did not write, without it."""
+    # Never in, around or inside the corpus it reads (whatever the folder's marker says).
+    check_not_an_input(out, [settings.corpus])
     cfg_path = out / "run_config.json"
     current = {**json.loads(json.dumps(settings.__dict__)), CORPUS_KEY: corpus.identity()}
     if resume:
@@ -239,9 +243,12 @@ def _check_run_folder(out: Path, settings: PretrainSettings, resume: bool, corpu
         # Only a folder that brainlm made (a run that failed before training) is reused.
         raise BrainLMInputError("--out exists and is not a brainlm run folder; choose a new folder",
                                 str(out))
+    kind = output_kind(out)
+    if kind not in (None, RUN_KIND):
+        raise BrainLMInputError(f"--out holds a {kind}, not a pretraining run; choose a new folder", str(out))
     out.mkdir(parents=True, exist_ok=True)
     if not (out / OUTPUT_MARKER).is_file():
-        write_output_marker(out, "pretraining run")
+        write_output_marker(out, RUN_KIND)
     return current
 
 
