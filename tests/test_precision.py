@@ -78,6 +78,10 @@ def test_auto_picks_bf16_only_where_bfloat16_is_native(monkeypatch):
     assert resolve_precision("auto", "cpu") == "32-true"  # emulated bf16 is slower than fp32
     monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: ("avx512_bf16",))
     assert resolve_precision("auto", "cpu") == "bf16-mixed"
+    # On a CPU, bf16 pays only for a wide enough model (the 96-wide presets train no faster).
+    assert resolve_precision("auto", "cpu", width=512) == "bf16-mixed"
+    assert resolve_precision("auto", "cpu", width=96) == "32-true"
+    assert resolve_precision("bf16-mixed", "cpu", width=96) == "bf16-mixed"  # asked for: given
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
@@ -86,7 +90,17 @@ def test_auto_picks_bf16_only_where_bfloat16_is_native(monkeypatch):
         resolve_precision("bf16-mixed", "cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_precision("auto", "gpu") == resolve_precision("auto", "cuda:1") == "bf16-mixed"
+    assert resolve_precision("auto", "gpu", width=96) == "bf16-mixed"  # a GPU: whatever the width
     assert resolve_precision("16-mixed", "gpu") == "16-mixed"
+
+
+def test_auto_pretraining_records_what_it_resolved_to(monkeypatch, hcp_corpus, tmp_path):
+    monkeypatch.setattr(precision_module, "cpu_bf16_features", lambda: ("amx_bf16",))
+    for name, width, expected in (("narrow", 96, "32-true"), ("wide", 256, "bf16-mixed")):
+        s = PretrainSettings(corpus=hcp_corpus.path, preset="small", epochs=1, crops_per_recording=1,
+                             accelerator="cpu", model_overrides={"dim": width, "heads": 4})
+        pretrain(s, tmp_path / name, progress=False)
+        assert json.loads((tmp_path / name / "metrics.json").read_text())["precision"] == expected
 
 
 def test_the_cpu_features_are_read_from_torch():

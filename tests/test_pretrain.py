@@ -34,7 +34,7 @@ def test_tiny_pretraining_beats_trivial_baselines(trained):
     assert last["val/r2"] > 0.1
     # The fixture leaves accelerator and precision on "auto": bf16-mixed where the device that
     # trains multiplies bfloat16 natively (tests/test_precision.py).
-    expected = resolve_precision("auto", "auto")
+    expected = resolve_precision("auto", "auto", width=96)
     assert metrics["parameters"]["total"] == 401_908 and metrics["precision"] == expected
     log = pd.read_csv(trained / "logs" / "csv" / "version_0" / "metrics.csv")
     assert log["val/masked_mse"].dropna().iloc[-1] < log["val/masked_mse"].dropna().iloc[0]
@@ -188,8 +188,8 @@ def test_progress_off_a_terminal_is_one_line_per_epoch(hcp_corpus, tmp_path, cap
 def test_precision_follows_the_device_that_trains():
     # "auto" is settled by the device that trains (tests/test_precision.py has the rules).
     assert resolve_precision("auto", "auto") == resolve_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")
-    setup = make_trainer(max_epochs=1, accelerator="cpu", silent=True)
-    assert setup.precision == resolve_precision("auto", "cpu") and setup.best is None
+    setup = make_trainer(max_epochs=1, accelerator="cpu", silent=True, width=96)
+    assert setup.precision == resolve_precision("auto", "cpu", width=96) and setup.best is None
     assert make_trainer(max_epochs=1, accelerator="cpu", precision="32-true", silent=True).precision == "32-true"
     assert not setup.trainer.loggers and setup.trainer.checkpoint_callback is None  # writes nothing
     with pytest.raises(BrainLMInputError, match="monitored metric"):

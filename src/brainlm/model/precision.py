@@ -5,12 +5,15 @@ Precisions are Lightning's names. ``bf16-mixed`` keeps fp32 weights and optimize
 runs matrix products in bfloat16 under ``torch.autocast`` (GPU or CPU); losses, norms and
 softmax stay in fp32 (autocast's own lists, plus explicit ``.float()`` in the model's losses).
 
-``auto`` picks bf16-mixed where bfloat16 arithmetic is native and fast:
+``auto`` picks bf16-mixed where bfloat16 arithmetic is native and pays:
 
 * a CUDA GPU that supports bfloat16 (Ampere and later);
 * a CPU whose instruction set multiplies bfloat16 natively (AMX-BF16 or AVX512-BF16, as torch's
-  CPU detection reports them at run time). On other CPUs bfloat16 is emulated through fp32
-  conversions and is slower than fp32, so ``auto`` stays at 32-true there.
+  CPU detection reports them at run time), for a model at least :data:`CPU_BF16_MIN_WIDTH` wide.
+  On other CPUs bfloat16 is emulated through fp32 conversions and is slower than fp32; on a
+  narrow model (the CPU presets ``tiny`` and ``small``, width 96) the products are too small for
+  the bf16 kernels to win back the casts, and training runs no faster. ``auto`` stays at 32-true
+  in both cases.
 
 The numbers behind the CPU choice are in ``benchmarks/results/precision.json`` (docs/scale.md).
 """
@@ -27,6 +30,10 @@ from brainlm.errors import BrainLMInputError
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 #: Instruction sets that multiply bfloat16 natively, as ``torch.cpu.get_capabilities`` names them.
 CPU_BF16_FEATURES = ("amx_bf16", "avx512_bf16")
+#: The narrowest encoder (``dim``) for which ``auto`` trains in bf16 on a CPU: the 13m preset
+#: (512) and wider train about twice as fast in bf16, the 96-wide CPU presets no faster
+#: (benchmarks/results/precision.json).
+CPU_BF16_MIN_WIDTH = 256
 
 
 def cpu_bf16_features() -> tuple[str, ...]:
@@ -63,11 +70,12 @@ def fast_bf16(device: str) -> bool:
     return bool(cpu_bf16_features())
 
 
-def resolve_precision(precision: str, accelerator: str | torch.device = "cpu") -> str:
+def resolve_precision(precision: str, accelerator: str | torch.device = "cpu", width: int | None = None) -> str:
     """The precision a fit or a forward pass runs in on ``accelerator``.
 
-    ``auto`` -> ``bf16-mixed`` where :func:`fast_bf16`, else ``32-true``. An explicit precision
-    is returned as given when the device can run it.
+    ``auto`` -> ``bf16-mixed`` where :func:`fast_bf16` (on a CPU, also only for a model of
+    ``width`` >= :data:`CPU_BF16_MIN_WIDTH`; ``width`` None: any), else ``32-true``. An explicit
+    precision is returned as given when the device can run it.
 
     Raises
     ------
@@ -79,7 +87,8 @@ def resolve_precision(precision: str, accelerator: str | torch.device = "cpu") -
         raise BrainLMInputError(f"--precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     device = device_type(accelerator)
     if precision == "auto":
-        return "bf16-mixed" if fast_bf16(device) else "32-true"
+        pays = device == "cuda" or width is None or width >= CPU_BF16_MIN_WIDTH
+        return "bf16-mixed" if fast_bf16(device) and pays else "32-true"
     if precision == "16-mixed" and device != "cuda":
         raise BrainLMInputError("--precision 16-mixed needs a CUDA GPU (float16 training needs its loss "
                                 "scaling); on the CPU use bf16-mixed or 32-true")

@@ -182,7 +182,7 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
         callbacks=[LearningRateMonitor(logging_interval="step"), _StartRun(out / "run_config.json", run_config)],
         accumulate_grad_batches=settings.accumulate, gradient_clip_val=settings.clip,
         log_every_n_steps=5, default_root_dir=out, limit_train_batches=limit_train_batches,
-        enable_model_summary=progress)
+        enable_model_summary=progress, width=config.dim)
     trainer = setup.trainer
     last = out / "checkpoints" / "last.ckpt"
     resume_from = last if resume and last.exists() else None

@@ -213,7 +213,7 @@ def make_trainer(*, max_epochs: int, accelerator: str = "auto", devices: int | s
                  best: str | None = None, checkpoint_dir: str | Path | None = None, save_last: bool = False,
                  patience: int | None = None, count_start: bool = False, log_dir: str | Path | None = None,
                  loggers: tuple[str, ...] = (), log_name: str | None = None, progress: bool = False,
-                 silent: bool = False, callbacks=(), **options) -> TrainerSetup:
+                 silent: bool = False, callbacks=(), width: int | None = None, **options) -> TrainerSetup:
     """A Lightning ``Trainer`` set up the one way every fit of brainlm is.
 
     Parameters
@@ -239,6 +239,9 @@ def make_trainer(*, max_epochs: int, accelerator: str = "auto", devices: int | s
         ``fit`` in :func:`quiet` too): for the many small fits of a cross-validation.
     callbacks : sequence of lightning.Callback
         Added after the best-epoch callback.
+    width : int, optional
+        The model's encoder width, for ``precision="auto"`` on a CPU (bf16 only pays from
+        :data:`~brainlm.model.precision.CPU_BF16_MIN_WIDTH`).
     **options
         Any other ``lightning.Trainer`` argument (``gradient_clip_val``, ``accumulate_grad_batches``...).
     """
@@ -246,7 +249,7 @@ def make_trainer(*, max_epochs: int, accelerator: str = "auto", devices: int | s
         raise BrainLMInputError(f"best {best!r}; expected one of {BEST}")
     if best is not None and monitor is None:
         raise BrainLMInputError("keeping the best epoch needs a monitored metric")
-    precision = resolve_precision(precision, accelerator)
+    precision = resolve_precision(precision, accelerator, width)
     keeper: ModelCheckpoint | BestWeights | None = None
     if best == "checkpoint":
         if checkpoint_dir is None:

@@ -123,7 +123,8 @@ def finetune(checkpoint: str | Path, corpus: str | Path, out: str | Path,
     check_lengths(s.context_trs, s.horizon_trs, pretrained.config.patch_trs, source=str(checkpoint))
     if s.epochs < 1 or s.batch_size < 1 or s.crops_per_recording < 1 or not s.lr > 0:
         raise BrainLMInputError("epochs, batch_size, crops_per_recording and lr must be positive")
-    precision = resolve_precision(s.precision, s.accelerator)
+    width = getattr(pretrained.config, "dim", None)
+    precision = resolve_precision(s.precision, s.accelerator, width)
     data = Corpus(corpus)
     scaler = model_scaler(pretrained, data, transfer_atlas=s.transfer_atlas)
     # The checkpoint's atlas; on a transferred atlas the corpus' (its parcels are the ones modelled).
@@ -192,7 +193,7 @@ def _train(init_state, model: nn.Module, data: Corpus, scaler: PreprocessingCont
                           storage_options=data.storage_options, scaler=scaler)
     timer = EpochTimes(monitor="val/masked_mse")
     setup = make_trainer(
-        max_epochs=s.epochs, accelerator=s.accelerator, devices=1, precision=s.precision,
+        max_epochs=s.epochs, accelerator=s.accelerator, devices=1, precision=s.precision, width=config.dim,
         monitor="val/masked_mse", best="memory", log_dir=build / "logs", loggers=("csv",), log_name=kind,
         progress=progress, callbacks=[timer], gradient_clip_val=s.clip, log_every_n_steps=1,
         default_root_dir=build,
