@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -307,7 +308,10 @@ def _pretrain(out: Path, hcp, s: DemoSettings, summary: dict) -> Path:
     second = embed(run / "model", [hcp.path])
     summary["pretraining"] = {
         "run": run.name, "preset": s.preset, "epochs": s.epochs, "seconds": round(seconds, 1),
-        "device": _training_device(), "window_trs": model.config.window_trs, "masking": settings.mask_spec().to_dict(),
+        "device": _training_device(),
+        # What --precision auto resolved to on this machine (bf16-mixed only where it pays).
+        "precision": json.loads((run / "metrics.json").read_text())["precision"],
+        "window_trs": model.config.window_trs, "masking": settings.mask_spec().to_dict(),
         "parameters": model.count_parameters(), "validation": metrics,
         "embeddings_deterministic": bool(first.equals(second)), "embedded_recordings": len(first)}
     summary["settings"]["pretraining"] = asdict(settings)
