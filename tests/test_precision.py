@@ -272,7 +272,7 @@ def test_bf16_prediction_finetuning_runs_every_mode(mode, runs, hcp_corpus):
                 feats[p] = fit.net_.features(x).float()
     if mode == "linear_probe":  # nothing trained in the encoder: same weights, features within bf16
         assert rel(feats["bf16-mixed"], feats["32-true"]) <= VALUE_RTOL
-    assert fits["bf16-mixed"].precision == "bf16-mixed"
+    assert fits["bf16-mixed"].precision_ == "bf16-mixed" and fits["32-true"].precision_ == "32-true"
 
 
 def test_bf16_embedding_estimator_matches_fp32(runs, hcp_corpus):

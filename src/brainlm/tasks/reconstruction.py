@@ -294,9 +294,10 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
     if not ratios or len(set(ratios)) != len(ratios):
         raise BrainLMInputError(f"mask ratios {ratios}; expected distinct fractions")
     specs = [MaskSpec(strategy, r) for r in ratios]  # validates each ratio
-    precision = resolve_precision(precision, device)
+    resolve_precision(precision, device)  # an unknown or impossible precision: refused before any work
     out = check_results_folder(out, overwrite)
     model = load_model(checkpoint, device)
+    precision = resolve_precision(precision, device, getattr(model.config, "dim", None))
     corpus = open_corpus(corpus)
     scaler = model_scaler(model, corpus, transfer_atlas=transfer_atlas)
     rows = corpus.split_indices(split)

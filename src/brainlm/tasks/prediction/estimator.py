@@ -57,7 +57,7 @@ class BrainLMEmbedding(TransformerMixin, BaseEstimator):
         Torch device.
     precision : str
         Forward passes in ``32-true`` (default) or ``bf16-mixed`` (``auto``: bf16 where it is
-        native; :func:`brainlm.model.precision.resolve_precision`).
+        native and pays for this model's width; :func:`brainlm.model.precision.resolve_precision`).
 
     Attributes
     ----------
@@ -97,8 +97,8 @@ class BrainLMEmbedding(TransformerMixin, BaseEstimator):
             raise BrainLMInputError(f"weights {self.weights!r}; expected one of {WEIGHTS}")
         if self.checkpoint is None:
             raise BrainLMInputError("BrainLMEmbedding needs a checkpoint (a folder or a BrainLM)")
-        self.precision_ = resolve_precision(self.precision, self.device)
         model = load_model(self.checkpoint, self.device)
+        self.precision_ = resolve_precision(self.precision, self.device, getattr(model.config, "dim", None))
         if self.weights == "random":
             model = random_like(model, self.random_state)
         model.eval()

@@ -32,7 +32,7 @@ from torch import nn
 
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
-from brainlm.model.precision import autocast
+from brainlm.model.precision import autocast, resolve_precision
 from brainlm.tasks.model_input import load_model, pool_tokens
 from brainlm.tasks.prediction.training import (WindowedHead, check_series, random_crops,
                                               recording_tiles)
@@ -183,6 +183,7 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
 
     def _build(self, items, targets):
         model = self._model()
+        self.precision_ = resolve_precision(self.precision, self.device, getattr(model.config, "dim", None))
         for p in model.parameters():
             p.requires_grad_(False)
         net = EncoderHead(model, torch.from_numpy(self.xyz_)).to(self.device)
@@ -211,7 +212,7 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
         stopping can only improve on it (the start is epoch 0)."""
         wins, owner = recording_tiles(items, self.window_trs_)
         net.eval()
-        with autocast(self.precision, self.device):
+        with autocast(self.precision_, self.device):
             feats = torch.cat([net.features(wins[i:i + self.batch_size].to(self.device)).float().cpu()
                                for i in range(0, len(wins), self.batch_size)]).numpy()
         y = targets.numpy()[owner]

@@ -165,7 +165,8 @@ class WindowedHead:
     ``patience``, ``batch_size``, ``val_fraction``, ``random_state`` and implement
     ``_prepare(X) -> list``, ``_build(train_items, train_targets) -> (net, optimizer)``,
     ``_train_examples(items, generator) -> (inputs, owner)`` and
-    ``_eval_examples(items) -> (inputs, owner)``. Regression targets are standardised with the
+    ``_eval_examples(items) -> (inputs, owner)``; ``_build`` may set ``precision_`` (the
+    resolved precision of training and prediction; 32-true without). Regression targets are standardised with the
     training statistics inside ``fit`` and mapped back in ``predict``.
 
     Attributes
@@ -216,14 +217,14 @@ class WindowedHead:
                 net, optimizer, epoch_data=epoch_data, val_inputs=val_inputs, val_targets=val_targets,
                 classification=classification, max_epochs=self.max_epochs, patience=self.patience,
                 batch_size=self.batch_size, generator=gen, device=getattr(self, "device", "cpu"),
-                precision=getattr(self, "precision", "32-true"))
+                precision=getattr(self, "precision_", "32-true"))
         self.net_ = net
         return self
 
     def _outputs(self, X) -> np.ndarray:
         items = self._prepare(X)
         inputs, owner = self._eval_examples(items)
-        outputs = predict_batched(self.net_, inputs, self.batch_size, getattr(self, "precision", "32-true"))
+        outputs = predict_batched(self.net_, inputs, self.batch_size, getattr(self, "precision_", "32-true"))
         return per_recording(outputs, owner, len(items))
 
     def predict(self, X) -> np.ndarray:
