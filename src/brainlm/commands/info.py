@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from brainlm.data.atomic import to_json
-from brainlm.data.corpus import Corpus
+from brainlm.data.corpus import Corpus, unfinished_build
 from brainlm.errors import BrainLMInputError
 from brainlm.model.checkpoint import is_checkpoint, load_pretrained, pretraining_spatial_statistics
 from brainlm.model.shipped import resolve_checkpoint, shipped_models
@@ -100,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     if not path.exists():
         names = [m.name for m in shipped_models()]
         if args.path not in names:
+            unfinished = unfinished_build(path)
+            if unfinished:
+                raise BrainLMInputError(f"no corpus here yet: {unfinished}", args.path)
             raise BrainLMInputError("not found: expected a corpus folder, a checkpoint folder or the name "
                                     f"of a shipped model ({', '.join(names) or 'none shipped'})", args.path)
         path = resolve_checkpoint(args.path)

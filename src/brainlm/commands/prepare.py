@@ -74,7 +74,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--allow-missing-phenotypes", action="store_true",
                    help="keep recordings whose subject is not in the participants table")
     g = p.add_argument_group("preprocessing contract (with --like: from the checkpoint)")
-    g.add_argument("--target-tr", type=float, help="resample every recording to this TR (seconds)")
+    g.add_argument("--target-tr", type=float, help="resample every recording to this TR (seconds, 0.01-100)")
     g.add_argument("--drop-initial", type=int, metavar="N", help="drop the first N frames (default 0)")
     g.add_argument("--psc", action="store_true", help="convert raw BOLD to percent signal change")
     g.add_argument("--no-detrend", action="store_true", help="skip linear detrending")
@@ -104,8 +104,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace an existing corpus")
     g.add_argument("--restart", action="store_true", help="discard an unfinished build instead of resuming")
     g.add_argument("--drop-scale-outliers", action="store_true",
-                   help="leave training recordings on another scale than the cohort out of the corpus "
-                   "(by default they are kept, reported, and left out of the scaling statistics)")
+                   help="leave recordings on another scale than the cohort out of the corpus (by default "
+                   "training ones are kept, reported, and left out of the scaling statistics, and a "
+                   "validation or test one, which the training statistics would scale wrongly, is an error)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -6,8 +6,10 @@ corpus and every checkpoint store it, and ``contract.transform(recording)`` on n
 exactly what pretraining saw. Steps, in order:
 
 1. drop the first ``drop_initial_trs`` frames (non-steady-state volumes, at the source TR);
-2. find bad parcels (any NaN/Inf, or constant) and apply ``bad_parcels`` (``"error"`` or
-   ``"zero"``: the parcel is marked missing and reads as 0 after scaling);
+2. find bad parcels (any NaN/Inf; constant; near-constant: values more than
+   :data:`~brainlm.data.scaling.MAX_ROBUST_DEVIATION` IQRs from the parcel's median, such as a
+   parcel constant most of the time with spikes, or a sentinel value) and apply ``bad_parcels``
+   (``"error"`` or ``"zero"``: the parcel is marked missing and reads as 0 after scaling);
 3. optional percent signal change (for raw scanner units, e.g. HCP ROI means around 9,500);
 4. linear detrend, optional band-pass and confound regression (``nilearn.signal.clean``, at the
    source TR);
@@ -45,8 +47,15 @@ from scipy.signal import resample_poly
 from brainlm.data.atlas import Atlas
 from brainlm.data.atomic import write_json
 from brainlm.data.recording import Recording
-from brainlm.data.scaling import check_normalization, recording_statistics, robust_scale
+from brainlm.data.scaling import (MAX_ROBUST_DEVIATION, check_normalization, recording_statistics, robust_deviation,
+                                  robust_scale)
 from brainlm.errors import BrainLMInputError
+
+#: Plausible repetition times (seconds), for the TR of a source and for ``target_tr``: outside,
+#: a TR is a unit mistake (milliseconds given as seconds), and resampling to it would multiply
+#: or divide the length of every recording by a thousand; one below 1e-6 s would even be
+#: stored as 0.
+TR_RANGE_S = (0.01, 100.0)
 
 BAD_PARCEL_POLICIES = ("error", "zero")
 #: ``"pooled"``: statistics pooled over a training split, stored in the contract;
@@ -112,8 +121,8 @@ class PreprocessingContract:
     Parameters
     ----------
     target_tr : float or None
-        Output sampling interval in seconds; ``None`` keeps each recording's TR (then all
-        recordings of a corpus must share one TR).
+        Output sampling interval in seconds, within :data:`TR_RANGE_S`; ``None`` keeps each
+        recording's TR (then all recordings of a corpus must share one TR).
     drop_initial_trs : int
         Frames removed from the start of every recording, counted at its own TR.
     percent_signal_change : bool
@@ -125,7 +134,8 @@ class PreprocessingContract:
     confounds : list of str or None
         Confound columns to regress out (names in ``Recording.confounds``); ``None``: none.
     bad_parcels : {"error", "zero"}
-        What to do with parcels holding NaN/Inf or no variance.
+        What to do with parcels holding NaN/Inf, no variance, or values beyond
+        :data:`~brainlm.data.scaling.MAX_ROBUST_DEVIATION` IQRs from their median.
     median, iqr : list of float or None
         Pooled scaling statistics per parcel (length P): the centre and the spread of
         ``normalization``, despite the names (kept so stored contracts load): median and IQR
@@ -174,8 +184,11 @@ class PreprocessingContract:
 
     def __post_init__(self) -> None:
         src = "preprocessing contract"
-        if self.target_tr is not None and not (np.isfinite(self.target_tr) and 0 < self.target_tr <= 30):
-            raise BrainLMInputError(f"field 'target_tr' is {self.target_tr!r}; expected seconds > 0", src)
+        if self.target_tr is not None and not TR_RANGE_S[0] <= self.target_tr <= TR_RANGE_S[1]:
+            raise BrainLMInputError(
+                f"field 'target_tr' (--target-tr) is {self.target_tr!r} s; expected a repetition time "
+                f"within {TR_RANGE_S[0]:g}-{TR_RANGE_S[1]:g} s, as for a source's TR (milliseconds given "
+                "as seconds?)", src)
         if int(self.drop_initial_trs) != self.drop_initial_trs or self.drop_initial_trs < 0:
             raise BrainLMInputError(
                 f"field 'drop_initial_trs' is {self.drop_initial_trs!r}; expected an integer >= 0", src)
@@ -220,6 +233,43 @@ class PreprocessingContract:
         up, down = _resampling_ratio(tr, self.output_tr(tr))
         return -(-n * up // down)
 
+    def _bad_parcels(self, x: np.ndarray, names: list[str], source: str) -> np.ndarray:
+        """Step 2 on the input ``x`` (T, P) after the dropped frames: the sorted indices of its
+        bad parcels (NaN/Inf values; constant; near-constant: values more than
+        :data:`~brainlm.data.scaling.MAX_ROBUST_DEVIATION` IQRs from the parcel's median, which
+        robust scaling would blow up), or, with ``bad_parcels="error"``, an error naming them.
+
+        The near-constant test uses the parcel's own median and IQR, so it is the same under
+        pooled and per-recording scaling. It is made on the input, like the other two: the
+        cleaning steps are linear and leave the ratio of a real signal alone (only a parcel whose
+        every frequency a filter removes is left as edge transients over nothing)."""
+        finite = np.isfinite(x)
+        nonfinite = ~finite.all(axis=0)
+        # Constant over its finite values (an all-NaN parcel is already bad).
+        constant = (np.ptp(np.where(finite, x, x[0]), axis=0) == 0) & ~nonfinite
+        varying = np.flatnonzero(~(nonfinite | constant))
+        deviation = robust_deviation(x[:, varying])
+        far = varying[~(deviation <= MAX_ROBUST_DEVIATION)]
+        bad = np.flatnonzero(nonfinite | constant | np.isin(np.arange(x.shape[1]), far))
+        if bad.size and self.bad_parcels == "error":
+            what = []
+            if nonfinite.any():
+                what.append(f"NaN/Inf values in parcel(s) {[names[i] for i in np.flatnonzero(nonfinite)[:5]]}"
+                            f" ({int((~finite).sum())} value(s), first at TR "
+                            f"{int(np.nonzero(~finite)[0][0]) + self.drop_initial_trs})")
+            if constant.any():
+                what.append(f"constant parcel(s) {[names[i] for i in np.flatnonzero(constant)[:5]]}")
+            if far.size:
+                what.append(f"near-constant parcel(s) {[names[i] for i in far[:5]]} (values up to "
+                            f"{deviation[~(deviation <= MAX_ROBUST_DEVIATION)].max():.3g} IQRs from the median: "
+                            "constant most of the time with spikes, or sentinel values, which robust scaling "
+                            f"would blow up; expected at most {MAX_ROBUST_DEVIATION:g}, as real BOLD stays "
+                            "within about 7)")
+            raise BrainLMInputError(
+                "; ".join(what) + ". Expected finite, varying signal in every parcel; "
+                "use bad_parcels='zero' (--bad-parcels zero) to mark such parcels missing", source)
+        return bad
+
     def clean(self, timeseries: np.ndarray, tr: float, *, confounds=None, parcel_names=None,
               source: str = "recording") -> CleanedSeries:
         """Apply steps 1-5 to a raw array.
@@ -239,7 +289,8 @@ class PreprocessingContract:
         -------
         CleanedSeries
         """
-        x = np.asarray(timeseries, dtype=np.float64)
+        # A copy: the steps below work in place, and must not change the caller's array.
+        x = np.array(timeseries, dtype=np.float64)
         if x.ndim != 2:
             raise BrainLMInputError(f"time series has shape {x.shape}; expected 2-D (T x P)", source)
         names = list(parcel_names) if parcel_names is not None else [str(i) for i in range(x.shape[1])]
@@ -249,22 +300,7 @@ class PreprocessingContract:
                 f"{x.shape[0]} time point(s) left after dropping {self.drop_initial_trs} initial "
                 "frame(s); expected at least 3", source)
 
-        finite = np.isfinite(x)
-        nonfinite = ~finite.all(axis=0)
-        # Constant over its finite values (an all-NaN parcel is already bad).
-        constant = (np.ptp(np.where(finite, x, x[0]), axis=0) == 0) & ~nonfinite
-        bad = np.flatnonzero(nonfinite | constant)
-        if bad.size and self.bad_parcels == "error":
-            what = []
-            if nonfinite.any():
-                what.append(f"NaN/Inf values in parcel(s) {[names[i] for i in np.flatnonzero(nonfinite)[:5]]}"
-                            f" ({int((~finite).sum())} value(s), first at TR "
-                            f"{int(np.nonzero(~finite)[0][0]) + self.drop_initial_trs})")
-            if constant.any():
-                what.append(f"constant parcel(s) {[names[i] for i in np.flatnonzero(constant)[:5]]}")
-            raise BrainLMInputError(
-                "; ".join(what) + ". Expected finite, varying signal in every parcel; "
-                "use bad_parcels='zero' (--bad-parcels zero) to mark such parcels missing", source)
+        bad = self._bad_parcels(x, names, source)
         x[:, bad] = 0.0
 
         good = np.setdiff1d(np.arange(x.shape[1]), bad)

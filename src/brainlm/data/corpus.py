@@ -30,6 +30,7 @@ import pandas as pd
 import zarr
 
 from brainlm.data.atlas import Atlas
+from brainlm.data.atomic import OUTPUT_MARKER
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.scaling import check_normalization, normalization_statistics, recording_statistics
 from brainlm.errors import BrainLMInputError
@@ -58,9 +59,9 @@ class Corpus:
         self._fs, self._root = fsspec.core.url_to_fs(self.path, **self.storage_options)
         info_path = f"{self._root}/corpus.json"
         if not self._fs.exists(info_path):
-            hint = (f" ({self._root}.partial is an unfinished `brainlm prepare`: re-run it to resume)"
-                    if self._fs.exists(self._root + ".partial") else "")
-            raise BrainLMInputError(f"not a complete brainlm corpus: corpus.json missing{hint}", self.path)
+            unfinished = unfinished_build(self.path, self.storage_options)
+            raise BrainLMInputError("not a complete brainlm corpus: corpus.json missing"
+                                    + (f" ({unfinished})" if unfinished else ""), self.path)
         self.info: dict[str, Any] = json.loads(self._fs.cat_file(info_path))
         if self.info.get("format") != CORPUS_FORMAT:
             raise BrainLMInputError(f"corpus.json has format {self.info.get('format')!r}; "
@@ -71,8 +72,7 @@ class Corpus:
         self.atlas = Atlas.from_dict(json.loads(self._fs.cat_file(f"{self._root}/atlas.json")))
         self.contract = PreprocessingContract.from_dict(
             json.loads(self._fs.cat_file(f"{self._root}/contract.json")))
-        with self._fs.open(f"{self._root}/manifest.parquet", "rb") as f:
-            self.manifest = pd.read_parquet(f)
+        self.manifest = self._read_manifest()
         if not self.contract.is_fitted:
             raise BrainLMInputError("contract.json has no scaling statistics (median, iqr) and "
                                     "does not scale per recording", self.path)
@@ -81,6 +81,25 @@ class Corpus:
             self._iqr = np.asarray(self.contract.iqr, dtype=np.float32)
         self._arrays: dict[int, zarr.Array] = {}
         self._statistics: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _read_manifest(self) -> pd.DataFrame:
+        """``manifest.parquet``; an error naming it when it is not a Parquet table or lacks any
+        of :data:`MANIFEST_COLUMNS` (a file written over it)."""
+        path = f"{self._root}/manifest.parquet"
+        try:
+            with self._fs.open(path, "rb") as f:
+                manifest = pd.read_parquet(f)
+        except FileNotFoundError:
+            raise BrainLMInputError("the corpus has no manifest.parquet", self.path) from None
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise BrainLMInputError(f"not a Parquet table ({str(e).split('. ')[0][:160]}); expected the "
+                                    "corpus manifest that brainlm prepare writes", path) from None
+        missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+        if missing:
+            raise BrainLMInputError(f"not a corpus manifest: missing column(s) {missing} (found "
+                                    f"{list(map(str, manifest.columns))[:8]}); was it written over? "
+                                    "brainlm prepare writes it", path)
+        return manifest
 
     # Handles to zarr arrays cannot cross process boundaries (DataLoader workers): reopen lazily.
     def __getstate__(self):
@@ -248,6 +267,20 @@ class Corpus:
             return pd.DataFrame(columns=["recording_id", "source", "reason"])
         with self._fs.open(p, "rb") as f:
             return pd.read_parquet(f)
+
+
+def unfinished_build(path, storage_options: dict | None = None) -> str | None:
+    """What to say when ``path`` is not a corpus but ``PATH.partial`` is an unfinished build of
+    ``brainlm prepare`` (how many recordings are done, and how to resume it); None otherwise."""
+    fs, root = fsspec.core.url_to_fs(str(path).rstrip("/"), **(storage_options or {}))
+    build = root + ".partial"
+    # Only a build that prepare started (its settings, or brainlm's output marker) is one.
+    if not (fs.isdir(build) and (fs.exists(f"{build}/settings.json") or fs.exists(f"{build}/{OUTPUT_MARKER}"))):
+        return None
+    done = len(fs.ls(build + "/done")) if fs.isdir(build + "/done") else 0
+    name = build.rsplit("/", 1)[-1]
+    return (f"{name} is an unfinished `brainlm prepare`: re-run it to resume (the same command and "
+            f"settings; {done} recording(s) are done, --restart starts over)")
 
 
 def _stored_statistics(attrs: dict, normalization: str) -> tuple[np.ndarray, np.ndarray] | None:

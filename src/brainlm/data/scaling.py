@@ -70,6 +70,43 @@ def _over_valid_parcels(x: np.ndarray, statistic, rows: int) -> np.ndarray:
     return out
 
 
+#: Largest distance from its median, in IQRs, that a parcel's cleaned values may reach
+#: (:func:`robust_deviation`); a parcel beyond it is a bad parcel. Robust scaling divides by the
+#: IQR, so a parcel that is constant most of the time, with spikes (a near-constant parcel: IQR
+#: near 0), or that holds a sentinel value (3e38 for "missing"), scales to tens to 1e36 where
+#: BOLD scales to a few units. For a Gaussian the IQR is 1.35 s.d., so even its one-in-a-million
+#: value lies 3.7 IQRs from the median; real BOLD has heavier tails: the embedded HCP
+#: (7 x 1200 TRs, AAL2) and Schaefer-100 recordings reach 3.1-6.4 IQRs, by their own statistics or
+#: pooled ones, under every cleaning (percent signal change, detrending or not, band-pass,
+#: resampling; ``tests/test_bad_values.py``). 50 IQRs (67 s.d.) is 8 times the largest real value,
+#: which leaves room for the motion spikes of undenoised data.
+MAX_ROBUST_DEVIATION = 50.0
+
+
+def robust_deviation(x: np.ndarray) -> np.ndarray:
+    """Per-parcel largest distance from the median in IQRs, ``max_t |x - median| / IQR``: the
+    largest magnitude robust scaling by the parcel's own statistics gives it.
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, P)
+        Cleaned signal (any units: the result is unit-free); NaN columns mark missing parcels.
+
+    Returns
+    -------
+    ndarray, shape (P,), float64: 0 for a constant parcel, ``inf`` for one with an IQR of 0 that
+    still varies (constant in more than half its TRs), NaN for missing parcels. Compare with
+    :data:`MAX_ROBUST_DEVIATION`.
+    """
+    def deviation(v: np.ndarray) -> np.ndarray:
+        q25, med, q75 = np.quantile(v, QUARTILES, axis=0)
+        far = np.abs(v - med).max(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(far > 0, far / (q75 - q25), 0.0)[None]
+
+    return _over_valid_parcels(x, deviation, 1)[0]
+
+
 def recording_quartiles(x: np.ndarray) -> np.ndarray:
     """Per-parcel 25th, 50th and 75th percentiles of one recording.
 

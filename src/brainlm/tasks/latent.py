@@ -112,6 +112,11 @@ def latent_space(embeddings: Embeddings | pd.DataFrame, column: str, *, fc: np.n
     n_neighbours, n_permutations, seed : int
         Neighbours of the continuous score; permutations (seeded by ``seed``) for chance levels.
 
+    Only the recordings with a value in ``column`` are mapped and scored (the others are counted
+    in ``n_missing``). When too few have one, a one-line error says how many do and how many are
+    needed: 3 for any column, and for a categorical one more than its number of groups (the
+    silhouette needs a group with two members).
+
     Returns
     -------
     dict (JSON-ready, numbers only)
@@ -135,14 +140,21 @@ def latent_space(embeddings: Embeddings | pd.DataFrame, column: str, *, fc: np.n
     keep = values.notna().to_numpy()
     recordings, fc = recordings[keep].reset_index(drop=True), fc[keep]
     values = values[keep].reset_index(drop=True)
+    have = f"column {column!r} has a value for {len(recordings)} of {len(keep)} recordings"
     if len(recordings) < 3:
-        raise BrainLMInputError(f"column {column!r} has a value for {len(recordings)} recording(s); "
-                                "a map and a score need at least 3", source)
+        raise BrainLMInputError(f"{have}; a map and a score need at least 3", source)
     kind = _kind(values) if kind == "auto" else kind
     groups = _groups(recordings)
     if kind == "categorical":
         labels = values.astype(str).to_numpy()
         levels = sorted(set(labels))
+        if len(levels) >= len(recordings):
+            # The silhouette compares distances within and between groups: it needs a group
+            # with two members, that is more recordings than groups.
+            raise BrainLMInputError(
+                f"{have}, in {len(levels)} groups; the silhouette score needs more recordings with a value "
+                f"than groups: at least {len(levels) + 1}. Embed more recordings that have a value, or "
+                "choose another column", source)
         y = np.searchsorted(levels, labels)
         plain_values = labels.tolist()
     else:
@@ -261,7 +273,8 @@ def _groups(df: pd.DataFrame) -> np.ndarray:
     """Subject of each row as ``site/subject`` (as the corpus keys subjects), else the recording."""
     if "subject" not in df:
         return df["recording_id"].astype(str).to_numpy(dtype=object)
-    site = df["site"].astype(object).where(df["site"].notna(), "") if "site" in df else ""
+    site = (df["site"].astype(object).where(df["site"].notna(), "") if "site" in df
+            else pd.Series("", index=df.index, dtype=object))
     return (site.astype(str) + "/" + df["subject"].astype(str)).to_numpy(dtype=object)
 
 
