@@ -228,7 +228,7 @@ def embed_dataset(checkpoint: str | Path, corpus: str | Path | Corpus, out: str 
         if jobs == 1:
             # In this process: the model and scaler already loaded serve every shard.
             _WORKER_STATE.clear()
-            _WORKER_STATE[job.key()] = (model, data, scaler)
+            _WORKER_STATE[job.key()] = (model, scaler)
         else:
             del model, scaler
         _compute(job, {i: plan.shards[i] for i in todo}, jobs, run, progress)
@@ -425,18 +425,17 @@ class _ShardJob:
         return (self.checkpoint, self.corpus, self.device, self.settings.transfer_atlas)
 
 
-#: The model, corpus and scaler of the current job in this process (a worker keeps them between
-#: shards, so each worker loads the model once).
+#: The model and scaler of the current job in this process (a worker keeps them between shards,
+#: so each worker loads the model once).
 _WORKER_STATE: dict = {}
 
 
-def _state(job: _ShardJob):
+def _state(job: _ShardJob, corpus: Corpus):
     state = _WORKER_STATE.get(job.key())
     if state is None:
         _WORKER_STATE.clear()
         model = load_model(job.checkpoint, job.device)
-        corpus = open_corpus(job.corpus)
-        state = (model, corpus, model_scaler(model, corpus, transfer_atlas=job.settings.transfer_atlas))
+        state = (model, model_scaler(model, corpus, transfer_atlas=job.settings.transfer_atlas))
         _WORKER_STATE[job.key()] = state
     return state
 
@@ -448,7 +447,10 @@ def compute_shard(job: _ShardJob, index: int, rows: np.ndarray, threads: int | N
     """
     if threads is not None:
         torch.set_num_threads(threads)
-    model, corpus, scaler = _state(job)
+    # The corpus is opened for each shard: an open corpus keeps a handle (about 90 kB) for
+    # every recording it read, which over a data bank would grow by hundreds of MB.
+    corpus = open_corpus(job.corpus)
+    model, scaler = _state(job, corpus)
     xyz = parcel_xyz(corpus.atlas)
     phenotypes = corpus_phenotypes(corpus, rows)
     per_window = job.settings.per_window
