@@ -123,7 +123,7 @@ def test_a_sharded_dataset_holds_the_rows_of_the_one_file_form(checkpoint, corpu
     assert m["complete"] and m["rows"] == 13
     assert m["layout"] == {"shard_size": 3, "shards": 5, "recordings": 13, "window_trs": 100, "too_short": 1,
                            "order": "corpus manifest order", "files": "part-NNNNN.parquet"}
-    assert m["settings"] == {"per_window": False, "transfer_atlas": False, "batch_size": 32}
+    assert m["settings"] == {"per_window": False, "transfer_atlas": False, "batch_size": 32, "precision": "32-true"}
     assert m["corpus"]["identity"] == corpus.identity() and len(m["checkpoint"]["sha256"]) == 64
     assert [s["rows"] for s in m["shards_done"]] == [3, 3, 3, 3, 1]
     assert m["shards_done"][0]["first_recording"] == one_file["recording_id"].iloc[0]

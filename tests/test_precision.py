@@ -282,3 +282,37 @@ def test_bf16_embedding_estimator_matches_fp32(runs, hcp_corpus):
     assert rel(e["bf16-mixed"], e["32-true"]) <= VALUE_RTOL
     with pytest.raises(BrainLMInputError, match="expected one of"):
         BrainLMEmbedding(model, precision="fp8").fit(series)
+
+
+# -- embeddings: one file and a sharded dataset ------------------------------------------------------
+def test_bf16_embeddings_from_the_command_and_a_dataset_record_their_precision(runs, hcp_corpus, tmp_path, capsys):
+    from brainlm.tasks.embed import read_embeddings
+
+    ck = runs["axial", "32-true"] / "model"
+    for p in PRECISIONS:
+        assert main(["embed", str(ck), hcp_corpus.path, "--out", str(tmp_path / f"{p}.parquet"),
+                     "--precision", p]) == 0
+    e32, e16 = (pd.read_parquet(tmp_path / f"{p}.parquet").filter(regex="^(cls|mean)_").to_numpy() for p in PRECISIONS)
+    assert rel(e16, e32) <= VALUE_RTOL and not np.array_equal(e16, e32)
+    folder = tmp_path / "bank"
+    assert main(["embed", str(ck), hcp_corpus.path, "--out", str(folder), "--precision", "bf16-mixed",
+                 "--shard-size", "3", "--quiet"]) == 0
+    manifest = json.loads((folder / "_embeddings.json").read_text())
+    assert manifest["settings"]["precision"] == "bf16-mixed"
+    pd.testing.assert_frame_equal(read_embeddings(folder), pd.read_parquet(tmp_path / "bf16-mixed.parquet"))
+    # A process that would compute its shards in another precision is refused, not mixed in.
+    (folder / "part-00001.parquet").unlink()
+    manifest.pop("complete", None)
+    (folder / "_embeddings.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["embed", str(ck), hcp_corpus.path, "--out", str(folder), "--shard-size", "3", "--quiet"]) == 2
+    assert "precision" in capsys.readouterr().err
+
+
+def test_non_finite_embeddings_are_never_written():
+    from brainlm.tasks.embed import embedding_rows
+
+    cls = torch.zeros(2, 4)
+    cls[1, 2] = float("nan")
+    with pytest.raises(BrainLMInputError, match="NaN or infinite.*nothing is written"):
+        embedding_rows({"recording_id": "sub-01"}, np.array([0, 200]), cls, torch.zeros(2, 4))

@@ -25,6 +25,7 @@ import torch
 from brainlm.data.atomic import write_parquet_atomic
 from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
+from brainlm.model.precision import resolve_precision
 from brainlm.tasks.model_input import (embed_windows, is_corpus, load_model, open_corpus,
                                        recording_windows)
 
@@ -65,10 +66,12 @@ class Embeddings:
 def embed(checkpoint: str | Path, data: list[str | Path], out: str | Path | None = None, *,
           per_window: bool = False, tr: float | None = None, orientation: str = "auto",
           key: str | None = None, transfer_atlas: bool = False, batch_size: int = 32,
-          device: str = "cpu") -> pd.DataFrame:
-    """Embeddings of every recording in ``data``; written to ``out`` (Parquet) when given."""
+          device: str = "cpu", precision: str = "32-true") -> pd.DataFrame:
+    """Embeddings of every recording in ``data``; written to ``out`` (Parquet) when given.
+    ``precision``: the encoder's forward passes (:func:`~brainlm.tasks.model_input.embed_windows`)."""
     emb = embed_all(checkpoint, data, tr=tr, orientation=orientation, key=key,
-                    transfer_atlas=transfer_atlas, batch_size=batch_size, device=device, windows=per_window)
+                    transfer_atlas=transfer_atlas, batch_size=batch_size, device=device, windows=per_window,
+                    precision=precision)
     df = emb.windows if per_window else emb.recordings
     if out is not None:
         write_parquet_atomic(df, out)
@@ -77,17 +80,20 @@ def embed(checkpoint: str | Path, data: list[str | Path], out: str | Path | None
 
 def embed_all(checkpoint, data, *, tr: float | None = None, orientation: str = "auto",
               key: str | None = None, transfer_atlas: bool = False, batch_size: int = 32,
-              device: str = "cpu", fc: bool = False, windows: bool = True) -> Embeddings:
+              device: str = "cpu", fc: bool = False, windows: bool = True,
+              precision: str = "32-true") -> Embeddings:
     """Recording and (with ``windows``; else an empty table) window embeddings of ``data`` (as
     :func:`embed` reads it) and, with ``fc``, the Fisher-z FC of the same model-input signal
     (:func:`fisher_z_fc`)."""
+    resolve_precision(precision, device)  # refused before the model is loaded
     model = load_model(checkpoint, device)
+    precision = resolve_precision(precision, device, getattr(model.config, "dim", None))
     phenotypes = _corpus_phenotypes(data)
     recordings, window_rows, connectivity = [], [], []
     for ids, wins, starts, xyz in recording_windows(model, data, tr=tr, orientation=orientation,
                                                     key=key, transfer_atlas=transfer_atlas):
         ids = {**ids, **phenotypes.get(ids["recording_id"], {})}
-        cls, mean = embed_windows(model, wins, xyz, batch_size)
+        cls, mean = embed_windows(model, wins, xyz, batch_size, precision)
         recording, per_window = embedding_rows(ids, starts, cls, mean, windows=windows)
         recordings.append(recording)
         window_rows.extend(per_window)
@@ -108,7 +114,16 @@ def embedding_rows(ids: dict, starts: np.ndarray, cls: torch.Tensor, mean: torch
     cls, mean: (W, D) float32 window embeddings. The recording row holds ``n_windows`` and the
     mean over windows; each window row ``start_tr`` and that window's embeddings. Without
     ``windows`` the window rows are not made ([]).
+
+    Raises
+    ------
+    BrainLMInputError
+        An embedding holds NaN or infinite values (no row of them is ever written).
     """
+    if not (bool(torch.isfinite(cls).all()) and bool(torch.isfinite(mean).all())):
+        raise BrainLMInputError("the model's embeddings of this recording hold NaN or infinite values; "
+                                "nothing is written (check the recording's values and the checkpoint)",
+                                str(ids.get("recording_id")))
     per_window = [{**ids, "start_tr": int(s), **_columns(cls[k], mean[k])}
                   for k, s in enumerate(starts if windows else ())]
     return {**ids, "n_windows": len(starts), **_columns(cls.mean(0), mean.mean(0))}, per_window

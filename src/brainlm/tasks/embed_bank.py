@@ -38,7 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from hashlib import sha256
 from pathlib import Path
@@ -54,6 +54,7 @@ from brainlm.data.atomic import (OUTPUT_MARKER, check_not_an_input, check_output
 from brainlm.data.corpus import Corpus
 from brainlm.data.progress import ProgressBar
 from brainlm.errors import BrainLMInputError
+from brainlm.model.precision import PRECISIONS, resolve_precision
 from brainlm.model.shipped import resolve_checkpoint
 from brainlm.tasks.embed import (DATASET_FORMAT, DATASET_MANIFEST, corpus_phenotypes, embedding_rows,
                                  read_dataset_manifest, shard_file_name)
@@ -90,15 +91,23 @@ class DatasetSettings:
         Windows per forward pass.
     shard_size : int
         Recordings per shard.
+    precision : str
+        The encoder's forward passes (``32-true``, ``bf16-mixed``; ``auto`` is resolved on the
+        machine that starts the dataset, and the resolved value is recorded, so that processes on
+        other machines compute their shards alike or are refused).
     """
 
     per_window: bool = False
     transfer_atlas: bool = False
     batch_size: int = 32
     shard_size: int = DEFAULT_SHARD_SIZE
+    precision: str = "32-true"
 
     def check(self) -> None:
-        """An error naming the first setting that is not a positive whole number."""
+        """An error naming the first setting that is not a positive whole number, or an unknown
+        precision."""
+        if self.precision not in PRECISIONS:
+            raise BrainLMInputError(f"precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         for name in ("batch_size", "shard_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -215,6 +224,8 @@ def embed_dataset(checkpoint: str | Path, corpus: str | Path | Corpus, out: str 
     # Loaded here once: a checkpoint that does not load, or a corpus cleaned otherwise, is an
     # error before the folder is made.
     model = load_model(ckpt_folder, device)
+    settings = replace(settings, precision=resolve_precision(settings.precision, device,
+                                                             getattr(model.config, "dim", None)))
     data = open_corpus(corpus)
     scaler = model_scaler(model, data, transfer_atlas=settings.transfer_atlas)
     plan = _plan(ckpt_folder, data, settings, model.config.window_trs)
@@ -459,7 +470,7 @@ def compute_shard(job: _ShardJob, index: int, rows: np.ndarray, threads: int | N
         ids = _recording_ids(corpus.manifest, i)
         windows, starts = model_windows(model, scaled, source=f"{corpus.path} ({ids['recording_id']})")
         ids.update(phenotypes.get(ids["recording_id"], {}))
-        cls, mean = embed_windows(model, windows, xyz, job.settings.batch_size)
+        cls, mean = embed_windows(model, windows, xyz, job.settings.batch_size, job.settings.precision)
         recording, window_rows = embedding_rows(ids, starts, cls, mean, windows=per_window)
         out_rows.extend(window_rows if per_window else [recording])
         n_windows += len(starts)
