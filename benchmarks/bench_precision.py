@@ -10,14 +10,15 @@ part keeps the earlier parts' numbers):
   (94 AAL2 parcels, batch 16), in fp32 and under CPU bf16 autocast (what
   ``--precision bf16-mixed`` runs), each shape in a fresh process where fp32 and bf16 steps
   alternate, so that a change in machine load hits both; ``--repeats`` rounds. MFU is given
-  against the matmul rate of each precision. ``--compile`` adds ``torch.compile`` runs of 13m;
+  against the matmul rate of each precision;
+* ``compile``: 13m eager and under ``torch.compile`` (first step includes compiling);
 * ``quality``: the quality benchmark's fold 0 (bench_quality.py: 5 training subjects, R² on the
   held-out one at mask ratios 0.2/0.5/0.75/0.9, the same masks for the spatial baseline), the
   ``small-50`` recipe trained in fp32 and in bf16-mixed from the same seed, both at once on one
   thread each.
 
-    python benchmarks/bench_precision.py --parts matmul,throughput
-    python benchmarks/bench_precision.py --parts quality
+    python benchmarks/bench_precision.py --parts matmul,throughput,compile   # about 12 minutes
+    python benchmarks/bench_precision.py --parts quality     # two 50-epoch pretrainings: ~40 min
 """
 
 from __future__ import annotations
@@ -200,10 +201,9 @@ def run_quality(recipe: str, fold: int, work: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parts", default="matmul,throughput,quality")
+    ap.add_argument("--parts", default="matmul,throughput,compile,quality")
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--repeats", type=int, default=2, help="alternating fp32/bf16 rounds per shape")
-    ap.add_argument("--compile", action="store_true", help="also torch.compile the 13m model")
     ap.add_argument("--threads", type=int, help="torch threads per measurement (default: torch's)")
     ap.add_argument("--matmul-n", type=int, default=2048)
     ap.add_argument("--recipe", default="small-50")
@@ -229,12 +229,15 @@ def main() -> None:
         save("matmul", run_matmul(args.matmul_n))
     if "throughput" in parts:
         matmul = {k: v for k, v in result.get("matmul", {}).items() if k in ("float32", "bfloat16")} or None
-        tp = run_throughput(args.shapes.split(","), args.repeats, args.compile, args.threads)
+        tp = run_throughput(args.shapes.split(","), args.repeats, False, args.threads)
         save("throughput", tp | {"summary": summarise(tp["rows"], matmul)})
         for name, e in result["throughput"]["summary"].items():
             if "bf16_speedup" in e:
                 print(f"{name:>14}: fp32 {e['32-true']['windows_per_s']:.3f}, bf16 "
                       f"{e['bf16-mixed']['windows_per_s']:.3f} windows/s = {e['bf16_speedup']:.2f}x")
+    if "compile" in parts:  # 13m eager and torch.compile'd, in one sequence
+        tp = run_throughput(["13m"], 1, True, args.threads)
+        save("compile", tp | {"summary": summarise(tp["rows"], None)})
     if "quality" in parts:
         save("quality", run_quality(args.recipe, args.fold, Path(args.work)))
     print(f"results: {out}")
