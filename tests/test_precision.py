@@ -170,6 +170,18 @@ def test_the_original_brainlm_families_run_under_bf16_autocast(family):
     # bf16 inference is as deterministic as fp32.
     again = embed_windows(model, x, xyz, 2, "bf16-mixed")
     assert torch.equal(again[0], emb["bf16-mixed"][0])
+    # A training step (fine-tuning an imported model): the loss and the gradients reach every
+    # trained weight in both precisions.
+    model.train()
+    losses = {}
+    for p in PRECISIONS:
+        model.zero_grad()
+        with autocast(p, "cpu"):
+            loss, _ = model(x, xyz.expand(2, -1, -1), mask)
+        loss.backward()
+        losses[p] = loss.item()
+        assert all(q.grad is not None and torch.isfinite(q.grad).all() for q in model.parameters() if q.requires_grad)
+    assert abs(losses["bf16-mixed"] - losses["32-true"]) <= LOSS_RTOL * losses["32-true"]
 
 
 # -- pretraining through Lightning's bf16-mixed ---------------------------------------------------------
