@@ -33,7 +33,7 @@ from brainlm.version import __version__
 OUTPUT_MARKER = ".brainlm-output.json"
 
 
-def _umask() -> int:
+def process_umask() -> int:
     """The process umask (reading it means setting it; it is put back at once)."""
     umask = os.umask(0)
     os.umask(umask)
@@ -52,7 +52,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         # mkstemp files are private (0600); the result gets the permissions the umask gives any
         # other file the user writes.
-        tmp.chmod(0o666 & ~_umask())
+        tmp.chmod(0o666 & ~process_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -198,7 +198,7 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False, suffix: str
         write_output_marker(build, what)
         # Checked again: the folder may have appeared (or been changed) while this one was built.
         check_output_folder(target, overwrite=overwrite, sources=sources, flag=flag, kind=kind)
-        build.chmod(0o777 & ~_umask())
+        build.chmod(0o777 & ~process_umask())
         publish_directory(build, target)
     finally:
         shutil.rmtree(build, ignore_errors=True)

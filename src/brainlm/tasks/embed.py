@@ -202,20 +202,26 @@ def corpus_columns(data) -> list[str] | None:
     """The id and phenotype columns that :func:`embed_all` gives the rows of ``data`` when it is
     one prepared corpus (read from its manifest, nothing embedded), else None (files and
     Recordings: known only once read)."""
+    corpus = _one_corpus(data)
+    if corpus is None:
+        return None
+    return [*ID_COLUMNS, "split", *(c for c in corpus.phenotype_columns if c in corpus.manifest)]
+
+
+def _one_corpus(data) -> Corpus | None:
+    """The corpus when ``data`` (a path or a list of paths and Recordings) is one prepared
+    corpus, else None."""
     data = [data] if isinstance(data, (str, Path)) else list(data)
     if not data or not all(isinstance(d, (str, Path)) for d in data) or not is_corpus([Path(d) for d in data]):
         return None
-    corpus = open_corpus(data[0])
-    return [*ID_COLUMNS, "split", *(c for c in corpus.phenotype_columns if c in corpus.manifest)]
+    return open_corpus(data[0])
 
 
 def _corpus_phenotypes(data) -> dict[str, dict]:
     """Phenotypes of a corpus' recordings by ``recording_id`` ({} for files and Recordings,
     whose ids already carry their own)."""
-    data = [data] if isinstance(data, (str, Path)) else list(data)
-    if not data or not all(isinstance(d, (str, Path)) for d in data) or not is_corpus([Path(d) for d in data]):
-        return {}
-    return corpus_phenotypes(open_corpus(data[0]))
+    corpus = _one_corpus(data)
+    return {} if corpus is None else corpus_phenotypes(corpus)
 
 
 def corpus_phenotypes(corpus: Corpus, rows=None) -> dict[str, dict]:

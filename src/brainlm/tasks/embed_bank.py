@@ -31,7 +31,6 @@ manifest and the temporary files start with "_" or ".", which Parquet readers sk
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -49,8 +48,8 @@ import pyarrow.parquet as pq
 import torch
 from joblib import Parallel, delayed
 
-from brainlm.data.atomic import (OUTPUT_MARKER, check_not_an_input, check_output_folder, write_json,
-                                 write_output_marker, write_parquet_atomic)
+from brainlm.data.atomic import (OUTPUT_MARKER, check_not_an_input, check_output_folder, output_kind,
+                                 process_umask, write_json, write_output_marker, write_parquet_atomic)
 from brainlm.data.corpus import Corpus
 from brainlm.data.progress import ProgressBar
 from brainlm.errors import BrainLMInputError
@@ -324,15 +323,6 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 # --- the folder: new, resumed or replaced -------------------------------------------------------
 
-def _marker_what(folder: Path) -> str | None:
-    """``what`` of the folder's output marker (None without a readable one)."""
-    try:
-        marker = json.loads((folder / OUTPUT_MARKER).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return marker.get("what") if isinstance(marker, dict) else None
-
-
 def _precheck_folder(out: Path, overwrite: bool, sources) -> None:
     """The checks that need no model: ``out`` is no input; an existing file, a folder brainlm
     did not write as embeddings, or a complete dataset need ``overwrite``, and ``overwrite``
@@ -346,7 +336,7 @@ def _precheck_folder(out: Path, overwrite: bool, sources) -> None:
                                 "dataset folder (use NAME.parquet for one file)", str(out))
     has_manifest = (out / DATASET_MANIFEST).is_file()
     if overwrite:
-        if any(out.iterdir()) and _marker_what(out) != DATASET_WHAT:
+        if any(out.iterdir()) and output_kind(out) != DATASET_WHAT:
             raise BrainLMInputError(f"--overwrite replaces only embeddings that brainlm wrote (a folder "
                                     f"whose {OUTPUT_MARKER} says {DATASET_WHAT!r}); this folder is kept: "
                                     "choose another --out, or remove it yourself", str(out))
@@ -394,9 +384,7 @@ def _publish_new_folder(out: Path, manifest: dict) -> bool:
     try:
         write_json(build / DATASET_MANIFEST, manifest)
         write_output_marker(build, DATASET_WHAT)
-        umask = os.umask(0)
-        os.umask(umask)
-        build.chmod(0o777 & ~umask)
+        build.chmod(0o777 & ~process_umask())
         try:
             # Replaces an empty folder; fails on one that holds anything, such as the new
             # dataset of another process started at the same time.
