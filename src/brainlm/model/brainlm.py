@@ -233,10 +233,15 @@ class BrainLM(ParcelPatchTokens, nn.Module):
     def forward(self, x: torch.Tensor, xyz: torch.Tensor, mask: torch.Tensor):
         """x: [B, T, P], xyz: [B, P, 3], mask: [B, P, N] -> (loss, predicted patches [B, P, N, k]).
 
-        The loss is the mean squared error over the values of masked tokens only.
+        In training, a hybrid drops its spatial estimate for a ``config.prior_dropout`` fraction
+        of the windows. The loss is the mean squared error over the values of masked tokens only.
         """
         enc = self.forward_encoder(x, xyz, mask)
         prior = self.spatial_estimate(x, mask) if self.config.spatial_prior_parcels else None
+        if prior is not None and self.training and self.config.prior_dropout:
+            # Dropped windows see no estimate at all (zeros), so their loss trains the encoder.
+            keep = torch.rand(x.shape[0], device=x.device) >= self.config.prior_dropout
+            prior = prior * keep[:, None, None, None].to(prior.dtype)
         pred = self.forward_decoder(enc, xyz, x.shape[2], prior)
         return masked_mse(pred, self.patchify(x), mask), pred
 

@@ -42,6 +42,11 @@ class BrainLMConfig:
         from the visible ones at the same TRs, which is the spatial baseline of the evaluation.
         The decoder receives that estimate and predicts only the residual. Never the default:
         every result of a hybrid model is labelled as one.
+    prior_dropout : float
+        The hybrid only: the fraction of training windows whose spatial estimate is replaced by
+        zeros (the scaled median), so that on those the decoder must reconstruct from the encoder
+        alone and the encoder keeps learning the signal (without it, the estimate does most of
+        the work and the encoder learns less: docs/quality.md). Never applied outside training.
     """
 
     window_trs: int = 200
@@ -57,6 +62,7 @@ class BrainLMConfig:
     xyz_scale_mm: float = 100.0
     decoder_attention: str = "full"
     spatial_prior_parcels: int = 0
+    prior_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.decoder_attention not in DECODER_ATTENTION:
@@ -70,8 +76,15 @@ class BrainLMConfig:
                 continue
             v = getattr(self, f.name)
             if not isinstance(v, (int, float)) or v < 0 or (v == 0 and f.name not in ("xyz_frequencies",
-                                                                                  "spatial_prior_parcels")):
+                                                                                  "spatial_prior_parcels",
+                                                                                  "prior_dropout")):
                 raise BrainLMInputError(f"model config field {f.name!r} is {v!r}; expected a positive number")
+        if not self.prior_dropout < 1:
+            raise BrainLMInputError(f"model config field 'prior_dropout' is {self.prior_dropout!r}; "
+                                    "expected a fraction in [0, 1)")
+        if self.prior_dropout and not self.spatial_prior_parcels:
+            raise BrainLMInputError("model config field 'prior_dropout' needs the hybrid "
+                                    "(spatial_prior_parcels > 0): there is no spatial estimate to drop")
         if self.window_trs % self.patch_trs:
             raise BrainLMInputError(
                 f"window_trs {self.window_trs} is not a multiple of patch_trs {self.patch_trs}")
