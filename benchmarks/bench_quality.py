@@ -76,6 +76,12 @@ RECIPES: dict[str, dict] = {
     # Labelled everywhere: the decoder starts from the spatial baseline's estimate.
     "small-50 hybrid (spatial prior)": {"preset": "small", "epochs": 50, "spatial_prior": True},
     "patch10": {"preset": "small", "epochs": 50, "model_overrides": {"patch_trs": 10}},
+    # Issue 26, recipes for fresh cohorts (also scored by bench_shift.py).
+    "small-50, per-recording, augmented": {"preset": "small", "epochs": 50, "corpus_scaling": "recording",
+                                           "augment": ["reverse", "gain", "noise"]},
+    "small-50 hybrid, per-recording, prior dropout 0.5, augmented": {
+        "preset": "small", "epochs": 50, "corpus_scaling": "recording", "spatial_prior": True,
+        "model_overrides": {"prior_dropout": 0.5}, "augment": ["reverse", "gain", "noise"]},
 }
 
 
@@ -107,24 +113,13 @@ def run_one(recipe: str, fold: int, work: Path, forecast: bool, threads: int) ->
 
     torch.set_num_threads(threads)
 
-    slug = _slug(recipe)
     cache = _cache_file(work, recipe, fold)
     if cache.is_file():
         cached = json.loads(cache.read_text())
         if not forecast or "forecasting" in cached:
             return cached
-    spec = dict(RECIPES[recipe])
-    corpus = fold_corpus(work, fold, spec.pop("corpus_scaling", "pooled"))
-    run = work / "runs" / f"{slug}--fold{fold}"
-    settings = PretrainSettings(corpus=corpus.path, seed=fold, **spec)
-    assert not set(test_subjects(corpus)) & set(train_subjects(corpus))
-    timing = run / "bench_seconds.json"
-    if not timing.is_file():  # a finished run is reused (e.g. to add forecasting)
-        shutil.rmtree(run, ignore_errors=True)
-        t0 = time.perf_counter()
-        pretrain(settings, run, progress=False)
-        timing.write_text(json.dumps(round(time.perf_counter() - t0, 1)))
-    pretrain_s = json.loads(timing.read_text())
+    run, corpus, settings = trained_run(recipe, fold, work)
+    pretrain_s = json.loads((run / "bench_seconds.json").read_text())
     model = run / "model"
     metrics = json.loads((run / "metrics.json").read_text())
 
@@ -137,6 +132,23 @@ def run_one(recipe: str, fold: int, work: Path, forecast: bool, threads: int) ->
         out["forecasting"] = _forecast(model, corpus, run, fold)
     _write_cache(cache, out)
     return out
+
+
+def trained_run(recipe: str, fold: int, work: Path):
+    """The run folder of ``recipe`` pretrained on fold ``fold`` (trained now unless a finished
+    run is there), its fold corpus and its settings: ``(run, corpus, PretrainSettings)``."""
+    spec = dict(RECIPES[recipe])
+    corpus = fold_corpus(work, fold, spec.pop("corpus_scaling", "pooled"))
+    run = work / "runs" / f"{_slug(recipe)}--fold{fold}"
+    settings = PretrainSettings(corpus=corpus.path, seed=fold, **spec)
+    assert not set(test_subjects(corpus)) & set(train_subjects(corpus))
+    timing = run / "bench_seconds.json"
+    if not timing.is_file():  # a finished run is reused (e.g. to add forecasting or shifts)
+        shutil.rmtree(run, ignore_errors=True)
+        t0 = time.perf_counter()
+        pretrain(settings, run, progress=False)
+        timing.write_text(json.dumps(round(time.perf_counter() - t0, 1)))
+    return run, corpus, settings
 
 
 def _slug(recipe: str) -> str:
@@ -323,8 +335,10 @@ def main() -> None:
         if seeded:
             print(f"{seeded} run(s) taken from {Path(args.out) / 'quality.json'} (--fresh trains them again)")
     folds = list(range(args.folds))
+    scalings = {"pooled"} | {RECIPES[r].get("corpus_scaling", "pooled") for r in recipes}
     for f in folds:  # sequentially: corpora are shared by the runs
-        fold_corpus(work, f)
+        for scaling in sorted(scalings):
+            fold_corpus(work, f, scaling)
     tests = [test_subjects(fold_corpus(work, f)) for f in folds]
     assert len({tuple(t) for t in tests}) == len(folds), f"folds share a test subject: {tests}"
     tasks = [(r, f) for r, n in recipes.items() for f in folds[:n]]

@@ -28,6 +28,13 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="the hybrid model: the decoder starts from the linear spatial estimate of each "
                         "hidden token (fitted on the training subjects) and learns the residual; tied to "
                         "the corpus' atlas, and labelled as a hybrid in every result (docs/model.md)")
+    p.add_argument("--prior-dropout", type=float, default=0.0,
+                   help="with --spatial-prior: fraction of training windows that get no spatial estimate, "
+                        "so the encoder must still learn the signal (default 0)")
+    p.add_argument("--augment", default="",
+                   help="comma-separated augmentations of training windows that mimic another site: "
+                        "reverse (time), gain (per parcel, 0.5-2x), noise (SNR 1-20); default none "
+                        "(brainlm.train.augment)")
     g = p.add_argument_group("masking")
     g.add_argument("--mask", default="random", choices=["random", "parcels", "time", "future"])
     g.add_argument("--mask-ratio", type=float,
@@ -65,11 +72,12 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Pretrain and print the validation metrics and the model folder; 0 on success."""
     overrides = {k: v for k, v in (("window_trs", args.window_trs), ("patch_trs", args.patch_trs),
-                                   ("decoder_attention", args.decoder_attention)) if v}
+                                   ("decoder_attention", args.decoder_attention),
+                                   ("prior_dropout", args.prior_dropout)) if v}
     devices = int(args.devices) if args.devices.isdigit() else args.devices
     settings = PretrainSettings(
         corpus=str(Path(args.corpus).resolve()), preset=args.preset, model_overrides=overrides,
-        spatial_prior=args.spatial_prior,
+        spatial_prior=args.spatial_prior, augment=[a for a in args.augment.split(",") if a.strip()],
         mask_strategy=args.mask, mask_ratio=args.mask_ratio, mask_ratio_max=args.mask_ratio_max, future_trs=args.future_trs,
         epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate, base_lr=args.lr,
         weight_decay=args.weight_decay, warmup_fraction=args.warmup, clip=args.clip,

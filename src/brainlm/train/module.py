@@ -14,6 +14,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.model.brainlm import BrainLM
 from brainlm.model.config import BrainLMConfig
 from brainlm.model.masking import MaskSpec
+from brainlm.train.augment import augment_windows
 
 
 class PretrainModule(L.LightningModule):
@@ -33,6 +34,9 @@ class PretrainModule(L.LightningModule):
         Stored with the model so the exported checkpoint carries them.
     val_seed : int
         Validation masks are drawn from this seed and the batch index: the same every epoch.
+    augment : list of str
+        Augmentations of training windows (:data:`brainlm.train.augment.AUGMENTATIONS`);
+        validation windows are never augmented.
     model : nn.Module, optional
         A model already built, used instead of a ``BrainLM`` from ``config`` (then None), e.g. an
         imported original BrainLM paper model. The steps need ``sample_mask``, ``patchify`` and
@@ -42,7 +46,7 @@ class PretrainModule(L.LightningModule):
 
     def __init__(self, config: dict | None, mask: dict, lr: float = 1e-3, weight_decay: float = 0.05,
                  warmup_fraction: float = 0.05, contract: dict | None = None, atlas: dict | None = None,
-                 val_seed: int = 1234, model: nn.Module | None = None):
+                 val_seed: int = 1234, augment: list | None = None, model: nn.Module | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         if model is None:
@@ -58,6 +62,7 @@ class PretrainModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, xyz = batch["window"], batch["xyz"]
+        x = augment_windows(x, tuple(self.hparams.augment or ()))
         mask = self.model.sample_mask(self.mask_spec, x.shape[0], x.shape[2], device=x.device)
         loss, _ = self.model(x, xyz, mask)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])

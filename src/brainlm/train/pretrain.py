@@ -33,6 +33,7 @@ from brainlm.model.masking import MaskSpec
 from brainlm.model.precision import resolve_precision
 from brainlm.train.module import PretrainModule
 from brainlm.train.spatial import fit_spatial_prior, fit_spatial_statistics
+from brainlm.train.augment import check_augmentations
 from brainlm.train.trainer import make_trainer
 
 
@@ -50,6 +51,8 @@ class PretrainSettings:
     model_overrides: dict = field(default_factory=dict)
     # The hybrid (BrainLMConfig.spatial_prior_parcels): never the default, always labelled.
     spatial_prior: bool = False
+    # Augmentations of training windows (brainlm.train.augment.AUGMENTATIONS); none by default.
+    augment: list = field(default_factory=list)
     mask_strategy: str = "random"
     # None: the preset's (model.config.MASK_RATIOS); with mask_ratio_max, each batch draws its
     # ratio from [mask_ratio, mask_ratio_max].
@@ -103,6 +106,7 @@ def check_settings(settings: PretrainSettings) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BrainLMInputError(f"{option} {value!r}; expected a positive whole number")
 
+    check_augmentations(settings.augment)
     positive_int(settings.epochs, "--epochs")
     positive_int(settings.batch_size, "--batch-size")
     positive_int(settings.accumulate, "--accumulate")
@@ -166,7 +170,7 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
     lr = base_lr * settings.effective_batch() / 256
     module = PretrainModule(config.to_dict(), mask.to_dict(), lr=lr, weight_decay=settings.weight_decay,
                             warmup_fraction=settings.warmup_fraction, contract=corpus.contract.to_dict(),
-                            atlas=corpus.atlas.to_dict())
+                            atlas=corpus.atlas.to_dict(), augment=list(check_augmentations(settings.augment)))
     spatial = None
     if settings.spatial_prior:
         spatial = fit_spatial_prior(module.model, corpus)
