@@ -298,6 +298,21 @@ def markdown(table: dict, meta: dict) -> str:
             lines.append(f"| {_label(name, row)} | {f} | {ms(k['BrainLM: ' + f])} | {ms(k['BrainLM, time-shifted input: ' + f])} | "
                          f"{ms(k['BrainLM: cls_attention'])} | {ms(k['BrainLM, time-shifted input: cls_attention'])} | "
                          f"{ms(k['BrainLM untrained: ' + f])} | {ms(fc)} | {n['chance']:.3f} |")
+    lines += ["", "## Latent connectivity: what pretraining adds (kNN accuracy, mean over folds)", "",
+              "The correlation of the model's token vectors (co-fluctuation by construction), pretrained "
+              "against an untrained model of the same architecture; the gap is its own number.", "",
+              "| recipe | data | latent connectivity | untrained | gap (pretrained - untrained) | "
+              "time-shifted | FC profile |", "|---|---|---|---|---|---|---|"]
+    for name, row in table.items():
+        for net in ("hcp_aal2", "schaefer100"):
+            k = row["networks"][net]["knn"]
+            if "BrainLM: latent_connectivity" not in k:
+                continue
+            own, untrained = k["BrainLM: latent_connectivity"], k["BrainLM untrained: latent_connectivity"]
+            fc = next(v for key, v in k.items() if key.endswith(": fc_profile"))
+            lines.append(f"| {_label(name, row)} | {net} | {ms(own)} | {ms(untrained)} | "
+                         f"{own['mean'] - untrained['mean']:+.3f} | "
+                         f"{ms(k['BrainLM, time-shifted input: latent_connectivity'])} | {ms(fc)} |")
     fc_rows = {k: v for k, v in table.items() if "forecasting" in v}
     if fc_rows:
         lines += ["", "## Forecasting 20 TRs from 180 (test subject): MSE per step (mean over folds)", "",
