@@ -120,3 +120,19 @@ def test_pretrain_with_augmentations_records_them(hcp_corpus, tmp_path, capsys):
                  "--quiet"]) == 2
     assert "--augment mixup: unknown augmentation" in capsys.readouterr().err
     assert not (tmp_path / "r2").exists()
+
+
+def test_a_hybrid_trained_with_prior_dropout_runs_on_another_atlas_without_its_prior():
+    torch.manual_seed(0)
+    x, xyz = torch.randn(3, 40, 8), torch.randn(3, 8, 3) * 50
+    mask = torch.zeros(3, 8, 2, dtype=torch.bool)
+    mask[:, :4, 1] = True
+    strict = BrainLM(preset("small", spatial_prior_parcels=6, window_trs=40)).eval()
+    with pytest.raises(BrainLMInputError, match="covers the 6 parcels.*data have 8.*without prior_dropout"):
+        strict(x, xyz, mask)
+    model = BrainLM(preset("small", spatial_prior_parcels=6, prior_dropout=0.5, window_trs=40)).eval()
+    with torch.no_grad():
+        _, pred = model(x, xyz, mask)
+        enc = model.forward_encoder(x, xyz, mask)
+        alone = model.forward_decoder(enc, xyz, 8, prior=torch.zeros(3, 8, 2, 20))
+    assert pred.shape == (3, 8, 2, 20) and torch.equal(pred, alone)
