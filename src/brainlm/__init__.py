@@ -4,13 +4,21 @@ The package is laid out in the direction data flow, each layer importing only fr
 ``brainlm.data`` and ``brainlm.simulate`` -> ``brainlm.model`` -> ``brainlm.train`` ->
 ``brainlm.tasks`` -> ``brainlm.report`` -> ``brainlm.commands`` (see docs/architecture.md).
 
-The high-level API works on a checkpoint folder (or a loaded model) and raw recordings:
+The high-level API works on a checkpoint (a folder, a shipped model's name or a Hugging Face
+Hub id ``hf://ORG/REPO[/SUBFOLDER]``), or a loaded model, and raw recordings; it mirrors the
+command line (``list_models``: ``brainlm models --json``; ``info``: ``brainlm info --json``;
+``embed``: ``brainlm embed``)::
 
->>> import brainlm
->>> model = brainlm.load("run/model")
->>> emb = brainlm.encode(model, recordings)           # embeddings per window and recording
->>> rec = brainlm.reconstruct(model, recordings[0])   # masked reconstruction
->>> fut = brainlm.forecast(model, recordings[0], 20)  # the next 20 TRs
+    import brainlm
+    brainlm.list_models()                          # the shipped checkpoints and their cards
+    model = brainlm.load("run/model")              # or "hcp-small", or "hf://vandijklab/brainlm/old_13M"
+    brainlm.info("run/model")                      # what it is and expects, as a dict
+    df = brainlm.embed(model, recordings)          # one row of embeddings per recording (DataFrame)
+    emb = brainlm.encode(model, recordings)        # embeddings per window and recording
+    rec = brainlm.reconstruct(model, recordings[0])   # masked reconstruction
+    fut = brainlm.forecast(model, recordings[0], 20)  # the next 20 TRs
+
+scikit-learn transformers are in :mod:`brainlm.sklearn`.
 """
 
 from brainlm.data.atlas import Atlas, load_atlas
@@ -20,7 +28,10 @@ from brainlm.version import __version__
 
 #: High-level functions and where they live (all built on ``brainlm.tasks.model_input``).
 _API = {
-    "load": ("brainlm.tasks.model_input", "load_model"),
+    "list_models": ("brainlm.tasks.api", "list_models"),
+    "load": ("brainlm.tasks.api", "load"),
+    "info": ("brainlm.tasks.api", "info"),
+    "embed": ("brainlm.tasks.api", "embed"),
     "preprocess": ("brainlm.tasks.model_input", "preprocess"),
     "encode": ("brainlm.tasks.model_input", "encode"),
     "reconstruct": ("brainlm.tasks.model_input", "reconstruct"),

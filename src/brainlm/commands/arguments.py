@@ -20,7 +20,9 @@ __all__ = ["ATLAS_HELP", "CHECKPOINT_HELP", "add_attention_options", "add_data_f
            "data_argument", "two_levels"]
 
 #: Help of every command's CHECKPOINT argument.
-CHECKPOINT_HELP = "a checkpoint folder (RUN/model), or the name of a shipped model (`brainlm models`)"
+CHECKPOINT_HELP = ("a checkpoint folder (RUN/model), the name of a shipped model (`brainlm models`), or a "
+                   "Hugging Face Hub id hf://ORG/REPO[@REVISION][/SUBFOLDER] (fetched through the Hugging Face "
+                   "cache; HF_HOME and HF_HUB_OFFLINE apply)")
 #: Help of every ``--atlas`` option (``prepare`` and the commands that read time-series files).
 ATLAS_HELP = (f"atlas of parcellated time series: {' | '.join(EMBEDDED_ATLASES)} | a TSV with "
               "name,x,y,z[,network] (MNI mm), rows in the column order of the files")

@@ -1,4 +1,5 @@
-"""``brainlm models``: the pretrained checkpoints shipped with the package, with their cards."""
+"""``brainlm models``: the pretrained checkpoints shipped with the package, with their cards.
+``--json`` prints what :func:`brainlm.list_models` returns."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 
 from brainlm.data.atomic import to_json
 from brainlm.model.shipped import shipped_models
+from brainlm.tasks.api import list_models
 
 __all__ = ["register", "run"]
 
@@ -21,10 +23,10 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Print every shipped model: name, checkpoint folder and card; 0 on success."""
-    models = shipped_models()
     if args.json:
-        print(to_json([m.to_dict() for m in models]))
+        print(to_json(list_models()))
         return 0
+    models = shipped_models()
     if not models:
         print("no pretrained checkpoint is shipped with this installation")
         return 0

@@ -10,6 +10,7 @@ Each shipped model is a folder ``brainlm/model/pretrained/NAME/`` holding::
 Wherever a checkpoint folder is accepted, a shipped model's name is accepted too
 (``brainlm networks hcp-small DATA``, ``brainlm.load("hcp-small")``). A folder of that name in
 the working directory wins over the shipped model: an explicit path is never reinterpreted.
+So is a Hugging Face Hub id, ``hf://ORG/REPO[@REVISION][/SUBFOLDER]`` (:mod:`brainlm.model.hub`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brainlm.errors import BrainLMInputError
+from brainlm.model.hub import is_hub_id, resolve_hub_checkpoint
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
 CARD = "card.json"
@@ -49,14 +51,18 @@ def shipped_models() -> list[ShippedModel]:
 
 
 def resolve_checkpoint(checkpoint: str | Path) -> Path:
-    """The checkpoint folder that ``checkpoint`` names: the path itself when it exists, else the
-    shipped model of that name.
+    """The checkpoint folder that ``checkpoint`` names: the path itself when it exists, the
+    fetched (or converted, see :func:`brainlm.model.hub.resolve_hub_checkpoint`) folder of an
+    ``hf://`` Hub id, else the shipped model of that name.
 
     Raises
     ------
     BrainLMInputError
-        Neither a folder nor a shipped model's name (the message lists the names).
+        Neither a folder, a Hub id nor a shipped model's name (the message lists the names); a
+        Hub id that cannot be fetched (the message says what to do).
     """
+    if is_hub_id(checkpoint):
+        return resolve_hub_checkpoint(checkpoint)
     path = Path(checkpoint)
     if path.exists():
         return path
@@ -65,4 +71,5 @@ def resolve_checkpoint(checkpoint: str | Path) -> Path:
             return model.path
     names = ", ".join(m.name for m in shipped_models()) or "none"
     raise BrainLMInputError(f"checkpoint folder not found, and not the name of a shipped model "
-                            f"(shipped: {names}; `brainlm models` lists them)", str(checkpoint))
+                            f"(shipped: {names}; `brainlm models` lists them), nor a Hub id "
+                            "(hf://ORG/REPO[/SUBFOLDER])", str(checkpoint))

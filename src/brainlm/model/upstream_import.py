@@ -28,13 +28,15 @@ from brainlm.data.atlas import Atlas, load_atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.scaling import NORMALIZATION_FORMULAS
 from brainlm.errors import BrainLMInputError
-from brainlm.model.checkpoint import save_pretrained
+from brainlm.model.checkpoint import is_checkpoint, save_pretrained
+from brainlm.model.hub import DEFAULT_SETTINGS, HubSnapshot, converted_folder, fetch, is_upstream_config, parse_hub_id
 from brainlm.model.layers import sinusoidal_positions
 from brainlm.model.upstream import (UpstreamBrainLM, UpstreamBrainLMConfig, UpstreamViTMAE,
                                     UpstreamViTMAEConfig, sincos_2d)
 
-__all__ = ["DEFAULT_NORMALIZATION", "FAMILY_NORMALIZATIONS", "ImportReport", "NORMALIZATIONS",
-           "UpstreamNormalization", "import_upstream", "load_upstream", "read_upstream", "save_imported"]
+__all__ = ["DEFAULT_NORMALIZATION", "FAMILY_NORMALIZATIONS", "HubImport", "ImportReport", "NORMALIZATIONS",
+           "UpstreamNormalization", "import_from_hub", "import_upstream", "load_upstream", "read_upstream",
+           "save_imported"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,12 @@ class ImportReport:
         Anything else a user should know (e.g. a ``train_mode`` other than auto-encoding).
     normalization : str
         The upstream input normalization assumed (a key of :data:`NORMALIZATIONS`).
+    licence : str or None
+        The weights' licence, when known (the Hub repository's, e.g. ``cc-by-nc-nd-4.0``).
+    hub : dict or None
+        Where the weights came from on the Hugging Face Hub: ``id``, ``repo_id``,
+        ``subfolder``, ``revision`` (as asked) and ``commit`` (as fetched); None for a local
+        folder.
     """
 
     family: str
@@ -140,6 +148,8 @@ class ImportReport:
     parameters: int
     notes: list[str] = field(default_factory=list)
     normalization: str = "voxelwise-robust"
+    licence: str | None = None
+    hub: dict | None = None
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -451,4 +461,79 @@ def save_imported(model, report: ImportReport, out) -> None:
         "family": report.family, "source": report.source, "n_tensors": report.n_tensors,
         "ignored": report.ignored, "parameters": report.parameters, "notes": report.notes,
         "normalization": report.normalization,
-        "upstream_column": NORMALIZATIONS[report.normalization].column}})
+        "upstream_column": NORMALIZATIONS[report.normalization].column,
+        "licence": report.licence, "hub": report.hub}})
+
+
+# -- from the Hugging Face Hub -------------------------------------------------------------------
+@dataclass(frozen=True)
+class HubImport:
+    """An original checkpoint fetched from the Hub and converted (or found converted).
+
+    Attributes
+    ----------
+    path : Path
+        The converted brainlm checkpoint folder (in the conversion cache, or ``out``).
+    snapshot : HubSnapshot
+        The fetched folder, its commit and licence.
+    report : ImportReport or None
+        What the conversion did; None when a cached conversion was reused.
+    converted : bool
+        Whether this call converted the weights (False: reused from the cache).
+    """
+
+    path: Path
+    snapshot: HubSnapshot
+    report: ImportReport | None
+    converted: bool
+
+    @property
+    def licence_line(self) -> str:
+        """The line to print wherever the weights are imported."""
+        return f"licence of the weights ({self.snapshot.hub_id.repo_id}): {self.snapshot.licence_text}"
+
+
+def settings_key(target_tr: float, normalization: str) -> str:
+    """The conversion cache's key of the import options (:data:`~brainlm.model.hub.DEFAULT_SETTINGS`
+    for ``brainlm import-upstream``'s defaults, which ``hf://`` ids resolve to)."""
+    if normalization == DEFAULT_NORMALIZATION and float(target_tr) == UKB_TR:
+        return DEFAULT_SETTINGS
+    return f"{normalization}-tr{float(target_tr):g}"
+
+
+def fetch_upstream(hub_id, *, subfolder: str | None = None, revision: str | None = None) -> HubSnapshot:
+    """Fetch an original checkpoint's folder from the Hub (``hf://ORG/REPO[@REV][/SUB]`` or
+    ``ORG/REPO`` with ``subfolder`` / ``revision``); an error when the folder holds a brainlm
+    checkpoint instead (which loads as it is, with no import)."""
+    snapshot = fetch(parse_hub_id(str(hub_id), subfolder=subfolder, revision=revision))
+    if not is_upstream_config(snapshot.path):
+        raise BrainLMInputError("holds a brainlm checkpoint, not an original BrainLM one: nothing to "
+                                f"import; use {snapshot.hub_id} wherever a checkpoint is asked for",
+                                str(snapshot.hub_id))
+    return snapshot
+
+
+def import_from_hub(hub_id, *, subfolder: str | None = None, revision: str | None = None,
+                    target_tr: float = UKB_TR, normalization: str = DEFAULT_NORMALIZATION) -> HubImport:
+    """An original BrainLM checkpoint on the Hub as a brainlm checkpoint, converted once per
+    commit, subfolder and import options and kept in the conversion cache
+    (:func:`brainlm.model.hub.converted_folder`); a later call with the same options returns
+    the cached folder without reading the weights again. The weights' licence is recorded in the
+    checkpoint's ``upstream_import.json`` (``licence``, ``hub``)."""
+    normalization_choice(normalization)
+    snapshot = fetch_upstream(hub_id, subfolder=subfolder, revision=revision)
+    out = converted_folder(snapshot, settings_key(target_tr, normalization))
+    if is_checkpoint(out):
+        return HubImport(out, snapshot, None, converted=False)
+    model, report = load_upstream(snapshot.path, target_tr=target_tr, normalization=normalization)
+    record_hub(report, snapshot)
+    save_imported(model, report, out)
+    return HubImport(out, snapshot, report, converted=True)
+
+
+def record_hub(report: ImportReport, snapshot: HubSnapshot) -> None:
+    """Put where the weights came from, and their licence, on ``report`` (saved with it)."""
+    h = snapshot.hub_id
+    report.licence = snapshot.licence
+    report.hub = {"id": str(h), "repo_id": h.repo_id, "subfolder": h.subfolder, "revision": h.revision,
+                  "commit": snapshot.commit}
