@@ -19,6 +19,14 @@ into non-overlapping windows, draws one deterministic token mask per window and 
     stored with the checkpoint, ``spatial_baseline.safetensors``), when the corpus is on the
     checkpoint's atlas and read with its scaling, and is not the pretraining corpus itself
     (there the in-cohort fit is the same fit).
+  - ``spatial_distance`` (*zero-shot*, any atlas): a parametric covariance of inter-parcel
+    distance and hemisphere (:class:`~brainlm.train.spatial.DistanceCovarianceModel`) fitted to
+    those same stored statistics at the checkpoint's atlas coordinates, then evaluated at the
+    corpus' parcel coordinates (MNI mm). It is the zero-shot spatial baseline of an unseen atlas
+    (``transfer_atlas``), where ``spatial_zero_shot`` has no entries for the parcels.
+  - ``spatial_in_recording`` (*in-recording*, any atlas): fitted, for each scored window, on
+    the frames of the *other* windows of the same recording, never on the scored window's own
+    TRs. It needs every scored recording to have at least two windows.
 
   A spatial baseline that cannot be fitted is left out, and the result says why.
 
@@ -47,7 +55,8 @@ from brainlm.model.precision import resolve_precision
 from brainlm.tasks.model_input import (is_model, iter_model_input, load_model, model_scaler, model_windows,
                                        open_corpus, parcel_xyz, predict_masked, token_mask_to_values)
 from brainlm.tasks.results_folder import check_results_folder, publish_results
-from brainlm.train.spatial import SPATIAL_MAX_FRAMES, ledoit_wolf_statistics, sample_frames
+from brainlm.train.spatial import (MIDLINE_MM, SPATIAL_MAX_FRAMES, fit_distance_model, ledoit_wolf_statistics,
+                                   sample_frames)
 
 __all__ = ["BASELINES", "SPATIAL_BASELINES", "ReconstructionScores", "SpatialImputer",
            "evaluate_reconstruction", "impute_interpolation", "impute_parcel_mean",
@@ -57,7 +66,11 @@ __all__ = ["BASELINES", "SPATIAL_BASELINES", "ReconstructionScores", "SpatialImp
 SPATIAL_BASELINES = {
     "spatial": ("in-cohort", "spatial (in-cohort)"),
     "spatial_zero_shot": ("zero-shot", "spatial (zero-shot)"),
+    "spatial_distance": ("zero-shot", "spatial (distance model, zero-shot)"),
+    "spatial_in_recording": ("in-recording", "spatial (in-recording)"),
 }
+#: Spatial baselines fitted once for the whole corpus (the in-recording one is fitted per window).
+_CORPUS_SPATIAL = ("spatial", "spatial_zero_shot", "spatial_distance")
 #: Baselines scored next to the model, in table order (a spatial one only when it could be fitted).
 BASELINES = ("zero", "parcel_mean", "interpolation", *SPATIAL_BASELINES)
 DEFAULT_RATIOS = (0.2, 0.5, 0.75, 0.9)
@@ -239,7 +252,46 @@ def _spatial_baselines(model, corpus: Corpus, scaler, max_frames: int
             fit_split=stats.info.get("split", "train"), pretraining_atlas=stats.info.get("atlas"))
     else:
         add("spatial_zero_shot", reason=reason)
+
+    # The distance model needs the pretraining statistics and the coordinates of the parcels
+    # they were computed on; the corpus' parcels always have coordinates (an Atlas requires them).
+    if stats is None:
+        reason = ("the checkpoint carries no spatial statistics of its pretraining data "
+                  "(spatial_baseline.safetensors) to fit the distance model on")
+    elif model.atlas is None:
+        reason = ("the checkpoint records no atlas (atlas.json), so its pretraining parcels have no "
+                  "coordinates to fit the distance model on")
+    elif stats.n_parcels != model.atlas.n_parcels:
+        reason = (f"the checkpoint's pretraining statistics cover {stats.n_parcels} parcels but its atlas "
+                  f"{model.atlas.name!r} has {model.atlas.n_parcels}")
+    else:
+        reason = None
+    if reason is None:
+        dm = fit_distance_model(stats, np.asarray(model.atlas.xyz))
+        n_midline = int(np.sum(np.abs(np.asarray(corpus.atlas.xyz)[:, 0]) < MIDLINE_MM))
+        fitted = dm.statistics(np.asarray(corpus.atlas.xyz), stats, model="distance", atlas=corpus.atlas.name)
+        add("spatial_distance", SpatialImputer().use(fitted),
+            fitted_on=(f"the checkpoint's pretraining data (its training split), as a covariance of "
+                       f"inter-parcel distance and hemisphere fitted at the pretraining atlas' coordinates "
+                       f"and evaluated at this corpus' ({corpus.atlas.name}, {corpus.atlas.n_parcels} "
+                       "parcels); never this cohort"),
+            fit_split=stats.info.get("split", "train"), pretraining_atlas=model.atlas.name,
+            distance_model=dm.describe(),
+            hemisphere=(f"from the sign of MNI x (x < 0 left); parcels with |x| < {MIDLINE_MM:g} mm count "
+                        f"half to each hemisphere ({n_midline} of this corpus' parcels)"))
+    else:
+        add("spatial_distance", reason=reason)
     return imputers, info
+
+
+def _in_recording_imputers(windows: np.ndarray) -> list[SpatialImputer] | None:
+    """One imputer per window of a recording, each fitted (mean and Ledoit-Wolf covariance) on
+    the frames of every *other* window, never on its own TRs. windows: (W, T, P) -> W imputers,
+    or None when the recording has a single window (nothing else to fit on)."""
+    if len(windows) < 2:
+        return None
+    return [SpatialImputer().fit(np.delete(windows, w, axis=0).reshape(-1, windows.shape[-1]))
+            for w in range(len(windows))]
 
 
 def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path | Corpus, *,
@@ -259,7 +311,9 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
     split : {"test", "val", "train"}
         Recordings to reconstruct. The in-cohort spatial baseline (``spatial``) is fitted on the
         corpus' ``train`` split when it has one; the zero-shot one (``spatial_zero_shot``) comes
-        from the checkpoint's stored pretraining statistics when the corpus is on its atlas.
+        from the checkpoint's stored pretraining statistics when the corpus is on its atlas, the
+        distance model (``spatial_distance``) from them on any atlas; ``spatial_in_recording``
+        from the other windows of each scored window's recording.
     ratios : sequence of float
         Fractions of tokens masked (paper: 0.2, 0.75, 0.9).
     strategy : {"random", "parcels", "time"}
@@ -282,8 +336,9 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
     Returns
     -------
     dict (the JSON): settings, ``methods`` (the methods scored, in table order),
-    ``method_labels``, ``spatial_baselines`` (for ``spatial`` and ``spatial_zero_shot``: where it
-    was fitted, or why it was left out), ``spatial_baseline`` (the in-cohort fit, or None),
+    ``method_labels``, ``spatial_baselines`` (for each of :data:`SPATIAL_BASELINES`: where it
+    was fitted, with the distance model's parameters, or why it was left out),
+    ``spatial_baseline`` (the in-cohort fit, or None),
     ``parcels`` (names, MNI xyz in mm, networks), and per ratio the pooled metrics and per-parcel
     arrays of every method.
     """
@@ -307,18 +362,27 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
     p = corpus.atlas.n_parcels
     spatial, spatial_info = _spatial_baselines(model, corpus, scaler, spatial_max_frames)
 
-    methods = ("brainlm",) + tuple(b for b in BASELINES if b not in SPATIAL_BASELINES or b in spatial)
-    scores = {r: {m: ReconstructionScores(p) for m in methods} for r in ratios}
+    # Scored while the split is read; left out at the end if a recording had a single window.
+    scored = ("brainlm",) + tuple(b for b in BASELINES if b not in SPATIAL_BASELINES or b in spatial
+                                  or b == "spatial_in_recording")
+    scores = {r: {m: ReconstructionScores(p) for m in scored} for r in ratios}
     generators = {r: torch.Generator().manual_seed(_mask_seed(seed, r)) for r in ratios}
     xyz = parcel_xyz(corpus.atlas)
     n_windows, used, too_short = 0, 0, 0
-    for x in iter_model_input(corpus, rows, scaler):  # one recording in memory at a time
+    single_window, in_recording_frames, in_recording_shrinkage = [], [], []
+    for row, x in zip(rows, iter_model_input(corpus, rows, scaler)):  # one recording in memory at a time
         if x.shape[0] < cfg.window_trs:
             too_short += 1
             continue
         wins, _ = model_windows(model, x)
         used += 1
         n_windows += len(wins)
+        own = _in_recording_imputers(wins.numpy())
+        if own is None:
+            single_window.append(str(corpus.manifest["recording_id"].iat[int(row)]))
+        else:
+            in_recording_frames += [imp.n_frames_ for imp in own]
+            in_recording_shrinkage += [imp.shrinkage_ for imp in own]
         for r, spec in zip(ratios, specs):
             mask_tok = model.sample_mask(spec, len(wins), p, generators[r])
             pred = predict_masked(model, wins, xyz, mask_tok, batch_size, precision).numpy()
@@ -333,9 +397,28 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
                 sc["interpolation"].update(xw, impute_interpolation(xw, mw), mw)
                 for name, imputer in spatial.items():
                     sc[name].update(xw, imputer.impute(xw, mw), mw)
+                if own is not None:
+                    sc["spatial_in_recording"].update(xw, own[w].impute(xw, mw), mw)
     if n_windows == 0:
         raise BrainLMInputError(f"no recording of split {split!r} has a full window of "
                                 f"{cfg.window_trs} TRs", corpus.path)
+    fit, label = SPATIAL_BASELINES["spatial_in_recording"]
+    if single_window:
+        # Every method is scored on the very same masked values, so a baseline that cannot
+        # predict one recording's windows is left out for the whole split.
+        spatial_info["spatial_in_recording"] = {
+            "fit": fit, "label": label, "available": False,
+            "reason": (f"{len(single_window)} of the {used} scored recordings have a single window of "
+                       f"{cfg.window_trs} TRs (e.g. {', '.join(single_window[:3])}): no other window of "
+                       "the same recording to fit it on")}
+    else:
+        spatial_info["spatial_in_recording"] = {
+            "fit": fit, "label": label, "available": True,
+            "fitted_on": ("the other windows of the same recording, for each scored window "
+                          "(never its own TRs)"),
+            "frames": int(min(in_recording_frames)), "frames_max": int(max(in_recording_frames)),
+            "ledoit_wolf_shrinkage": round(float(np.mean(in_recording_shrinkage)), 6), "fits": len(in_recording_frames)}
+    methods = tuple(m for m in scored if m != "spatial_in_recording" or not single_window)
 
     atlas = corpus.atlas
     brainlm_label = HYBRID_LABEL if getattr(cfg, "spatial_prior_parcels", 0) else "BrainLM"
@@ -355,7 +438,7 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
         "method_labels": {m: brainlm_label if m == "brainlm" else SPATIAL_BASELINES.get(m, (None, m))[1]
                           for m in methods},
         # Where each spatial baseline was fitted (zero-shot: the pretraining data; in-cohort:
-        # this corpus' training split), or why it is left out.
+        # this corpus' training split; in-recording: the other windows), or why it is left out.
         "spatial_baselines": spatial_info,
         # The in-cohort fit, as before the zero-shot one existed (None when left out).
         "spatial_baseline": ({k: in_cohort[k] for k in ("fit_split", "frames", "ledoit_wolf_shrinkage")}
@@ -417,8 +500,17 @@ def reconstruction_markdown(result: dict) -> str:
     notes = []
     for m, info in result.get("spatial_baselines", {}).items():
         if info["available"]:
-            notes.append(f"- `{m}` ({info['fit']}): fitted on {info['fitted_on']}; "
-                         f"{info['frames']} frames, Ledoit-Wolf shrinkage {info['ledoit_wolf_shrinkage']:.3f}.")
+            frames = (f"{info['frames']}-{info['frames_max']} frames per fit" if "frames_max" in info
+                      else f"{info['frames']} frames")
+            note = (f"- `{m}` ({info['fit']}): fitted on {info['fitted_on']}; "
+                    f"{frames}, Ledoit-Wolf shrinkage {info['ledoit_wolf_shrinkage']:.3f}")
+            if "distance_model" in info:
+                d = info["distance_model"]
+                note += (f"; correlation {d['a_near']:.2f} exp(-d/{d['l_near']:.0f} mm) + {d['a_hemi']:.2f} "
+                         f"same-hemisphere exp(-d/{d['l_hemi']:.0f} mm) + {d['a_mirror']:.2f} homotopic "
+                         f"(l {d['l_mirror']:.0f} mm) + {d['b_all']:.2f} + {d['b_hemi']:.2f} same-hemisphere, "
+                         f"nugget {d['nugget']:.2f}, fit RMSE {d['rmse']:.3f}; hemisphere {info['hemisphere']}")
+            notes.append(note + ".")
         else:
             notes.append(f"- `{m}` ({info['fit']}): left out, {info['reason']}.")
     model = result.get("brainlm_label", "BrainLM")
