@@ -21,6 +21,18 @@ threads waiting on each other while other processes held the cores.
         --comparison hcp=/tmp/fc/hcp-eval/forecast.json --comparison synthetic=/tmp/fc/sim-eval/forecast.json
 
 Results: benchmarks/results/forecast.json (and a summary on stdout).
+
+``--carry`` runs the carry-path comparison instead (docs/forecasting.md, "Carrying the present
+forward"): the shipped ``hcp-small`` checkpoint fine-tuned on the demo's HCP corpus preparation
+with each ``FinetuneSettings.carry`` (``none`` = the model before carry paths, ``var``,
+``linear``), scored per step with persistence, the context mean, AR(p) and ridge VAR on the
+validation subject (where the default is chosen) and on the test subject, which is
+``hcp-small``'s one subject never trained on (377451: it only chose the pretraining epoch), so it
+is in neither pretraining nor fine-tuning. ``--seeds`` repeats the fine-tuning with other seeds.
+
+    python benchmarks/bench_forecast.py --carry --seeds 0,1,2
+
+Results: benchmarks/results/forecast_carry.json.
 """
 
 from __future__ import annotations
@@ -40,14 +52,23 @@ from brainlm.data.atlas import load_atlas
 from brainlm.data.atomic import write_text_atomic
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
-from brainlm.data.samples import load_hcp7_aal2
+from brainlm.data.samples import HCP7_TR, load_hcp7_aal2
 from brainlm.model import BrainLM, preset
 from brainlm.model.checkpoint import save_pretrained
-from brainlm.tasks.forecasting import (BASELINES, BaselineSettings, FinetuneSettings, NeuralTraining,
-                                       finetune, forecast_windows, make_baseline, predict_future)
+from brainlm.tasks.forecasting import (BASELINES, BaselineSettings, BrainLMForecaster, FinetuneSettings,
+                                       NeuralTraining, evaluate, finetune, forecast_windows, make_baseline,
+                                       predict_future)
 from brainlm.tasks.forecasting.windows import split_recordings
 
 CONTEXT, HORIZON = 180, 20
+
+#: The carry comparison's split of the 7 embedded HCP subjects. ``hcp-small`` trained on all but
+#: 377451, which only chose its best epoch: that one is the test subject. The validation subject
+#: is the demo's (split seed 0); the other five fine-tune.
+CARRY_TEST, CARRY_VAL = "377451", "101309"
+CARRY_CHECKPOINT = "hcp-small"
+CARRY_BASELINES = ("persistence", "context_mean", "ar", "var")
+STEPS = (1, 5, 10, 20)
 
 
 def time_call(fn, repeats: int) -> float:
@@ -116,6 +137,76 @@ def comparison_summary(path: Path) -> dict:
             "best_by_step_mse": r["best_by_step"]["mse"], "finetune": r.get("finetune")}
 
 
+def carry_corpus(work: Path):
+    """The demo's preparation of the embedded HCP data (percent signal change at TR 0.72 s,
+    robust scaling fitted on the training subjects), split as ``CARRY_TEST`` / ``CARRY_VAL``."""
+    recordings = load_hcp7_aal2()
+    splits = {f"{r.site}/{r.subject}": "test" if r.subject == CARRY_TEST else
+              "val" if r.subject == CARRY_VAL else "train" for r in recordings}
+    return prepare_corpus(recordings, work / "corpus-carry", atlas=load_atlas("aal2"),
+                          contract=PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True),
+                          min_trs=200, split_assignments=splits, jobs=1, overwrite=True)
+
+
+def _table(res: dict) -> dict:
+    return {n: {"label": m["label"], "mean_mse": m["mean"]["mse"], "mean_r2": m["mean"]["r2"],
+                "mean_pearson_r": m["mean"]["pearson_r"],
+                **{f"mse_step_{k}": m["mse"][k - 1] for k in STEPS}, "mse_per_step": m["mse"]}
+            for n, m in res["methods"].items()}
+
+
+def carry_comparison(work: Path, carries: list[str], seeds: list[int], epochs: int, crops: int,
+                     scratch_carries: list[str]) -> dict:
+    """Fine-tune ``hcp-small`` with every carry path and seed; score all on val and test."""
+    corpus = carry_corpus(work)
+    subjects = {k: sorted(corpus.manifest.iloc[corpus.split_indices(k)]["subject"].astype(str).unique())
+                for k in ("train", "val", "test")}
+    out = {"checkpoint": CARRY_CHECKPOINT, "subjects": subjects, "epochs": epochs, "crops_per_recording": crops,
+           "seeds": seeds, "runs": {}, "evaluation": {}}
+    models: dict[str, dict] = {s: {} for s in seeds}
+    for seed in seeds:
+        for carry in carries:
+            settings = FinetuneSettings(epochs=epochs, crops_per_recording=crops, seed=seed, carry=carry,
+                                        scratch=seed == seeds[0] and carry in scratch_carries)
+            t = time.perf_counter()
+            run = work / f"ft-{carry}-seed{seed}"
+            info = finetune(CARRY_CHECKPOINT, corpus.path, run, settings, overwrite=True)
+            key = f"{carry}/seed{seed}"
+            out["runs"][key] = {"seconds": round(time.perf_counter() - t, 1), "carry": info["carry"],
+                                **{k: {f: v[f] for f in ("val_mse_before", "best_val_mse", "best_epoch",
+                                                         "val_mse_per_epoch", "fit_seconds")}
+                                   for k, v in info["models"].items()}}
+            print(f"fine-tune {key}: val {out['runs'][key]['finetuned']['val_mse_before']:.4f} -> "
+                  f"{out['runs'][key]['finetuned']['best_val_mse']:.4f}", flush=True)
+            models[seed][f"brainlm_finetuned:{carry}"] = run / "model"
+            if settings.scratch:
+                models[seed][f"brainlm_scratch:{carry}"] = run / "scratch"
+    for seed in seeds:
+        ms = {n: BrainLMForecaster(p, HORIZON, context_trs=CONTEXT, name=n) for n, p in models[seed].items()}
+        if seed == seeds[0]:
+            ms["brainlm_pretrained"] = BrainLMForecaster(CARRY_CHECKPOINT, HORIZON, context_trs=CONTEXT,
+                                                         step_trs=HORIZON, name="brainlm_pretrained")
+        for split in ("val", "test"):
+            res = evaluate(corpus, context_trs=CONTEXT, horizon_trs=HORIZON, models=ms,
+                           baselines=CARRY_BASELINES, split=split)
+            out["evaluation"][f"{split}/seed{seed}"] = {"n_windows": res["n_windows"], "summary": res["summary"],
+                                                        "methods": _table(res)}
+            print(f"{split} seed {seed}: " + "; ".join(
+                f"{m['label']} {m['mean_mse']:.4f} (step 1 {m['mse_step_1']:.4f})"
+                for m in out["evaluation"][f"{split}/seed{seed}"]["methods"].values()), flush=True)
+    # The default is chosen on the validation subject only: lowest mean MSE over seeds.
+    val = {c: float(np.mean([out["evaluation"][f"val/seed{s}"]["methods"][f"brainlm_finetuned:{c}"]["mean_mse"]
+                             for s in seeds])) for c in carries}
+    out["choice"] = {"rule": "lowest validation mean MSE over 20 steps, averaged over seeds",
+                     "val_mean_mse": val, "chosen": min(val, key=val.get)}
+    out["test_mean_over_seeds"] = {
+        n: {f: round(float(np.mean([out["evaluation"][f"test/seed{s}"]["methods"][n][f] for s in seeds
+                                    if n in out["evaluation"][f"test/seed{s}"]["methods"]])), 4)
+            for f in ("mean_mse", *(f"mse_step_{k}" for k in STEPS))}
+        for n in out["evaluation"][f"test/seed{seeds[0]}"]["methods"]}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="tiny,13m")
@@ -126,10 +217,31 @@ def main() -> None:
                     help="torch intra-op threads (default 1: on a shared, oversubscribed machine two "
                     "OpenMP threads spin-wait on each other and small ops slow down by orders of magnitude)")
     ap.add_argument("--comparison", action="append", default=[], metavar="NAME=FORECAST_JSON")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "forecast.json"))
+    ap.add_argument("--out", help="results file (default: results/forecast.json, with --carry "
+                    "results/forecast_carry.json)")
+    ap.add_argument("--carry", action="store_true", help="run the carry-path comparison instead")
+    ap.add_argument("--carries", default="none,var,linear", help="carry paths compared (--carry)")
+    ap.add_argument("--scratch-carries", default="none,var",
+                    help="carry paths whose from-scratch control is trained (first seed; --carry)")
+    ap.add_argument("--seeds", default="0", help="fine-tuning seeds (--carry)")
+    ap.add_argument("--carry-epochs", type=int, default=FinetuneSettings().epochs)
+    ap.add_argument("--carry-crops", type=int, default=FinetuneSettings().crops_per_recording)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    results_dir = Path(__file__).parent / "results"
+    if args.carry:
+        out = Path(args.out or results_dir / "forecast_carry.json")
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            res = carry_comparison(Path(tmp), args.carries.split(","), [int(s) for s in args.seeds.split(",")],
+                                   args.carry_epochs, args.carry_crops, args.scratch_carries.split(","))
+        res["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                          "torch": torch.__version__, "seconds": round(time.perf_counter() - t0, 1)}
+        write_text_atomic(out, json.dumps(res, indent=2))
+        print(f"chosen on validation: {res['choice']}\nresults: {out}")
+        return
+    args.out = args.out or str(results_dir / "forecast.json")
 
     results = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                            "python": platform.python_version(), "torch": torch.__version__,

@@ -12,6 +12,7 @@ from pathlib import Path
 from brainlm.commands.arguments import CHECKPOINT_HELP, check_positive, comma_names
 from brainlm.data.atomic import check_output_folder
 from brainlm.errors import BrainLMInputError
+from brainlm.model.config import FORECAST_CARRY
 from brainlm.report.forecasting_figures import draw_forecast_figure
 from brainlm.tasks.forecasting.baselines import BASELINES, BaselineSettings, NeuralTraining
 from brainlm.tasks.forecasting.evaluate import evaluate_run
@@ -53,6 +54,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--no-scratch", action="store_true", help="skip the randomly initialised control")
     ft.add_argument("--transfer-atlas", action="store_true",
                     help="allow a corpus on another atlas than the checkpoint's")
+    ft.add_argument("--carry", default=f.carry, choices=["auto", *FORECAST_CARRY],
+                    help="the path inside the model that carries the present forward, whose forecast the "
+                    "decoder corrects: var (a ridge VAR fitted on the training split), linear (a learned "
+                    "map from the last TRs, starting at persistence), none (the decoder alone). auto "
+                    "(default): var for a BrainLM checkpoint, none for a hybrid or an upstream model")
+    ft.add_argument("--carry-lags", type=int, metavar="TRS",
+                    help="TRs the carry path reads (default: 2 for var, 20 for linear)")
     ft.add_argument("--accelerator", default=f.accelerator, help="auto | cpu | gpu")
     ft.add_argument("--precision", default=f.precision,
                     help="auto (default): bf16-mixed where bfloat16 is native (a GPU with bf16, a CPU with AMX-BF16 "
@@ -111,13 +119,15 @@ def _finetune(args: argparse.Namespace) -> int:
         context_trs=args.context, horizon_trs=args.horizon, epochs=args.epochs, batch_size=args.batch_size,
         crops_per_recording=args.crops_per_recording, lr=args.lr, weight_decay=args.weight_decay,
         seed=args.seed, scratch=not args.no_scratch, transfer_atlas=args.transfer_atlas,
-        accelerator=args.accelerator, precision=args.precision)
+        accelerator=args.accelerator, precision=args.precision, carry=args.carry, carry_lags=args.carry_lags)
     summary = finetune(args.checkpoint, args.corpus, args.out, settings, overwrite=args.overwrite,
                        progress=not args.quiet)
     for kind, m in summary["models"].items():
         per_epoch = sum(m["train_seconds_per_epoch"]) / len(m["train_seconds_per_epoch"])
         print(f"{kind}: validation forecast MSE {m['val_mse_before']:.4f} before -> {m['best_val_mse']:.4f} "
               f"(best epoch {m['best_epoch']}), {per_epoch:.1f} s per epoch")
+    if summary["carry"]["label"]:
+        print(f"carry path: {summary['carry']['label']} ({summary['carry']['lags']} lags)")
     print(f"models: {args.out}/model" + (f", {args.out}/scratch" if "scratch" in summary["models"] else ""))
     return 0
 

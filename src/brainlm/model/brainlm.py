@@ -139,6 +139,24 @@ class BrainLM(ParcelPatchTokens, nn.Module):
             self.register_buffer("prior_mean", torch.zeros(p))
             self.register_buffer("prior_covariance", torch.eye(p))
             self.decoder_prior_embed = nn.Linear(c.patch_trs, c.decoder_dim)
+        if c.forecast_carry == "linear":
+            # One map from the last carry_lags TRs to each of carry_steps future TRs, shared by all
+            # parcels; it starts at persistence (every step copies the last observed TR).
+            weight = torch.zeros(c.carry_steps, c.carry_lags)
+            weight[:, -1] = 1.0
+            self.carry_weight = nn.Parameter(weight)
+            self.carry_bias = nn.Parameter(torch.zeros(c.carry_steps))
+        elif c.forecast_carry == "var":
+            # A VAR over all parcels, fitted in closed form by fine-tuning and saved with the weights:
+            # next TR [P] = carry_coef [P, P * lags] @ lags (parcel-major, oldest lag first) + intercept.
+            # Until it is set, it is persistence.
+            p, lags = c.carry_parcels, c.carry_lags
+            coef = torch.zeros(p, p * lags)
+            coef[torch.arange(p), torch.arange(p) * lags + lags - 1] = 1.0
+            self.register_buffer("carry_coef", coef)
+            self.register_buffer("carry_intercept", torch.zeros(p))
+        if c.forecast_carry != "none":
+            self.decoder_carry_embed = nn.Linear(c.patch_trs, c.decoder_dim)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -192,18 +210,67 @@ class BrainLM(ParcelPatchTokens, nn.Module):
         estimate = (cov @ weights + mu[:, None]).transpose(1, 2)  # [B, P, N, k]
         return torch.where(mask[..., None], estimate, self.patchify(x.float()))
 
+    def carry_estimate(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The forecasting carry path (``config.forecast_carry``). x: [B, T, P]; mask: [B, P, N]
+        (True = hidden) or None -> [B, P, N, patch_trs] float32.
+
+        The future is the run of trailing time patches hidden in every parcel of every window
+        (``F`` patches). Its ``F * k`` TRs are forecast linearly from the last ``carry_lags``
+        TRs before it; every other TR is the input where visible and 0 where hidden. Only
+        visible values are read, so hidden ones never leak into the estimate.
+        """
+        c = self.config
+        b, t, p = x.shape
+        if mask is None:
+            return self.patchify(x.float())
+        hidden = mask.all(dim=1).all(dim=0)  # [N]: patches hidden everywhere
+        n_future = int(hidden.flip(0).to(torch.int64).cumprod(0).sum())
+        seen = (~mask).repeat_interleave(c.patch_trs, dim=2).transpose(1, 2)  # [B, T, P]
+        observed = x.float() * seen
+        if n_future == 0:
+            return self.patchify(observed)
+        start, steps = t - n_future * c.patch_trs, n_future * c.patch_trs
+        if start < c.carry_lags:
+            raise BrainLMInputError(f"the carry path reads the last {c.carry_lags} TRs before the future; "
+                                    f"the window has {start} TRs of context")
+        lags = observed[:, start - c.carry_lags:start]  # [B, lags, P]
+        if c.forecast_carry == "linear":
+            if steps > c.carry_steps:
+                raise BrainLMInputError(f"this model's carry path predicts at most {c.carry_steps} TRs; "
+                                        f"the mask hides {steps} future TRs")
+            future = (torch.einsum("blp,sl->bsp", lags, self.carry_weight[:steps].float())
+                      + self.carry_bias[:steps].float()[None, :, None])
+        else:
+            if p != c.carry_parcels:
+                raise BrainLMInputError(f"this model's carry VAR covers {c.carry_parcels} parcels; the data "
+                                        f"have {p} (a VAR cannot transfer to another atlas)")
+            coef, intercept = self.carry_coef.float(), self.carry_intercept.float()
+            history = lags.transpose(1, 2)  # [B, P, lags], oldest first
+            frames = []
+            for _ in range(steps):
+                nxt = history.reshape(b, -1) @ coef.T + intercept  # [B, P]
+                frames.append(nxt)
+                history = torch.cat([history[..., 1:], nxt[..., None]], dim=2)
+            future = torch.stack(frames, dim=1)  # [B, steps, P]
+        return self.patchify(torch.cat([observed[:, :start], future], dim=1))
+
     def forward_decoder(self, enc: EncoderOutput, xyz: torch.Tensor, n_parcels: int,
-                        prior: torch.Tensor | None = None) -> torch.Tensor:
+                        prior: torch.Tensor | None = None, carry: torch.Tensor | None = None) -> torch.Tensor:
         """-> predicted patches [B, P, N, patch_trs] for every token. ``prior`` [B, P, N, k]: the
-        hybrid's :meth:`spatial_estimate`, which the decoder sees and corrects."""
+        hybrid's :meth:`spatial_estimate`; ``carry`` [B, P, N, k]: a forecaster's
+        :meth:`carry_estimate`. The decoder sees either and predicts the correction to it."""
         c = self.config
         if bool(c.spatial_prior_parcels) != (prior is not None):
             raise ValueError("the spatial estimate is needed by a hybrid model and only by one")
+        if (c.forecast_carry != "none") != (carry is not None):
+            raise ValueError("the carry estimate is needed by a model with a carry path and only by one")
         y = self.decoder_embed(enc.latent)
         b, n_tok = y.shape[0], n_parcels * c.n_patches
         full = tokens_in_place(y[:, 1:], enc.ids_visible, self.mask_token, n_tok)
         if prior is not None:
             full = full + self.decoder_prior_embed(prior.to(full.dtype)).flatten(1, 2)
+        if carry is not None:
+            full = full + self.decoder_carry_embed(carry.to(full.dtype)).flatten(1, 2)
         pos = (self.decoder_spatial(xyz)[:, :, None, :] + self.decoder_temporal[None, None]).flatten(1, 2)
         if c.decoder_attention == "full":
             h = torch.cat([y[:, :1], full + pos], dim=1)
@@ -213,7 +280,8 @@ class BrainLM(ParcelPatchTokens, nn.Module):
         else:
             h = self._axial_decode(full + pos, b, n_parcels)
         pred = self.decoder_pred(self.decoder_norm(h)).view(b, n_parcels, c.n_patches, c.patch_trs)
-        return pred if prior is None else pred + prior.to(pred.dtype)
+        estimate = carry if carry is not None else prior  # never both (BrainLMConfig)
+        return pred if estimate is None else pred + estimate.to(pred.dtype)
 
     def _axial_decode(self, h: torch.Tensor, b: int, p: int) -> torch.Tensor:
         """[B, P * N, D] -> [B, P * N, D]: even blocks attend across parcels within a time patch,
@@ -234,15 +302,17 @@ class BrainLM(ParcelPatchTokens, nn.Module):
         """x: [B, T, P], xyz: [B, P, 3], mask: [B, P, N] -> (loss, predicted patches [B, P, N, k]).
 
         In training, a hybrid drops its spatial estimate for a ``config.prior_dropout`` fraction
-        of the windows. The loss is the mean squared error over the values of masked tokens only.
+        of the windows. A forecaster with a carry path adds its :meth:`carry_estimate`. The loss
+        is the mean squared error over the values of masked tokens only.
         """
         enc = self.forward_encoder(x, xyz, mask)
+        carry = self.carry_estimate(x, mask) if self.config.forecast_carry != "none" else None
         prior = self.spatial_estimate(x, mask) if self.config.spatial_prior_parcels else None
         if prior is not None and self.training and self.config.prior_dropout:
             # Dropped windows see no estimate at all (zeros), so their loss trains the encoder.
             keep = torch.rand(x.shape[0], device=x.device) >= self.config.prior_dropout
             prior = prior * keep[:, None, None, None].to(prior.dtype)
-        pred = self.forward_decoder(enc, xyz, x.shape[2], prior)
+        pred = self.forward_decoder(enc, xyz, x.shape[2], prior, carry)
         return masked_mse(pred, self.patchify(x), mask), pred
 
     # -- bookkeeping --------------------------------------------------------------------------

@@ -7,6 +7,9 @@ from dataclasses import asdict, dataclass, fields
 from brainlm.errors import BrainLMInputError
 
 DECODER_ATTENTION = ("full", "axial")
+#: The forecasting carry path (``BrainLMConfig.forecast_carry``).
+FORECAST_CARRY = ("none", "linear", "var")
+CARRY_SIZES = ("carry_lags", "carry_steps", "carry_parcels")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,19 @@ class BrainLMConfig:
         zeros (the scaled median), so that on those the decoder must reconstruct from the encoder
         alone and the encoder keeps learning the signal (without it, the estimate does most of
         the work and the encoder learns less: docs/quality.md). Never applied outside training.
+    forecast_carry : {"none", "linear", "var"}
+        A forecaster's path that carries the present forward (docs/forecasting.md). ``none``
+        (default): the decoder predicts the hidden future alone. Otherwise, for the trailing
+        time patches hidden in every parcel (the future mask), a linear forecast from the last
+        ``carry_lags`` visible TRs is computed inside the model; the decoder sees it and predicts
+        the correction. ``linear``: one learned map from the last ``carry_lags`` TRs to each of
+        ``carry_steps`` future TRs, shared by all parcels (starts at persistence). ``var``: a
+        ridge VAR of order ``carry_lags`` over ``carry_parcels`` parcels, fitted in closed form
+        on the fine-tuning data and saved as buffers with the weights, rolled out TR by TR.
+        Every result of such a model is labelled with its carry path.
+    carry_lags, carry_steps, carry_parcels : int
+        Sizes of the carry path (0 without one): lags read; TRs the ``linear`` map predicts;
+        parcels of the ``var`` model.
     """
 
     window_trs: int = 200
@@ -63,6 +79,10 @@ class BrainLMConfig:
     decoder_attention: str = "full"
     spatial_prior_parcels: int = 0
     prior_dropout: float = 0.0
+    forecast_carry: str = "none"
+    carry_lags: int = 0
+    carry_steps: int = 0
+    carry_parcels: int = 0
 
     def __post_init__(self) -> None:
         if self.decoder_attention not in DECODER_ATTENTION:
@@ -71,13 +91,17 @@ class BrainLMConfig:
         if self.decoder_attention == "axial" and self.decoder_depth % 2:
             raise BrainLMInputError(f"decoder_attention 'axial' alternates parcel and time attention and "
                                     f"needs an even decoder_depth, got {self.decoder_depth}")
+        if self.forecast_carry not in FORECAST_CARRY:
+            raise BrainLMInputError(f"model config field 'forecast_carry' is {self.forecast_carry!r}; "
+                                    f"expected one of {FORECAST_CARRY}")
         for f in fields(self):
-            if f.name == "decoder_attention":
+            if f.name in ("decoder_attention", "forecast_carry"):
                 continue
             v = getattr(self, f.name)
             if not isinstance(v, (int, float)) or v < 0 or (v == 0 and f.name not in ("xyz_frequencies",
                                                                                   "spatial_prior_parcels",
-                                                                                  "prior_dropout")):
+                                                                                  "prior_dropout",
+                                                                                  *CARRY_SIZES)):
                 raise BrainLMInputError(f"model config field {f.name!r} is {v!r}; expected a positive number")
         if not self.prior_dropout < 1:
             raise BrainLMInputError(f"model config field 'prior_dropout' is {self.prior_dropout!r}; "
@@ -85,11 +109,28 @@ class BrainLMConfig:
         if self.prior_dropout and not self.spatial_prior_parcels:
             raise BrainLMInputError("model config field 'prior_dropout' needs the hybrid "
                                     "(spatial_prior_parcels > 0): there is no spatial estimate to drop")
+        self._check_carry()
         if self.window_trs % self.patch_trs:
             raise BrainLMInputError(
                 f"window_trs {self.window_trs} is not a multiple of patch_trs {self.patch_trs}")
         if self.dim % self.heads or self.decoder_dim % self.decoder_heads:
             raise BrainLMInputError("dim and decoder_dim must be divisible by their numbers of heads")
+
+    def _check_carry(self) -> None:
+        needed = {"none": (), "linear": ("carry_lags", "carry_steps"),
+                  "var": ("carry_lags", "carry_parcels")}[self.forecast_carry]
+        for name in CARRY_SIZES:
+            v = getattr(self, name)
+            if name in needed and not (isinstance(v, int) and v > 0):
+                raise BrainLMInputError(f"model config field {name!r} is {v!r}; forecast_carry "
+                                        f"{self.forecast_carry!r} needs a positive integer")
+            if name not in needed and v:
+                raise BrainLMInputError(f"model config field {name!r} is {v!r}; expected 0 with forecast_carry "
+                                        f"{self.forecast_carry!r}")
+        if self.forecast_carry != "none" and self.spatial_prior_parcels:
+            raise BrainLMInputError("model config field 'forecast_carry' is "
+                                    f"{self.forecast_carry!r}; a hybrid model (spatial_prior_parcels > 0) "
+                                    "has no carry path: expected 'none'")
 
     @property
     def n_patches(self) -> int:
@@ -105,7 +146,8 @@ class BrainLMConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise BrainLMInputError(f"model config has unknown field(s) {unknown}")
-        # Checkpoints written before the fields existed had a full-attention decoder and no prior.
+        # Checkpoints written before the fields existed had a full-attention decoder and no prior
+        # (and no carry path: the dataclass defaults).
         return cls(**{"decoder_attention": "full", "spatial_prior_parcels": 0, **d})
 
 

@@ -207,5 +207,6 @@ class BrainLMForecaster:
 
     def describe(self) -> dict:
         return {"checkpoint": self.source, "window_trs": self.model.config.window_trs,
+                "carry": getattr(self.model.config, "forecast_carry", "none"),
                 "step_trs": self.step_trs, "rollout_passes": -(-self.horizon_trs // self.step_trs),
                 "parameters": self.model.count_parameters()["total"]}

@@ -38,6 +38,7 @@ from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.tasks.forecasting.api import BrainLMForecaster
 from brainlm.tasks.forecasting.baselines import BASELINES, BaselineSettings, make_baseline
+from brainlm.tasks.forecasting.carry import carry_label
 from brainlm.tasks.forecasting.finetune import FORMAT as RUN_FORMAT
 from brainlm.tasks.forecasting.windows import check_lengths, forecast_windows, split_recordings
 from brainlm.tasks.model_input import model_scaler
@@ -166,7 +167,7 @@ def evaluate(corpus, *, context_trs: int, horizon_trs: int, models: dict | None 
         predict_s = time.perf_counter() - t0
         m = step_metrics(pred, test.target)
         methods[name] = {
-            "label": LABELS.get(name, name),
+            "label": method_label(name, f),
             "kind": "brainlm" if name in (models or {}) else "baseline",
             **{k: [round(float(x), 6) for x in m[k]] for k in METRICS},
             "mean": {k: round(float(np.mean(m[k])), 6) for k in METRICS},
@@ -235,6 +236,16 @@ def evaluate_run(run: str | Path, corpus, out: str | Path | None = None, *, hori
     return results
 
 
+def method_label(name: str, forecaster) -> str:
+    """The name shown for a method: ``LABELS`` (of the part of ``name`` before a ``:``, so
+    ``brainlm_finetuned:var`` reads as the fine-tuned model), with a BrainLM model's carry path
+    (:data:`~brainlm.tasks.forecasting.carry.CARRY_LABELS`) when it has one, so no result of a
+    carry model reads as the plain model's."""
+    label = LABELS.get(name.split(":")[0], name)
+    carry = carry_label(getattr(forecaster, "model", None))
+    return label if carry is None else f"{label} + {carry}"
+
+
 def _best_by_step(methods: dict, horizon: int) -> dict:
     best = {}
     for k in METRICS:
@@ -251,7 +262,7 @@ def summarize(results: dict) -> str:
     for s in range(1, h + 1):
         if s == h or by_step[s] != by_step[start]:
             span = f"step {start + 1}" if s - 1 == start else f"steps {start + 1}-{s}"
-            runs.append(f"{LABELS.get(by_step[start], by_step[start])} ({span})")
+            runs.append(f"{methods[by_step[start]]['label']} ({span})")
             start = s
     text = [f"Lowest MSE per step: {', '.join(runs)}."]
     baselines = [n for n, m in methods.items() if m["kind"] == "baseline"]
@@ -260,9 +271,9 @@ def summarize(results: dict) -> str:
         for name in ours:
             wins = sum(methods[name]["mse"][s] < min(methods[b]["mse"][s] for b in baselines) for s in range(h))
             best_b = min(baselines, key=lambda b: methods[b]["mean"]["mse"])
-            text.append(f"{LABELS.get(name, name)} beats every baseline at {wins} of {h} steps (mean MSE "
+            text.append(f"{methods[name]['label']} beats every baseline at {wins} of {h} steps (mean MSE "
                         f"{methods[name]['mean']['mse']:.4f} vs {methods[best_b]['mean']['mse']:.4f} for "
-                        f"the best baseline, {LABELS.get(best_b, best_b)}).")
+                        f"the best baseline, {methods[best_b]['label']}).")
     return " ".join(text)
 
 

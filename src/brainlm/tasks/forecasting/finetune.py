@@ -41,7 +41,9 @@ from brainlm.model.brainlm import BrainLM
 from brainlm.model.masking import MaskSpec
 from brainlm.model.precision import resolve_precision
 from brainlm.tasks.forecasting.api import FORECASTING_FILE, with_window
-from brainlm.tasks.forecasting.windows import check_lengths
+from brainlm.tasks.forecasting.carry import (CARRY_LABELS, carry_lags, resolve_carry, start_carry,
+                                            with_carry)
+from brainlm.tasks.forecasting.windows import check_lengths, split_recordings
 from brainlm.tasks.model_input import (has_parcel_patch_tokens, load_model, model_scaler, random_like,
                                        require_parcel_patch_tokens)
 from brainlm.train.module import PretrainModule
@@ -72,6 +74,18 @@ class FinetuneSettings:
         Also train the same architecture from random initialisation.
     transfer_atlas : bool
         Allow a corpus on another atlas than the checkpoint's (through parcel coordinates).
+    carry : {"auto", "none", "linear", "var"}
+        The path that carries the present forward, inside the model
+        (:mod:`brainlm.tasks.forecasting.carry`; ``BrainLMConfig.forecast_carry``): ``var``, a
+        ridge VAR fitted in closed form on the training split, whose forecast the decoder
+        corrects; ``linear``, a learned map from the last TRs starting at persistence; ``none``,
+        the decoder alone (the model before carry paths). ``auto`` (default): ``var`` for a
+        BrainLM checkpoint, which won on held-out data (docs/forecasting.md), ``none`` for one
+        that cannot have a carry path (a hybrid, an imported upstream model). Both saved
+        models get it; results are labelled with it.
+    carry_lags : int, optional
+        TRs the carry path reads (default: 2 for ``var``, the VAR baseline's order; 20 for
+        ``linear``).
     """
 
     context_trs: int = 180
@@ -88,6 +102,8 @@ class FinetuneSettings:
     transfer_atlas: bool = False
     accelerator: str = "auto"
     precision: str = "auto"
+    carry: str = "auto"
+    carry_lags: int | None = None
 
 
 def finetune(checkpoint: str | Path, corpus: str | Path, out: str | Path,
@@ -123,6 +139,11 @@ def finetune(checkpoint: str | Path, corpus: str | Path, out: str | Path,
     check_lengths(s.context_trs, s.horizon_trs, pretrained.config.patch_trs, source=str(checkpoint))
     if s.epochs < 1 or s.batch_size < 1 or s.crops_per_recording < 1 or not s.lr > 0:
         raise BrainLMInputError("epochs, batch_size, crops_per_recording and lr must be positive")
+    carry = resolve_carry(s.carry, pretrained)
+    lags = carry_lags(carry, s.carry_lags)
+    if carry != "none" and not isinstance(pretrained, BrainLM):
+        raise BrainLMInputError(f"carry {carry!r} needs a BrainLM checkpoint; {type(pretrained).__name__} "
+                                "has no carry path (use carry 'none')", str(checkpoint))
     width = getattr(pretrained.config, "dim", None)
     precision = resolve_precision(s.precision, s.accelerator, width)
     data = Corpus(corpus)
@@ -137,17 +158,23 @@ def finetune(checkpoint: str | Path, corpus: str | Path, out: str | Path,
         raise BrainLMInputError("output folder exists; pass overwrite=True (--overwrite) to replace it",
                                 str(out))
     model = with_window(pretrained, window)
+    # The var carry is fitted on the training split, in the numbers the model reads.
+    fit_on = split_recordings(data, "train", min_trs=lags + 1, scaler=scaler) if carry == "var" else None
+    if carry != "none":
+        model = with_carry(model, carry, lags, s.horizon_trs, fit_on)
     summary = {"format": FORMAT, "checkpoint": str(resolve_checkpoint(checkpoint).resolve()),
                "corpus": str(Path(corpus).resolve()) if "://" not in str(corpus) else str(corpus),
                "settings": asdict(s), "precision": precision, "window_trs": window, "tr_s": data.tr,
                "train_recordings": int(len(data.split_indices("train"))),
-               "val_recordings": int(len(data.split_indices("val"))), "models": {}}
+               "val_recordings": int(len(data.split_indices("val"))),
+               "carry": {"path": carry, "lags": lags, "label": CARRY_LABELS.get(carry)}, "models": {}}
     with atomic_directory(out, overwrite=overwrite) as build:
         kinds = [("finetuned", "model")] + ([("scratch", "scratch")] if s.scratch else [])
         for kind, folder in kinds:
             init = model.state_dict() if kind == "finetuned" else None
             trained, info = _train(init, model, data, scaler, atlas,
-                                   MaskSpec("future", future_trs=s.horizon_trs), s, build, kind, progress)
+                                   MaskSpec("future", future_trs=s.horizon_trs), s, build, kind, progress,
+                                   fit_on)
             # The fine-tuned forecaster keeps the pretraining data's spatial statistics (its
             # zero-shot baseline in evaluate recon); the scratch model never saw that data.
             stats = pretraining_spatial_statistics(pretrained) if kind == "finetuned" and on_model_atlas else None
@@ -156,18 +183,21 @@ def finetune(checkpoint: str | Path, corpus: str | Path, out: str | Path,
             write_json(build / folder / FORECASTING_FILE,
                        {"context_trs": s.context_trs, "horizon_trs": s.horizon_trs,
                         "initialisation": "pretrained" if kind == "finetuned" else "random",
-                        "pretrained_checkpoint": summary["checkpoint"]})
+                        "carry": summary["carry"], "pretrained_checkpoint": summary["checkpoint"]})
             summary["models"][kind] = {"folder": folder, **info}
         write_json(build / "finetune.json", summary)
     return summary
 
 
 def _train(init_state, model: nn.Module, data: Corpus, scaler: PreprocessingContract, atlas: Atlas,
-           mask: MaskSpec, s: FinetuneSettings, build: Path, kind: str, progress: bool):
+           mask: MaskSpec, s: FinetuneSettings, build: Path, kind: str, progress: bool,
+           carry_data=None):
     """One fit through the shared trainer; returns (best model, timing and validation summary).
 
     ``model`` gives the architecture (and ``config``); ``init_state`` its starting weights, or
-    None for a random initialisation seeded by ``s.seed``.
+    None for a random initialisation seeded by ``s.seed`` (a carry path then starts as the
+    pretrained model's does: :func:`~brainlm.tasks.forecasting.carry.start_carry` on
+    ``carry_data``).
     """
     config = model.config
     L.seed_everything(s.seed, workers=True, verbose=False)
@@ -188,6 +218,8 @@ def _train(init_state, model: nn.Module, data: Corpus, scaler: PreprocessingCont
                                 warmup_fraction=s.warmup_fraction, model=start)
     if init_state is not None:
         module.model.load_state_dict(init_state, strict=True)
+    elif getattr(config, "forecast_carry", "none") != "none":
+        start_carry(module.model, carry_data)
     dm = CorpusDataModule(data.path, window_trs=config.window_trs, batch_size=s.batch_size,
                           crops_per_recording=s.crops_per_recording,
                           storage_options=data.storage_options, scaler=scaler)
