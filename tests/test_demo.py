@@ -30,6 +30,14 @@ def test_demo_runs_every_step_on_embedded_data(demo_run):
     ex = np.load(demo_run / "results" / "reconstruction_example.npz")
     assert ex["target"].shape == ex["prediction"].shape == ex["mask"].shape == (200, 94)
     assert abs(ex["mask"].mean() - 0.75) < 0.01
+    # On the unseen atlas the spatial comparators are the distance model of the pretraining
+    # covariance and the in-recording fit, and the model is compared with the best of all.
+    s100_recon = json.loads((demo_run / "results" / "reconstruction-schaefer100" / "reconstruction.json").read_text())
+    assert {"spatial_distance", "spatial_in_recording"} <= set(s100_recon["methods"])
+    zero_shot = summary["reconstruction"]["zero_shot_schaefer100"]
+    assert set(zero_shot["spatial_r2_at_0.75"]) == {"spatial_distance", "spatial_in_recording"}
+    # Measured on the real run: in-recording 0.73, distance model 0.62, zero 0.00, interpolation -0.64.
+    assert zero_shot["best_baseline"] in ("spatial_distance", "spatial_in_recording")
     assert set(summary["step_seconds"]) >= {"data", "pretraining", "reconstruction", "prediction",
                                             "forecasting", "networks", "attention"}
     assert (demo_run / "report.html").is_file()

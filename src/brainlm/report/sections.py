@@ -37,6 +37,11 @@ METHOD_NAMES = {
     "spatial": "spatial (Ledoit-Wolf Gaussian imputation from visible parcels, fitted on train)",
     "spatial_zero_shot": "spatial, zero-shot (Ledoit-Wolf Gaussian imputation fitted on the checkpoint's "
                          "pretraining data)",
+    "spatial_distance": "spatial, distance model, zero-shot (Gaussian imputation with a covariance of "
+                        "inter-parcel distance and hemisphere fitted on the checkpoint's pretraining data, "
+                        "evaluated at this atlas' coordinates)",
+    "spatial_in_recording": "spatial, in-recording (Ledoit-Wolf Gaussian imputation fitted on the other "
+                            "windows of the same recording, never the scored one)",
 }
 
 
@@ -184,12 +189,15 @@ def reconstruction_section(run_dir: Path, summary: dict, figures: Path) -> Secti
     s.verdict = _reconstruction_verdict(res)
     zero = read_json(run_dir / "results" / "reconstruction-schaefer100" / "reconstruction.json")
     if zero is not None:
-        missing = [b["reason"] for b in zero.get("spatial_baselines", {}).values() if not b.get("available")]
+        spatial = zero.get("spatial_baselines", {})
+        scored = [METHOD_NAMES.get(k, k) for k, b in spatial.items() if b.get("available")]
+        missing = [f"{k}: {b['reason']}" for k, b in spatial.items() if not b.get("available")]
         s.paragraphs.append(
             "Zero-shot on data the model never saw in any form: the Schaefer-100 run (another atlas, scanner "
             "and TR), prepared like the checkpoint's pretraining data (<code>brainlm prepare --like</code>) "
-            "and read through parcel coordinates. " + (f"No spatial baseline: {escape('; '.join(missing))}. "
-                                                        if missing else "") + _reconstruction_verdict(zero))
+            "and read through parcel coordinates. "
+            + (f"Spatial baselines scored: {escape('; '.join(scored))}. " if scored else "No spatial baseline. ")
+            + (f"Left out: {escape('; '.join(missing))}. " if missing else "") + _reconstruction_verdict(zero))
         s.tables.append(_reconstruction_table(zero, "Zero-shot, Schaefer-100 run: pooled metrics over masked values"))
     example = run_dir / "results" / "reconstruction_example.npz"
     if example.exists():
