@@ -220,14 +220,17 @@ def markdown(table: dict, meta: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipes", required=True, help="quality-benchmark recipe names separated by ';'")
+    ap.add_argument("--recipes", required=True,
+                    help="quality-benchmark recipe names separated by ';', each optionally NAME:N (its first N folds)")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--shifts", default=",".join(SHIFTS))
     ap.add_argument("--jobs", type=int, default=1, help="(recipe, fold) pairs at once, one thread each")
     ap.add_argument("--work", default=os.environ.get("BRAINLM_BENCH_WORK", "/tmp/brainlm-bench-quality"))
     ap.add_argument("--out", default=str(ROOT / "results" / "shift"))
     args = ap.parse_args()
-    recipes = [r for r in args.recipes.split(";") if r]
+    # "NAME:N" scores a recipe on its first N folds only (at most --folds), as in bench_quality.py.
+    wanted = [r.rsplit(":", 1) if ":" in r else (r, str(args.folds)) for r in args.recipes.split(";") if r]
+    recipes = {name: min(int(n), args.folds) for name, n in wanted}
     unknown = [r for r in recipes if r not in RECIPES]
     shifts = [s for s in args.shifts.split(",") if s]
     if unknown or set(shifts) - set(SHIFTS):
@@ -238,7 +241,7 @@ def main() -> None:
         for scaling in sorted({RECIPES[r].get("corpus_scaling", "pooled") for r in recipes}):
             fold_corpus(work, f, scaling)
     t0 = time.perf_counter()
-    tasks = [(r, f) for r in recipes for f in folds]
+    tasks = [(r, f) for r, n in recipes.items() for f in folds[:n]]
     runs = Parallel(n_jobs=args.jobs)(delayed(score_shifts)(r, f, work, shifts) for r, f in tasks)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "folds": folds,
             "test_subjects": [test_subjects(fold_corpus(work, f)) for f in folds], "shifts": shifts,

@@ -205,4 +205,5 @@ def test_info_says_what_an_imported_checkpoint_expects(tmp_path, capsys):
     assert info["spatial_baseline"] is False and info["model"]["n_parcels"] == 424
     assert main(["info", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
-    assert "not found: expected a corpus folder, a checkpoint folder or the name of a shipped model" in err
+    assert "not found: expected a corpus folder, a checkpoint folder, the name of a shipped model" in err
+    assert "or a Hub id (hf://ORG/REPO[/SUBFOLDER])" in err

@@ -8,7 +8,7 @@ test subject is the one ``hcp-small`` never trained on (377451), as in the bench
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -92,12 +92,39 @@ def test_config_fields_are_checked():
         preset("tiny", forecast_carry="var", carry_parcels=94)
     with pytest.raises(BrainLMInputError, match="'carry_steps'.*expected 0"):
         preset("tiny", forecast_carry="var", carry_lags=2, carry_parcels=94, carry_steps=20)
-    with pytest.raises(BrainLMInputError, match="hybrid"):
-        preset("tiny", forecast_carry="linear", carry_lags=2, carry_steps=20, spatial_prior_parcels=94)
     with pytest.raises(BrainLMInputError, match="carry is 'ar'"):
         resolve_carry("ar", None)
     hybrid = BrainLM(preset("tiny", spatial_prior_parcels=94))
-    assert resolve_carry("auto", hybrid) == "none" and resolve_carry("auto", BrainLM(preset("tiny"))) == "var"
+    assert resolve_carry("auto", hybrid) == "var" and resolve_carry("auto", BrainLM(preset("tiny"))) == "var"
+
+
+def test_a_hybrid_gets_a_carry_path_that_owns_the_future_and_leaves_the_prior_elsewhere(small):
+    model, train, test = small
+    frames = np.concatenate(train)
+    hybrid = BrainLM(replace(model.config, spatial_prior_parcels=94), contract=model.contract, atlas=model.atlas)
+    hybrid.load_state_dict(model.state_dict(), strict=False)
+    with torch.no_grad():
+        hybrid.prior_mean.copy_(torch.from_numpy(frames.mean(0)))
+        hybrid.prior_covariance.copy_(torch.from_numpy(np.cov(frames, rowvar=False).astype(np.float32)))
+    var = with_carry(hybrid, "var", 2, H, train).eval()
+    torch.testing.assert_close(var.prior_covariance, hybrid.prior_covariance, rtol=0, atol=0)
+    # At its start the future is the VAR's forecast exactly, as for a model without the prior.
+    np.testing.assert_array_equal(predict_future(var, test.context, model.atlas.xyz, H, step_trs=H),
+                                  RidgeVAR(H, order=2).fit(train).predict(test.context))
+    # Tokens hidden before the future get the spatial estimate, not the carry's zeros.
+    x = torch.from_numpy(np.concatenate([test.context[:3], test.target[:3]], axis=1))
+    xyz = torch.from_numpy(np.array(model.atlas.xyz, dtype=np.float32)).expand(3, -1, -1)
+    mask = var.sample_mask(MaskSpec("future", future_trs=H), 3, 94)
+    mask[:, :47, 0] = True  # half the parcels of the first patch, in every window
+    with torch.no_grad():
+        _, pred = var(x, xyz, mask)
+        prior = var.spatial_estimate(x, mask)
+        carry = var.carry_estimate(x, mask)
+    future = var.future_patches(mask)
+    assert future.sum() * model.config.patch_trs == H and not future[0]
+    torch.testing.assert_close(pred[:, :, ~future], prior[:, :, ~future], rtol=0, atol=0)
+    torch.testing.assert_close(pred[:, :, future], carry[:, :, future], rtol=0, atol=0)
+    assert not torch.equal(prior[:, :47, 0], carry[:, :47, 0])
 
 
 def test_at_initialisation_the_carry_path_is_its_linear_forecast_exactly(small):

@@ -241,7 +241,8 @@ def test_a_checkpoint_pretrained_with_per_recording_scaling_takes_demeaned_files
     np.testing.assert_allclose(x[:first.timeseries.shape[0]], first.timeseries, atol=2e-4)
     # Per-recording units are the checkpoint's units: the zero-shot spatial baseline applies.
     r = evaluate_reconstruction(model, corpus, ratios=(0.75,))
-    assert r["methods"][-1] == "spatial_zero_shot" and "spatial" not in r["methods"]
+    assert "spatial_zero_shot" in r["methods"] and "spatial" not in r["methods"]
+    assert r["spatial_baselines"]["spatial_zero_shot"]["available"]
 
 
 # --- --atlas on the commands that take DATA files ----------------------------------------------
@@ -320,7 +321,8 @@ def test_an_evaluation_only_cohort_on_the_checkpoint_atlas_gets_the_zero_shot_ba
     assert main(["prepare", str(files), "--atlas", "aal2", "--like", str(ckpt), "--out", str(cohort), "--quiet"]) == 0
     assert main(["evaluate", "recon", str(ckpt), str(cohort), "--ratios", "0.5,0.75", "--out", str(out)]) == 0
     r = json.loads((out / "reconstruction.json").read_text())
-    assert r["methods"] == ["brainlm", "zero", "parcel_mean", "interpolation", "spatial_zero_shot"]
+    assert r["methods"] == ["brainlm", "zero", "parcel_mean", "interpolation", "spatial_zero_shot",
+                            "spatial_distance", "spatial_in_recording"]
     assert r["method_labels"]["spatial_zero_shot"] == "spatial (zero-shot)"
     zs, ic = r["spatial_baselines"]["spatial_zero_shot"], r["spatial_baselines"]["spatial"]
     assert zs["available"] and zs["fit"] == "zero-shot" and zs["frames"] == 1200
@@ -332,7 +334,7 @@ def test_an_evaluation_only_cohort_on_the_checkpoint_atlas_gets_the_zero_shot_ba
     md = (out / "reconstruction.md").read_text()
     assert "| spatial (zero-shot) |" in md and "never this cohort" in md
     assert "`spatial` (in-cohort): left out, the corpus has no training split" in md
-    assert md.count("spatial (zero-shot), R²") == 2  # the verdict of each ratio names it
+    assert md.count("beat spatial (zero-shot) (R²") == 2  # the verdict of each ratio names it
 
 
 def test_the_zero_shot_baseline_is_the_spatial_imputer_fitted_on_the_pretraining_frames(pooled_run, short_hcp, tmp_path):
@@ -351,7 +353,7 @@ def test_the_zero_shot_baseline_is_the_spatial_imputer_fitted_on_the_pretraining
     for a in ("mean_", "covariance_", "shrinkage_", "n_frames_"):
         np.testing.assert_array_equal(getattr(stored, a), getattr(imputer, a))
     r = evaluate_reconstruction(model, cohort, ratios=(0.75,))
-    assert r["methods"][-2:] == ["spatial", "spatial_zero_shot"]
+    assert r["methods"][4:6] == ["spatial", "spatial_zero_shot"]
     m = r["results"][0]["methods"]
     assert m["spatial_zero_shot"]["r2"] == pytest.approx(m["spatial"]["r2"], abs=1e-5)
     np.testing.assert_allclose(m["spatial_zero_shot"]["per_parcel"]["mse"], m["spatial"]["per_parcel"]["mse"],
@@ -362,7 +364,7 @@ def test_the_zero_shot_baseline_is_the_spatial_imputer_fitted_on_the_pretraining
     assert "pretraining corpus" in own["spatial_baselines"]["spatial_zero_shot"]["reason"]
 
 
-def test_a_cohort_on_another_atlas_without_a_train_split_has_no_spatial_baseline_and_says_why(
+def test_a_cohort_on_another_atlas_without_a_train_split_gets_atlas_free_spatial_baselines(
         pooled_run, schaefer_files, tmp_path, capsys):
     ckpt, _ = pooled_run
     cohort, out = tmp_path / "cohort", tmp_path / "recon"
@@ -372,7 +374,10 @@ def test_a_cohort_on_another_atlas_without_a_train_split_has_no_spatial_baseline
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     r = json.loads((out / "reconstruction.json").read_text())
-    assert r["methods"] == ["brainlm", "zero", "parcel_mean", "interpolation"] and r["windows"] == 2
+    # Only the spatial baselines that need no covariance on this atlas (issue 26): the distance
+    # model of the pretraining covariance and the run's other window.
+    assert r["methods"] == ["brainlm", "zero", "parcel_mean", "interpolation", "spatial_distance",
+                            "spatial_in_recording"] and r["windows"] == 2
     reasons = {m: v["reason"] for m, v in r["spatial_baselines"].items() if not v["available"]}
     assert "no training split" in reasons["spatial"]
     assert "'schaefer100' (100 parcels), not the checkpoint's pretraining atlas 'aal2'" in reasons["spatial_zero_shot"]

@@ -197,7 +197,8 @@ class BrainLM(ParcelPatchTokens, nn.Module):
         if p != self.config.spatial_prior_parcels:
             raise BrainLMInputError(
                 f"this hybrid model's spatial prior covers the {self.config.spatial_prior_parcels} parcels of "
-                f"its pretraining atlas; the data have {p} (a hybrid cannot transfer to another atlas)")
+                f"its pretraining atlas; the data have {p} (a hybrid trained without prior_dropout cannot "
+                "transfer to another atlas)")
         if mask is None:
             return self.patchify(x.float())
         mu, cov = self.prior_mean.float(), self.prior_covariance.float()
@@ -209,6 +210,29 @@ class BrainLM(ParcelPatchTokens, nn.Module):
         weights = torch.linalg.solve(system, centred * vis[..., None])
         estimate = (cov @ weights + mu[:, None]).transpose(1, 2)  # [B, P, N, k]
         return torch.where(mask[..., None], estimate, self.patchify(x.float()))
+
+    def prior_estimate(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """What the decoder of a hybrid receives: x [B, T, P], mask [B, P, N] -> [B, P, N, k]
+        float32, or None for a model without the spatial prior.
+
+        On its own atlas, :meth:`spatial_estimate`. On another atlas, a hybrid trained with
+        ``prior_dropout`` receives zeros, the input it learned to reconstruct from on the dropped
+        windows (its covariance has no entries for other parcels); one trained without it
+        cannot run there.
+        """
+        c = self.config
+        if not c.spatial_prior_parcels:
+            return None
+        if x.shape[2] != c.spatial_prior_parcels and c.prior_dropout:
+            return x.new_zeros(x.shape[0], x.shape[2], c.n_patches, c.patch_trs, dtype=torch.float32)
+        return self.spatial_estimate(x, mask)
+
+    @staticmethod
+    def future_patches(mask: torch.Tensor) -> torch.Tensor:
+        """mask [B, P, N] (True = hidden) -> [N] bool: the run of trailing time patches hidden in
+        every parcel of every window (the future a forecaster predicts)."""
+        hidden = mask.all(dim=1).all(dim=0)
+        return hidden.flip(0).to(torch.int64).cumprod(0).flip(0).bool()
 
     def carry_estimate(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The forecasting carry path (``config.forecast_carry``). x: [B, T, P]; mask: [B, P, N]
@@ -223,8 +247,7 @@ class BrainLM(ParcelPatchTokens, nn.Module):
         b, t, p = x.shape
         if mask is None:
             return self.patchify(x.float())
-        hidden = mask.all(dim=1).all(dim=0)  # [N]: patches hidden everywhere
-        n_future = int(hidden.flip(0).to(torch.int64).cumprod(0).sum())
+        n_future = int(self.future_patches(mask).sum())
         seen = (~mask).repeat_interleave(c.patch_trs, dim=2).transpose(1, 2)  # [B, T, P]
         observed = x.float() * seen
         if n_future == 0:
@@ -255,10 +278,14 @@ class BrainLM(ParcelPatchTokens, nn.Module):
         return self.patchify(torch.cat([observed[:, :start], future], dim=1))
 
     def forward_decoder(self, enc: EncoderOutput, xyz: torch.Tensor, n_parcels: int,
-                        prior: torch.Tensor | None = None, carry: torch.Tensor | None = None) -> torch.Tensor:
+                        prior: torch.Tensor | None = None, carry: torch.Tensor | None = None,
+                        future: torch.Tensor | None = None) -> torch.Tensor:
         """-> predicted patches [B, P, N, patch_trs] for every token. ``prior`` [B, P, N, k]: the
-        hybrid's :meth:`spatial_estimate`; ``carry`` [B, P, N, k]: a forecaster's
-        :meth:`carry_estimate`. The decoder sees either and predicts the correction to it."""
+        hybrid's :meth:`prior_estimate`; ``carry`` [B, P, N, k]: a forecaster's
+        :meth:`carry_estimate`. The decoder sees both embedded and predicts the correction to
+        one of them: the carry on the ``future`` patches ([N] bool, :meth:`future_patches`;
+        needed where a hybrid has a carry path), where the prior knows no more than its mean,
+        the prior everywhere else."""
         c = self.config
         if bool(c.spatial_prior_parcels) != (prior is not None):
             raise ValueError("the spatial estimate is needed by a hybrid model and only by one")
@@ -280,7 +307,11 @@ class BrainLM(ParcelPatchTokens, nn.Module):
         else:
             h = self._axial_decode(full + pos, b, n_parcels)
         pred = self.decoder_pred(self.decoder_norm(h)).view(b, n_parcels, c.n_patches, c.patch_trs)
-        estimate = carry if carry is not None else prior  # never both (BrainLMConfig)
+        estimate = carry if prior is None else prior
+        if prior is not None and carry is not None:
+            if future is None:
+                raise ValueError("a hybrid with a carry path needs the future patches")
+            estimate = torch.where(future[None, None, :, None], carry, prior)
         return pred if estimate is None else pred + estimate.to(pred.dtype)
 
     def _axial_decode(self, h: torch.Tensor, b: int, p: int) -> torch.Tensor:
@@ -307,12 +338,13 @@ class BrainLM(ParcelPatchTokens, nn.Module):
         """
         enc = self.forward_encoder(x, xyz, mask)
         carry = self.carry_estimate(x, mask) if self.config.forecast_carry != "none" else None
-        prior = self.spatial_estimate(x, mask) if self.config.spatial_prior_parcels else None
+        prior = self.prior_estimate(x, mask)
         if prior is not None and self.training and self.config.prior_dropout:
             # Dropped windows see no estimate at all (zeros), so their loss trains the encoder.
             keep = torch.rand(x.shape[0], device=x.device) >= self.config.prior_dropout
             prior = prior * keep[:, None, None, None].to(prior.dtype)
-        pred = self.forward_decoder(enc, xyz, x.shape[2], prior, carry)
+        future = self.future_patches(mask) if carry is not None and prior is not None else None
+        pred = self.forward_decoder(enc, xyz, x.shape[2], prior, carry, future)
         return masked_mse(pred, self.patchify(x), mask), pred
 
     # -- bookkeeping --------------------------------------------------------------------------

@@ -127,10 +127,6 @@ class BrainLMConfig:
             if name not in needed and v:
                 raise BrainLMInputError(f"model config field {name!r} is {v!r}; expected 0 with forecast_carry "
                                         f"{self.forecast_carry!r}")
-        if self.forecast_carry != "none" and self.spatial_prior_parcels:
-            raise BrainLMInputError("model config field 'forecast_carry' is "
-                                    f"{self.forecast_carry!r}; a hybrid model (spatial_prior_parcels > 0) "
-                                    "has no carry path: expected 'none'")
 
     @property
     def n_patches(self) -> int:

@@ -39,10 +39,9 @@ def carry_label(model) -> str | None:
 
 def resolve_carry(carry: str, model) -> str:
     """``FinetuneSettings.carry`` for ``model``: ``auto`` is ``var`` where the model can have a
-    carry path (a BrainLM that is not a hybrid), else ``none``; anything else is checked."""
+    carry path (a BrainLM, hybrids included), else ``none``; anything else is checked."""
     if carry == "auto":
-        ok = isinstance(model, BrainLM) and not model.config.spatial_prior_parcels
-        return "var" if ok else "none"
+        return "var" if isinstance(model, BrainLM) else "none"
     if carry not in FORECAST_CARRY:
         raise BrainLMInputError(f"carry is {carry!r}; expected 'auto' or one of {FORECAST_CARRY}")
     return carry

@@ -81,7 +81,7 @@ class FinetuneSettings:
         corrects; ``linear``, a learned map from the last TRs starting at persistence; ``none``,
         the decoder alone (the model before carry paths). ``auto`` (default): ``var`` for a
         BrainLM checkpoint, which won on held-out data (docs/forecasting.md), ``none`` for one
-        that cannot have a carry path (a hybrid, an imported upstream model). Both saved
+        that cannot have a carry path (an imported upstream model). Both saved
         models get it; results are labelled with it.
     carry_lags : int, optional
         TRs the carry path reads (default: 2 for ``var``, the VAR baseline's order; 20 for
