@@ -24,7 +24,7 @@ from brainlm.model import BrainLM, MaskSpec, preset
 from brainlm.model.checkpoint import load_pretrained
 from brainlm.model.config import BrainLMConfig
 from brainlm.model.shipped import resolve_checkpoint
-from brainlm.tasks.forecasting import (BrainLMForecaster, FinetuneSettings, evaluate, finetune,
+from brainlm.tasks.forecasting import (BrainLMForecaster, FinetuneSettings, evaluate,
                                        forecast_windows, load_forecaster, predict_future)
 from brainlm.tasks.forecasting.api import with_window
 from brainlm.tasks.forecasting.baselines import Persistence, RidgeVAR
