@@ -66,8 +66,8 @@ class ShippedRecipe:
 
 SHIPPED = {
     "hcp-small": ShippedRecipe(
-        summary="the `small` recipe (96-wide, 3-block encoder, 2-block axial decoder) pretrained on the 7 "
-                "embedded HCP resting-state recordings on AAL2",
+        summary="the `small` recipe (96-wide, 3-block encoder, 2-block axial decoder) pretrained on 6 of the 7 "
+                "embedded HCP resting-state recordings on AAL2 (the seventh chose the epoch)",
         scaling="pooled", settings={}, quality_recipe="small-50",
         scaling_words="percent signal change, then robust scaling with the training subjects' statistics",
         expects="expects data cleaned with its contract (percent signal change of raw BOLD: demeaned or "
@@ -75,7 +75,8 @@ SHIPPED = {
     "hcp-fresh": ShippedRecipe(
         summary="the recipe for fresh cohorts: the `small` hybrid (its decoder corrects the linear estimate of "
                 "its pretraining covariance; labelled as a hybrid in every result) with per-recording scaling, "
-                "site augmentations and prior dropout, pretrained on the 7 embedded HCP recordings on AAL2",
+                "site augmentations and prior dropout, pretrained on 6 of the 7 embedded HCP recordings on AAL2 "
+                "(the seventh chose the epoch)",
         scaling="recording",
         settings={"spatial_prior": True, "model_overrides": {"prior_dropout": 0.5}, "augment": AUGMENT},
         quality_recipe="small-50 hybrid, per-recording, prior dropout 0.5, augmented",

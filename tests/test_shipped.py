@@ -75,3 +75,16 @@ def test_a_local_folder_wins_and_unknown_names_list_the_shipped_ones(tmp_path, m
         load_pretrained("hcp-small")  # an explicit path is never reinterpreted as a name
     with pytest.raises(BrainLMInputError, match=r"not the name of a shipped model \(shipped: hcp-small"):
         load_pretrained("hcp-large")
+
+
+def test_preprocess_takes_a_shipped_models_name(hcp):
+    import brainlm
+
+    by_name = brainlm.preprocess("hcp-small", hcp[0])
+    np.testing.assert_array_equal(by_name, brainlm.preprocess(load_model("hcp-small"), hcp[0]))
+    assert by_name.shape == (1200, 94) and by_name.dtype == np.float32
+    with pytest.raises(BrainLMInputError, match="no-such-model"):
+        brainlm.preprocess("no-such-model", hcp[0])
+    # A pooled checkpoint has no statistics for another atlas's parcels: it says so, and what to do.
+    with pytest.raises(BrainLMInputError, match="rest01.*94.*100 parcels.*as a corpus.*hcp-fresh"):
+        brainlm.preprocess("hcp-small", load_schaefer100_rest(), transfer_atlas=True)

@@ -96,10 +96,12 @@ def check_atlas(model: BrainLM, atlas: Atlas, *, transfer: bool = False, source:
         "transfer_atlas=True (--transfer-atlas) to run it through parcel coordinates anyway", source)
 
 
-def preprocess(model: BrainLM, recording: Recording, *, transfer_atlas: bool = False) -> np.ndarray:
+def preprocess(model: BrainLM | str | Path, recording: Recording, *, transfer_atlas: bool = False) -> np.ndarray:
     """The checkpoint's preprocessing contract on a raw recording: (T_out, P) float32, cleaned,
     resampled to the contract's TR and scaled with the pretraining statistics (or, for a
-    checkpoint that scales per recording, the recording's own, times its input gain)."""
+    checkpoint that scales per recording, the recording's own, times its input gain).
+    ``model``: a model, a checkpoint folder, a shipped model's name or a Hub id."""
+    model = load_model(model)
     if model.contract is not None and not model.contract.is_fitted \
             and "upstream_normalization" in model.contract.scaler_fit:
         # Upstream never released its scaling statistics: a corpus' training split stands in.
@@ -110,6 +112,13 @@ def preprocess(model: BrainLM, recording: Recording, *, transfer_atlas: bool = F
         raise BrainLMInputError("this model has no fitted preprocessing contract; load a "
                                 "pretrained checkpoint or set model.contract", recording.source or recording.id)
     check_atlas(model, recording.atlas, transfer=transfer_atlas, source=recording.source or recording.id)
+    fitted = np.asarray(model.contract.median if model.contract.median is not None else []).size
+    if not model.contract.per_recording and fitted != recording.n_parcels:
+        raise BrainLMInputError(
+            f"this checkpoint scales with its pretraining statistics, one per parcel of its atlas ({fitted}); "
+            f"the recording has {recording.n_parcels} parcels (atlas {recording.atlas.name!r}), which have none: "
+            "prepare the recordings as a corpus (its training split supplies them) or use a checkpoint "
+            "that scales each recording by its own statistics (hcp-fresh)", recording.source or recording.id)
     # Pooled statistics of a checkpoint are its input as is (a fine-tuned imported model's
     # already carry its gain); per-recording scaling takes the gain here, as in model_scaler.
     contract = with_input_gain(model, model.contract) if model.contract.per_recording else model.contract
