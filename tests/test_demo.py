@@ -25,6 +25,15 @@ def test_demo_runs_every_step_on_embedded_data(demo_run):
     assert (demo_run / "run-small" / "model" / "model.safetensors").is_file()
     assert pre["preset"] == "small" and pre["masking"] == {"strategy": "random", "ratio": 0.2, "future_trs": 20,
                                                           "ratio_max": 0.9}
+    # The recipe for fresh cohorts (hcp-fresh's): per-recording scaling, the hybrid with prior
+    # dropout, site augmentations; results say it is a hybrid and the forecast has its carry.
+    pre_settings = summary["settings"]["pretraining"]
+    assert pre_settings["spatial_prior"] and pre_settings["model_overrides"] == {"prior_dropout": 0.5}
+    assert pre_settings["augment"] == ["reverse", "gain", "noise"]
+    assert hcp["contract"]["scaling"] == summary["corpora"]["synthetic_cohort"]["contract"]["scaling"] == "recording"
+    recon_labels = json.loads((demo_run / "results" / "reconstruction" / "reconstruction.json").read_text())
+    assert recon_labels["method_labels"]["brainlm"].startswith("BrainLM hybrid")
+    assert "ridge VAR carry" in json.dumps(summary["forecasting"])
     recon = json.loads((demo_run / "results" / "reconstruction" / "reconstruction.json").read_text())
     assert recon["split"] == "test" and recon["recordings"] == 1 and recon["windows"] == 6
     ex = np.load(demo_run / "results" / "reconstruction_example.npz")

@@ -4,10 +4,12 @@
    TR 2 s resampled to 0.72 s. A miniature fMRIPrep folder of 4-D NIfTI scans, parcellated with
    an atlas image and denoised with fMRIPrep confounds in one ``prepare`` call. A synthetic cohort on AAL2 with known phenotype effects (age,
    group, a null score), simulated at three sites' TRs and resampled to 0.72 s. Every corpus is
-   split by subject, with robust scaling fitted on its training split.
-2. The ``small`` model (the recipe that did best on held-out subjects in
-   ``benchmarks/results/quality`` that fits the demo's budget: an axial decoder, mask ratios
-   drawn per batch from 0.2-0.9, 50 epochs) is pretrained on the HCP training subjects and validated on a held-out subject
+   split by subject; each recording is robust-scaled by its own statistics.
+2. The recipe for fresh cohorts (``hcp-fresh``'s, docs/quality.md): the ``small`` model (an
+   axial decoder, mask ratios drawn per batch from 0.2-0.9, 50 epochs) as a hybrid whose
+   decoder corrects the linear estimate of the pretraining covariance (dropped for half the
+   windows, so the encoder still learns), with per-recording scaling and site augmentations,
+   is pretrained on the HCP training subjects and validated on a held-out subject
    against trivial baselines. Embeddings from the exported checkpoint are checked to be
    deterministic.
 3. Masked reconstruction on the HCP test subject, against interpolation and spatial baselines
@@ -94,6 +96,15 @@ class DemoSettings:
         The model pretrained on the HCP training subjects, with its default masking.
     epochs : int
         Its pretraining epochs.
+    scaling : {"recording", "pooled"}
+        The contract's robust scaling of every corpus: each recording by its own statistics
+        (so raw, percent-change, demeaned and z-scored files meet the model as the same
+        numbers), or pooled over the training subjects (the demo before issue 26).
+    spatial_prior, prior_dropout : bool, float
+        The hybrid (``PretrainSettings.spatial_prior``, labelled in every result) and the
+        fraction of training windows whose spatial estimate is dropped.
+    augment : tuple of str
+        Augmentations of the pretraining windows (:mod:`brainlm.train.augment`).
     cohort_subjects, cohort_trs : int
         Synthetic cohort size and length (TRs at each site's own TR, before resampling).
     prediction_targets : tuple of str
@@ -110,6 +121,10 @@ class DemoSettings:
 
     preset: str = "small"
     epochs: int = 50
+    scaling: str = "recording"
+    spatial_prior: bool = True
+    prior_dropout: float = 0.5
+    augment: tuple[str, ...] = ("reverse", "gain", "noise")
     cohort_subjects: int = 150
     cohort_trs: int = 500
     prediction_targets: tuple[str, ...] = ("age", "group")
@@ -182,13 +197,13 @@ def run_demo(out: Path, jobs: int = 2, settings: DemoSettings = DemoSettings()) 
 
     # -- 1. data ----------------------------------------------------------------------------------
     steps.start("data", "Corpora: HCP (7 subjects, AAL2), Schaefer-100 rest run, synthetic cohort")
-    contract = PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True)
+    contract = PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True, scaling=s.scaling)
     hcp = prepare_corpus(load_hcp7_aal2(), out / "corpus-hcp7-aal2", atlas=load_atlas("aal2"),
                          contract=contract, min_trs=WINDOW_TRS, jobs=jobs, overwrite=True, progress=True)
     print_summary(hcp.summary())
     rest = load_schaefer100_rest()
     contract_rest = PreprocessingContract(
-        target_tr=HCP7_TR, percent_signal_change=True, high_pass_hz=0.01,
+        target_tr=HCP7_TR, percent_signal_change=True, high_pass_hz=0.01, scaling=s.scaling,
         confounds=[c for c in rest.confounds.columns if c != "framewise_displacement"])
     s100 = prepare_corpus([rest], out / "corpus-schaefer100", atlas=load_atlas("schaefer100"),
                           contract=contract_rest, min_trs=WINDOW_TRS, jobs=1, overwrite=True)
@@ -214,7 +229,8 @@ def run_demo(out: Path, jobs: int = 2, settings: DemoSettings = DemoSettings()) 
     }
 
     # -- 2. pretraining -----------------------------------------------------------------------------
-    steps.start("pretraining", f"Pretrain the {s.preset} model on the HCP training subjects ({s.epochs} epochs)")
+    steps.start("pretraining", f"Pretrain the {s.preset} model{' (hybrid)' if s.spatial_prior else ''} on the HCP "
+                f"training subjects ({s.epochs} epochs)")
     checkpoint = _pretrain(out, hcp, s, summary)
 
     # -- 3. reconstruction --------------------------------------------------------------------------
@@ -300,7 +316,9 @@ def _pretrain(out: Path, hcp, s: DemoSettings, summary: dict) -> Path:
     if run.exists():
         shutil.rmtree(run)
     t = time.perf_counter()
-    settings = PretrainSettings(corpus=hcp.path, preset=s.preset, epochs=s.epochs, seed=s.seed)
+    hybrid = {"spatial_prior": True, "model_overrides": {"prior_dropout": s.prior_dropout}} if s.spatial_prior else {}
+    settings = PretrainSettings(corpus=hcp.path, preset=s.preset, epochs=s.epochs, seed=s.seed,
+                                augment=list(s.augment), **hybrid)
     metrics = pretrain(settings, run, progress=True)
     seconds = time.perf_counter() - t
     model = load_model(run / "model")
