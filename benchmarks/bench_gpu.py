@@ -265,15 +265,14 @@ def part_memory(s: dict) -> dict:
 
 
 def hcp_corpus(work: Path):
-    """The demo's HCP corpus (7 subjects, AAL2, percent signal change, TR 0.72 s)."""
+    """The demo's HCP corpus (7 subjects, AAL2, TR 0.72 s, cleaned with the demo's contract)."""
+    from brainlm.commands.demo import DemoSettings
     from brainlm.data.atlas import load_atlas
-    from brainlm.data.contract import PreprocessingContract
     from brainlm.data.prepare import prepare_corpus
-    from brainlm.data.samples import HCP7_TR, load_hcp7_aal2
+    from brainlm.data.samples import load_hcp7_aal2
 
     return prepare_corpus(load_hcp7_aal2(), work / "corpus-hcp7-aal2", atlas=load_atlas("aal2"),
-                          contract=PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True),
-                          min_trs=T, jobs=2, overwrite=True)
+                          contract=DemoSettings().contract(), min_trs=T, jobs=2, overwrite=True)
 
 
 def epoch_seconds(run: Path) -> list[float]:
@@ -297,15 +296,16 @@ def part_pretrain(s: dict, work: Path) -> dict:
     validation metrics."""
     import statistics
 
+    from dataclasses import replace
+
     from brainlm.commands.demo import DemoSettings
-    from brainlm.train.pretrain import PretrainSettings, pretrain
+    from brainlm.train.pretrain import pretrain
 
     corpus = hcp_corpus(work)
     demo = DemoSettings()
     run = work / "run-small"
-    settings_run = PretrainSettings(corpus=str(corpus.path), preset=demo.preset, epochs=max(2, s["epochs"]),
-                                    seed=demo.seed, precision=PRETRAIN_PRECISION, accelerator=PRETRAIN_ACCELERATOR,
-                                    devices=1)
+    settings_run = replace(demo, epochs=max(2, s["epochs"])).pretrain_settings(
+        str(corpus.path), precision=PRETRAIN_PRECISION, accelerator=PRETRAIN_ACCELERATOR, devices=1)
     t = time.perf_counter()
     final = pretrain(settings_run, run, progress=False)
     seconds = time.perf_counter() - t

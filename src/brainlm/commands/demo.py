@@ -133,6 +133,18 @@ class DemoSettings:
     permutations: int = 2000
     seed: int = 0
 
+    def contract(self) -> PreprocessingContract:
+        """The HCP corpus' cleaning: percent signal change at TR 0.72 s, ``scaling``."""
+        return PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True, scaling=self.scaling)
+
+    def pretrain_settings(self, corpus: str | Path, **overrides) -> PretrainSettings:
+        """The demo's pretraining of ``preset`` on ``corpus`` (``overrides``: other fields, such as
+        the accelerator)."""
+        hybrid = ({"spatial_prior": True, "model_overrides": {"prior_dropout": self.prior_dropout}}
+                  if self.spatial_prior else {})
+        return PretrainSettings(corpus=corpus, preset=self.preset, epochs=self.epochs, seed=self.seed,
+                                augment=list(self.augment), **hybrid, **overrides)
+
     @classmethod
     def quick(cls) -> "DemoSettings":
         """A smoke-test run (a few minutes): every step, much less training."""
@@ -197,7 +209,7 @@ def run_demo(out: Path, jobs: int = 2, settings: DemoSettings = DemoSettings()) 
 
     # -- 1. data ----------------------------------------------------------------------------------
     steps.start("data", "Corpora: HCP (7 subjects, AAL2), Schaefer-100 rest run, synthetic cohort")
-    contract = PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True, scaling=s.scaling)
+    contract = s.contract()
     hcp = prepare_corpus(load_hcp7_aal2(), out / "corpus-hcp7-aal2", atlas=load_atlas("aal2"),
                          contract=contract, min_trs=WINDOW_TRS, jobs=jobs, overwrite=True, progress=True)
     print_summary(hcp.summary())
@@ -316,9 +328,7 @@ def _pretrain(out: Path, hcp, s: DemoSettings, summary: dict) -> Path:
     if run.exists():
         shutil.rmtree(run)
     t = time.perf_counter()
-    hybrid = {"spatial_prior": True, "model_overrides": {"prior_dropout": s.prior_dropout}} if s.spatial_prior else {}
-    settings = PretrainSettings(corpus=hcp.path, preset=s.preset, epochs=s.epochs, seed=s.seed,
-                                augment=list(s.augment), **hybrid)
+    settings = s.pretrain_settings(hcp.path)
     metrics = pretrain(settings, run, progress=True)
     seconds = time.perf_counter() - t
     model = load_model(run / "model")
