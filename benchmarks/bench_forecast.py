@@ -31,8 +31,10 @@ validation subject (where the default is chosen) and on the test subject, which 
 is in neither pretraining nor fine-tuning. ``--seeds`` repeats the fine-tuning with other seeds.
 
     python benchmarks/bench_forecast.py --carry --seeds 0,1,2
+    python benchmarks/bench_forecast.py --carry --seeds 0,1,2 --carry-checkpoint hcp-fresh
 
-Results: benchmarks/results/forecast_carry.json.
+Results: benchmarks/results/forecast_carry.json (``hcp-fresh``, a hybrid with per-recording
+scaling, on a corpus scaled per recording: forecast_carry-hcp-fresh.json).
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import HCP7_TR, load_hcp7_aal2
 from brainlm.model import BrainLM, preset
-from brainlm.model.checkpoint import save_pretrained
+from brainlm.model.checkpoint import load_pretrained, save_pretrained
+from brainlm.model.shipped import resolve_checkpoint
 from brainlm.tasks.forecasting import (BASELINES, BaselineSettings, BrainLMForecaster, FinetuneSettings,
                                        NeuralTraining, evaluate, finetune, forecast_windows, make_baseline,
                                        predict_future)
@@ -137,14 +140,16 @@ def comparison_summary(path: Path) -> dict:
             "best_by_step_mse": r["best_by_step"]["mse"], "finetune": r.get("finetune")}
 
 
-def carry_corpus(work: Path):
+def carry_corpus(work: Path, scaling: str = "pooled"):
     """The demo's preparation of the embedded HCP data (percent signal change at TR 0.72 s,
-    robust scaling fitted on the training subjects), split as ``CARRY_TEST`` / ``CARRY_VAL``."""
+    robust scaling fitted on the training subjects, or per recording: ``scaling``), split as
+    ``CARRY_TEST`` / ``CARRY_VAL``."""
     recordings = load_hcp7_aal2()
     splits = {f"{r.site}/{r.subject}": "test" if r.subject == CARRY_TEST else
               "val" if r.subject == CARRY_VAL else "train" for r in recordings}
     return prepare_corpus(recordings, work / "corpus-carry", atlas=load_atlas("aal2"),
-                          contract=PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True),
+                          contract=PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True,
+                                                         scaling=scaling),
                           min_trs=200, split_assignments=splits, jobs=1, overwrite=True)
 
 
@@ -156,12 +161,14 @@ def _table(res: dict) -> dict:
 
 
 def carry_comparison(work: Path, carries: list[str], seeds: list[int], epochs: int, crops: int,
-                     scratch_carries: list[str]) -> dict:
-    """Fine-tune ``hcp-small`` with every carry path and seed; score all on val and test."""
-    corpus = carry_corpus(work)
+                     scratch_carries: list[str], checkpoint: str = CARRY_CHECKPOINT) -> dict:
+    """Fine-tune ``checkpoint`` (a shipped model whose one unseen subject is ``CARRY_TEST``) with
+    every carry path and seed; score all on val and test."""
+    per_recording = load_pretrained(resolve_checkpoint(checkpoint)).contract.per_recording
+    corpus = carry_corpus(work, "recording" if per_recording else "pooled")
     subjects = {k: sorted(corpus.manifest.iloc[corpus.split_indices(k)]["subject"].astype(str).unique())
                 for k in ("train", "val", "test")}
-    out = {"checkpoint": CARRY_CHECKPOINT, "subjects": subjects, "epochs": epochs, "crops_per_recording": crops,
+    out = {"checkpoint": checkpoint, "subjects": subjects, "epochs": epochs, "crops_per_recording": crops,
            "seeds": seeds, "runs": {}, "evaluation": {}}
     models: dict[str, dict] = {s: {} for s in seeds}
     for seed in seeds:
@@ -170,7 +177,7 @@ def carry_comparison(work: Path, carries: list[str], seeds: list[int], epochs: i
                                         scratch=seed == seeds[0] and carry in scratch_carries)
             t = time.perf_counter()
             run = work / f"ft-{carry}-seed{seed}"
-            info = finetune(CARRY_CHECKPOINT, corpus.path, run, settings, overwrite=True)
+            info = finetune(checkpoint, corpus.path, run, settings, overwrite=True)
             key = f"{carry}/seed{seed}"
             out["runs"][key] = {"seconds": round(time.perf_counter() - t, 1), "carry": info["carry"],
                                 **{k: {f: v[f] for f in ("val_mse_before", "best_val_mse", "best_epoch",
@@ -184,7 +191,7 @@ def carry_comparison(work: Path, carries: list[str], seeds: list[int], epochs: i
     for seed in seeds:
         ms = {n: BrainLMForecaster(p, HORIZON, context_trs=CONTEXT, name=n) for n, p in models[seed].items()}
         if seed == seeds[0]:
-            ms["brainlm_pretrained"] = BrainLMForecaster(CARRY_CHECKPOINT, HORIZON, context_trs=CONTEXT,
+            ms["brainlm_pretrained"] = BrainLMForecaster(checkpoint, HORIZON, context_trs=CONTEXT,
                                                          step_trs=HORIZON, name="brainlm_pretrained")
         for split in ("val", "test"):
             res = evaluate(corpus, context_trs=CONTEXT, horizon_trs=HORIZON, models=ms,
@@ -226,16 +233,21 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="fine-tuning seeds (--carry)")
     ap.add_argument("--carry-epochs", type=int, default=FinetuneSettings().epochs)
     ap.add_argument("--carry-crops", type=int, default=FinetuneSettings().crops_per_recording)
+    ap.add_argument("--carry-checkpoint", default=CARRY_CHECKPOINT, choices=("hcp-small", "hcp-fresh"),
+                    help="the shipped model fine-tuned (--carry); both never trained on the test subject")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     results_dir = Path(__file__).parent / "results"
     if args.carry:
-        out = Path(args.out or results_dir / "forecast_carry.json")
+        default = "forecast_carry.json" if args.carry_checkpoint == CARRY_CHECKPOINT else \
+            f"forecast_carry-{args.carry_checkpoint}.json"
+        out = Path(args.out or results_dir / default)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             res = carry_comparison(Path(tmp), args.carries.split(","), [int(s) for s in args.seeds.split(",")],
-                                   args.carry_epochs, args.carry_crops, args.scratch_carries.split(","))
+                                   args.carry_epochs, args.carry_crops, args.scratch_carries.split(","),
+                                   args.carry_checkpoint)
         res["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "torch": torch.__version__, "seconds": round(time.perf_counter() - t0, 1)}
         write_text_atomic(out, json.dumps(res, indent=2))
