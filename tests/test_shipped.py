@@ -11,7 +11,8 @@ from brainlm.commands import main
 from brainlm.data.samples import HCP7_TR, load_schaefer100_rest
 from brainlm.model.checkpoint import load_pretrained
 from brainlm.model.shipped import resolve_checkpoint, shipped_models
-from brainlm.tasks.model_input import encode, load_model
+from brainlm.data.corpus import Corpus
+from brainlm.tasks.model_input import encode, iter_model_input, load_model, model_scaler
 from brainlm.tasks.networks import identify_networks
 
 
@@ -30,13 +31,14 @@ def test_brainlm_models_lists_hcp_small_with_its_card(capsys):
     assert log[0].startswith("epoch,val/masked_mse") and len(log) == entry["training"]["epochs"] + 1
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("hcp-small: ") and str(path) in out and "MODEL_CARD.md" in out
+    assert str(path) in out and "MODEL_CARD.md" in out
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("hcp-")] == ["hcp-fresh", "hcp-small"]
 
 
 def test_shipped_model_loads_by_name_and_runs_on_unseen_data():
     model = load_model("hcp-small")
     assert model.atlas.name == "aal2" and model.contract.percent_signal_change
-    assert [m.name for m in shipped_models()] == ["hcp-small"]
+    assert [m.name for m in shipped_models()] == ["hcp-fresh", "hcp-small"]
     assert model.config.decoder_attention == "axial"
     # Networks on a run and an atlas it never saw: the model reads the signal (an untrained
     # model of the same architecture is scored beside it).
@@ -73,7 +75,7 @@ def test_a_local_folder_wins_and_unknown_names_list_the_shipped_ones(tmp_path, m
     (tmp_path / "hcp-small").mkdir()
     with pytest.raises(BrainLMInputError, match="checkpoint lacks config.json"):
         load_pretrained("hcp-small")  # an explicit path is never reinterpreted as a name
-    with pytest.raises(BrainLMInputError, match=r"not the name of a shipped model \(shipped: hcp-small"):
+    with pytest.raises(BrainLMInputError, match=r"not the name of a shipped model \(shipped: hcp-fresh, hcp-small"):
         load_pretrained("hcp-large")
 
 
@@ -88,3 +90,37 @@ def test_preprocess_takes_a_shipped_models_name(hcp):
     # A pooled checkpoint has no statistics for another atlas's parcels: it says so, and what to do.
     with pytest.raises(BrainLMInputError, match="rest01.*94.*100 parcels.*as a corpus.*hcp-fresh"):
         brainlm.preprocess("hcp-small", load_schaefer100_rest(), transfer_atlas=True)
+
+
+def test_hcp_fresh_is_the_fresh_cohort_recipe_and_takes_demeaned_and_zscored_files(hcp, tmp_path, capsys):
+    model = load_model("hcp-fresh")
+    assert model.contract.per_recording and model.atlas.name == "aal2"
+    assert model.config.spatial_prior_parcels == 94 and model.config.prior_dropout == 0.5
+    card = json.loads((resolve_checkpoint("hcp-fresh").parent / "card.json").read_text())
+    assert card["training"]["epochs"] == 50 and "hybrid" in card["summary"]
+    assert any("never score it on the embedded HCP recordings" in t for t in card["limits"])
+    # Raw, demeaned and z-scored files of one recording reach it as the same input (prepare
+    # --like), where hcp-small refuses the demeaned ones.
+    rec = hcp[0]
+    raw = np.asarray(rec.timeseries, dtype=np.float64)
+    centred = raw - raw.mean(axis=0)
+    for name, data in (("raw", raw), ("demeaned", centred), ("zscored", centred / centred.std(axis=0))):
+        d = tmp_path / name / "sub-01" / "func"
+        d.mkdir(parents=True)
+        np.save(d / "sub-01_task-rest_bold.npy", data)
+        (d / "sub-01_task-rest_bold.json").write_text(json.dumps({"RepetitionTime": rec.tr}))
+    inputs = {}
+    for name in ("raw", "demeaned", "zscored"):
+        assert main(["prepare", str(tmp_path / name), "--atlas", "aal2", "--like", "hcp-fresh",
+                     "--out", str(tmp_path / f"corpus-{name}"), "--quiet"]) == 0
+        corpus = Corpus(tmp_path / f"corpus-{name}")
+        inputs[name] = next(iter_model_input(corpus, [0], model_scaler(model, corpus)))
+    np.testing.assert_allclose(inputs["demeaned"], inputs["raw"], atol=2e-4)
+    np.testing.assert_allclose(inputs["zscored"], inputs["raw"], atol=2e-4)
+    assert main(["prepare", str(tmp_path / "demeaned"), "--atlas", "aal2", "--like", "hcp-small",
+                 "--out", str(tmp_path / "refused"), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "already demeaned or z-scored" in err and "the shipped hcp-fresh" in err
+    # On another atlas it runs without its spatial estimate (prior dropout), from its own statistics.
+    (emb,) = encode("hcp-fresh", load_schaefer100_rest(), transfer_atlas=True, target_tr=HCP7_TR)
+    assert np.isfinite(emb["cls"]).all() and emb["cls"].shape == (model.config.dim,)

@@ -317,7 +317,7 @@ class PreprocessingContract:
                     "(already demeaned or z-scored?). Prepare such data without --psc, or with "
                     "per-recording scaling (--scaling recording: raw, demeaned and z-scored data are "
                     "then scaled alike); a checkpoint pretrained with --psc and pooled scaling cannot "
-                    "take them, use one pretrained with --scaling recording", source)
+                    "take them, use one pretrained with --scaling recording (the shipped hcp-fresh)", source)
             x[:, good] = 100.0 * (x[:, good] / mean[good] - 1.0)
 
         conf = None
