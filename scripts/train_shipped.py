@@ -166,7 +166,7 @@ def main() -> int:
         },
         "limits": ["trained on 7 subjects (about 100 minutes of fMRI): a small-data model, not the paper's "
                    "UK Biobank foundation model (see `brainlm import-upstream` for those weights)",
-                   "never score it on the embedded HCP recordings: all 7 were used in training",
+                   "never score it on the embedded HCP recordings: all 7 were used (6 to train, 1 to choose the epoch)",
                    recipe.expects],
     }
     with atomic_directory(Path(args.out or SHIPPED_DIR / args.name), overwrite=True, what="shipped model") as tmp:

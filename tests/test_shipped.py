@@ -68,6 +68,11 @@ def test_info_describes_the_shipped_model_by_name(capsys):
     assert "percent signal change True" in out and "statistics pooled over 6 pretraining recordings" in out
     assert "zero-shot spatial baseline stored: yes" in out
     assert "brainlm prepare DATA --atlas aal2 --like hcp-small --out CORPUS" in out
+    assert "hybrid" not in out
+    assert main(["info", "hcp-fresh"]) == 0
+    out = capsys.readouterr().out
+    assert "statistics each recording's own (those pooled over 6 pretraining recordings kept for reference)" in out
+    assert "hybrid: the decoder corrects the spatial estimate of its 94 pretraining parcels (prior dropout 0.5" in out
 
 
 def test_a_local_folder_wins_and_unknown_names_list_the_shipped_ones(tmp_path, monkeypatch):

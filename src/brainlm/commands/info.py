@@ -42,6 +42,11 @@ def _print_checkpoint(s: dict) -> None:
         print(f"  input scaling: {p['normalization']} ({p['scaling']}), statistics {p['statistics']}; "
               f"gain {p['input_gain']:g}, offset {p['input_offset']:g}")
     print(f"  zero-shot spatial baseline stored: {'yes' if s['spatial_baseline'] else 'no'}")
+    h = s.get("hybrid")
+    if h:
+        print(f"  hybrid: the decoder corrects the spatial estimate of its {h['spatial_prior_parcels']} pretraining "
+              f"parcels (prior dropout {h['prior_dropout']:g}: "
+              + ("runs on other atlases without it)" if h["prior_dropout"] else "tied to its atlas)"))
     u = s.get("upstream")
     if u:
         print(f"  imported from upstream BrainLM: {u.get('source')} ({u.get('family')}; "

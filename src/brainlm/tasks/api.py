@@ -112,6 +112,7 @@ def checkpoint_summary(checkpoint: str) -> dict:
     ``parameters``, ``model`` (window and patch in TRs, parcels, width, depth), ``atlas``,
     ``preprocessing`` (cleaning, TR in seconds, normalization, scaling and where its statistics
     come from, input gain), ``spatial_baseline`` (whether the zero-shot baseline is stored),
+    ``hybrid`` (a hybrid's prior size and prior dropout; absent otherwise),
     ``upstream`` (an imported checkpoint's import record, with the weights' ``licence``),
     ``forecasting`` (a forecaster's horizon) and ``prepare`` (the command that prepares data
     for it)."""
@@ -126,15 +127,17 @@ def checkpoint_summary(checkpoint: str) -> dict:
     out["atlas"] = None if atlas is None else {"name": atlas.name, "parcels": atlas.n_parcels}
     if c is not None:
         fit = c.scaler_fit
-        statistics = (f"pooled over {fit['recordings']} pretraining recordings" if c.median is not None
-                      and "recordings" in fit else "stored" if c.median is not None
-                      else "each recording's own" if c.per_recording
-                      else "none stored: a corpus' own, fitted on its training split")
+        pooled = (f"pooled over {fit['recordings']} pretraining recordings" if c.median is not None
+                  and "recordings" in fit else "stored" if c.median is not None else None)
+        statistics = (("each recording's own" + (f" (those {pooled} kept for reference)" if pooled else ""))
+                      if c.per_recording else pooled or "none stored: a corpus' own, fitted on its training split")
         out["preprocessing"] = {
             **c.cleaning(), "normalization": c.normalization, "scaling": c.scaling,
             "statistics": statistics,
             "input_gain": float(fit.get("input_gain", 1.0)), "input_offset": float(fit.get("input_offset", 0.0))}
     out["spatial_baseline"] = pretraining_spatial_statistics(model) is not None
+    if getattr(cfg, "spatial_prior_parcels", 0):
+        out["hybrid"] = {"spatial_prior_parcels": cfg.spatial_prior_parcels, "prior_dropout": cfg.prior_dropout}
     for name, key in (("upstream_import.json", "upstream"), ("forecasting.json", "forecasting")):
         if (path / name).is_file():
             out[key] = json.loads((path / name).read_text())
