@@ -55,7 +55,7 @@ from brainlm.tasks.forecasting.comparison import compare
 from brainlm.tasks.forecasting.finetune import FinetuneSettings
 from brainlm.tasks.networks import identify_networks
 from brainlm.tasks.reconstruction import evaluate_reconstruction
-from brainlm.train.pretrain import PretrainSettings, pretrain
+from brainlm.train.pretrain import FRESH_COHORT, PretrainSettings, pretrain
 
 ROOT = Path(__file__).resolve().parent
 PACKAGED = ROOT.parent / "src" / "brainlm" / "report" / "benchmarks"
@@ -79,9 +79,9 @@ RECIPES: dict[str, dict] = {
     # Issue 26, recipes for fresh cohorts (also scored by bench_shift.py).
     "small-50, per-recording, augmented": {"preset": "small", "epochs": 50, "corpus_scaling": "recording",
                                            "augment": ["reverse", "gain", "noise"]},
+    # The recipe for fresh cohorts (FRESH_COHORT: the demo's and hcp-fresh's).
     "small-50 hybrid, per-recording, prior dropout 0.5, augmented": {
-        "preset": "small", "epochs": 50, "corpus_scaling": "recording", "spatial_prior": True,
-        "model_overrides": {"prior_dropout": 0.5}, "augment": ["reverse", "gain", "noise"]},
+        **FRESH_COHORT, "epochs": 50, "corpus_scaling": "recording"},
 }
 
 

@@ -44,12 +44,11 @@ from brainlm.data.samples import HCP7_TR, load_hcp7_aal2, load_schaefer100_rest
 from brainlm.model.checkpoint import load_pretrained
 from brainlm.model.shipped import SHIPPED_DIR
 from brainlm.tasks.networks import identify_networks
-from brainlm.train.pretrain import PretrainSettings, pretrain
+from brainlm.train.pretrain import FRESH_COHORT, PretrainSettings, pretrain
 
 EPOCHS = 50
 VALIDATION_SUBJECT = "377451"
 ROOT = Path(__file__).resolve().parents[1]
-AUGMENT = ["reverse", "gain", "noise"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ SHIPPED = {
                 "site augmentations and prior dropout, pretrained on 6 of the 7 embedded HCP recordings on AAL2 "
                 "(the seventh chose the epoch)",
         scaling="recording",
-        settings={"spatial_prior": True, "model_overrides": {"prior_dropout": 0.5}, "augment": AUGMENT},
+        settings={k: v for k, v in FRESH_COHORT.items() if k != "preset"},
         quality_recipe="small-50 hybrid, per-recording, prior dropout 0.5, augmented",
         scaling_words="robust scaling of each recording by its own per-parcel median and IQR (raw, percent-change, "
                       "demeaned and z-scored files give the same input); augmentations: time reversal, per-parcel "

@@ -196,3 +196,29 @@ def test_precision_follows_the_device_that_trains():
         make_trainer(max_epochs=1, accelerator="cpu", best="memory")
     with pytest.raises(BrainLMInputError, match="checkpoint_dir"):
         make_trainer(max_epochs=1, accelerator="cpu", best="checkpoint", monitor="val/loss")
+
+
+def test_the_fresh_cohort_recipe_needs_a_per_recording_corpus_and_runs_from_the_cli(hcp, hcp_corpus, tmp_path, capsys):
+    from brainlm.data.atlas import load_atlas
+    from brainlm.train.pretrain import FRESH_COHORT, PretrainSettings
+
+    with pytest.raises(BrainLMInputError, match="field 'scaling' is 'pooled'.*--scaling recording"):
+        PretrainSettings.recipe("fresh-cohort", hcp_corpus.path)
+    assert main(["pretrain", hcp_corpus.path, "--recipe", "fresh-cohort", "--out", str(tmp_path / "no"),
+                 "--quiet"]) == 2
+    assert "--scaling recording" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    with pytest.raises(BrainLMInputError, match="recipe 'fresh'; expected one of"):
+        PretrainSettings.recipe("fresh", hcp_corpus.path)
+    corpus = prepare_corpus(hcp[:4], tmp_path / "c", atlas=load_atlas("aal2"), min_trs=200,
+                            contract=PreprocessingContract(percent_signal_change=True, scaling="recording"))
+    s = PretrainSettings.recipe("fresh-cohort", corpus.path, epochs=1, model_overrides={"window_trs": 200})
+    assert s.spatial_prior and s.augment == FRESH_COHORT["augment"] and s.preset == "small"
+    assert s.model_overrides == {"prior_dropout": 0.5, "window_trs": 200}
+    assert FRESH_COHORT["model_overrides"] == {"prior_dropout": 0.5}  # the recipe itself is not changed
+    run = tmp_path / "run"
+    assert main(["pretrain", corpus.path, "--recipe", "fresh-cohort", "--augment", "gain", "--epochs", "1",
+                 "--crops-per-recording", "2", "--out", str(run), "--quiet"]) == 0
+    saved = json.loads((run / "run_config.json").read_text())
+    assert saved["spatial_prior"] and saved["augment"] == ["gain"] and saved["model_overrides"] == {"prior_dropout": 0.5}
+    model = load_pretrained(run / "model")
+    assert model.config.spatial_prior_parcels == 94 and model.config.prior_dropout == 0.5

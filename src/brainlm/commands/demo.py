@@ -66,7 +66,7 @@ from brainlm.tasks.networks import identify_networks
 from brainlm.tasks.prediction.evaluate import (FAMILIES, PredictionSettings, evaluate_prediction, headline,
                                                prediction_markdown)
 from brainlm.tasks.reconstruction import evaluate_reconstruction, reconstruction_markdown
-from brainlm.train.pretrain import PretrainSettings, pretrain
+from brainlm.train.pretrain import FRESH_COHORT, PretrainSettings, pretrain
 
 __all__ = ["DemoSettings", "register", "run", "run_demo"]
 
@@ -123,8 +123,8 @@ class DemoSettings:
     epochs: int = 50
     scaling: str = "recording"
     spatial_prior: bool = True
-    prior_dropout: float = 0.5
-    augment: tuple[str, ...] = ("reverse", "gain", "noise")
+    prior_dropout: float = FRESH_COHORT["model_overrides"]["prior_dropout"]
+    augment: tuple[str, ...] = tuple(FRESH_COHORT["augment"])
     cohort_subjects: int = 150
     cohort_trs: int = 500
     prediction_targets: tuple[str, ...] = ("age", "group")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from brainlm.train.pretrain import PretrainSettings, pretrain
+from brainlm.train.pretrain import RECIPES, PretrainSettings, pretrain
 
 __all__ = ["register", "run"]
 
@@ -17,6 +17,11 @@ def register(subparsers) -> argparse.ArgumentParser:
                               "many GPUs/nodes through --devices/--num-nodes/--strategy).")
     p.add_argument("corpus")
     p.add_argument("--out", required=True, help="run folder (logs, checkpoints, model/)")
+    p.add_argument("--recipe", default="custom", choices=sorted(RECIPES),
+                   help="fresh-cohort: the recipe for cohorts the model never saw (the demo's and hcp-fresh's: "
+                        "--spatial-prior --prior-dropout 0.5 --augment reverse,gain,noise, on a corpus prepared "
+                        "with --scaling recording; docs/quality.md); options given explicitly override it. "
+                        "custom (default): the options as given")
     p.add_argument("--preset", default="small",
                    help="small (default: the small-data recipe, benchmarks/results/quality) | tiny | 13m | 111m | 650m")
     p.add_argument("--window-trs", type=int, help="window length in TRs (default 200)")
@@ -28,10 +33,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="the hybrid model: the decoder starts from the linear spatial estimate of each "
                         "hidden token (fitted on the training subjects) and learns the residual; tied to "
                         "the corpus' atlas, and labelled as a hybrid in every result (docs/model.md)")
-    p.add_argument("--prior-dropout", type=float, default=0.0,
+    p.add_argument("--prior-dropout", type=float,
                    help="with --spatial-prior: fraction of training windows that get no spatial estimate, "
                         "so the encoder must still learn the signal (default 0)")
-    p.add_argument("--augment", default="",
+    p.add_argument("--augment",
                    help="comma-separated augmentations of training windows that mimic another site: "
                         "reverse (time), gain (per parcel, 0.5-2x), noise (SNR 1-20); default none "
                         "(brainlm.train.augment)")
@@ -73,11 +78,14 @@ def run(args: argparse.Namespace) -> int:
     """Pretrain and print the validation metrics and the model folder; 0 on success."""
     overrides = {k: v for k, v in (("window_trs", args.window_trs), ("patch_trs", args.patch_trs),
                                    ("decoder_attention", args.decoder_attention),
-                                   ("prior_dropout", args.prior_dropout)) if v}
+                                   ("prior_dropout", args.prior_dropout)) if v is not None}
     devices = int(args.devices) if args.devices.isdigit() else args.devices
-    settings = PretrainSettings(
-        corpus=str(Path(args.corpus).resolve()), preset=args.preset, model_overrides=overrides,
-        spatial_prior=args.spatial_prior, augment=[a for a in args.augment.split(",") if a.strip()],
+    # What the recipe sets unless the option is given.
+    chosen = {k: v for k, v in (("spatial_prior", args.spatial_prior or None),
+                                ("augment", None if args.augment is None else
+                                 [a for a in args.augment.split(",") if a.strip()])) if v is not None}
+    settings = PretrainSettings.recipe(
+        args.recipe, str(Path(args.corpus).resolve()), preset=args.preset, model_overrides=overrides, **chosen,
         mask_strategy=args.mask, mask_ratio=args.mask_ratio, mask_ratio_max=args.mask_ratio_max, future_trs=args.future_trs,
         epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate, base_lr=args.lr,
         weight_decay=args.weight_decay, warmup_fraction=args.warmup, clip=args.clip,

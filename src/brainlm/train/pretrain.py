@@ -37,6 +37,15 @@ from brainlm.train.augment import check_augmentations
 from brainlm.train.trainer import make_trainer
 
 
+#: The recipe for fresh cohorts (docs/quality.md, "Fresh cohorts"; the demo's and ``hcp-fresh``'s):
+#: the labelled hybrid with the spatial estimate dropped for half the training windows, and
+#: augmentations that mimic another site, on a corpus prepared with per-recording scaling.
+FRESH_COHORT = {"preset": "small", "spatial_prior": True, "model_overrides": {"prior_dropout": 0.5},
+                "augment": ["reverse", "gain", "noise"]}
+#: ``brainlm pretrain --recipe``: named recipes (``custom``: the options as given).
+RECIPES = {"custom": {}, "fresh-cohort": FRESH_COHORT}
+
+
 @dataclass
 class PretrainSettings:
     """Everything that defines a pretraining run (saved as ``run_config.json``).
@@ -49,7 +58,7 @@ class PretrainSettings:
     corpus: str
     preset: str = "tiny"
     model_overrides: dict = field(default_factory=dict)
-    # The hybrid (BrainLMConfig.spatial_prior_parcels): never the default, always labelled.
+    # The hybrid (BrainLMConfig.spatial_prior_parcels): always labelled (FRESH_COHORT has it).
     spatial_prior: bool = False
     # Augmentations of training windows (brainlm.train.augment.AUGMENTATIONS); none by default.
     augment: list = field(default_factory=list)
@@ -74,6 +83,31 @@ class PretrainSettings:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "auto"
+
+    @classmethod
+    def recipe(cls, name: str, corpus: str | Path, **fields) -> "PretrainSettings":
+        """Settings of the named recipe (:data:`RECIPES`) on ``corpus``; ``fields`` override it
+        (``model_overrides`` are merged).
+
+        Raises
+        ------
+        BrainLMInputError
+            An unknown recipe, or ``fresh-cohort`` on a corpus that is not scaled per recording
+            (its pooled statistics would tie the model to the amplitude of one cohort).
+        """
+        if name not in RECIPES:
+            raise BrainLMInputError(f"recipe {name!r}; expected one of {sorted(RECIPES)}")
+        spec = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+                for k, v in RECIPES[name].items()}
+        spec["model_overrides"] = {**spec.get("model_overrides", {}), **fields.pop("model_overrides", {})}
+        if name == "fresh-cohort":
+            contract = Corpus(corpus).contract
+            if not contract.per_recording:
+                raise BrainLMInputError(
+                    f"the fresh-cohort recipe pretrains on a corpus scaled per recording; this one's "
+                    f"contract field 'scaling' is {contract.scaling!r}: prepare it again with "
+                    "--scaling recording", str(corpus))
+        return cls(corpus=str(corpus), **{**spec, **fields})
 
     def mask_ratios(self) -> tuple[float, float | None]:
         """(smallest, largest or None) fraction masked: the given ratios, else the preset's."""
