@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from brainlm.errors import BrainLMInputError
 from brainlm.model import upstream_import
 from brainlm.model.checkpoint import load_pretrained
 from brainlm.model.hub import parse_hub_id
-from brainlm.model.shipped import resolve_checkpoint, shipped_models
+from brainlm.model.shipped import resolve_checkpoint
 from brainlm.model.upstream import UpstreamBrainLM
 from brainlm.model.upstream_import import import_from_hub, load_upstream
 
@@ -69,7 +68,7 @@ def hub_cache(tmp_path, monkeypatch):
         "README.md": CARD,
         "old_13M/config.json": PAPER / "config.json", "old_13M/model.safetensors": PAPER / "model.safetensors"},
         ref="v2")
-    ckpt = shipped_models()[0].path
+    ckpt = resolve_checkpoint("hcp-small")
     add_snapshot(cache, "someone/brainlm-hcp", COMMIT, {f"model/{f.name}": f for f in ckpt.iterdir() if f.is_file()})
     # huggingface_hub reads HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE when it is imported: set both
     # the environment (for subprocesses) and its constants (for this one).
