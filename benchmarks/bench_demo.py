@@ -6,7 +6,7 @@ seconds of each step (``summary.json`` -> ``step_seconds``), the key numbers, th
 core count and load average before and after. Other processes on the cores slow every step,
 so compare runs only at similar load.
 
-    python benchmarks/bench_demo.py            # the default demo (about 9 min on 2 idle cores)
+    python benchmarks/bench_demo.py            # the default demo (about 12 min on 2 idle cores)
     python benchmarks/bench_demo.py --quick    # the smoke-test setting
 
 Results: benchmarks/results/demo.json (one entry per setting, replaced on each run).

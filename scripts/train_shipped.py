@@ -106,7 +106,7 @@ def _train(recipe: ShippedRecipe, work: Path, epochs: int):
     return run, settings, seconds
 
 
-def _held_out(recipe: ShippedRecipe) -> dict:
+def _held_out(name: str, recipe: ShippedRecipe) -> dict:
     """The card's held-out scores: the same recipe trained on 5 subjects per fold."""
     scores = {}
     quality = ROOT / "benchmarks" / "results" / "quality" / "quality.json"
@@ -122,7 +122,28 @@ def _held_out(recipe: ShippedRecipe) -> dict:
             f"{name}, masked R² at 0.75 (BrainLM vs spatial zero-shot)":
                 (f"{e['0.75']['model']:.3f} vs {e['0.75']['spatial_zero_shot']:.3f}" if e["folds"] else "refused")
             for name, e in t.items()}
+    scores.update(_forecasting(name))
     return scores
+
+
+def _forecasting(name: str) -> dict:
+    """The card's forecasting scores: this checkpoint fine-tuned with each carry path on 5 HCP
+    subjects and scored on ``VALIDATION_SUBJECT``, which it never trained on
+    (``benchmarks/bench_forecast.py --carry``)."""
+    fname = "forecast_carry.json" if name == "hcp-small" else f"forecast_carry-{name}.json"
+    path = ROOT / "benchmarks" / "results" / fname
+    if not path.is_file():
+        return {}
+    r = json.loads(path.read_text())
+    if r["checkpoint"] != name or r["subjects"]["test"] != [VALIDATION_SUBJECT]:
+        raise SystemExit(f"{path}: not a run of {name} scored on {VALIDATION_SUBJECT}")
+    t, chosen = r["test_mean_over_seeds"], r["choice"]["chosen"]
+    wanted = [f"brainlm_finetuned:{chosen}", "persistence", "var"]
+    labels = r["evaluation"][f"test/seed{r['seeds'][0]}"]["methods"]
+    key = (f"forecasting 20 TRs from 180, subject {VALIDATION_SUBJECT} (fine-tuned on 5 others, "
+           f"{len(r['seeds'])} seeds; benchmarks/results/{fname})")
+    return {key: {labels[m]["label"]: f"MSE mean {t[m]['mean_mse']:.4f}, step 1 {t[m]['mse_step_1']:.4f}"
+                  for m in wanted if m in t}}
 
 
 def main() -> int:
@@ -161,7 +182,7 @@ def main() -> int:
         "scores": {
             "Schaefer-100 run, Yeo-7 networks by kNN (never seen; atlas transfer)":
                 f"{own}; FC profile {fc:.3f}; chance {nets['chance']['majority_accuracy']:.3f}",
-            **_held_out(recipe),
+            **_held_out(args.name, recipe),
         },
         "limits": ["trained on 7 subjects (about 100 minutes of fMRI): a small-data model, not the paper's "
                    "UK Biobank foundation model (see `brainlm import-upstream` for those weights)",

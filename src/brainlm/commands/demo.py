@@ -83,8 +83,8 @@ NETWORK_FEATURE = "latent_connectivity"
 class DemoSettings:
     """How much of each step the demo runs.
 
-    The default took 10.2 min on an idle 2-core CPU machine (pretraining 5.4 min, prediction
-    3.1 min; ``benchmarks/bench_demo.py``); the budget is 15 minutes on 2 CPU cores. The cohort
+    The default took 11.8 min on an idle 2-core CPU machine (pretraining the hybrid 6.8 min,
+    prediction 2.7 min; ``benchmarks/bench_demo.py``); the budget is 15 minutes on 2 CPU cores. The cohort
     is large enough for the prediction step to say something: with 40 simulated subjects no
     BrainLM method differed significantly from FC + ridge on age; with 150, full fine-tuning
     reaches MSE 0.22-0.28 against 0.64, the direction the 500-subject benchmark found (p 0.047
