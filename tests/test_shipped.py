@@ -129,3 +129,18 @@ def test_hcp_fresh_is_the_fresh_cohort_recipe_and_takes_demeaned_and_zscored_fil
     # On another atlas it runs without its spatial estimate (prior dropout), from its own statistics.
     (emb,) = encode("hcp-fresh", load_schaefer100_rest(), transfer_atlas=True, target_tr=HCP7_TR)
     assert np.isfinite(emb["cls"]).all() and emb["cls"].shape == (model.config.dim,)
+
+
+def test_hcp_fresh_embeds_raw_and_demeaned_arrays_on_another_atlas_alike():
+    from brainlm.data.atlas import load_atlas
+    from brainlm.sklearn import BrainLMEmbedding
+
+    rest = load_schaefer100_rest()
+    raw = np.asarray(rest.timeseries, dtype=np.float64)
+    est = BrainLMEmbedding("hcp-fresh", transfer_atlas=True, tr=rest.tr, atlas=load_atlas("schaefer100")).fit([raw])
+    a, b = est.transform([raw]), est.transform([raw - raw.mean(axis=0)])
+    assert a.shape == (1, 96) and np.isfinite(a).all()
+    np.testing.assert_allclose(a, b, atol=1e-3)
+    # hcp-small has statistics for AAL2 only: the same call is refused with what to do.
+    with pytest.raises(BrainLMInputError, match="hcp-fresh"):
+        BrainLMEmbedding("hcp-small", transfer_atlas=True, tr=rest.tr, atlas=load_atlas("schaefer100")).fit([raw])

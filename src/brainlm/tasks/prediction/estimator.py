@@ -125,7 +125,8 @@ class _EncoderFeatures(TransformerMixin, BaseEstimator):
             raise BrainLMInputError(
                 f"raw arrays on atlas {self.atlas_.name!r} cannot be scaled with the checkpoint's per-parcel "
                 f"statistics (fitted on {model.atlas.name!r}); prepare them into a corpus "
-                "(brainlm prepare --like CHECKPOINT) and pass its arrays without tr=", where)
+                "(brainlm prepare --like CHECKPOINT) and pass its arrays without tr=, or use a checkpoint "
+                "that scales each recording by its own statistics (hcp-fresh)", where)
         rec = Recording(x, float(self.tr), self.atlas_, subject=where, source=where)
         return preprocess(model, rec, transfer_atlas=self.transfer_atlas)
 
