@@ -29,14 +29,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import trained_run  # noqa: E402
 
-from brainlm.commands.demo import WINDOW_TRS, DemoSettings, _best_brainlm  # noqa: E402
+from brainlm.commands.demo import WINDOW_TRS, DemoSettings  # noqa: E402
 from brainlm.data.atlas import load_atlas  # noqa: E402
 from brainlm.data.atomic import write_json  # noqa: E402
 from brainlm.data.contract import PreprocessingContract  # noqa: E402
 from brainlm.data.prepare import prepare_corpus  # noqa: E402
 from brainlm.data.samples import HCP7_TR  # noqa: E402
 from brainlm.simulate.cohort import simulate_cohort  # noqa: E402
-from brainlm.tasks.prediction.evaluate import PredictionSettings, evaluate_prediction  # noqa: E402
+from brainlm.tasks.prediction.evaluate import (PredictionSettings, best_brainlm_method,  # noqa: E402
+                                               evaluate_prediction)
 
 RECIPES = ("small-50", "small-50, per-recording scaling",
            "small-50 hybrid, per-recording, prior dropout 0.5, augmented")
@@ -65,7 +66,7 @@ def main() -> None:
         results[recipe] = {"scaling": scaling}
         for target in TARGETS:
             res = evaluate_prediction(run / "model", cohorts[scaling].path, target, settings=PredictionSettings.quick())
-            metric, ref, best = res["primary_metric"], res["reference"], _best_brainlm(res)
+            metric, ref, best = res["primary_metric"], res["reference"], best_brainlm_method(res)
             results[recipe][target] = {
                 "metric": metric, "best_brainlm_method": best,
                 "best_brainlm": round(res["summary"][best][metric]["mean"], 4),

@@ -57,7 +57,7 @@ from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import HCP7_TR, load_hcp7_aal2
 from brainlm.model import BrainLM, preset
 from brainlm.model.checkpoint import load_pretrained, save_pretrained
-from brainlm.model.shipped import resolve_checkpoint
+from brainlm.model.shipped import resolve_checkpoint, shipped_models
 from brainlm.tasks.forecasting import (BASELINES, BaselineSettings, BrainLMForecaster, FinetuneSettings,
                                        NeuralTraining, evaluate, finetune, forecast_windows, make_baseline,
                                        predict_future)
@@ -233,8 +233,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="fine-tuning seeds (--carry)")
     ap.add_argument("--carry-epochs", type=int, default=FinetuneSettings().epochs)
     ap.add_argument("--carry-crops", type=int, default=FinetuneSettings().crops_per_recording)
-    ap.add_argument("--carry-checkpoint", default=CARRY_CHECKPOINT, choices=("hcp-small", "hcp-fresh"),
-                    help="the shipped model fine-tuned (--carry); both never trained on the test subject")
+    ap.add_argument("--carry-checkpoint", default=CARRY_CHECKPOINT, choices=[m.name for m in shipped_models()],
+                    help=f"the shipped model fine-tuned (--carry); none trained on the test subject {CARRY_TEST}")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

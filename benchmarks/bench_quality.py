@@ -81,7 +81,7 @@ RECIPES: dict[str, dict] = {
                                            "augment": ["reverse", "gain", "noise"]},
     # The recipe for fresh cohorts (FRESH_COHORT: the demo's and hcp-fresh's).
     "small-50 hybrid, per-recording, prior dropout 0.5, augmented": {
-        **FRESH_COHORT, "epochs": 50, "corpus_scaling": "recording"},
+        **FRESH_COHORT.settings, "epochs": 50, "corpus_scaling": FRESH_COHORT.corpus_scaling},
 }
 
 

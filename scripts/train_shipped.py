@@ -77,7 +77,7 @@ SHIPPED = {
                 "site augmentations and prior dropout, pretrained on 6 of the 7 embedded HCP recordings on AAL2 "
                 "(the seventh chose the epoch)",
         scaling="recording",
-        settings={k: v for k, v in FRESH_COHORT.items() if k != "preset"},
+        settings={k: v for k, v in FRESH_COHORT.settings.items() if k != "preset"},
         quality_recipe="small-50 hybrid, per-recording, prior dropout 0.5, augmented",
         scaling_words="robust scaling of each recording by its own per-parcel median and IQR (raw, percent-change, "
                       "demeaned and z-scored files give the same input); augmentations: time reversal, per-parcel "

@@ -128,7 +128,7 @@ def test_a_hybrid_trained_with_prior_dropout_runs_on_another_atlas_without_its_p
     mask = torch.zeros(3, 8, 2, dtype=torch.bool)
     mask[:, :4, 1] = True
     strict = BrainLM(preset("small", spatial_prior_parcels=6, window_trs=40)).eval()
-    with pytest.raises(BrainLMInputError, match="covers the 6 parcels.*data have 8.*without prior_dropout"):
+    with pytest.raises(BrainLMInputError, match="covers the 6 parcels.*another \\(8 parcels.*without prior_dropout"):
         strict(x, xyz, mask)
     model = BrainLM(preset("small", spatial_prior_parcels=6, prior_dropout=0.5, window_trs=40)).eval()
     with torch.no_grad():
@@ -136,3 +136,22 @@ def test_a_hybrid_trained_with_prior_dropout_runs_on_another_atlas_without_its_p
         enc = model.forward_encoder(x, xyz, mask)
         alone = model.forward_decoder(enc, xyz, 8, prior=torch.zeros(3, 8, 2, 20))
     assert pred.shape == (3, 8, 2, 20) and torch.equal(pred, alone)
+
+
+
+def test_a_hybrid_knows_its_atlas_by_coordinates_not_only_by_the_parcel_count():
+    from brainlm.data.atlas import load_atlas
+
+    aal2 = load_atlas("aal2")
+    own = torch.tensor(np.array(aal2.xyz, dtype=np.float32))[None].expand(2, -1, -1)
+    other = own.flip(1)  # 94 parcels too, in another order: the AAL2 covariance does not apply
+    torch.manual_seed(0)
+    x = torch.randn(2, 40, 94)
+    mask = torch.zeros(2, 94, 2, dtype=torch.bool)
+    mask[:, :40, 1] = True
+    model = BrainLM(preset("small", spatial_prior_parcels=94, prior_dropout=0.5, window_trs=40), atlas=aal2).eval()
+    torch.testing.assert_close(model.prior_estimate(x, mask, own), model.spatial_estimate(x, mask), rtol=0, atol=0)
+    assert not model.prior_estimate(x, mask, other).any()
+    strict = BrainLM(preset("small", spatial_prior_parcels=94, window_trs=40), atlas=aal2).eval()
+    with pytest.raises(BrainLMInputError, match="another \\(94 parcels.*without prior_dropout"):
+        strict(x, other, mask)

@@ -202,7 +202,7 @@ def test_the_fresh_cohort_recipe_needs_a_per_recording_corpus_and_runs_from_the_
     from brainlm.data.atlas import load_atlas
     from brainlm.train.pretrain import FRESH_COHORT, PretrainSettings
 
-    with pytest.raises(BrainLMInputError, match="field 'scaling' is 'pooled'.*--scaling recording"):
+    with pytest.raises(BrainLMInputError, match="scaled with 'recording'.*field 'scaling' is 'pooled'.*--scaling recording"):
         PretrainSettings.recipe("fresh-cohort", hcp_corpus.path)
     assert main(["pretrain", hcp_corpus.path, "--recipe", "fresh-cohort", "--out", str(tmp_path / "no"),
                  "--quiet"]) == 2
@@ -212,9 +212,9 @@ def test_the_fresh_cohort_recipe_needs_a_per_recording_corpus_and_runs_from_the_
     corpus = prepare_corpus(hcp[:4], tmp_path / "c", atlas=load_atlas("aal2"), min_trs=200,
                             contract=PreprocessingContract(percent_signal_change=True, scaling="recording"))
     s = PretrainSettings.recipe("fresh-cohort", corpus.path, epochs=1, model_overrides={"window_trs": 200})
-    assert s.spatial_prior and s.augment == FRESH_COHORT["augment"] and s.preset == "small"
+    assert s.spatial_prior and s.augment == FRESH_COHORT.settings["augment"] and s.preset == "small"
     assert s.model_overrides == {"prior_dropout": 0.5, "window_trs": 200}
-    assert FRESH_COHORT["model_overrides"] == {"prior_dropout": 0.5}  # the recipe itself is not changed
+    assert FRESH_COHORT.settings["model_overrides"] == {"prior_dropout": 0.5}  # the recipe itself is not changed
     run = tmp_path / "run"
     assert main(["pretrain", corpus.path, "--recipe", "fresh-cohort", "--augment", "gain", "--epochs", "1",
                  "--crops-per-recording", "2", "--out", str(run), "--quiet"]) == 0

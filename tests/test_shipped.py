@@ -1,5 +1,6 @@
 """The pretrained checkpoint shipped in the package: listed, loadable by name, usable by tasks."""
 
+import dataclasses
 import json
 import re
 
@@ -11,6 +12,7 @@ from brainlm.commands import main
 from brainlm.data.samples import HCP7_TR, load_schaefer100_rest
 from brainlm.model.checkpoint import load_pretrained
 from brainlm.model.shipped import resolve_checkpoint, shipped_models
+from brainlm.data.atlas import Atlas
 from brainlm.data.corpus import Corpus
 from brainlm.tasks.model_input import encode, iter_model_input, load_model, model_scaler
 from brainlm.tasks.networks import identify_networks
@@ -93,8 +95,17 @@ def test_preprocess_takes_a_shipped_models_name(hcp):
     with pytest.raises(BrainLMInputError, match="no-such-model"):
         brainlm.preprocess("no-such-model", hcp[0])
     # A pooled checkpoint has no statistics for another atlas's parcels: it says so, and what to do.
-    with pytest.raises(BrainLMInputError, match="rest01.*94.*100 parcels.*as a corpus.*hcp-fresh"):
+    with pytest.raises(BrainLMInputError, match="rest01.*'aal2' \\(94\\).*'schaefer100' \\(100 parcels\\).*as a corpus.*hcp-fresh"):
         brainlm.preprocess("hcp-small", load_schaefer100_rest(), transfer_atlas=True)
+    # The same count in another order is not AAL2 either: scaling by position would be silently wrong.
+    aal2 = hcp[0].atlas
+    flipped = Atlas.from_frame(aal2.to_frame().iloc[::-1].reset_index(drop=True), "aal2-reversed")
+    rec = dataclasses.replace(hcp[0], timeseries=np.asarray(hcp[0].timeseries)[:, ::-1], atlas=flipped,
+                              source="reversed.npy")
+    with pytest.raises(BrainLMInputError, match="reversed.npy.*'aal2-reversed' \\(94 parcels\\)"):
+        brainlm.preprocess("hcp-small", rec, transfer_atlas=True)
+    # A checkpoint scaled per recording needs no stored statistics: it takes it.
+    assert brainlm.preprocess("hcp-fresh", rec, transfer_atlas=True).shape == (1200, 94)
 
 
 def test_hcp_fresh_is_the_fresh_cohort_recipe_and_takes_demeaned_and_zscored_files(hcp, tmp_path, capsys):

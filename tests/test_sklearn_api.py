@@ -180,7 +180,7 @@ def test_nilearn_masker_road(tmp_path):
         BrainLMEmbedding(CKPT, atlas=atlas, transfer_atlas=True).fit([series])
     # raw arrays on another atlas are scaled with the checkpoint's statistics by parcel name only
     other = type(atlas)(name="renamed", parcel_names=[f"p{i}" for i in range(atlas.n_parcels)], xyz=atlas.xyz)
-    with pytest.raises(BrainLMInputError, match="per-parcel statistics"):
+    with pytest.raises(BrainLMInputError, match="pretraining statistics, one per parcel"):
         BrainLMEmbedding(CKPT, tr=0.72, atlas=other, transfer_atlas=True).fit([series])
 
 

@@ -63,10 +63,10 @@ from brainlm.tasks.latent import latent_space_of, write_latent
 from brainlm.tasks.model_input import (iter_model_input, load_model, model_scaler, model_windows, parcel_xyz,
                                        predict_masked, token_mask_to_values)
 from brainlm.tasks.networks import identify_networks
-from brainlm.tasks.prediction.evaluate import (FAMILIES, PredictionSettings, evaluate_prediction, headline,
-                                               prediction_markdown)
+from brainlm.tasks.prediction.evaluate import (PredictionSettings, best_brainlm_method, evaluate_prediction,
+                                               headline, prediction_markdown)
 from brainlm.tasks.reconstruction import evaluate_reconstruction, reconstruction_markdown
-from brainlm.train.pretrain import FRESH_COHORT, PretrainSettings, pretrain
+from brainlm.train.pretrain import RECIPES, PretrainSettings, pretrain
 
 __all__ = ["DemoSettings", "register", "run", "run_demo"]
 
@@ -96,15 +96,11 @@ class DemoSettings:
         The model pretrained on the HCP training subjects, with its default masking.
     epochs : int
         Its pretraining epochs.
-    scaling : {"recording", "pooled"}
-        The contract's robust scaling of every corpus: each recording by its own statistics
-        (so raw, percent-change, demeaned and z-scored files meet the model as the same
-        numbers), or pooled over the training subjects (the demo before issue 26).
-    spatial_prior, prior_dropout : bool, float
-        The hybrid (``PretrainSettings.spatial_prior``, labelled in every result) and the
-        fraction of training windows whose spatial estimate is dropped.
-    augment : tuple of str
-        Augmentations of the pretraining windows (:mod:`brainlm.train.augment`).
+    recipe : str
+        The pretraining recipe (:data:`brainlm.train.pretrain.RECIPES`): ``fresh-cohort`` (the
+        labelled hybrid with prior dropout and site augmentations; every corpus scaled per
+        recording, so raw, percent-change, demeaned and z-scored files meet the model as the
+        same numbers), or ``custom`` (the preset alone, pooled scaling: the demo before issue 26).
     cohort_subjects, cohort_trs : int
         Synthetic cohort size and length (TRs at each site's own TR, before resampling).
     prediction_targets : tuple of str
@@ -121,10 +117,7 @@ class DemoSettings:
 
     preset: str = "small"
     epochs: int = 50
-    scaling: str = "recording"
-    spatial_prior: bool = True
-    prior_dropout: float = FRESH_COHORT["model_overrides"]["prior_dropout"]
-    augment: tuple[str, ...] = tuple(FRESH_COHORT["augment"])
+    recipe: str = "fresh-cohort"
     cohort_subjects: int = 150
     cohort_trs: int = 500
     prediction_targets: tuple[str, ...] = ("age", "group")
@@ -133,17 +126,20 @@ class DemoSettings:
     permutations: int = 2000
     seed: int = 0
 
+    @property
+    def scaling(self) -> str:
+        """The robust scaling of every corpus: the recipe's, else pooled."""
+        return RECIPES[self.recipe].corpus_scaling or "pooled"
+
     def contract(self) -> PreprocessingContract:
-        """The HCP corpus' cleaning: percent signal change at TR 0.72 s, ``scaling``."""
+        """The HCP corpus' cleaning: percent signal change at TR 0.72 s, :attr:`scaling`."""
         return PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True, scaling=self.scaling)
 
     def pretrain_settings(self, corpus: str | Path, **overrides) -> PretrainSettings:
-        """The demo's pretraining of ``preset`` on ``corpus`` (``overrides``: other fields, such as
-        the accelerator)."""
-        hybrid = ({"spatial_prior": True, "model_overrides": {"prior_dropout": self.prior_dropout}}
-                  if self.spatial_prior else {})
-        return PretrainSettings(corpus=corpus, preset=self.preset, epochs=self.epochs, seed=self.seed,
-                                augment=list(self.augment), **hybrid, **overrides)
+        """The demo's pretraining of ``preset`` with ``recipe`` on ``corpus`` (``overrides``: other
+        fields, such as the accelerator)."""
+        return PretrainSettings.recipe(self.recipe, corpus, preset=self.preset, epochs=self.epochs,
+                                       seed=self.seed, **overrides)
 
     @classmethod
     def quick(cls) -> "DemoSettings":
@@ -241,8 +237,8 @@ def run_demo(out: Path, jobs: int = 2, settings: DemoSettings = DemoSettings()) 
     }
 
     # -- 2. pretraining -----------------------------------------------------------------------------
-    steps.start("pretraining", f"Pretrain the {s.preset} model{' (hybrid)' if s.spatial_prior else ''} on the HCP "
-                f"training subjects ({s.epochs} epochs)")
+    steps.start("pretraining", f"Pretrain the {s.preset} model ({s.recipe} recipe) on the HCP training subjects "
+                f"({s.epochs} epochs)")
     checkpoint = _pretrain(out, hcp, s, summary)
 
     # -- 3. reconstruction --------------------------------------------------------------------------
@@ -409,7 +405,7 @@ def _prediction(checkpoint: Path, cohort, results: Path, s: DemoSettings, summar
         con.print(prediction_markdown(res))
         ref = res["reference"]
         metric = res["primary_metric"]
-        best = _best_brainlm(res)
+        best = best_brainlm_method(res)
         summary["key_numbers"].append({
             "value": f"{metric} {res['summary'][best][metric]['mean']:.3f} vs {res['summary'][ref][metric]['mean']:.3f}",
             "label": f"{target} on the synthetic cohort: best BrainLM method ({best}) vs FC reference "
@@ -495,13 +491,6 @@ def _latent(checkpoint: Path, cohort, results: Path, s: DemoSettings, summary: d
     con.print(f"site separability: BrainLM {score_text(r, 'brainlm')}; FC {score_text(r, 'fc')}")
     summary["latent"] = {f: r["recordings"][f]["separability"] for f in ("brainlm", "fc")} | {
         "column": "site", "score": r["score"]["name"]}
-
-
-def _best_brainlm(res: dict) -> str:
-    metric, sign = res["primary_metric"], 1 if res["higher_is_better"] else -1
-    names = [m["name"] for m in res["methods"] if m["family"] in (FAMILIES[0], FAMILIES[3])
-             and res["summary"][m["name"]][metric]["mean"] is not None]
-    return max(names, key=lambda n: sign * res["summary"][n][metric]["mean"])
 
 
 def _generator(seed: int) -> torch.Generator:

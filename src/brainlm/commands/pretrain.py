@@ -31,8 +31,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "time (default: the preset's; axial for 13m/111m/650m, see docs/model.md)")
     p.add_argument("--spatial-prior", action="store_true",
                    help="the hybrid model: the decoder starts from the linear spatial estimate of each "
-                        "hidden token (fitted on the training subjects) and learns the residual; tied to "
-                        "the corpus' atlas, and labelled as a hybrid in every result (docs/model.md)")
+                        "hidden token (fitted on the training subjects) and learns the residual; labelled as "
+                        "a hybrid in every result, and tied to the corpus' atlas unless --prior-dropout "
+                        "(docs/model.md)")
     p.add_argument("--prior-dropout", type=float,
                    help="with --spatial-prior: fraction of training windows that get no spatial estimate, "
                         "so the encoder must still learn the signal (default 0)")

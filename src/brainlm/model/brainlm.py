@@ -211,21 +211,38 @@ class BrainLM(ParcelPatchTokens, nn.Module):
         estimate = (cov @ weights + mu[:, None]).transpose(1, 2)  # [B, P, N, k]
         return torch.where(mask[..., None], estimate, self.patchify(x.float()))
 
-    def prior_estimate(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
-        """What the decoder of a hybrid receives: x [B, T, P], mask [B, P, N] -> [B, P, N, k]
-        float32, or None for a model without the spatial prior.
+    def prior_estimate(self, x: torch.Tensor, mask: torch.Tensor | None,
+                       xyz: torch.Tensor | None = None) -> torch.Tensor | None:
+        """What the decoder of a hybrid receives: x [B, T, P], mask [B, P, N], xyz [B, P, 3] (MNI
+        mm) -> [B, P, N, k] float32, or None for a model without the spatial prior.
 
-        On its own atlas, :meth:`spatial_estimate`. On another atlas, a hybrid trained with
-        ``prior_dropout`` receives zeros, the input it learned to reconstruct from on the dropped
-        windows (its covariance has no entries for other parcels); one trained without it
-        cannot run there.
+        On its own atlas (the prior's parcel count and, where the model records its atlas, the
+        same coordinates within 0.001 mm), :meth:`spatial_estimate`. On another atlas, a hybrid
+        trained with ``prior_dropout`` receives zeros, the input it learned to reconstruct from
+        on the dropped windows (its covariance has no entries for other parcels); one trained
+        without it cannot run there.
         """
         c = self.config
         if not c.spatial_prior_parcels:
             return None
-        if x.shape[2] != c.spatial_prior_parcels and c.prior_dropout:
+        if self._on_prior_atlas(x.shape[2], xyz):
+            return self.spatial_estimate(x, mask)
+        if c.prior_dropout:
             return x.new_zeros(x.shape[0], x.shape[2], c.n_patches, c.patch_trs, dtype=torch.float32)
-        return self.spatial_estimate(x, mask)
+        raise BrainLMInputError(
+            f"this hybrid model's spatial prior covers the {c.spatial_prior_parcels} parcels of its pretraining "
+            f"atlas; the data are on another ({x.shape[2]} parcels; a hybrid trained without prior_dropout "
+            "cannot transfer to another atlas)")
+
+    def _on_prior_atlas(self, n_parcels: int, xyz: torch.Tensor | None) -> bool:
+        """Whether data with ``n_parcels`` parcels at ``xyz`` [B, P, 3] are on the atlas the prior
+        was fitted on (by count alone where the model or the call has no coordinates)."""
+        if n_parcels != self.config.spatial_prior_parcels:
+            return False
+        if self.atlas is None or xyz is None:
+            return True
+        own = torch.as_tensor(self.atlas.xyz, dtype=torch.float32, device=xyz.device)
+        return bool(torch.allclose(xyz.float(), own.expand_as(xyz), rtol=0, atol=1e-3, equal_nan=True))
 
     @staticmethod
     def future_patches(mask: torch.Tensor) -> torch.Tensor:
@@ -338,7 +355,7 @@ class BrainLM(ParcelPatchTokens, nn.Module):
         """
         enc = self.forward_encoder(x, xyz, mask)
         carry = self.carry_estimate(x, mask) if self.config.forecast_carry != "none" else None
-        prior = self.prior_estimate(x, mask)
+        prior = self.prior_estimate(x, mask, xyz)
         if prior is not None and self.training and self.config.prior_dropout:
             # Dropped windows see no estimate at all (zeros), so their loss trains the encoder.
             keep = torch.rand(x.shape[0], device=x.device) >= self.config.prior_dropout

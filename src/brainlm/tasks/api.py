@@ -127,10 +127,13 @@ def checkpoint_summary(checkpoint: str) -> dict:
     out["atlas"] = None if atlas is None else {"name": atlas.name, "parcels": atlas.n_parcels}
     if c is not None:
         fit = c.scaler_fit
-        pooled = (f"pooled over {fit['recordings']} pretraining recordings" if c.median is not None
-                  and "recordings" in fit else "stored" if c.median is not None else None)
-        statistics = (("each recording's own" + (f" (those {pooled} kept for reference)" if pooled else ""))
-                      if c.per_recording else pooled or "none stored: a corpus' own, fitted on its training split")
+        pooled = None
+        if c.median is not None:
+            pooled = f"pooled over {fit['recordings']} pretraining recordings" if "recordings" in fit else "stored"
+        if c.per_recording:  # pooled statistics, where stored, are not applied
+            statistics = "each recording's own" + (f" (those {pooled} kept for reference)" if pooled else "")
+        else:
+            statistics = pooled or "none stored: a corpus' own, fitted on its training split"
         out["preprocessing"] = {
             **c.cleaning(), "normalization": c.normalization, "scaling": c.scaling,
             "statistics": statistics,

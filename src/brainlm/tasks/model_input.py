@@ -112,17 +112,25 @@ def preprocess(model: BrainLM | str | Path, recording: Recording, *, transfer_at
         raise BrainLMInputError("this model has no fitted preprocessing contract; load a "
                                 "pretrained checkpoint or set model.contract", recording.source or recording.id)
     check_atlas(model, recording.atlas, transfer=transfer_atlas, source=recording.source or recording.id)
-    fitted = np.asarray(model.contract.median if model.contract.median is not None else []).size
-    if not model.contract.per_recording and fitted != recording.n_parcels:
+    if not model.contract.per_recording and not _has_statistics_for(model, recording.atlas):
         raise BrainLMInputError(
-            f"this checkpoint scales with its pretraining statistics, one per parcel of its atlas ({fitted}); "
-            f"the recording has {recording.n_parcels} parcels (atlas {recording.atlas.name!r}), which have none: "
-            "prepare the recordings as a corpus (its training split supplies them) or use a checkpoint "
-            "that scales each recording by its own statistics (hcp-fresh)", recording.source or recording.id)
+            f"this checkpoint scales with its pretraining statistics, one per parcel of "
+            f"{model.atlas.name if model.atlas else 'its atlas'!r} ({np.size(model.contract.median)}); the recording "
+            f"is on {recording.atlas.name!r} ({recording.n_parcels} parcels), which has none: prepare the "
+            "recordings as a corpus (its training split supplies them) or use a checkpoint that scales each "
+            "recording by its own statistics (hcp-fresh)", recording.source or recording.id)
     # Pooled statistics of a checkpoint are its input as is (a fine-tuned imported model's
     # already carry its gain); per-recording scaling takes the gain here, as in model_scaler.
     contract = with_input_gain(model, model.contract) if model.contract.per_recording else model.contract
     return contract.transform(recording)
+
+
+def _has_statistics_for(model: BrainLM, atlas: Atlas) -> bool:
+    """Whether a pooled contract's per-parcel statistics belong to ``atlas``'s parcels: the same
+    parcel names in the same order (by count alone where the checkpoint records no atlas)."""
+    if model.atlas is not None:
+        return list(atlas.parcel_names) == list(model.atlas.parcel_names)
+    return np.size(model.contract.median) == atlas.n_parcels
 
 
 def model_windows(model: BrainLM, data: np.ndarray, source: str | None = None) -> tuple[torch.Tensor, np.ndarray]:

@@ -13,6 +13,7 @@ the trivial baselines).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import pickle
@@ -37,13 +38,25 @@ from brainlm.train.augment import check_augmentations
 from brainlm.train.trainer import make_trainer
 
 
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """A named pretraining recipe: ``PretrainSettings`` fields, and the scaling its corpus must
+    have been prepared with (``prepare --scaling``; None: any)."""
+
+    settings: dict
+    corpus_scaling: str | None = None
+
+
 #: The recipe for fresh cohorts (docs/quality.md, "Fresh cohorts"; the demo's and ``hcp-fresh``'s):
 #: the labelled hybrid with the spatial estimate dropped for half the training windows, and
-#: augmentations that mimic another site, on a corpus prepared with per-recording scaling.
-FRESH_COHORT = {"preset": "small", "spatial_prior": True, "model_overrides": {"prior_dropout": 0.5},
-                "augment": ["reverse", "gain", "noise"]}
+#: augmentations that mimic another site, on a corpus scaled per recording (pooled statistics
+#: would tie the model to the amplitude of one cohort).
+FRESH_COHORT = PretrainRecipe(
+    settings={"preset": "small", "spatial_prior": True, "model_overrides": {"prior_dropout": 0.5},
+              "augment": ["reverse", "gain", "noise"]},
+    corpus_scaling="recording")
 #: ``brainlm pretrain --recipe``: named recipes (``custom``: the options as given).
-RECIPES = {"custom": {}, "fresh-cohort": FRESH_COHORT}
+RECIPES = {"custom": PretrainRecipe({}), "fresh-cohort": FRESH_COHORT}
 
 
 @dataclass
@@ -92,21 +105,20 @@ class PretrainSettings:
         Raises
         ------
         BrainLMInputError
-            An unknown recipe, or ``fresh-cohort`` on a corpus that is not scaled per recording
-            (its pooled statistics would tie the model to the amplitude of one cohort).
+            An unknown recipe, or a corpus scaled otherwise than the recipe needs.
         """
         if name not in RECIPES:
             raise BrainLMInputError(f"recipe {name!r}; expected one of {sorted(RECIPES)}")
-        spec = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
-                for k, v in RECIPES[name].items()}
+        recipe = RECIPES[name]
+        spec = copy.deepcopy(recipe.settings)
         spec["model_overrides"] = {**spec.get("model_overrides", {}), **fields.pop("model_overrides", {})}
-        if name == "fresh-cohort":
-            contract = Corpus(corpus).contract
-            if not contract.per_recording:
+        if recipe.corpus_scaling is not None:
+            scaling = Corpus(corpus).contract.scaling
+            if scaling != recipe.corpus_scaling:
                 raise BrainLMInputError(
-                    f"the fresh-cohort recipe pretrains on a corpus scaled per recording; this one's "
-                    f"contract field 'scaling' is {contract.scaling!r}: prepare it again with "
-                    "--scaling recording", str(corpus))
+                    f"the {name} recipe pretrains on a corpus scaled with {recipe.corpus_scaling!r}; this "
+                    f"one's contract field 'scaling' is {scaling!r}: prepare it again with "
+                    f"--scaling {recipe.corpus_scaling}", str(corpus))
         return cls(corpus=str(corpus), **{**spec, **fields})
 
     def mask_ratios(self) -> tuple[float, float | None]:

@@ -118,17 +118,9 @@ class _EncoderFeatures(TransformerMixin, BaseEstimator):
 
     def _raw(self, x: np.ndarray, where: str) -> np.ndarray:
         """A raw (T, P) array at ``tr`` through the checkpoint's contract."""
-        model = self.model_
-        contract = model.contract
-        if (model.atlas is not None and contract is not None and not contract.per_recording
-                and self.atlas_.parcel_names != model.atlas.parcel_names):
-            raise BrainLMInputError(
-                f"raw arrays on atlas {self.atlas_.name!r} cannot be scaled with the checkpoint's per-parcel "
-                f"statistics (fitted on {model.atlas.name!r}); prepare them into a corpus "
-                "(brainlm prepare --like CHECKPOINT) and pass its arrays without tr=, or use a checkpoint "
-                "that scales each recording by its own statistics (hcp-fresh)", where)
+        # preprocess refuses an atlas the checkpoint's pooled statistics do not cover.
         rec = Recording(x, float(self.tr), self.atlas_, subject=where, source=where)
-        return preprocess(model, rec, transfer_atlas=self.transfer_atlas)
+        return preprocess(self.model_, rec, transfer_atlas=self.transfer_atlas)
 
     def _inputs(self, X) -> list[tuple[np.ndarray, np.ndarray]]:
         """(model-input array (T, P), parcel xyz (P, 3) mm) for each item of ``X``."""

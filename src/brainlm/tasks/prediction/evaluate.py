@@ -507,16 +507,21 @@ def prediction_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def headline(result: dict) -> str:
-    """One sentence: the best BrainLM method against the FC reference."""
-    primary, higher = result["primary_metric"], result["higher_is_better"]
-    ref = result["reference"]
+def best_brainlm_method(result: dict) -> str | None:
+    """The BrainLM method (zero-shot or fine-tuned) with the best mean primary metric in an
+    :func:`evaluate_prediction` result, or None when none was scored."""
+    primary, sign = result["primary_metric"], 1 if result["higher_is_better"] else -1
     brainlm = [m["name"] for m in result["methods"]
                if m["family"] in (FAMILIES[0], FAMILIES[3]) and result["summary"][m["name"]][primary]["mean"] is not None]
-    if not brainlm:
+    return max(brainlm, key=lambda n: sign * result["summary"][n][primary]["mean"]) if brainlm else None
+
+
+def headline(result: dict) -> str:
+    """One sentence: the best BrainLM method against the FC reference."""
+    primary, ref = result["primary_metric"], result["reference"]
+    best = best_brainlm_method(result)
+    if best is None:
         return f"No BrainLM method was run; reference `{ref}` only."
-    sign = 1 if higher else -1
-    best = max(brainlm, key=lambda n: sign * result["summary"][n][primary]["mean"])
     b, r = result["summary"][best][primary]["mean"], result["summary"][ref][primary]["mean"]
     c = result["comparison"][best]
     return (f"Best BrainLM method: `{best}` with {primary} {b:.3f} against {r:.3f} for `{ref}` "
