@@ -52,7 +52,7 @@ from brainlm.data.corpus import Corpus  # noqa: E402
 from brainlm.data.prepare import prepare_corpus  # noqa: E402
 from brainlm.data.samples import load_hcp7_aal2  # noqa: E402
 from brainlm.model import BrainLM  # noqa: E402
-from brainlm.model.checkpoint import save_pretrained  # noqa: E402
+from brainlm.checkpoints.folder import save_pretrained  # noqa: E402
 from brainlm.model.config import BrainLMConfig, preset  # noqa: E402
 from brainlm.tasks.embed import read_embeddings  # noqa: E402
 from brainlm.tasks.model_input import embed_windows, parcel_xyz  # noqa: E402

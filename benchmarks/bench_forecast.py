@@ -56,8 +56,8 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import HCP7_TR, load_hcp7_aal2
 from brainlm.model import BrainLM, preset
-from brainlm.model.checkpoint import load_pretrained, save_pretrained
-from brainlm.model.shipped import resolve_checkpoint, shipped_models
+from brainlm.checkpoints.folder import load_pretrained, save_pretrained
+from brainlm.checkpoints.shipped import resolve_checkpoint, shipped_models
 from brainlm.tasks.forecasting import (BASELINES, BaselineSettings, BrainLMForecaster, FinetuneSettings,
                                        NeuralTraining, evaluate, finetune, forecast_windows, make_baseline,
                                        predict_future)

@@ -1,6 +1,6 @@
 """Train a shipped checkpoint (``brainlm models``) from the embedded real data.
 
-    python scripts/train_shipped.py --name hcp-small     # writes src/brainlm/model/pretrained/hcp-small/
+    python scripts/train_shipped.py --name hcp-small     # writes src/brainlm/checkpoints/pretrained/hcp-small/
     python scripts/train_shipped.py --name hcp-fresh
 
 Data: the 7 embedded HCP resting-state recordings on AAL2 (1,200 TRs each at 0.72 s). Six
@@ -41,8 +41,8 @@ from brainlm.data.atomic import atomic_directory, write_json, write_text_atomic
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import HCP7_TR, load_hcp7_aal2, load_schaefer100_rest
-from brainlm.model.checkpoint import load_pretrained
-from brainlm.model.shipped import SHIPPED_DIR
+from brainlm.checkpoints.folder import load_pretrained
+from brainlm.checkpoints.shipped import SHIPPED_DIR
 from brainlm.tasks.networks import identify_networks
 from brainlm.train.pretrain import FRESH_COHORT, PretrainSettings, pretrain
 
@@ -150,7 +150,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", choices=list(SHIPPED), required=True)
     ap.add_argument("--epochs", type=int, default=EPOCHS)
-    ap.add_argument("--out", help="default: src/brainlm/model/pretrained/NAME")
+    ap.add_argument("--out", help="default: src/brainlm/checkpoints/pretrained/NAME")
     ap.add_argument("--work", help="keep the corpus and run here (default: a temporary folder); a finished "
                                    "run found there is reused, so the card can be written again")
     args = ap.parse_args()

@@ -26,7 +26,7 @@ from brainlm.data.extraction import load_atlas_image
 from brainlm.data.samples import load_hcp7_aal2
 from brainlm.data.volumes import embedded_volume_atlas, parcel_centroids
 from brainlm.errors import BrainLMInputError
-from brainlm.model.checkpoint import load_pretrained
+from brainlm.checkpoints.folder import load_pretrained
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream_brainlm"
 PAPER, VIT = FIXTURES / "paper_13m_small", FIXTURES / "vitmae_small"

@@ -319,7 +319,7 @@ def checkpoint(started_run, tmp_path):
 
 
 def test_a_checkpoint_records_a_digest_of_every_file(checkpoint):
-    from brainlm.model.checkpoint import load_pretrained, sha256_file
+    from brainlm.checkpoints.folder import load_pretrained, sha256_file
 
     digests = json.loads((checkpoint / "digests.json").read_text())["sha256"]
     assert set(digests) == {"model.safetensors", "config.json", "contract.json", "atlas.json",
@@ -348,7 +348,7 @@ def test_an_edited_checkpoint_file_is_refused_naming_it(edit, checkpoint, corpor
 
 def test_a_checkpoint_without_contract_loads_only_as_a_bare_model(checkpoint):
     from brainlm import BrainLMInputError
-    from brainlm.model.checkpoint import load_pretrained
+    from brainlm.checkpoints.folder import load_pretrained
 
     (checkpoint / "contract.json").unlink()
     with pytest.raises(BrainLMInputError, match="lacks contract.json"):
@@ -360,7 +360,7 @@ def test_a_checkpoint_without_contract_loads_only_as_a_bare_model(checkpoint):
 def test_removing_the_digests_does_not_let_an_edited_checkpoint_load(edit, checkpoint, corpora, tmp_path, capsys):
     """Issue 25: deleting "digests" from config.json (and digests.json) made a checkpoint load as
     one from before digests, with only its weights checked: every edit then went through."""
-    from brainlm.model.checkpoint import load_pretrained
+    from brainlm.checkpoints.folder import load_pretrained
 
     cfg = json.loads((checkpoint / "config.json").read_text())
     if edit.startswith("heads"):
@@ -384,7 +384,7 @@ def test_removing_the_digests_does_not_let_an_edited_checkpoint_load(edit, check
 
 
 def test_an_old_checkpoint_loads_once_its_files_are_vouched_for(checkpoint):
-    from brainlm.model.checkpoint import load_pretrained, record_digests
+    from brainlm.checkpoints.folder import load_pretrained, record_digests
 
     cfg = json.loads((checkpoint / "config.json").read_text())
     del cfg["digests"]
@@ -403,13 +403,13 @@ def test_non_finite_weights_are_refused_at_load(checkpoint):
     """Issue 25: NaN weights with re-computed digests loaded and gave all-NaN embeddings."""
     from safetensors.torch import load_file, save_file
 
-    from brainlm.model.checkpoint import load_pretrained, record_digests
+    from brainlm.checkpoints.folder import load_pretrained, record_digests
 
     weights = load_file(checkpoint / "model.safetensors")
     weights["blocks.0.attn.qkv.weight"][0, 0] = float("nan")
     save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
     cfg = json.loads((checkpoint / "config.json").read_text())
-    cfg["sha256"] = __import__("brainlm.model.checkpoint", fromlist=["sha256_file"]).sha256_file(
+    cfg["sha256"] = __import__("brainlm.checkpoints.folder", fromlist=["sha256_file"]).sha256_file(
         checkpoint / "model.safetensors")
     del cfg["digests"]
     (checkpoint / "config.json").write_text(json.dumps(cfg))
@@ -428,7 +428,7 @@ def test_non_finite_weights_are_refused_at_load(checkpoint):
 ])
 def test_a_malformed_config_json_is_one_line(config, message, checkpoint, corpora, tmp_path, capsys):
     if config == "heads: many":  # an old checkpoint (digests vouched for) with a broken setting
-        from brainlm.model.checkpoint import record_digests
+        from brainlm.checkpoints.folder import record_digests
 
         config = json.loads((checkpoint / "config.json").read_text())
         config["model"]["heads"] = "many"

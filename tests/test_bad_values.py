@@ -212,7 +212,7 @@ def plot_inputs(tmp_path_factory, hcp):
     import torch
 
     from brainlm.model.brainlm import BrainLM
-    from brainlm.model.checkpoint import save_pretrained
+    from brainlm.checkpoints.folder import save_pretrained
     from brainlm.model.config import preset
 
     root = tmp_path_factory.mktemp("plot")

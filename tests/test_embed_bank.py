@@ -25,7 +25,7 @@ from brainlm.data.prepare import prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.model import BrainLM
-from brainlm.model.checkpoint import save_pretrained
+from brainlm.checkpoints.folder import save_pretrained
 from brainlm.model.config import preset
 from brainlm.tasks.embed import DATASET_MANIFEST, read_embeddings
 from brainlm.tasks.embed_bank import DatasetSettings, embed_dataset, parse_shard

@@ -20,7 +20,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
-from brainlm.model.checkpoint import (SPATIAL_BASELINE, load_pretrained, load_spatial_statistics, load_tensors,
+from brainlm.checkpoints.folder import (SPATIAL_BASELINE, load_pretrained, load_spatial_statistics, load_tensors,
                                       save_pretrained)
 from brainlm.model.config import preset
 from brainlm.tasks.reconstruction import (

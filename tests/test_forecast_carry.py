@@ -21,9 +21,9 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import HCP7_TR
 from brainlm.model import BrainLM, MaskSpec, preset
-from brainlm.model.checkpoint import load_pretrained
+from brainlm.checkpoints.folder import load_pretrained
 from brainlm.model.config import BrainLMConfig
-from brainlm.model.shipped import resolve_checkpoint
+from brainlm.checkpoints.shipped import resolve_checkpoint
 from brainlm.tasks.forecasting import (BrainLMForecaster, FinetuneSettings, evaluate,
                                        forecast_windows, load_forecaster, predict_future)
 from brainlm.tasks.forecasting.api import with_window

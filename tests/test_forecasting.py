@@ -20,7 +20,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
 from brainlm.data.prepare import prepare_corpus
 from brainlm.model import MaskSpec
-from brainlm.model.checkpoint import load_pretrained, pretraining_spatial_statistics
+from brainlm.checkpoints.folder import load_pretrained, pretraining_spatial_statistics
 from brainlm.tasks.forecasting import (BASELINES, BaselineSettings, BrainLMForecaster, FinetuneSettings,
                                        NeuralTraining, check_lengths, evaluate, finetune, forecast,
                                        forecast_windows, load_forecaster, make_baseline, predict_future,

@@ -36,7 +36,7 @@ from brainlm.data.recording import Recording
 from brainlm.data.samples import load_schaefer100_rest
 from brainlm.data.windows import WindowDataset
 from brainlm.model.brainlm import BrainLM
-from brainlm.model.checkpoint import load_pretrained, load_spatial_statistics, save_pretrained
+from brainlm.checkpoints.folder import load_pretrained, load_spatial_statistics, save_pretrained
 from brainlm.model.config import preset
 from brainlm.tasks.model_input import iter_model_input, model_inputs, model_scaler, preprocess
 from brainlm.tasks.reconstruction import SpatialImputer, evaluate_reconstruction

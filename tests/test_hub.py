@@ -23,12 +23,12 @@ from huggingface_hub import constants
 import brainlm
 from brainlm.commands import main
 from brainlm.errors import BrainLMInputError
-from brainlm.model import upstream_import
-from brainlm.model.checkpoint import load_pretrained
-from brainlm.model.hub import parse_hub_id
-from brainlm.model.shipped import resolve_checkpoint
+from brainlm.checkpoints import upstream_import
+from brainlm.checkpoints.folder import load_pretrained
+from brainlm.checkpoints.hub import parse_hub_id
+from brainlm.checkpoints.shipped import resolve_checkpoint
 from brainlm.model.upstream import UpstreamBrainLM
-from brainlm.model.upstream_import import import_from_hub, load_upstream
+from brainlm.checkpoints.upstream_import import import_from_hub, load_upstream
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream_brainlm"
 PAPER, VIT = FIXTURES / "paper_13m_small", FIXTURES / "vitmae_small"

@@ -17,7 +17,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
-from brainlm.model.checkpoint import save_pretrained
+from brainlm.checkpoints.folder import save_pretrained
 from brainlm.model.config import preset
 from brainlm.report.latent_figures import draw_latent_figure
 from brainlm.simulate.cohort import simulate_cohort

@@ -208,7 +208,7 @@ def test_hybrid_spatial_estimate_is_the_spatial_baseline_and_the_decoder_correct
 def test_checkpoint_files_get_the_umask_permissions(tmp_path):
     import os
 
-    from brainlm.model.checkpoint import save_pretrained
+    from brainlm.checkpoints.folder import save_pretrained
 
     umask = os.umask(0)
     os.umask(umask)

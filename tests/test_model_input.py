@@ -10,7 +10,7 @@ import brainlm
 from brainlm import BrainLMInputError
 from brainlm.data.windows import tile
 from brainlm.model import MaskSpec
-from brainlm.model.checkpoint import load_pretrained
+from brainlm.checkpoints.folder import load_pretrained
 from brainlm.tasks.model_input import (embed_windows, model_inputs, parcel_xyz, predict_masked,
                                        recording_windows, token_mask_to_values)
 

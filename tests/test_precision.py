@@ -38,10 +38,10 @@ from brainlm.commands import main
 from brainlm.model import MaskSpec
 from brainlm.model import precision as precision_module
 from brainlm.model.brainlm import BrainLM
-from brainlm.model.checkpoint import load_pretrained
+from brainlm.checkpoints.folder import load_pretrained
 from brainlm.model.config import preset
 from brainlm.model.precision import autocast, resolve_precision
-from brainlm.model.upstream_import import load_upstream
+from brainlm.checkpoints.upstream_import import load_upstream
 from brainlm.tasks.forecasting.finetune import FinetuneSettings, finetune
 from brainlm.tasks.model_input import (embed_windows, model_scaler, predict_masked, read_model_input,
                                        subject_keys)

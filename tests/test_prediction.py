@@ -22,7 +22,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
-from brainlm.model.checkpoint import load_pretrained
+from brainlm.checkpoints.folder import load_pretrained
 from brainlm.simulate import simulate_cohort
 from brainlm.tasks.model_input import encode, model_scaler, preprocess, read_model_input, subject_keys
 from brainlm.tasks.prediction import (

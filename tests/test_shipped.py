@@ -10,8 +10,8 @@ import pytest
 from brainlm import BrainLMInputError
 from brainlm.commands import main
 from brainlm.data.samples import HCP7_TR, load_schaefer100_rest
-from brainlm.model.checkpoint import load_pretrained
-from brainlm.model.shipped import resolve_checkpoint, shipped_models
+from brainlm.checkpoints.folder import load_pretrained
+from brainlm.checkpoints.shipped import resolve_checkpoint, shipped_models
 from brainlm.data.atlas import Atlas
 from brainlm.data.corpus import Corpus
 from brainlm.tasks.model_input import encode, iter_model_input, load_model, model_scaler

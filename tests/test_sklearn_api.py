@@ -21,8 +21,8 @@ from brainlm.data.corpus import Corpus
 from brainlm.data.contract import ReferenceContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.errors import BrainLMInputError
-from brainlm.model.checkpoint import load_pretrained
-from brainlm.model.shipped import resolve_checkpoint
+from brainlm.checkpoints.folder import load_pretrained
+from brainlm.checkpoints.shipped import resolve_checkpoint
 from brainlm.simulate.cohort import simulate_cohort
 from brainlm.sklearn import BrainLMEmbedding, LatentConnectivity, masker_atlas
 from brainlm.tasks.model_input import model_scaler, read_model_input, subject_keys

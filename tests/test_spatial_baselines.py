@@ -32,7 +32,7 @@ from brainlm.data.recording import Recording
 from brainlm.data.samples import load_schaefer100_rest
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
-from brainlm.model.checkpoint import SPATIAL_BASELINE, SpatialStatistics, load_pretrained, save_pretrained
+from brainlm.checkpoints.folder import SPATIAL_BASELINE, SpatialStatistics, load_pretrained, save_pretrained
 from brainlm.model.config import preset
 from brainlm.tasks.reconstruction import SPATIAL_BASELINES, SpatialImputer, evaluate_reconstruction
 from brainlm.train.spatial import (MIDLINE_MM, MIN_NUGGET, DistanceCovarianceModel, fit_distance_model,

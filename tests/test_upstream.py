@@ -21,9 +21,9 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
-from brainlm.model.checkpoint import load_pretrained
+from brainlm.checkpoints.folder import load_pretrained
 from brainlm.model.upstream import UpstreamBrainLM, UpstreamViTMAE, noise_order
-from brainlm.model.upstream_import import import_upstream, load_upstream
+from brainlm.checkpoints.upstream_import import import_upstream, load_upstream
 from brainlm.tasks.embed import embed
 from brainlm.tasks.reconstruction import evaluate_reconstruction
 

@@ -24,8 +24,8 @@ from brainlm.data.prepare import prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.data.scaling import recording_statistics
 from brainlm.errors import BrainLMInputError
-from brainlm.model.checkpoint import load_pretrained
-from brainlm.model.upstream_import import (NORMALIZATIONS, UPSTREAM_GLOBAL_99TH, UPSTREAM_GLOBAL_STD,
+from brainlm.checkpoints.folder import load_pretrained
+from brainlm.checkpoints.upstream_import import (NORMALIZATIONS, UPSTREAM_GLOBAL_99TH, UPSTREAM_GLOBAL_STD,
                                            import_upstream, load_upstream)
 from brainlm.tasks.calibration import calibrate_input_gain
 from brainlm.tasks.embed import embed

@@ -22,10 +22,10 @@ from brainlm.data.corpus import Corpus
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
-from brainlm.model.checkpoint import load_pretrained, save_pretrained
+from brainlm.checkpoints.folder import load_pretrained, save_pretrained
 from brainlm.model.masking import MaskSpec
 from brainlm.model.upstream import UpstreamBrainLM
-from brainlm.model.upstream_import import import_upstream, load_upstream
+from brainlm.checkpoints.upstream_import import import_upstream, load_upstream
 from brainlm.tasks.attention import extract_attention
 from brainlm.tasks.calibration import apply_calibration, calibrate_input_gain
 from brainlm.tasks.embed import embed

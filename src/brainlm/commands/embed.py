@@ -16,7 +16,7 @@ from brainlm.commands.arguments import (CHECKPOINT_HELP, add_data_file_options, 
                                        check_positive, data_argument)
 from brainlm.data.atomic import write_parquet_atomic
 from brainlm.errors import BrainLMInputError
-from brainlm.model.shipped import resolve_checkpoint
+from brainlm.checkpoints.shipped import resolve_checkpoint
 from brainlm.report.latent_figures import draw_latent_figure
 from brainlm.tasks.embed import EMBEDDING_PREFIXES, corpus_columns, embed, embed_all
 from brainlm.tasks.embed_bank import DEFAULT_SHARD_SIZE, DatasetSettings, embed_dataset, parse_shard

@@ -16,8 +16,8 @@ import argparse
 from pathlib import Path
 
 from brainlm.errors import BrainLMInputError
-from brainlm.model.hub import is_hub_id
-from brainlm.model.upstream_import import (DEFAULT_NORMALIZATION, NORMALIZATIONS, UKB_TR, fetch_upstream,
+from brainlm.checkpoints.hub import is_hub_id
+from brainlm.checkpoints.upstream_import import (DEFAULT_NORMALIZATION, NORMALIZATIONS, UKB_TR, fetch_upstream,
                                            import_from_hub, load_upstream, record_hub, save_imported)
 from brainlm.tasks.calibration import apply_calibration, calibrate_input_gain
 

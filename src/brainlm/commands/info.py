@@ -9,8 +9,8 @@ from pathlib import Path
 from brainlm.data.atomic import to_json
 from brainlm.data.corpus import unfinished_build
 from brainlm.errors import BrainLMInputError
-from brainlm.model.hub import is_hub_id
-from brainlm.model.shipped import shipped_models
+from brainlm.checkpoints.hub import is_hub_id
+from brainlm.checkpoints.shipped import shipped_models
 from brainlm.report.console import print_summary
 from brainlm.tasks.api import checkpoint_summary, info
 

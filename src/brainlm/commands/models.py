@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from brainlm.data.atomic import to_json
-from brainlm.model.shipped import shipped_models
+from brainlm.checkpoints.shipped import shipped_models
 from brainlm.tasks.api import list_models
 
 __all__ = ["register", "run"]

@@ -14,8 +14,8 @@ from brainlm.commands.arguments import ATLAS_HELP, CHECKPOINT_HELP, atlas_option
 from brainlm.data.contract import SCALING_MODES, PreprocessingContract, ReferenceContract
 from brainlm.data.prepare import StoreLayout, prepare_corpus
 from brainlm.errors import BrainLMInputError
-from brainlm.model.checkpoint import load_pretrained
-from brainlm.model.shipped import resolve_checkpoint
+from brainlm.checkpoints.folder import load_pretrained
+from brainlm.checkpoints.shipped import resolve_checkpoint
 from brainlm.report.console import print_summary
 
 __all__ = ["register", "run"]

@@ -12,7 +12,7 @@ k = ``patch_trs`` TRs per patch, L = P * N tokens, D the encoder width.
 
 Turning recordings, files and corpora into model input (the preprocessing contract, atlas
 checks, tiling, batching) is :mod:`brainlm.tasks.model_input`; reading and writing checkpoints
-is :mod:`brainlm.model.checkpoint`.
+is :mod:`brainlm.checkpoints.folder`.
 """
 
 from __future__ import annotations

@@ -32,10 +32,10 @@ from brainlm.data.atlas import Atlas
 from brainlm.data.corpus import Corpus
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
-from brainlm.model.checkpoint import is_checkpoint, load_pretrained, pretraining_spatial_statistics
-from brainlm.model.hub import fetch, is_hub_id, is_upstream_config, parse_hub_id
-from brainlm.model.shipped import resolve_checkpoint, shipped_models
-from brainlm.model.upstream_import import import_from_hub
+from brainlm.checkpoints.folder import is_checkpoint, load_pretrained, pretraining_spatial_statistics
+from brainlm.checkpoints.hub import fetch, is_hub_id, is_upstream_config, parse_hub_id
+from brainlm.checkpoints.shipped import resolve_checkpoint, shipped_models
+from brainlm.checkpoints.upstream_import import import_from_hub
 from brainlm.tasks.embed import embed as embed_task
 from brainlm.tasks.model_input import is_model, load_model
 

@@ -54,7 +54,7 @@ from brainlm.data.corpus import Corpus
 from brainlm.data.progress import ProgressBar
 from brainlm.errors import BrainLMInputError
 from brainlm.model.precision import PRECISIONS, resolve_precision
-from brainlm.model.shipped import resolve_checkpoint
+from brainlm.checkpoints.shipped import resolve_checkpoint
 from brainlm.tasks.embed import (DATASET_FORMAT, DATASET_MANIFEST, corpus_phenotypes, embedding_rows,
                                  read_dataset_manifest, shard_file_name)
 from brainlm.tasks.model_input import (embed_windows, is_model, iter_model_input, load_model, model_scaler,

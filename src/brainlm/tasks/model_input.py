@@ -52,7 +52,7 @@ from brainlm.data.sources import check_unique_ids, discover_files, specs_from_fi
 from brainlm.data.windows import tile
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM, EncoderOutput, ParcelPatchTokens
-from brainlm.model.checkpoint import load_pretrained
+from brainlm.checkpoints.folder import load_pretrained
 from brainlm.model.masking import MaskSpec
 from brainlm.model.precision import autocast
 

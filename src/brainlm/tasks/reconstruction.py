@@ -49,7 +49,7 @@ from brainlm.data.atomic import to_json
 from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
-from brainlm.model.checkpoint import SpatialStatistics, pretraining_spatial_statistics
+from brainlm.checkpoints.folder import SpatialStatistics, pretraining_spatial_statistics
 from brainlm.model.masking import MaskSpec
 from brainlm.model.precision import resolve_precision
 from brainlm.tasks.model_input import (is_model, iter_model_input, load_model, model_scaler, model_windows,

@@ -28,7 +28,7 @@ from brainlm.data.atomic import OUTPUT_MARKER, check_not_an_input, output_kind, 
 from brainlm.data.corpus import Corpus
 from brainlm.data.windows import CorpusDataModule, require_window
 from brainlm.errors import BrainLMInputError
-from brainlm.model.checkpoint import SPATIAL_BASELINE, save_pretrained
+from brainlm.checkpoints.folder import SPATIAL_BASELINE, save_pretrained
 from brainlm.model.config import BASE_LR, MASK_RATIOS, preset
 from brainlm.model.masking import MaskSpec
 from brainlm.model.precision import resolve_precision

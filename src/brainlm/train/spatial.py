@@ -26,7 +26,7 @@ from sklearn.covariance import LedoitWolf
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
-from brainlm.model.checkpoint import SpatialStatistics
+from brainlm.checkpoints.folder import SpatialStatistics
 
 #: Frames (TRs) fitted by the spatial statistics, at most.
 SPATIAL_MAX_FRAMES = 50_000

@@ -18,7 +18,7 @@ import torch
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
-from brainlm.model.checkpoint import load_pretrained
+from brainlm.checkpoints.folder import load_pretrained
 from brainlm.model.masking import MaskSpec
 from brainlm.tasks.model_input import is_model, preprocess
 

@@ -35,8 +35,8 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
 from brainlm.data.windows import CorpusDataModule, require_window
 from brainlm.errors import BrainLMInputError
-from brainlm.model.checkpoint import SPATIAL_BASELINE, pretraining_spatial_statistics, save_pretrained
-from brainlm.model.shipped import resolve_checkpoint
+from brainlm.checkpoints.folder import SPATIAL_BASELINE, pretraining_spatial_statistics, save_pretrained
+from brainlm.checkpoints.shipped import resolve_checkpoint
 from brainlm.model.brainlm import BrainLM
 from brainlm.model.masking import MaskSpec
 from brainlm.model.precision import resolve_precision

@@ -52,7 +52,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.model.config import BrainLMConfig
-from brainlm.model.shipped import resolve_checkpoint
+from brainlm.checkpoints.shipped import resolve_checkpoint
 from brainlm.model.upstream import UPSTREAM_ARCHITECTURES
 from brainlm.version import __version__
 
@@ -292,7 +292,7 @@ def _verify_digests(directory: Path, cfg: dict, bare: bool = False) -> None:
         raise BrainLMInputError(
             f"config.json names no {DIGESTS}, so its files cannot be checked (a checkpoint written "
             "before digests, or one whose digests were removed); if you trust its files as they are, "
-            "run brainlm.model.checkpoint.record_digests on the folder once", str(directory))
+            "run brainlm.checkpoints.folder.record_digests on the folder once", str(directory))
     recorded = _recorded_digests(directory)
     for name in ("config.json", WEIGHTS, "contract.json", "atlas.json"):
         if (directory / name).is_file() and name not in recorded:
@@ -325,7 +325,7 @@ def load_pretrained(directory, map_location: str = "cpu", *, bare: bool = False)
     """Read a checkpoint folder into the model class its config names (:class:`BrainLM` or an
     upstream family); see the module docstring for what is checked. ``bare``: accept a
     checkpoint without contract.json (the model then carries no contract). ``directory`` may
-    also be the name of a shipped model (:mod:`brainlm.model.shipped`)."""
+    also be the name of a shipped model (:mod:`brainlm.checkpoints.shipped`)."""
     directory = resolve_checkpoint(directory)
     if not directory.is_dir():
         raise BrainLMInputError("checkpoint is not a folder", str(directory))

@@ -1,8 +1,8 @@
 """Pretrained checkpoints shipped inside the package, addressable by name.
 
-Each shipped model is a folder ``brainlm/model/pretrained/NAME/`` holding::
+Each shipped model is a folder ``brainlm/checkpoints/pretrained/NAME/`` holding::
 
-    model/            an ordinary checkpoint folder (see :mod:`brainlm.model.checkpoint`)
+    model/            an ordinary checkpoint folder (see :mod:`brainlm.checkpoints.folder`)
     card.json         its model card: what it was trained on, how, its scores and its limits
     MODEL_CARD.md     the same card for people
     training_log.csv  validation metrics per epoch of the run that made it
@@ -10,7 +10,7 @@ Each shipped model is a folder ``brainlm/model/pretrained/NAME/`` holding::
 Wherever a checkpoint folder is accepted, a shipped model's name is accepted too
 (``brainlm networks hcp-small DATA``, ``brainlm.load("hcp-small")``). A folder of that name in
 the working directory wins over the shipped model: an explicit path is never reinterpreted.
-So is a Hugging Face Hub id, ``hf://ORG/REPO[@REVISION][/SUBFOLDER]`` (:mod:`brainlm.model.hub`).
+So is a Hugging Face Hub id, ``hf://ORG/REPO[@REVISION][/SUBFOLDER]`` (:mod:`brainlm.checkpoints.hub`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brainlm.errors import BrainLMInputError
-from brainlm.model.hub import is_hub_id, resolve_hub_checkpoint
+from brainlm.checkpoints.hub import is_hub_id, resolve_hub_checkpoint
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
 CARD = "card.json"
@@ -52,7 +52,7 @@ def shipped_models() -> list[ShippedModel]:
 
 def resolve_checkpoint(checkpoint: str | Path) -> Path:
     """The checkpoint folder that ``checkpoint`` names: the path itself when it exists, the
-    fetched (or converted, see :func:`brainlm.model.hub.resolve_hub_checkpoint`) folder of an
+    fetched (or converted, see :func:`brainlm.checkpoints.hub.resolve_hub_checkpoint`) folder of an
     ``hf://`` Hub id, else the shipped model of that name.
 
     Raises

@@ -12,12 +12,12 @@ A Hub id names a folder of a model repository on the Hub, at a revision::
 ``HF_HUB_CACHE`` for the cache, works from the cache alone with ``HF_HUB_OFFLINE=1``, and
 keeps one snapshot per commit. Nothing here writes a downloader.
 
-The folder may hold a brainlm checkpoint (:mod:`brainlm.model.checkpoint`), which loads as it
+The folder may hold a brainlm checkpoint (:mod:`brainlm.checkpoints.folder`), which loads as it
 is, or an original BrainLM checkpoint (a ``transformers`` config with a ``model_type``), which
-is converted once per commit by :func:`brainlm.model.upstream_import.import_from_hub` into
+is converted once per commit by :func:`brainlm.checkpoints.upstream_import.import_from_hub` into
 :func:`converted_folder` and reused from there. :func:`resolve_hub_checkpoint` is what every
 ``CHECKPOINT`` argument does with an ``hf://`` id (through
-:func:`brainlm.model.shipped.resolve_checkpoint`): a brainlm checkpoint, or an original one
+:func:`brainlm.checkpoints.shipped.resolve_checkpoint`): a brainlm checkpoint, or an original one
 already converted with the default settings.
 
 Every failure (no such repository or revision, no such subfolder, offline with nothing cached)

@@ -5,7 +5,7 @@ A source folder holds upstream's ``config.json`` and ``model.safetensors`` or
 subfolder). :func:`import_upstream` recognises the family from the config, maps every tensor
 to :mod:`brainlm.model.upstream` (anything it does not use is listed, never dropped silently),
 and writes a brainlm checkpoint (safetensors, config with its ``architecture``, a preprocessing
-contract and the A424 atlas) through :func:`brainlm.model.checkpoint.save_pretrained`.
+contract and the A424 atlas) through :func:`brainlm.checkpoints.folder.save_pretrained`.
 
 Bad input (a folder of another model type, sizes in the config that disagree with the tensors,
 a truncated weights file, a missing tensor) is a one-line :class:`BrainLMInputError` naming the
@@ -28,8 +28,8 @@ from brainlm.data.atlas import Atlas, load_atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.scaling import NORMALIZATION_FORMULAS
 from brainlm.errors import BrainLMInputError
-from brainlm.model.checkpoint import is_checkpoint, save_pretrained
-from brainlm.model.hub import DEFAULT_SETTINGS, HubSnapshot, converted_folder, fetch, is_upstream_config, parse_hub_id
+from brainlm.checkpoints.folder import is_checkpoint, save_pretrained
+from brainlm.checkpoints.hub import DEFAULT_SETTINGS, HubSnapshot, converted_folder, fetch, is_upstream_config, parse_hub_id
 from brainlm.model.layers import sinusoidal_positions
 from brainlm.model.upstream import (UpstreamBrainLM, UpstreamBrainLMConfig, UpstreamViTMAE,
                                     UpstreamViTMAEConfig, sincos_2d)
@@ -444,7 +444,7 @@ def import_upstream(src, out, *, target_tr: float = UKB_TR,
     """Convert the upstream checkpoint folder ``src`` into a brainlm checkpoint folder ``out``,
     assuming the upstream input ``normalization`` (see :func:`load_upstream`).
 
-    ``out`` then loads with :func:`brainlm.model.checkpoint.load_pretrained` (and every
+    ``out`` then loads with :func:`brainlm.checkpoints.folder.load_pretrained` (and every
     ``brainlm`` command that takes a checkpoint). The import report is also written to
     ``out/upstream_import.json``. Converted weights stay under the hub's licence terms
     (docs/upstream.md): convert locally, do not redistribute.
@@ -494,7 +494,7 @@ class HubImport:
 
 
 def settings_key(target_tr: float, normalization: str) -> str:
-    """The conversion cache's key of the import options (:data:`~brainlm.model.hub.DEFAULT_SETTINGS`
+    """The conversion cache's key of the import options (:data:`~brainlm.checkpoints.hub.DEFAULT_SETTINGS`
     for ``brainlm import-upstream``'s defaults, which ``hf://`` ids resolve to)."""
     if normalization == DEFAULT_NORMALIZATION and float(target_tr) == UKB_TR:
         return DEFAULT_SETTINGS
@@ -517,7 +517,7 @@ def import_from_hub(hub_id, *, subfolder: str | None = None, revision: str | Non
                     target_tr: float = UKB_TR, normalization: str = DEFAULT_NORMALIZATION) -> HubImport:
     """An original BrainLM checkpoint on the Hub as a brainlm checkpoint, converted once per
     commit, subfolder and import options and kept in the conversion cache
-    (:func:`brainlm.model.hub.converted_folder`); a later call with the same options returns
+    (:func:`brainlm.checkpoints.hub.converted_folder`); a later call with the same options returns
     the cached folder without reading the weights again. The weights' licence is recorded in the
     checkpoint's ``upstream_import.json`` (``licence``, ``hub``)."""
     normalization_choice(normalization)
