@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from brainlm.commands.demo import DemoSettings, _command
+from brainlm.demo import DemoSettings, command_line as _command
 
 
 def test_demo_runs_every_step_on_embedded_data(demo_run):
@@ -64,4 +64,4 @@ def test_summary_names_the_command_that_reproduces_the_run():
     assert _command(replace(DemoSettings(), epochs=7)) == "brainlm demo --epochs 7"
     assert _command(replace(DemoSettings.quick(), epochs=3)) == "brainlm demo --quick --epochs 3"
     custom = replace(DemoSettings(), cohort_subjects=11)
-    assert _command(custom).startswith("brainlm.commands.demo.run_demo(") and "cohort_subjects=11" in _command(custom)
+    assert _command(custom).startswith("brainlm.demo.run_demo(") and "cohort_subjects=11" in _command(custom)

@@ -18,7 +18,7 @@ from brainlm.commands.arguments import CHECKPOINT_HELP, add_attention_options, c
 from brainlm.data.atomic import check_output_folder
 from brainlm.report.attention_figures import draw_group_folder
 from brainlm.report.console import make_console
-from brainlm.tasks.group_attention import group_attention
+from brainlm.tasks.group_attention import GroupAttentionResult, GroupAttentionSettings, group_attention
 
 __all__ = ["register", "run"]
 
@@ -55,26 +55,30 @@ def run(args: argparse.Namespace) -> int:
     check_positive(args.batch_size, "--batch-size")
     check_positive(args.permutations, "--permutations")
     check_device(args.device)
-    r = group_attention(args.checkpoint, args.corpus, args.group_by, args.out, groups=args.groups,
-                        unit=args.unit, layers=args.layers, n_permutations=args.permutations,
-                        alpha=args.alpha, transfer_atlas=args.transfer_atlas,
-                        fc_baseline=not args.no_fc_baseline, batch_size=args.batch_size,
-                        device=args.device, seed=args.seed)
+    r = group_attention(args.checkpoint, args.corpus, args.group_by, args.out, settings_from_args(args))
     if not args.no_figures:
         draw_group_folder(args.out)
     _print_groups(con, r)
-    con.print(f"results in {args.out} ({r['seconds']} s)")
+    con.print(f"results in {args.out} ({r.seconds} s)")
     return 0
 
 
-def _print_groups(con: Console, r: dict) -> None:
-    n = ", ".join(f"{r['group_by']}={g}: {v[r['unit'] + 's']}" for g, v in r["n"].items())
-    t = Table(title=f"CLS attention by {r['group_by']} ({n} {r['unit']}s); {r['significant']['attention']} "
-              f"parcel(s) FDR q < {r['settings']['alpha']}")
+def settings_from_args(args: argparse.Namespace) -> GroupAttentionSettings:
+    """The command line's options as the task's settings (the one place they are mapped)."""
+    return GroupAttentionSettings(groups=args.groups, unit=args.unit, layers=args.layers,
+                                  n_permutations=args.permutations, alpha=args.alpha,
+                                  transfer_atlas=args.transfer_atlas, fc_baseline=not args.no_fc_baseline,
+                                  batch_size=args.batch_size, device=args.device, seed=args.seed)
+
+
+def _print_groups(con: Console, r: GroupAttentionResult) -> None:
+    n = ", ".join(f"{r.group_by}={g}: {v[r.unit + 's']}" for g, v in r.n.items())
+    t = Table(title=f"CLS attention by {r.group_by} ({n} {r.unit}s); {r.significant['attention']} "
+              f"parcel(s) FDR q < {r.settings['alpha']}")
     for col in ("network", "parcels", "mean t", "significant", "shift p", "FC-strength mean t"):
         t.add_column(col, justify="left" if col == "network" else "right")
-    fc = {x["network"]: x for x in r["networks"].get("fc_strength", [])}
-    for x in r["networks"]["attention"]:
-        t.add_row(x["network"], str(x["parcels"]), f"{x['mean_t']:+.2f}", str(x["significant_parcels"]),
-                  f"{x['shift_p']:.4f}", f"{fc[x['network']]['mean_t']:+.2f}" if x["network"] in fc else "")
+    fc = {x.network: x for x in r.networks.get("fc_strength", [])}
+    for x in r.networks["attention"]:
+        t.add_row(x.network, str(x.parcels), f"{x.mean_t:+.2f}", str(x.significant_parcels),
+                  f"{x.shift_p:.4f}", f"{fc[x.network].mean_t:+.2f}" if x.network in fc else "")
     con.print(t)

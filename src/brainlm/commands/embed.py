@@ -150,8 +150,8 @@ def _run_with_plot(args: argparse.Namespace, data) -> int:
     draw_latent_figure(result, png_path)
     print(f"{len(df)} rows of embeddings written to {args.out}")
     for name, label in (("brainlm", "BrainLM"), ("fc", "FC")):
-        sep = result["recordings"][name]["separability"]
-        print(f"{label:8s} {result['score']['name']} of {args.plot!r}: {sep['score']:.3f} "
+        sep = result.separability(name)
+        print(f"{label:8s} {result.score['name']} of {args.plot!r}: {sep['score']:.3f} "
               f"(chance {sep['chance_mean']:.3f}, p={sep['p_value']:.3g})")
     print(f"latent space: {json_path} and {png_path}")
     return 0

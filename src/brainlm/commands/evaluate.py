@@ -13,7 +13,8 @@ from brainlm.data.atomic import check_output_folder
 from brainlm.errors import BrainLMInputError
 from brainlm.tasks.prediction.evaluate import (GROUPS, PredictionSettings, evaluate_prediction,
                                                prediction_markdown)
-from brainlm.tasks.reconstruction import DEFAULT_RATIOS, evaluate_reconstruction, reconstruction_markdown
+from brainlm.tasks.reconstruction import (DEFAULT_RATIOS, ReconstructionSettings, evaluate_reconstruction,
+                                          reconstruction_markdown)
 
 __all__ = ["register", "run"]
 
@@ -107,13 +108,13 @@ def _recon(args: argparse.Namespace) -> int:
     if args.max_recordings is not None:
         check_positive(args.max_recordings, "--max-recordings")
     check_device(args.device)
-    result = evaluate_reconstruction(
-        args.checkpoint, args.corpus, split=args.split, ratios=args.ratios, strategy=args.mask,
-        seed=args.seed, max_recordings=args.max_recordings, batch_size=args.batch_size,
-        transfer_atlas=args.transfer_atlas, device=args.device, precision=args.precision, out=args.out,
-        overwrite=args.overwrite)
+    settings = ReconstructionSettings(split=args.split, ratios=args.ratios, strategy=args.mask, seed=args.seed,
+                                      max_recordings=args.max_recordings, batch_size=args.batch_size,
+                                      transfer_atlas=args.transfer_atlas, device=args.device,
+                                      precision=args.precision)
+    result = evaluate_reconstruction(args.checkpoint, args.corpus, settings, out=args.out, overwrite=args.overwrite)
     print(reconstruction_markdown(result))
-    print(f"results in {args.out} ({result['seconds']} s)")
+    print(f"results in {args.out} ({result.seconds} s)")
     return 0
 
 
@@ -134,5 +135,5 @@ def _predict(args: argparse.Namespace) -> int:
         split=args.split, transfer_atlas=args.transfer_atlas, device=args.device, out=args.out,
         overwrite=args.overwrite, progress=not args.quiet)
     print(prediction_markdown(result))
-    print(f"results in {args.out} ({result['seconds']} s)")
+    print(f"results in {args.out} ({result.seconds} s)")
     return 0

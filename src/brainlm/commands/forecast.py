@@ -149,6 +149,6 @@ def _evaluate(args: argparse.Namespace) -> int:
                            progress=not args.quiet)
     # The task writes numbers only; the figure is drawn here from what it saved.
     draw_forecast_figure(Path(args.out))
-    print(results["summary"])
+    print(results.summary)
     print(f"results: {args.out}/forecast.json, forecast.md, forecast_error.png")
     return 0

@@ -18,7 +18,7 @@ from brainlm.commands.arguments import (CHECKPOINT_HELP, add_attention_options, 
 from brainlm.data.atomic import check_output_folder
 from brainlm.report.attention_figures import draw_network_folder
 from brainlm.report.console import make_console
-from brainlm.tasks.networks import identify_networks
+from brainlm.tasks.networks import NetworksResult, NetworksSettings, identify_networks
 
 __all__ = ["register", "run"]
 
@@ -66,31 +66,34 @@ def run(args: argparse.Namespace) -> int:
     check_positive(args.neighbors, "--neighbors")
     check_device(args.device)
     data = data_argument(args.data, args)
-    r = identify_networks(args.checkpoint, data, args.out, labels=args.labels,
-                          transfer_atlas=args.transfer_atlas, n_neighbors=args.neighbors,
-                          max_recordings=args.max_recordings,
-                          untrained_control=not args.no_untrained_control,
-                          shifted_control=not args.no_shifted_control, batch_size=args.batch_size,
-                          device=args.device, seed=args.seed, tr=args.tr, orientation=args.orientation,
-                          key=args.key, jobs=args.jobs)
+    r = identify_networks(args.checkpoint, data, args.out, settings_from_args(args))
     if not args.no_figures:
         draw_network_folder(args.out)
     _print_networks(con, r)
-    con.print(f"results in {args.out} ({r['seconds']} s)")
+    con.print(f"results in {args.out} ({r.seconds} s)")
     return 0
 
 
-def _print_networks(con: Console, r: dict) -> None:
-    t = Table(title=f"network identification, {r['atlas']}: {r['labelled_parcels']} labelled parcels, "
-              f"{len(r['networks'])} networks, {r['recordings']} recordings")
+def settings_from_args(args: argparse.Namespace) -> NetworksSettings:
+    """The command line's options as the task's settings (the one place they are mapped)."""
+    return NetworksSettings(labels=args.labels, transfer_atlas=args.transfer_atlas, n_neighbors=args.neighbors,
+                            max_recordings=args.max_recordings, untrained_control=not args.no_untrained_control,
+                            shifted_control=not args.no_shifted_control, batch_size=args.batch_size,
+                            device=args.device, seed=args.seed, tr=args.tr, orientation=args.orientation,
+                            key=args.key, jobs=args.jobs)
+
+
+def _print_networks(con: Console, r: NetworksResult) -> None:
+    t = Table(title=f"network identification, {r.atlas}: {r.labelled_parcels} labelled parcels, "
+              f"{len(r.networks)} networks, {r.recordings} recordings")
     for col in ("model", "features", "kNN acc", "logreg acc", "k-means ARI", "NMI"):
         t.add_column(col, justify="left" if col in ("model", "features") else "right")
-    for m in r["methods"]:
-        t.add_row(m["model"], m["features"], f"{m['knn_accuracy']:.3f}", f"{m['logreg_accuracy']:.3f}",
-                  f"{m['kmeans_ari']:.3f}", f"{m['kmeans_nmi']:.3f}")
-    for k, v in r["spectral"].items():
-        t.add_row("spectral", k, "", "", f"{v['ari']:.3f}", f"{v['nmi']:.3f}")
-    c = r["chance"]
-    t.add_row("chance", "majority / stratified", f"{c['majority_accuracy']:.3f} / {c['stratified_accuracy']:.3f}",
-              "", "0", f"{c['nmi_mean']:.3f}")
+    for m in r.methods:
+        t.add_row(m.model, m.features, f"{m.knn_accuracy:.3f}", f"{m.logreg_accuracy:.3f}",
+                  f"{m.kmeans_ari:.3f}", f"{m.kmeans_nmi:.3f}")
+    for k, v in r.spectral.items():
+        t.add_row("spectral", k, "", "", f"{v.ari:.3f}", f"{v.nmi:.3f}")
+    c = r.chance
+    t.add_row("chance", "majority / stratified", f"{c.majority_accuracy:.3f} / {c.stratified_accuracy:.3f}",
+              "", "0", f"{c.nmi_mean:.3f}")
     con.print(t)

@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -206,7 +206,7 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False, suffix: str
 
 def _plain(value):
     """``value`` with numpy types, paths and non-finite floats made JSON-safe (recursively)."""
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):   # a dict, or a typed task result read as its JSON mapping
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]

@@ -10,6 +10,7 @@ parcel centres), which needs no template download.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -26,7 +27,7 @@ from brainlm.data.atlas import Atlas, network_order  # noqa: E402
 from brainlm.report.figures import save_figure  # noqa: E402
 from brainlm.errors import BrainLMInputError  # noqa: E402
 
-__all__ = ["NETWORK_COLOURS", "network_colour", "plot_confusion", "plot_network_summary",
+__all__ = ["NETWORK_COLOURS", "ParcelMapStyle", "network_colour", "plot_confusion", "plot_network_summary",
            "plot_parcel_networks", "plot_parcel_values"]
 
 #: The colours of the published Yeo-7 network colour table.
@@ -77,11 +78,53 @@ def _drawable_range(vmin: float, vmax: float) -> tuple[float, float]:
     return mid - half, mid + half
 
 
+@dataclass(frozen=True)
+class ParcelMapStyle:
+    """How :func:`plot_parcel_values` colours and lays out a map.
+
+    Parameters
+    ----------
+    cmap : str
+        Matplotlib colour map; use a diverging one (``"RdBu_r"``) for differences.
+    vmin, vmax : float, optional
+        Colour range (default: the data range, or +-max|value| when ``symmetric``).
+    symmetric : bool, optional
+        Centre the colour range on 0 (default: True when the values have both signs).
+    colorbar_label : str, optional
+        Written above the colour bar (the quantity and its unit).
+    display_mode : str
+        nilearn glass-brain views: ``"lzry"`` (left, top, right, front) or ``"ortho"`` ...
+    node_size : float, optional
+        Marker size in points^2 of a middling value (default: shrinks with the parcel count).
+
+    Raises
+    ------
+    BrainLMInputError
+        An unknown colour map, a range with ``vmin`` above ``vmax``, or a marker size that is
+        not positive.
+    """
+
+    cmap: str = "viridis"
+    vmin: float | None = None
+    vmax: float | None = None
+    symmetric: bool | None = None
+    colorbar_label: str | None = None
+    display_mode: str = "lzry"
+    node_size: float | None = None
+
+    def __post_init__(self):
+        if self.cmap not in matplotlib.colormaps:
+            raise BrainLMInputError(f"cmap {self.cmap!r}; expected a matplotlib colour map name "
+                                    "(viridis, RdBu_r, magma_r ...)")
+        if self.vmin is not None and self.vmax is not None and self.vmin > self.vmax:
+            raise BrainLMInputError(f"vmin {self.vmin} is above vmax {self.vmax}; expected vmin <= vmax")
+        if self.node_size is not None and not self.node_size > 0:
+            raise BrainLMInputError(f"node_size {self.node_size!r}; expected a positive number")
+
+
 def plot_parcel_values(values, atlas: Atlas, path: str | Path, *, title: str = "",
-                       cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None,
-                       symmetric: bool | None = None, colorbar_label: str | None = None,
-                       marked=None, marked_label: str = "marked", display_mode: str = "lzry",
-                       node_size: float | None = None) -> Path:
+                       style: ParcelMapStyle = ParcelMapStyle(), marked=None,
+                       marked_label: str = "marked") -> Path:
     """Draw one value per parcel as a marker at the parcel's MNI centre on a glass brain.
 
     Parameters
@@ -93,18 +136,10 @@ def plot_parcel_values(values, atlas: Atlas, path: str | Path, *, title: str = "
     path : path-like
         PNG file to write.
     title : str
-    cmap : str
-        Matplotlib colour map; use a diverging one (``"RdBu_r"``) for differences.
-    vmin, vmax : float, optional
-        Colour range (default: the data range, or +-max|value| when ``symmetric``).
-    symmetric : bool, optional
-        Centre the colour range on 0 (default: True when the values have both signs).
-    colorbar_label : str, optional
-        Written above the colour bar (the quantity and its unit).
+    style : ParcelMapStyle
+        Colour map and range, colour-bar label, views and marker size.
     marked : array-like of bool, shape (P,), optional
         Parcels ringed in black (e.g. significant ones), named ``marked_label`` in a legend.
-    display_mode : str
-        nilearn glass-brain views: ``"lzry"`` (left, top, right, front) or ``"ortho"`` ...
 
     Returns
     -------
@@ -119,6 +154,7 @@ def plot_parcel_values(values, atlas: Atlas, path: str | Path, *, title: str = "
     if not keep.any():
         raise BrainLMInputError("values are all NaN; nothing to draw")
     v, xyz = v[keep], atlas.xyz[keep].astype(np.float64)
+    vmin, vmax, symmetric, cmap = style.vmin, style.vmax, style.symmetric, style.cmap
     if symmetric is None:
         symmetric = bool(v.min() < 0 < v.max())
     if symmetric:
@@ -131,11 +167,11 @@ def plot_parcel_values(values, atlas: Atlas, path: str | Path, *, title: str = "
     # Larger |value| -> larger marker as well as a stronger colour, so that the top parcels
     # stand out even where markers overlap in projection.
     rel = np.abs(v) / (np.abs(v).max() or 1.0) if symmetric else (v - vmin) / (vmax - vmin)
-    base = node_size or _node_size(atlas.n_parcels)
+    base = style.node_size or _node_size(atlas.n_parcels)
     sizes = base * (0.45 + 1.1 * np.clip(rel, 0, 1))
     order = np.argsort(np.abs(v) if symmetric else v)  # strongest drawn last, on top
     display = plotting.plot_markers(v[order], xyz[order], node_size=sizes[order], node_cmap=cmap,
-                                    node_vmin=vmin, node_vmax=vmax, display_mode=display_mode,
+                                    node_vmin=vmin, node_vmax=vmax, display_mode=style.display_mode,
                                     figure=fig, title=None, colorbar=True, alpha=0.9,
                                     node_kwargs={"edgecolors": "k", "linewidths": 0.3})
     if ring is not None and ring.any():
@@ -152,8 +188,8 @@ def plot_parcel_values(values, atlas: Atlas, path: str | Path, *, title: str = "
         ticks = matplotlib.ticker.MaxNLocator(6).tick_values(vmin, vmax)
         cbar.set_ticks(ticks[(ticks >= vmin - 1e-12) & (ticks <= vmax + 1e-12)])
         cbar.ax.tick_params(labelsize=8)
-        if colorbar_label:
-            cbar.ax.set_title(colorbar_label, fontsize=8, pad=6)
+        if style.colorbar_label:
+            cbar.ax.set_title(style.colorbar_label, fontsize=8, pad=6)
     return save_figure(fig, path, dpi=150)
 
 

@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 
 from brainlm.data.atomic import atomic_path  # noqa: E402
 from brainlm.errors import BrainLMInputError  # noqa: E402
+from brainlm.tasks.prediction.evaluate import PredictionResult  # noqa: E402
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110, bbox_inches: str | None = "tight") -> Path:
@@ -110,28 +111,27 @@ def reconstruction_example(target: np.ndarray, prediction: np.ndarray, mask: np.
     return save_figure(fig, path)
 
 
-def prediction_scores(results: list[dict], path: str | Path) -> Path:
+def prediction_scores(results: list[PredictionResult], path: str | Path) -> Path:
     """One panel per predicted target: each method's primary metric (mean over seeds, error bar
     = SD over seeds, or over folds for methods run on one seed), the FC reference marked.
 
-    ``results``: the ``prediction.json`` documents of ``brainlm evaluate predict``.
+    ``results``: what ``brainlm evaluate predict`` returns (``prediction.json``).
     """
     if not results:
         raise BrainLMInputError("no prediction results to draw")
     fig, axes = plt.subplots(1, len(results), figsize=(5.6 * len(results), 0.32 * max(
-        len(r["methods"]) for r in results) + 1.6), squeeze=False)
+        len(r.methods) for r in results) + 1.6), squeeze=False)
     family_colour = {}
     for ax, res in zip(axes[0], results):
-        metric, ref = res["primary_metric"], res["reference"]
-        names = [m["name"] for m in res["methods"]]
-        means = np.array([np.nan if res["summary"][n][metric]["mean"] is None else res["summary"][n][metric]["mean"]
-                          for n in names])
+        metric, ref = res.primary_metric, res.reference
+        names = [m["name"] for m in res.methods]
+        means = np.array([np.nan if res.mean(n) is None else res.mean(n) for n in names])
         spread = []
         for n in names:
-            st = res["summary"][n][metric]
+            st = res.summary[n][metric]
             v = st["sd_seeds"] if st["sd_seeds"] is not None else st["sd_folds"]
             spread.append(0.0 if v is None else v)
-        fams = [m["family"] for m in res["methods"]]
+        fams = [m["family"] for m in res.methods]
         for f in fams:
             family_colour.setdefault(f, f"C{len(family_colour)}")
         y = np.arange(len(names))[::-1]
@@ -140,7 +140,7 @@ def prediction_scores(results: list[dict], path: str | Path) -> Path:
         ref_value = means[names.index(ref)]
         ax.axvline(ref_value, color="k", ls="--", lw=1)
         ax.set_yticks(y, [n + ("  (reference)" if n == ref else "") for n in names], fontsize=8)
-        ax.set(xlabel=metric.replace("_", " "), title=f"{res['target']['column']} ({res['target']['task']})")
+        ax.set(xlabel=metric.replace("_", " "), title=f"{res.target['column']} ({res.target['task']})")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in family_colour.values()]
     fig.legend(handles, list(family_colour), loc="lower center", ncol=len(family_colour), fontsize=8,
                bbox_to_anchor=(0.5, -0.02))

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from brainlm.report.figures import save_figure
-from brainlm.tasks.results_folder import read_results_json
+from brainlm.tasks.forecasting.evaluate import ForecastResult
 
 __all__ = ["draw_forecast_figure", "plot_step_curves"]
 
@@ -24,17 +24,15 @@ _METRIC_TITLES = {"mse": ("MSE", "lower is better"), "r2": ("R$^2$", "higher is 
                   "pearson_r": ("Pearson r across parcels", "higher is better")}
 
 
-def plot_step_curves(results: dict, path: str | Path, metrics=("mse", "r2", "pearson_r"),
+def plot_step_curves(results: ForecastResult, path: str | Path, metrics=("mse", "r2", "pearson_r"),
                      dpi: int = 120) -> Path:
     """One panel per metric, one line per method, against the predicted step.
 
     Parameters
     ----------
-    results : dict
-        ``{"methods": {name: {"label": str, "kind": str, metric: [value per step], ...}},
-        "horizon_trs": int, "tr_s": float, "context_trs": int}`` (what
-        ``brainlm.tasks.forecasting.evaluate`` returns). BrainLM methods (``kind == "brainlm"``)
-        are drawn solid, baselines dashed.
+    results : ForecastResult
+        What :func:`brainlm.tasks.forecasting.evaluate` returns. BrainLM methods
+        (``kind == "brainlm"``) are drawn solid, baselines dashed.
     path : path of the PNG to write (atomically: a temporary file renamed into place).
     metrics : sequence of metric keys present for every method.
 
@@ -43,8 +41,8 @@ def plot_step_curves(results: dict, path: str | Path, metrics=("mse", "r2", "pea
     Path of the written figure.
     """
     path = Path(path)
-    methods = results["methods"]
-    horizon = int(results["horizon_trs"])
+    methods = results.methods
+    horizon = int(results.horizon_trs)
     steps = list(range(1, horizon + 1))
     # A Figure on the Agg canvas directly: no pyplot global state, no display needed.
     fig = Figure(figsize=(5.2 * len(metrics), 4.8))
@@ -53,13 +51,13 @@ def plot_step_curves(results: dict, path: str | Path, metrics=("mse", "r2", "pea
     colors = colormaps["tab10"]
     for ax, key in zip(axes[0], metrics):
         for i, (name, m) in enumerate(methods.items()):
-            brainlm = m.get("kind") == "brainlm"
-            ax.plot(steps, m[key], label=m.get("label", name), color=colors(i % 10),
+            brainlm = m.kind == "brainlm"
+            ax.plot(steps, getattr(m, key), label=m.label, color=colors(i % 10),
                     linestyle="-" if brainlm else "--", linewidth=2.0 if brainlm else 1.4,
                     marker="o" if brainlm else None, markersize=3)
         title, better = _METRIC_TITLES.get(key, (key, ""))
         ax.set_title(f"{title} ({better})" if better else title, fontsize=10)
-        tr = results.get("tr_s")
+        tr = results.tr_s
         ax.set_xlabel(f"predicted step (TR{f' = {tr:g} s' if tr else ''})")
         ax.set_xlim(0.5, horizon + 0.5)
         ax.grid(alpha=0.3)
@@ -69,8 +67,8 @@ def plot_step_curves(results: dict, path: str | Path, metrics=("mse", "r2", "pea
     ncol = min(len(labels), 5)
     rows = -(-len(labels) // ncol)
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    fig.suptitle(f"Forecast of {horizon} TRs from {results.get('context_trs', '?')} TRs "
-                 f"({results.get('n_windows', '?')} test windows)", fontsize=11)
+    fig.suptitle(f"Forecast of {horizon} TRs from {results.context_trs} TRs "
+                 f"({results.n_windows} test windows)", fontsize=11)
     fig.tight_layout(rect=(0, 0.04 + 0.05 * rows, 1, 1))
     return save_figure(fig, path, dpi=dpi, bbox_inches=None)
 
@@ -79,4 +77,4 @@ def draw_forecast_figure(folder: str | Path) -> Path:
     """``folder/forecast_error.png`` drawn from ``folder/forecast.json`` (a results folder of
     ``brainlm forecast evaluate`` or the demo's forecasting step); returns its path."""
     folder = Path(folder)
-    return plot_step_curves(read_results_json(folder / "forecast.json"), folder / "forecast_error.png")
+    return plot_step_curves(ForecastResult.read(folder / "forecast.json"), folder / "forecast_error.png")

@@ -22,14 +22,17 @@ from brainlm.errors import BrainLMInputError
 from brainlm.version import __version__
 from brainlm.report.attention_figures import draw_group_figures, draw_network_figures
 from brainlm.report.benchmark_figures import RATIOS, best_own_knn, draw_quality, draw_scaling, load_benchmark
-from brainlm.report.blocks import Section, Table, embed_png, escape, fmt, read_json, row
-from brainlm.report.brain import plot_parcel_values
+from brainlm.report.blocks import Section, Table, embed_png, escape, fmt, row
+from brainlm.report.brain import ParcelMapStyle, plot_parcel_values
 from brainlm.report.figures import prediction_scores, reconstruction_example, training_curves
 from brainlm.report.forecasting_figures import plot_step_curves
 from brainlm.report.latent_figures import draw_latent_figure, latent_caption, score_text
+from brainlm.report.layout import RunLayout
 from brainlm.tasks.group_attention import read_parcels as read_group_parcels
+from brainlm.tasks.networks import NetworksResult
 from brainlm.tasks.networks import read_parcels as read_network_parcels
-from brainlm.tasks.prediction.evaluate import headline
+from brainlm.tasks.prediction.evaluate import PredictionResult, headline
+from brainlm.tasks.reconstruction import ReconstructionResult
 
 METHOD_NAMES = {
     "brainlm": "BrainLM (pretrained)", "zero": "predict 0 (the scaled median)",
@@ -70,12 +73,11 @@ def study_summary(run_dir: Path) -> dict:
     the checkpoints and corpora its results name, and this software. A user's own analysis of any
     checkpoint (an imported upstream one included) gets a report this way."""
     found: dict[str, set] = {"checkpoints": set(), "corpora": set()}
-    for path in sorted((run_dir / "results").glob("*/*.json")):
-        res = read_json(path)
-        if isinstance(res, dict):
-            for key, into in (("checkpoint", "checkpoints"), ("corpus", "corpora")):
-                if isinstance(res.get(key), str):
-                    found[into].add(res[key])
+    for res in RunLayout(run_dir).read_all():
+        for key, into in (("checkpoint", "checkpoints"), ("corpus", "corpora")):
+            value = getattr(res, key, None)
+            if isinstance(value, str):
+                found[into].add(value)
     # The corpora as they are now (paths as the tasks were given them: relative ones resolve
     # from where the report is made); one that cannot be opened is named, not described.
     corpora, notes = {}, {}
@@ -176,22 +178,22 @@ def pretraining_section(run_dir: Path, summary: dict, figures: Path) -> Section:
 
 # -- reconstruction ------------------------------------------------------------------------------
 def reconstruction_section(run_dir: Path, summary: dict, figures: Path) -> Section:
-    res = read_json(run_dir / "results" / "reconstruction" / "reconstruction.json")
+    layout = RunLayout(run_dir)
+    res = layout.read_reconstruction()
     if res is None:
         return _missing("reconstruction", "Masked reconstruction", "the reconstruction evaluation")
     s = Section("reconstruction", "Masked reconstruction")
     s.paragraphs.append(
-        f"{res['recordings']} recording(s) of the <code>{escape(res['split'])}</code> split "
-        f"({res['windows']} windows of {res['window_trs']} TRs) with {escape(res['strategy'])} masks drawn "
-        f"with seed {res['seed']}; every method fills in the very same masked values. R² is pooled over "
+        f"{res.recordings} recording(s) of the <code>{escape(res.split)}</code> split "
+        f"({res.windows} windows of {res.window_trs} TRs) with {escape(res.strategy)} masks drawn "
+        f"with seed {res.seed}; every method fills in the very same masked values. R² is pooled over "
         "all masked values (1 − SSE/SST, as in the paper); units are the model's scaled signal.")
     s.tables.append(_reconstruction_table(res, "Pooled metrics over masked values, by mask ratio"))
     s.verdict = _reconstruction_verdict(res)
-    zero = read_json(run_dir / "results" / "reconstruction-schaefer100" / "reconstruction.json")
+    zero = layout.read_reconstruction(zero_shot=True)
     if zero is not None:
-        spatial = zero.get("spatial_baselines", {})
-        scored = [METHOD_NAMES.get(k, k) for k, b in spatial.items() if b.get("available")]
-        missing = [f"{k}: {b['reason']}" for k, b in spatial.items() if not b.get("available")]
+        scored = [METHOD_NAMES.get(k, k) for k, b in zero.spatial_baselines.items() if b.get("available")]
+        missing = [f"{k}: {b['reason']}" for k, b in zero.spatial_baselines.items() if not b.get("available")]
         s.paragraphs.append(
             "Zero-shot on data the model never saw in any form: the Schaefer-100 run (another atlas, scanner "
             "and TR), prepared like the checkpoint's pretraining data (<code>brainlm prepare --like</code>) "
@@ -199,9 +201,8 @@ def reconstruction_section(run_dir: Path, summary: dict, figures: Path) -> Secti
             + (f"Spatial baselines scored: {escape('; '.join(scored))}. " if scored else "No spatial baseline. ")
             + (f"Left out: {escape('; '.join(missing))}. " if missing else "") + _reconstruction_verdict(zero))
         s.tables.append(_reconstruction_table(zero, "Zero-shot, Schaefer-100 run: pooled metrics over masked values"))
-    example = run_dir / "results" / "reconstruction_example.npz"
-    if example.exists():
-        z = np.load(example, allow_pickle=False)
+    if layout.reconstruction_example.exists():
+        z = np.load(layout.reconstruction_example, allow_pickle=False)
         png = reconstruction_example(z["target"], z["prediction"], z["mask"].astype(bool),
                                      [str(n) for n in z["parcel_names"]], float(z["tr_s"]),
                                      figures / "reconstruction_example.png",
@@ -210,87 +211,67 @@ def reconstruction_section(run_dir: Path, summary: dict, figures: Path) -> Secti
                                    "One test window: true signal, the model's prediction where tokens "
                                    "were masked, the absolute error, and the traces of three parcels "
                                    "(shaded: masked)."))
-    parcels = res["parcels"]
-    atlas = Atlas(name=parcels["atlas"], parcel_names=parcels["names"], xyz=np.array(parcels["xyz_mm"]),
-                  networks=parcels["networks"])
-    ratio = 0.75 if 0.75 in res["mask_ratios"] else res["mask_ratios"][len(res["mask_ratios"]) // 2]
-    entry = next(e for e in res["results"] if e["mask_ratio"] == ratio)
-    r2 = np.array([np.nan if v is None else v for v in entry["methods"]["brainlm"]["per_parcel"]["r2"]])
+    parcels = res.parcels
+    atlas = Atlas(name=parcels.atlas, parcel_names=parcels.names, xyz=np.array(parcels.xyz_mm),
+                  networks=parcels.networks)
+    ratio = res.middle_ratio()
+    r2 = np.array([np.nan if v is None else v for v in res.at(ratio).methods["brainlm"].per_parcel["r2"]])
     png = plot_parcel_values(r2, atlas, figures / "reconstruction_r2_brain.png",
                              title=f"BrainLM reconstruction R² per parcel (mask {ratio:g})",
-                             cmap="viridis", colorbar_label="R² (masked values)")
+                             style=ParcelMapStyle(cmap="viridis", colorbar_label="R² (masked values)"))
     s.figures.append(embed_png(png, "reconstruction_r2_brain",
                                f"R² of the masked values of each parcel at mask ratio {ratio:g}, drawn at the "
                                "parcel's MNI centre (not clipped: below 0 means worse than the parcel's own mean)."))
     return s
 
 
-def _reconstruction_table(res: dict, caption: str) -> Table:
-    cols = ["method"] + [f"{h} @ {r:g}" for r in res["mask_ratios"] for h in ("R²", "MSE", "r")]
+def _reconstruction_table(res: ReconstructionResult, caption: str) -> Table:
+    cols = ["method"] + [f"{h} @ {r:g}" for r in res.mask_ratios for h in ("R²", "MSE", "r")]
     rows = []
-    for m in res["methods"]:
-        hybrid = m == "brainlm" and res.get("brainlm_label", "BrainLM") != "BrainLM"
-        cells = [res["brainlm_label"] if hybrid else METHOD_NAMES.get(m, m)]
-        for e in res["results"]:
-            sc = e["methods"][m]
-            cells += [sc["r2"], sc["mse"], sc["pearson_r"]]
+    for m in res.methods:
+        hybrid = m == "brainlm" and res.brainlm_label != "BrainLM"
+        cells = [res.brainlm_label if hybrid else METHOD_NAMES.get(m, m)]
+        for e in res.results:
+            sc = e.methods[m]
+            cells += [sc.r2, sc.mse, sc.pearson_r]
         rows.append(row(cells, highlight=m == "brainlm"))
     return Table(caption, cols, rows)
 
 
-def _reconstruction_verdict(res: dict) -> str:
+def _reconstruction_verdict(res: ReconstructionResult) -> str:
     verdicts = []
-    for e in res["results"]:
-        base = {m: v["r2"] for m, v in e["methods"].items() if m != "brainlm" and v["r2"] is not None}
-        best = max(base, key=base.get)
-        ours = e["methods"]["brainlm"]["r2"]
-        word = "<span class='win'>beats</span>" if ours > base[best] else "<span class='lose'>trails</span>"
-        verdicts.append(f"at {e['mask_ratio']:g} BrainLM {word} the best baseline ({METHOD_NAMES.get(best, best)}: "
-                        f"R² {base[best]:.3f} vs {ours:.3f})")
+    for e in res.results:
+        best = e.best_baseline()
+        ours, theirs = e.methods["brainlm"].r2, e.methods[best].r2
+        word = "<span class='win'>beats</span>" if ours > theirs else "<span class='lose'>trails</span>"
+        verdicts.append(f"at {e.mask_ratio:g} BrainLM {word} the best baseline ({METHOD_NAMES.get(best, best)}: "
+                        f"R² {theirs:.3f} vs {ours:.3f})")
     return "; ".join(verdicts) + "."
 
 
 # -- prediction ----------------------------------------------------------------------------------
 def prediction_section(run_dir: Path, summary: dict, figures: Path) -> Section:
-    found = sorted((run_dir / "results").glob("prediction-*/prediction.json"))
-    if not found:
+    results = RunLayout(run_dir).read_predictions()
+    if not results:
         return _missing("prediction", "Phenotype prediction", "the phenotype prediction evaluation")
-    results = [read_json(p) for p in found]
     s = Section("prediction", "Phenotype prediction")
     first = results[0]
-    st = first["settings"]
+    st = first.settings
     s.paragraphs.append(
-        f"{first['recordings']} recordings of {first['subjects']} subjects of "
-        f"<code>{escape(Path(first['corpus']).name)}</code>. Outer folds: {st['n_folds']}, grouped by subject "
+        f"{first.recordings} recordings of {first.subjects} subjects of "
+        f"<code>{escape(Path(first.corpus).name)}</code>. Outer folds: {st['n_folds']}, grouped by subject "
         f"(no subject on both sides, inner folds included), × {len(st['seeds'])} seed(s); hyper-parameters "
         f"by a {st['inner_folds']}-fold grouped search inside each training fold. "
-        + (f"{escape(first['standardisation'])}. " if first.get("standardisation") else "")
+        + (f"{escape(first.standardisation)}. " if first.standardisation else "")
         + "Every method is compared with the functional-connectivity "
-        f"reference on the same folds by a {escape(first['test'])}.")
+        f"reference on the same folds by a {escape(first.test)}.")
     verdicts = []
     for res in results:
-        metrics = res["metrics"]
-        rows = []
-        for m in res["methods"]:
-            name = m["name"]
-            cells = [name, m["family"]]
-            for k in metrics:
-                st_ = res["summary"][name][k]
-                spread = st_["sd_seeds"] if st_["sd_seeds"] is not None else st_["sd_folds"]
-                cells.append("n/a" if st_["mean"] is None else
-                             f"{st_['mean']:.3f}" + (f" ± {spread:.3f}" if spread is not None else ""))
-            c = res["comparison"].get(name)
-            if c is None:
-                cells += ["—", "—", "reference"]
-            else:
-                cells += [None if c["mean_difference"] is None else f"{c['mean_difference']:+.3f}",
-                          None if c["p"] is None else f"{c['p']:.3g}", c["verdict"]]
-            rows.append({"cells": [fmt(v) for v in cells], "highlight": name == res["reference"]})
-        t = res["target"]
+        t = res.target
         s.tables.append(Table(
             f"{t['column']} ({t['task']}): mean ± SD over seeds (over folds for methods run on one seed)",
-            ["method", "family", *[k.replace("_", " ") for k in metrics], f"Δ {res['primary_metric']}",
-             "p", "verdict"], rows))
+            ["method", "family", *[k.replace("_", " ") for k in res.metrics], f"Δ {res.primary_metric}",
+             "p", "verdict"], _prediction_rows(res)))
         verdicts.append(f"<b>{escape(t['column'])}</b>: {_headline_html(res)}")
     png = prediction_scores(results, figures / "prediction_scores.png")
     s.figures.append(embed_png(png, "prediction_scores",
@@ -300,7 +281,27 @@ def prediction_section(run_dir: Path, summary: dict, figures: Path) -> Section:
     return s
 
 
-def _headline_html(res: dict) -> str:
+def _prediction_rows(res: PredictionResult) -> list[dict]:
+    rows = []
+    for m in res.methods:
+        name = m["name"]
+        cells = [name, m["family"]]
+        for k in res.metrics:
+            st_ = res.summary[name][k]
+            spread = st_["sd_seeds"] if st_["sd_seeds"] is not None else st_["sd_folds"]
+            cells.append("n/a" if st_["mean"] is None else
+                         f"{st_['mean']:.3f}" + (f" ± {spread:.3f}" if spread is not None else ""))
+        c = res.comparison.get(name)
+        if c is None:
+            cells += ["—", "—", "reference"]
+        else:
+            cells += [None if c["mean_difference"] is None else f"{c['mean_difference']:+.3f}",
+                      None if c["p"] is None else f"{c['p']:.3g}", c["verdict"]]
+        rows.append({"cells": [fmt(v) for v in cells], "highlight": name == res.reference})
+    return rows
+
+
+def _headline_html(res: PredictionResult) -> str:
     text = escape(headline(res)).replace("`", "")
     for word, cls in (("better than the reference", "win"), ("worse than the reference", "lose")):
         text = text.replace(word, f"<span class='{cls}'>{word}</span>")
@@ -309,27 +310,25 @@ def _headline_html(res: dict) -> str:
 
 # -- forecasting ---------------------------------------------------------------------------------
 def forecasting_section(run_dir: Path, summary: dict, figures: Path) -> Section:
-    folder = run_dir / "results" / "forecasting"
-    res = read_json(folder / "forecast.json")
+    res = RunLayout(run_dir).read_forecasting()
     if res is None:
         return _missing("forecasting", "Forecasting future brain states", "the forecasting comparison")
     s = Section("forecasting", "Forecasting future brain states")
     s.paragraphs.append(
-        f"From {res['context_trs']} TRs of context, every method predicts the next {res['horizon_trs']} TRs "
-        f"of all {res['n_parcels']} parcels on {res['n_windows']} windows of {res['n_test_recordings']} "
-        f"test recording(s) (TR {res['tr_s']} s). All methods are fitted on the same training split; "
+        f"From {res.context_trs} TRs of context, every method predicts the next {res.horizon_trs} TRs "
+        f"of all {res.n_parcels} parcels on {res.n_windows} windows of {res.n_test_recordings} "
+        f"test recording(s) (TR {res.tr_s} s). All methods are fitted on the same training split; "
         "BrainLM is the pretrained checkpoint fine-tuned with the future mask, next to the same "
         "architecture trained from scratch with the same budget.")
-    s.verdict = escape(res["summary"])
-    methods = res["methods"]
-    best = min(methods, key=lambda n: methods[n]["mean"]["mse"])
-    rows = [row([m["label"], m["mean"]["mse"], m["mean"]["r2"], m["mean"]["pearson_r"], m["mse"][0],
-                 m["mse"][-1], round(m["fit_seconds"], 1), round(m["predict_ms_per_window"], 2)],
-                highlight=n == best) for n, m in methods.items()]
+    s.verdict = escape(res.summary)
+    best = min(res.methods, key=lambda n: res.methods[n].mean["mse"])
+    rows = [row([m.label, m.mean["mse"], m.mean["r2"], m.mean["pearson_r"], m.mse[0],
+                 m.mse[-1], round(m.fit_seconds, 1), round(m.predict_ms_per_window, 2)],
+                highlight=n == best) for n, m in res.methods.items()]
     s.tables.append(Table("Mean over predicted steps (best mean MSE highlighted)",
-                          ["method", "MSE", "R²", "r", "MSE step 1", f"MSE step {res['horizon_trs']}",
+                          ["method", "MSE", "R²", "r", "MSE step 1", f"MSE step {res.horizon_trs}",
                            "fit (s)", "predict (ms/window)"], rows,
-                          note="; ".join(f"{k}: {v}" for k, v in res["pooling"].items())
+                          note="; ".join(f"{k}: {v}" for k, v in res.pooling.items())
                           + "; fit (s): training time on the training split (the fine-tuned and scratch "
                           "BrainLM models: their fine-tuning run; the zero-shot checkpoint is not trained "
                           "here, its pretraining is above)"))
@@ -341,7 +340,8 @@ def forecasting_section(run_dir: Path, summary: dict, figures: Path) -> Section:
 
 # -- networks ------------------------------------------------------------------------------------
 def networks_section(run_dir: Path, summary: dict, figures: Path) -> Section:
-    found = sorted((run_dir / "results").glob("networks-*/networks.json"))
+    layout = RunLayout(run_dir)
+    found = layout.read_networks()
     if not found:
         return _missing("networks", "Functional networks from attention", "network identification")
     s = Section("networks", "Functional networks from attention")
@@ -352,34 +352,19 @@ def networks_section(run_dir: Path, summary: dict, figures: Path) -> Section:
         "logistic regression; k-means with k = number of networks is scored by ARI and NMI. Baselines "
         "use the same parcels: FC profiles, raw time series, spectral clustering of FC, and chance.")
     verdicts = []
-    for k, path in enumerate(found):
-        r = read_json(path)
-        name = path.parent.name.removeprefix("networks-")
-        rows = [row([m["model"], m["features"], m["dims"], m["knn_accuracy"], m["knn_balanced_accuracy"],
-                     m["logreg_accuracy"], m["logreg_balanced_accuracy"], m["kmeans_ari"], m["kmeans_nmi"]],
-                    highlight=m["model"].startswith("BrainLM") and m["features"] == "cls_attention")
-                for m in r["methods"]]
-        c = r["chance"]
-        rows.append(row([f"chance (majority: {c['majority_network']})", "", "", c["majority_accuracy"],
-                         c["balanced_accuracy"], c["stratified_accuracy"], c["balanced_accuracy"], 0.0,
-                         c["nmi_mean"]]))
-        s.tables.append(Table(
-            f"{name}: {r['atlas']}, {r['labelled_parcels']} labelled parcels, {r['recordings']} recording(s)",
-            ["model", "features", "dims", "kNN acc", "kNN bal. acc", "logreg acc", "logreg bal. acc",
-             "k-means ARI", "k-means NMI"], rows,
-            note="Spectral clustering: " + "; ".join(f"{a}: ARI {v['ari']:.3f}, NMI {v['nmi']:.3f}"
-                                                       for a, v in r["spectral"].items())))
-        ours = next((m for m in r["methods"] if m["model"].startswith("BrainLM") and m["features"] == "cls_attention"), None)
-        fc = next((m for m in r["methods"] if m["features"] == "fc_profile"), None)
+    for k, (name, r) in enumerate(found.items()):
+        s.tables.append(_networks_table(name, r))
+        ours, fc, c = r.method("BrainLM", "cls_attention"), r.baseline("fc_profile"), r.chance
         if ours and fc:
-            word = "<span class='win'>above</span>" if ours["knn_accuracy"] > fc["knn_accuracy"] else "<span class='lose'>below</span>"
-            verdicts.append(f"{escape(name)}: kNN accuracy from CLS attention {ours['knn_accuracy']:.1%}, {word} "
-                            f"the FC-profile baseline ({fc['knn_accuracy']:.1%}); chance (majority) "
-                            f"{c['majority_accuracy']:.1%}.")
+            word = "<span class='win'>above</span>" if ours.knn_accuracy > fc.knn_accuracy else "<span class='lose'>below</span>"
+            verdicts.append(f"{escape(name)}: kNN accuracy from CLS attention {ours.knn_accuracy:.1%}, {word} "
+                            f"the FC-profile baseline ({fc.knn_accuracy:.1%}); chance (majority) "
+                            f"{c.majority_accuracy:.1%}.")
         if k == 0:
-            drawn = figures / path.parent.name
+            folder = layout.networks(name)
+            drawn = figures / folder.name
             drawn.mkdir(exist_ok=True)
-            figs = draw_network_figures(r, read_network_parcels(path.parent / "parcels.tsv"), drawn)
+            figs = draw_network_figures(r, read_network_parcels(folder / "parcels.tsv"), drawn)
             s.figures.append(embed_png(drawn / figs["BrainLM: cls_attention (kNN)"], "networks_confusion",
                                        f"{name}: confusion matrix of the paper's protocol (kNN on CLS attention)."))
             s.figures.append(embed_png(drawn / figs["networks_true"], "networks_true",
@@ -390,37 +375,53 @@ def networks_section(run_dir: Path, summary: dict, figures: Path) -> Section:
     return s
 
 
+def _networks_table(name: str, r: NetworksResult) -> Table:
+    rows = [row([m.model, m.features, m.dims, m.knn_accuracy, m.knn_balanced_accuracy,
+                 m.logreg_accuracy, m.logreg_balanced_accuracy, m.kmeans_ari, m.kmeans_nmi],
+                highlight=m.model.startswith("BrainLM") and m.features == "cls_attention")
+            for m in r.methods]
+    c = r.chance
+    rows.append(row([f"chance (majority: {c.majority_network})", "", "", c.majority_accuracy,
+                     c.balanced_accuracy, c.stratified_accuracy, c.balanced_accuracy, 0.0, c.nmi_mean]))
+    return Table(f"{name}: {r.atlas}, {r.labelled_parcels} labelled parcels, {r.recordings} recording(s)",
+                 ["model", "features", "dims", "kNN acc", "kNN bal. acc", "logreg acc", "logreg bal. acc",
+                  "k-means ARI", "k-means NMI"], rows,
+                 note="Spectral clustering: " + "; ".join(f"{a}: ARI {v.ari:.3f}, NMI {v.nmi:.3f}"
+                                                          for a, v in r.spectral.items()))
+
+
 # -- group attention -----------------------------------------------------------------------------
 def attention_section(run_dir: Path, summary: dict, figures: Path) -> Section:
-    folder = run_dir / "results" / "attention"
-    r = read_json(folder / "group_attention.json")
+    layout = RunLayout(run_dir)
+    r = layout.read_attention()
     if r is None:
         return _missing("attention", "Group attention maps", "the group attention analysis")
     s = Section("attention", "Group attention maps")
-    a, b = r["groups"]["a"], r["groups"]["b"]
-    perm = r["permutations"]["attention"]
+    a, b = r.groups["a"], r.groups["b"]
+    perm = r.permutations["attention"]
+    alpha = r.settings["alpha"]
     s.paragraphs.append(
-        f"Mean CLS attention per parcel for {escape(r['group_by'])} = {escape(b)} against {escape(a)}: "
-        + ", ".join(f"{escape(g)}: {v[r['unit'] + 's']} {r['unit']}s" for g, v in r["n"].items())
-        + f". Welch-t permutation test over {r['unit']}s ({perm['n']} labellings, "
-        f"{'exact' if perm['exact'] else 'random'}), Benjamini-Hochberg FDR at {r['settings']['alpha']}. "
+        f"Mean CLS attention per parcel for {escape(r.group_by)} = {escape(b)} against {escape(a)}: "
+        + ", ".join(f"{escape(g)}: {v[r.unit + 's']} {r.unit}s" for g, v in r.n.items())
+        + f". Welch-t permutation test over {r.unit}s ({perm.n} labellings, "
+        f"{'exact' if perm.exact else 'random'}), Benjamini-Hochberg FDR at {alpha}. "
         "FC strength per parcel is the baseline map.")
     for what, title in (("attention", "relative CLS attention"), ("fc_strength", "FC strength (baseline)")):
-        if what not in r["networks"]:
+        if what not in r.networks:
             continue
-        rows = [row([n["network"], n["parcels"], n["mean_difference"], n["mean_t"], n["significant_parcels"],
-                     n["t_mean_percentile"], n["shift_p"]]) for n in r["networks"][what]]
-        rows += [row([f"set: {n['set']}", n["parcels"], None, n["mean_t"], None, n["t_mean_percentile"],
-                      n["shift_p"]], highlight=True) for n in r["parcel_sets"].get(what, [])]
-        s.tables.append(Table(f"{title}: {r['significant'][what]} parcel(s) with q < {r['settings']['alpha']}",
+        rows = [row([n.network, n.parcels, n.mean_difference, n.mean_t, n.significant_parcels,
+                     n.t_mean_percentile, n.shift_p]) for n in r.networks[what]]
+        rows += [row([f"set: {n.set}", n.parcels, None, n.mean_t, None, n.t_mean_percentile,
+                      n.shift_p], highlight=True) for n in r.parcel_sets.get(what, [])]
+        s.tables.append(Table(f"{title}: {r.significant[what]} parcel(s) with q < {alpha}",
                               ["network", "parcels", "mean difference", "mean t", "significant",
                                "mean t percentile", "network shift p"], rows))
     drawn = figures / "attention"
     drawn.mkdir(exist_ok=True)
-    figs = draw_group_figures(r, read_group_parcels(folder / "parcels.tsv"), drawn)
+    figs = draw_group_figures(r, read_group_parcels(layout.attention / "parcels.tsv"), drawn)
     s.figures.append(embed_png(drawn / figs["t"], "attention_group_difference",
                                f"Welch t of CLS attention, {b} − {a}, at the parcel centres (ringed: q < "
-                               f"{r['settings']['alpha']})."))
+                               f"{alpha})."))
     s.figures.append(embed_png(drawn / figs["networks"], "attention_network_difference",
                                "The group difference summarised per network."))
     return s
@@ -449,22 +450,22 @@ def provenance_section(run_dir: Path, summary: dict, figures: Path) -> Section:
 
 
 def latent_section(run_dir: Path, summary: dict, figures: Path) -> Section:
-    path = run_dir / "results" / "latent-site.json"
-    r = read_json(path)
+    layout = RunLayout(run_dir)
+    r = layout.read_latent()
     if r is None:
         return _missing("latent", "The latent space", "the latent-space map")
     s = Section("latent", "The latent space")
     s.paragraphs.append(
-        f"Embeddings (CLS, per recording and per window) of the {r['n_recordings']} recordings of the "
+        f"Embeddings (CLS, per recording and per window) of the {r.n_recordings} recordings of the "
         "synthetic cohort, mapped to two dimensions by PCA and coloured by site, next to the same map of "
         "each recording's functional connectivity. Sites differ in noise and scanner: the effect that "
         "users of multi-site cohorts must harmonize. The separability score is read against its chance "
         "level from permuted labels (whole subjects permuted).")
-    s.tables.append(Table(f"Separability of '{escape(r['column'])}' ({escape(r['score']['name'])})",
+    s.tables.append(Table(f"Separability of '{escape(r.column)}' ({escape(r.score['name'])})",
                           ["features", "score (chance; p)"],
                           [row(["BrainLM", score_text(r, "brainlm")], highlight=True),
                            row(["FC (Fisher-z, upper triangle)", score_text(r, "fc")])]))
-    png = draw_latent_figure(path, figures / "latent_site.png")
+    png = draw_latent_figure(r, figures / "latent_site.png")
     s.figures.append(embed_png(png, "latent_site", latent_caption(r)))
     return s
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -31,9 +33,11 @@ from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.tasks.attention import extract_attention
 from brainlm.tasks.model_input import is_model, load_model, model_inputs
+from brainlm.tasks.results import Record, TaskResult
 from brainlm.tasks.results_folder import read_results_table
+from brainlm.tasks.settings import resolve_settings
 
-__all__ = ["group_attention", "parcel_set_enrichment", "permutation_test", "welch_t"]
+__all__ = ["GroupAttentionResult", "GroupAttentionSettings", "group_attention", "parcel_set_enrichment", "permutation_test", "welch_t"]
 
 
 def welch_t(x: np.ndarray, in_b: np.ndarray) -> np.ndarray:
@@ -246,11 +250,117 @@ def _natural(v: str):
 
 
 # -- the task ------------------------------------------------------------------------------------
-def group_attention(checkpoint, data, group_by: str, out=None, *, groups=None, unit: str = "subject",
-                    layers=None, n_permutations: int = 5000, alpha: float = 0.05,
-                    transfer_atlas: bool = False, target_tr: float | None = None, fc_baseline: bool = True,
-                    parcel_sets: dict | None = None, batch_size: int = 8, device: str = "cpu",
-                    seed: int = 0) -> dict:
+@dataclass(frozen=True)
+class GroupAttentionSettings:
+    """How :func:`group_attention` compares two groups.
+
+    Attributes
+    ----------
+    groups : (A, B), optional
+        The two levels to compare; the difference is B - A (default: sorted levels).
+    unit : {"subject", "recording"}
+        What the labels are permuted over.
+    layers : list of int, optional
+        Encoder layers to average (default: all), heads always all.
+    n_permutations : int
+        Random labellings (exact enumeration when fewer distinct labellings exist).
+    alpha : float
+        FDR level for ``significant``.
+    transfer_atlas, target_tr :
+        Another atlas than the checkpoint's; for ``Recording`` input, resample to this TR (s).
+    fc_baseline : bool
+        Run the same test on each parcel's FC strength.
+    parcel_sets : dict of str -> bool array (P,), optional
+        Hypothesis sets (e.g. the parcels a known effect alters) scored like the networks: mean
+        t, mean t percentile and the two-sided set-shift p (:func:`parcel_set_enrichment`).
+    batch_size, device : forward passes.
+    seed : int
+        Seeds the permutations.
+    """
+
+    groups: tuple | None = None
+    unit: str = "subject"
+    layers: tuple[int, ...] | None = None
+    n_permutations: int = 5000
+    alpha: float = 0.05
+    transfer_atlas: bool = False
+    target_tr: float | None = None
+    fc_baseline: bool = True
+    parcel_sets: dict | None = None
+    batch_size: int = 8
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("subject", "recording"):
+            raise BrainLMInputError(f"unit is {self.unit!r}; expected 'subject' or 'recording'")
+        if self.n_permutations < 1 or not 0 < self.alpha < 1:
+            raise BrainLMInputError("n_permutations must be >= 1 and alpha in (0, 1)")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+
+
+@dataclass(frozen=True)
+class NetworkShift(Record):
+    """The group difference summarised over one network's parcels."""
+
+    network: str
+    parcels: int
+    mean_difference: float
+    mean_t: float
+    significant_parcels: int
+    t_mean_percentile: float
+    shift_p: float
+
+
+@dataclass(frozen=True)
+class SetShift(Record):
+    """The group difference summarised over one hypothesis set of parcels."""
+
+    set: str
+    parcels: int
+    mean_t: float
+    t_mean_percentile: float
+    shift_p: float
+
+
+@dataclass(frozen=True)
+class PermutationCount(Record):
+    """How many labellings the permutation test drew, and whether they were all of them."""
+
+    n: int
+    exact: bool
+
+
+@dataclass(frozen=True)
+class GroupAttentionResult(TaskResult):
+    """What :func:`group_attention` returns and writes as ``group_attention.json``. The maps
+    compared are ``attention`` and, with the FC baseline, ``fc_strength``: ``permutations``,
+    ``significant`` (parcels with q < alpha), ``networks`` and ``parcel_sets`` are keyed by them."""
+
+    KIND: ClassVar[str] = "group_attention"
+
+    task: str
+    checkpoint: str | None
+    data: object
+    atlas: str
+    parcels: int
+    group_by: str
+    groups: dict[str, str]
+    difference: str
+    unit: str
+    n: dict[str, dict]
+    settings: dict
+    permutations: dict[str, PermutationCount]
+    significant: dict[str, int]
+    networks: dict[str, list[NetworkShift]]
+    parcel_sets: dict[str, list[SetShift]]
+    parcels_table: dict
+    seconds: float
+
+
+def group_attention(checkpoint, data, group_by: str, out=None, settings: GroupAttentionSettings | None = None,
+                    **options) -> GroupAttentionResult:
     """Mean CLS attention per parcel per group, the difference map and its permutation test.
 
     Parameters
@@ -264,105 +374,107 @@ def group_attention(checkpoint, data, group_by: str, out=None, *, groups=None, u
         ``group_attention.md``, ``parcels.tsv`` and ``recordings.parquet``. Numbers only: the
         figures are drawn from these files by
         :func:`brainlm.report.attention_figures.draw_group_folder` (``brainlm attention`` does).
-    groups : (A, B), optional
-        The two levels to compare; the difference is B - A (default: sorted levels).
-    unit : {"subject", "recording"}
-        What the labels are permuted over.
-    layers : list of int, optional
-        Encoder layers to average (default: all), heads always all.
-    n_permutations : int
-        Random labellings (exact enumeration when fewer distinct labellings exist).
-    alpha : float
-        FDR level for ``significant``.
-    fc_baseline : bool
-        Run the same test on each parcel's FC strength.
-    parcel_sets : dict of str -> bool array (P,), optional
-        Hypothesis sets (e.g. the parcels a known effect alters) scored like the networks: mean
-        t, mean t percentile and the two-sided set-shift p (:func:`parcel_set_enrichment`).
+    settings : GroupAttentionSettings, optional
+        Or its fields as keywords (``unit="recording"``), not both.
 
     Returns
     -------
-    dict
-        The content of ``group_attention.json``.
+    GroupAttentionResult
     """
     t0 = time.perf_counter()
-    if unit not in ("subject", "recording"):
-        raise BrainLMInputError(f"unit is {unit!r}; expected 'subject' or 'recording'")
-    if n_permutations < 1 or not 0 < alpha < 1:
-        raise BrainLMInputError("n_permutations must be >= 1 and alpha in (0, 1)")
+    s = resolve_settings(GroupAttentionSettings, settings, options)
     table, source = _group_table(data, group_by)
-    table, chosen = _choose_groups(table, group_by, groups, unit, n_permutations, alpha, source)
-    model = load_model(checkpoint, device)
-    if layers is not None:
-        layers = [int(i) for i in layers]
-        bad = [i for i in layers if not -model.config.depth <= i < model.config.depth]
-        if bad:
-            raise BrainLMInputError(f"layer(s) {bad} do not exist; the encoder has {model.config.depth} "
-                                    f"layers (0-{model.config.depth - 1})")
-
-    wanted = set(table["recording_id"])
-    if isinstance(data, Recording):
-        data = [data]
-    if isinstance(data, list) and data and isinstance(data[0], Recording):
-        data = [r for r in data if r.id in wanted]
-    rows, atlas = {}, None
-    for item in model_inputs(model, data, transfer_atlas=transfer_atlas, target_tr=target_tr):
-        rid = item.ids["recording_id"]
-        if rid not in wanted:
-            continue
-        atlas = item.atlas
-        maps = extract_attention(model, item.windows, item.xyz, batch_size=batch_size, parcel_matrix=False)
-        rel = maps.relative_cls(layers=layers).mean(axis=0)
-        rows[rid] = {"attention": rel, "fc_strength": _fc_strength(item.timeseries) if fc_baseline else None,
-                     "windows": maps.n_windows}
+    table, chosen = _choose_groups(table, group_by, s.groups, s.unit, s.n_permutations, s.alpha, source)
+    model = load_model(checkpoint, s.device)
+    _check_layers(model, s.layers)
+    rows, atlas = _recording_maps(model, data, set(table["recording_id"]), s)
     table = table[table["recording_id"].isin(rows)]
     if atlas is None or table.empty:
         raise BrainLMInputError("no recording of the two groups is long enough for one model window", source)
     # Recordings too short for a window drop out: the group sizes are checked again.
-    table, chosen = _choose_groups(table, group_by, chosen, unit, n_permutations, alpha, source)
+    table, chosen = _choose_groups(table, group_by, chosen, s.unit, s.n_permutations, s.alpha, source)
 
-    key = "subject" if unit == "subject" else "recording_id"
+    key = "subject" if s.unit == "subject" else "recording_id"
     units = table.groupby(key, sort=True).agg(group=("group", "first"), recordings=("recording_id", list))
-    att = np.stack([np.mean([rows[r]["attention"] for r in recs], axis=0) for recs in units["recordings"]])
     in_b = (units["group"] == chosen[1]).to_numpy()
-    result_maps = {"attention": _compare(att, in_b, n_permutations, alpha, seed)}
-    if fc_baseline:
-        fcs = np.stack([np.mean([rows[r]["fc_strength"] for r in recs], axis=0) for recs in units["recordings"]])
-        result_maps["fc_strength"] = _compare(fcs, in_b, n_permutations, alpha, seed)
-
+    result_maps = {}
+    for what in ("attention", "fc_strength") if s.fc_baseline else ("attention",):
+        x = np.stack([np.mean([rows[r][what] for r in recs], axis=0) for recs in units["recordings"]])
+        result_maps[what] = _compare(x, in_b, s.n_permutations, s.alpha, s.seed)
     nets = list(atlas.networks) if atlas.networks is not None else [None] * atlas.n_parcels
+    parcels = _parcel_table(atlas, nets, result_maps)
+    result = GroupAttentionResult.from_json({
+        "task": "group attention",
+        "checkpoint": None if is_model(checkpoint) else str(checkpoint), "data": source,
+        "atlas": atlas.name, "parcels": atlas.n_parcels, "group_by": group_by,
+        "groups": {"a": chosen[0], "b": chosen[1]}, "difference": f"{chosen[1]} - {chosen[0]}",
+        "unit": s.unit,
+        "n": {g: {f"{s.unit}s": int((units["group"] == g).sum()),
+                  "recordings": int(table.loc[table["group"] == g, "recording_id"].nunique())} for g in chosen},
+        "settings": {"layers": "all" if s.layers is None else list(s.layers), "heads": "all",
+                     "attention": "CLS to parcel (mean over time patches and windows), relative to uniform",
+                     "statistic": "Welch t", "n_permutations": s.n_permutations, "alpha": s.alpha,
+                     "fdr": "Benjamini-Hochberg over parcels", "seed": s.seed, "transfer_atlas": s.transfer_atlas},
+        "permutations": {k: {"n": v["n_permutations"], "exact": v["exact"]} for k, v in result_maps.items()},
+        "significant": {k: int(np.sum(v["significant"])) for k, v in result_maps.items()},
+        "networks": {k: _network_summary(v, nets, s.seed) for k, v in result_maps.items()},
+        "parcel_sets": {k: _set_summary(v, atlas, s.parcel_sets or {}, s.seed) for k, v in result_maps.items()},
+        "parcels_table": parcels.to_dict(orient="list"),
+        "seconds": round(time.perf_counter() - t0, 1),
+    })
+    if out is not None:
+        _write(result, parcels, _per_recording(rows, table, atlas, group_by), out)
+    return result
+
+
+def _check_layers(model, layers) -> None:
+    if layers is None:
+        return
+    bad = [i for i in layers if not -model.config.depth <= i < model.config.depth]
+    if bad:
+        raise BrainLMInputError(f"layer(s) {bad} do not exist; the encoder has {model.config.depth} "
+                                f"layers (0-{model.config.depth - 1})")
+
+
+def _recording_maps(model, data, wanted: set, s: GroupAttentionSettings) -> tuple[dict, Atlas | None]:
+    """Each wanted recording's relative CLS attention (P,), FC strength (P,) or None, and window
+    count; and the atlas read (None when no recording had a full window)."""
+    if isinstance(data, Recording):
+        data = [data]
+    if isinstance(data, list) and data and isinstance(data[0], Recording):
+        data = [r for r in data if r.id in wanted]
+    layers = None if s.layers is None else list(s.layers)
+    rows, atlas = {}, None
+    for item in model_inputs(model, data, transfer_atlas=s.transfer_atlas, target_tr=s.target_tr):
+        rid = item.ids["recording_id"]
+        if rid not in wanted:
+            continue
+        atlas = item.atlas
+        maps = extract_attention(model, item.windows, item.xyz, batch_size=s.batch_size, parcel_matrix=False)
+        rel = maps.relative_cls(layers=layers).mean(axis=0)
+        rows[rid] = {"attention": rel, "fc_strength": _fc_strength(item.timeseries) if s.fc_baseline else None,
+                     "windows": maps.n_windows}
+    return rows, atlas
+
+
+def _parcel_table(atlas: Atlas, nets: list, result_maps: dict) -> pd.DataFrame:
+    """``parcels.tsv``: each parcel's centre and network, and every compared map's statistics."""
     parcels = pd.DataFrame({"parcel": atlas.parcel_names, "network": [n or "" for n in nets],
                             "x": atlas.xyz[:, 0], "y": atlas.xyz[:, 1], "z": atlas.xyz[:, 2]})
     for what, r in result_maps.items():
         for col in ("mean_a", "mean_b", "difference", "hedges_g", "t", "p", "q", "significant"):
             parcels[f"{what}_{col}"] = r[col]
-    result = {
-        "task": "group attention",
-        "checkpoint": None if is_model(checkpoint) else str(checkpoint), "data": source,
-        "atlas": atlas.name, "parcels": atlas.n_parcels, "group_by": group_by,
-        "groups": {"a": chosen[0], "b": chosen[1]}, "difference": f"{chosen[1]} - {chosen[0]}",
-        "unit": unit,
-        "n": {g: {f"{unit}s": int((units["group"] == g).sum()),
-                  "recordings": int(table.loc[table["group"] == g, "recording_id"].nunique())} for g in chosen},
-        "settings": {"layers": "all" if layers is None else layers, "heads": "all",
-                     "attention": "CLS to parcel (mean over time patches and windows), relative to uniform",
-                     "statistic": "Welch t", "n_permutations": n_permutations, "alpha": alpha,
-                     "fdr": "Benjamini-Hochberg over parcels", "seed": seed, "transfer_atlas": transfer_atlas},
-        "permutations": {k: {"n": v["n_permutations"], "exact": v["exact"]} for k, v in result_maps.items()},
-        "significant": {k: int(np.sum(v["significant"])) for k, v in result_maps.items()},
-        "networks": {k: _network_summary(v, nets, seed) for k, v in result_maps.items()},
-        "parcel_sets": {k: _set_summary(v, atlas, parcel_sets or {}, seed) for k, v in result_maps.items()},
-        "parcels_table": parcels.to_dict(orient="list"),
-    }
+    return parcels
+
+
+def _per_recording(rows: dict, table: pd.DataFrame, atlas: Atlas, group_by: str) -> pd.DataFrame:
+    """``recordings.parquet``: each recording's attention map with its ids and group."""
     per_recording = pd.DataFrame(
         np.stack([rows[r]["attention"] for r in table["recording_id"]]), columns=list(atlas.parcel_names))
     per_recording.insert(0, "recording_id", table["recording_id"].to_numpy())
     per_recording.insert(1, "subject", table["subject"].to_numpy())
     per_recording.insert(2, group_by, table["group"].to_numpy())
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    if out is not None:
-        _write(result, parcels, per_recording, out)
-    return result
+    return per_recording
 
 
 def _fc_strength(x: np.ndarray) -> np.ndarray:

@@ -32,7 +32,9 @@ computed from the same model-input signal as the embeddings (its windows end to 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -43,8 +45,9 @@ from sklearn.metrics import pairwise_distances, silhouette_score
 from brainlm.data.atomic import write_json
 from brainlm.errors import BrainLMInputError
 from brainlm.tasks.embed import EMBEDDING_PREFIXES, Embeddings, embed_all
+from brainlm.tasks.results import TaskResult
 
-__all__ = ["MAX_CATEGORICAL_LEVELS", "N_NEIGHBOURS", "N_PERMUTATIONS", "available_columns", "check_column",
+__all__ = ["LatentResult", "MAX_CATEGORICAL_LEVELS", "N_NEIGHBOURS", "N_PERMUTATIONS", "available_columns", "check_column",
            "check_column_name",
            "latent_paths", "latent_space", "latent_space_of", "write_latent"]
 
@@ -90,7 +93,8 @@ def check_column(df: pd.DataFrame, column: str, source: str | None = None) -> pd
 
 def latent_space(embeddings: Embeddings | pd.DataFrame, column: str, *, fc: np.ndarray | None = None,
                  kind: str = "auto", pooling: str = "cls", n_neighbours: int = N_NEIGHBOURS,
-                 n_permutations: int = N_PERMUTATIONS, seed: int = 0, source: str | None = None) -> dict:
+                 n_permutations: int = N_PERMUTATIONS, seed: int = 0,
+                 source: str | None = None) -> LatentResult:
     """PCA maps and separability of ``column`` for BrainLM embeddings and FC features.
 
     Parameters
@@ -119,7 +123,7 @@ def latent_space(embeddings: Embeddings | pd.DataFrame, column: str, *, fc: np.n
 
     Returns
     -------
-    dict (JSON-ready, numbers only)
+    LatentResult (JSON-ready, numbers only)
         ``column``, ``kind`` ("categorical"/"continuous"), ``score`` (name and meaning),
         ``levels`` (categorical), ``pooling``, ``n_recordings``, ``n_subjects``,
         ``n_windows``, ``n_missing`` (recordings without a value, left out), ``settings``;
@@ -145,28 +149,7 @@ def latent_space(embeddings: Embeddings | pd.DataFrame, column: str, *, fc: np.n
         raise BrainLMInputError(f"{have}; a map and a score need at least 3", source)
     kind = _kind(values) if kind == "auto" else kind
     groups = _groups(recordings)
-    if kind == "categorical":
-        labels = values.astype(str).to_numpy()
-        levels = sorted(set(labels))
-        if len(levels) >= len(recordings):
-            # The silhouette compares distances within and between groups: it needs a group
-            # with two members, that is more recordings than groups.
-            raise BrainLMInputError(
-                f"{have}, in {len(levels)} groups; the silhouette score needs more recordings with a value "
-                f"than groups: at least {len(levels) + 1}. Embed more recordings that have a value, or "
-                "choose another column", source)
-        y = np.searchsorted(levels, labels)
-        plain_values = labels.tolist()
-    else:
-        try:
-            y = values.astype(np.float64).to_numpy()
-        except (TypeError, ValueError):
-            raise BrainLMInputError(f"column {column!r} is not numeric; score it as categorical", source) from None
-        levels = None
-        plain_values = y.tolist()
-        if len(np.unique(groups)) < 2:
-            raise BrainLMInputError(f"column {column!r}: every recording is of one subject; the continuous "
-                                    "score needs neighbours of other subjects", source)
+    y, levels, plain_values = _target(values, kind, column, groups, have, source)
     rng_seed = int(seed)
     model_x = _features(recordings, pooling)
     result = {
@@ -187,12 +170,62 @@ def latent_space(embeddings: Embeddings | pd.DataFrame, column: str, *, fc: np.n
             "separability": _separability(z, y, groups, kind, n_neighbours, n_permutations, rng_seed)}
     result["windows"] = _window_map(windows, recordings, column, kind, pooling)
     result["n_windows"] = len(result["windows"]["start_tr"])
-    return result
+    return LatentResult.from_json(result, source)
+
+
+def _target(values: pd.Series, kind: str, column: str, groups: np.ndarray, have: str, source):
+    """The scored target: codes (categorical) or floats (continuous), the levels (or None), and
+    the values as plain JSON; an error when the column cannot be scored as ``kind``."""
+    if kind == "categorical":
+        labels = values.astype(str).to_numpy()
+        levels = sorted(set(labels))
+        if len(levels) >= len(values):
+            # The silhouette compares distances within and between groups: it needs a group
+            # with two members, that is more recordings than groups.
+            raise BrainLMInputError(
+                f"{have}, in {len(levels)} groups; the silhouette score needs more recordings with a value "
+                f"than groups: at least {len(levels) + 1}. Embed more recordings that have a value, or "
+                "choose another column", source)
+        return np.searchsorted(levels, labels), levels, labels.tolist()
+    try:
+        y = values.astype(np.float64).to_numpy()
+    except (TypeError, ValueError):
+        raise BrainLMInputError(f"column {column!r} is not numeric; score it as categorical", source) from None
+    if len(np.unique(groups)) < 2:
+        raise BrainLMInputError(f"column {column!r}: every recording is of one subject; the continuous "
+                                "score needs neighbours of other subjects", source)
+    return y, None, y.tolist()
+
+
+@dataclass(frozen=True)
+class LatentResult(TaskResult):
+    """What :func:`latent_space` returns and :func:`write_latent` writes (numbers only): see
+    :func:`latent_space` for the parts. ``recordings`` holds, for ``brainlm`` and ``fc``, the PCA
+    map and the separability score."""
+
+    KIND: ClassVar[str] = "latent"
+
+    column: str
+    kind: str
+    levels: list | None
+    pooling: str
+    score: dict
+    n_recordings: int
+    n_subjects: int
+    n_missing: int
+    settings: dict
+    recordings: dict
+    windows: dict
+    n_windows: int
+
+    def separability(self, features: str) -> dict:
+        """``score``, ``chance_mean``, ``chance_p95`` and ``p_value`` of ``brainlm`` or ``fc``."""
+        return self.recordings[features]["separability"]
 
 
 def latent_space_of(checkpoint, data, column: str, *, tr: float | None = None, orientation: str = "auto",
                     key: str | None = None, transfer_atlas: bool = False, batch_size: int = 32,
-                    device: str = "cpu", **settings) -> tuple[Embeddings, dict]:
+                    device: str = "cpu", **settings) -> tuple[Embeddings, LatentResult]:
     """:func:`latent_space` of ``data`` (a corpus, files or Recordings, read as ``brainlm embed``
     reads them) under ``checkpoint``: the embeddings (with FC) and the result. ``settings`` go
     to :func:`latent_space` (``kind``, ``pooling``, ``n_neighbours``, ``n_permutations``,
@@ -212,7 +245,7 @@ def latent_paths(out: str | Path, column: str) -> tuple[Path, Path]:
     return out.with_name(f"{stem}.latent-{safe}.json"), out.with_name(f"{stem}.latent-{safe}.png")
 
 
-def write_latent(result: dict, path: str | Path) -> Path:
+def write_latent(result: LatentResult, path: str | Path) -> Path:
     """Write a :func:`latent_space` result as JSON, atomically (NaN becomes null)."""
     write_json(path, result)
     return Path(path)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -55,11 +56,12 @@ from brainlm.data.atomic import atomic_directory, write_json, write_text_atomic
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.tasks.attention import extract_attention
-from brainlm.tasks.model_input import (ModelInput, has_parcel_patch_tokens, is_model, load_model, model_inputs,
-                                       random_like)
+from brainlm.tasks.model_input import ModelInput, is_model, load_model, model_inputs, random_like
+from brainlm.tasks.results import Record, TaskResult
 from brainlm.tasks.results_folder import read_results_table
+from brainlm.tasks.settings import resolve_settings
 
-__all__ = ["NETWORK_FEATURES", "BASELINE_FEATURES", "ParcelFeatures", "evaluate_features",
+__all__ = ["NETWORK_FEATURES", "BASELINE_FEATURES", "NetworksResult", "NetworksSettings", "ParcelFeatures", "evaluate_features",
            "identify_networks", "network_labels", "parcel_features", "time_shifted"]
 
 #: Feature sets read from a BrainLM model.
@@ -207,7 +209,7 @@ def parcel_features(model: BrainLM | None, inputs: list[ModelInput], *, batch_si
         feats["parcel_attention"] = np.concatenate(
             [parcel.transpose(2, 0, 1, 3).reshape(p, -1), parcel.transpose(3, 0, 1, 2).reshape(p, -1)], axis=1)
         feats["token_embedding"] = np.concatenate(emb).transpose(1, 0, 2).reshape(p, -1).astype(np.float64)
-        if has_parcel_patch_tokens(model):
+        if model.has_parcel_patch_tokens:
             feats["latent_connectivity"] = latent_connectivity(model, inputs, batch_size)
         rel = cls_all.mean(axis=(1, 2), dtype=np.float64)
         cls_map = (rel / rel.mean(axis=1, keepdims=True)).mean(axis=0)
@@ -364,30 +366,20 @@ def chance_levels(y: np.ndarray, *, n_permutations: int = 200, seed: int = 0) ->
 
 
 # -- the task ------------------------------------------------------------------------------------
-def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas: bool = False,
-                      target_tr: float | None = None, n_neighbors: int = 5,
-                      max_recordings: int | None = None, untrained_control: bool = True,
-                      shifted_control: bool = True, batch_size: int = 8, device: str = "cpu", seed: int = 0,
-                      tr: float | None = None, orientation: str = "auto", key: str | None = None,
-                      jobs: int = 1) -> dict:
-    """Identify functional networks from a pretrained BrainLM; see the module docstring.
+@dataclass(frozen=True)
+class NetworksSettings:
+    """How :func:`identify_networks` reads the data and scores the features.
 
-    Parameters
+    Attributes
     ----------
-    checkpoint : path or BrainLM
-        A checkpoint folder (``RUN/model``) or a loaded model.
-    data : path, list of paths, or list of Recording
-        See :func:`brainlm.tasks.model_input.model_inputs` (corpus, files, or recordings).
-    out : path, optional
-        Folder to write (replaced atomically when complete): ``networks.json``, ``networks.md``
-        and ``parcels.tsv``. Numbers only: the figures are drawn from these files by
-        :func:`brainlm.report.attention_figures.draw_network_folder` (``brainlm networks`` does).
     labels : None, path or sequence
         Network labels (see :func:`network_labels`); default: the atlas' networks.
     transfer_atlas : bool
         Allow an atlas other than the checkpoint's.
     target_tr : float, optional
         For ``Recording`` input on another atlas: resample to this TR (seconds).
+    tr, orientation, key :
+        How to read plain files (see :func:`brainlm.tasks.model_input.model_inputs`).
     n_neighbors : int
         k of the kNN classifier.
     max_recordings : int, optional
@@ -401,104 +393,239 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
         parcels, the thing functional networks are made of. Features that classify networks as
         well as before read the parcel's location (through the coordinate embedding) or its
         own dynamics, not network membership from the signal.
+    batch_size, device : forward passes.
+    seed : int
+        Seeds the controls, k-means and spectral clustering.
     jobs : int
         Feature sets scored at once, each in its own process (-1: all cores). The
         leave-one-parcel-out logistic regressions dominate the run time (77% of it for 424
         parcels); the numbers do not depend on ``jobs``.
+    """
+
+    labels: object = None
+    transfer_atlas: bool = False
+    target_tr: float | None = None
+    n_neighbors: int = 5
+    max_recordings: int | None = None
+    untrained_control: bool = True
+    shifted_control: bool = True
+    batch_size: int = 8
+    device: str = "cpu"
+    seed: int = 0
+    tr: float | None = None
+    orientation: str = "auto"
+    key: str | None = None
+    jobs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n_neighbors < 1:
+            raise BrainLMInputError(f"n_neighbors is {self.n_neighbors}; expected an integer >= 1")
+        if self.max_recordings is not None and self.max_recordings < 1:
+            raise BrainLMInputError(f"max_recordings is {self.max_recordings}; expected an integer >= 1")
+        jobs = self.jobs
+        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0 or jobs < -1:
+            raise BrainLMInputError(f"jobs={jobs!r} (--jobs); expected a positive number of worker "
+                                    "processes, or -1 for all cores")
+
+
+@dataclass(frozen=True)
+class NetworkScores(Record):
+    """One feature set of one model, scored against the network labels (leave one parcel out)."""
+
+    model: str
+    features: str
+    description: str
+    dims: int
+    knn_accuracy: float
+    knn_balanced_accuracy: float
+    logreg_accuracy: float
+    logreg_balanced_accuracy: float
+    kmeans_ari: float
+    kmeans_nmi: float
+
+
+@dataclass(frozen=True)
+class ChanceLevels(Record):
+    """Chance levels of the labelled parcels' networks (see :func:`chance_levels`)."""
+
+    majority_accuracy: float
+    majority_network: str
+    stratified_accuracy: float
+    balanced_accuracy: float
+    ari: float
+    nmi_mean: float
+    nmi_95th: float
+
+
+@dataclass(frozen=True)
+class ClusterScores(Record):
+    """Agreement of a clustering with the network labels."""
+
+    ari: float
+    nmi: float
+
+
+@dataclass(frozen=True)
+class NetworksResult(TaskResult):
+    """What :func:`identify_networks` returns and writes as ``networks.json``: ``methods`` (one
+    row per model and feature set), ``spectral`` (FC and attention), ``chance``, the confusion
+    matrices of the paper's protocol and of the FC baseline, and the data and settings."""
+
+    KIND: ClassVar[str] = "networks"
+
+    task: str
+    checkpoint: str | None
+    data: object
+    atlas: str
+    parcels: int
+    labelled_parcels: int
+    unlabelled_parcels: list[str]
+    labels: str
+    networks: dict[str, int]
+    recordings: int
+    windows: int
+    settings: dict
+    methods: list[NetworkScores]
+    spectral: dict[str, ClusterScores]
+    chance: ChanceLevels
+    confusion: dict
+    seconds: float
+
+    def method(self, model: str, features: str) -> NetworkScores | None:
+        """The row of ``model`` (e.g. ``"BrainLM"``) and ``features``, or None when not scored."""
+        return next((m for m in self.methods if m.model == model and m.features == features), None)
+
+    def baseline(self, features: str) -> NetworkScores | None:
+        """The baseline row of ``features`` (e.g. ``"fc_profile"``), or None."""
+        return next((m for m in self.methods if m.features == features), None)
+
+
+def identify_networks(checkpoint, data, out=None, settings: NetworksSettings | None = None,
+                      **options) -> NetworksResult:
+    """Identify functional networks from a pretrained BrainLM; see the module docstring.
+
+    Parameters
+    ----------
+    checkpoint : path or BrainLM
+        A checkpoint folder (``RUN/model``) or a loaded model.
+    data : path, list of paths, or list of Recording
+        See :func:`brainlm.tasks.model_input.model_inputs` (corpus, files, or recordings).
+    out : path, optional
+        Folder to write (replaced atomically when complete): ``networks.json``, ``networks.md``
+        and ``parcels.tsv``. Numbers only: the figures are drawn from these files by
+        :func:`brainlm.report.attention_figures.draw_network_folder` (``brainlm networks`` does).
+    settings : NetworksSettings, optional
+        Or its fields as keywords (``n_neighbors=3``), not both.
 
     Returns
     -------
-    dict
-        The content of ``networks.json``: ``methods`` (one row per model/feature set with
-        kNN and logistic-regression accuracy and balanced accuracy, k-means ARI and NMI),
-        ``spectral`` (FC and attention), ``chance``, the confusion matrix of the paper's protocol
-        and of the FC baseline, and the data/settings.
+    NetworksResult
     """
     t0 = time.perf_counter()
-    if n_neighbors < 1:
-        raise BrainLMInputError(f"n_neighbors is {n_neighbors}; expected an integer >= 1")
-    if max_recordings is not None and max_recordings < 1:
-        raise BrainLMInputError(f"max_recordings is {max_recordings}; expected an integer >= 1")
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0 or jobs < -1:
-        raise BrainLMInputError(f"jobs={jobs!r} (--jobs); expected a positive number of worker "
-                                "processes, or -1 for all cores")
-    model = load_model(checkpoint, device)
-    inputs = []
-    for item in model_inputs(model, data, transfer_atlas=transfer_atlas, target_tr=target_tr, tr=tr,
-                             orientation=orientation, key=key):
-        if not inputs:
-            # Labels are checked before the model runs, so a wrong table fails at once.
-            y_all = network_labels(item.atlas, labels)
-        inputs.append(item)
-        if max_recordings is not None and len(inputs) >= max_recordings:
-            break
-    if not inputs:
-        raise BrainLMInputError("no recording is long enough for one model window "
-                                f"({model.config.window_trs} TRs)", _describe(data))
+    s = resolve_settings(NetworksSettings, settings, options)
+    model = load_model(checkpoint, s.device)
+    inputs, y_all = _network_inputs(model, data, s)
     atlas = inputs[0].atlas
     labelled = np.array([n is not None for n in y_all])
     y = y_all[labelled].astype(str)
-    if n_neighbors >= labelled.sum():
-        raise BrainLMInputError(f"n_neighbors is {n_neighbors} but only {labelled.sum()} parcels are labelled")
-
-    trained = parcel_features(model, inputs, batch_size=batch_size)
-    # The image ViT-MAE has no per-parcel tokens, hence no latent connectivity.
-    sets = [("BrainLM", name, trained.features[name]) for name in NETWORK_FEATURES if name in trained.features]
-    control = None
-    if untrained_control:
-        control = parcel_features(random_like(model, seed), inputs, batch_size=batch_size, baselines=False)
-        sets += [("BrainLM untrained", name, control.features[name]) for name in NETWORK_FEATURES
-                 if name in control.features]
-    if shifted_control:
-        shifted = parcel_features(model, time_shifted(inputs, seed=seed), batch_size=batch_size, baselines=False)
-        sets += [("BrainLM, time-shifted input", name, shifted.features[name]) for name in NETWORK_FEATURES
-                 if name in shifted.features]
-    sets += [("baseline", name, trained.features[name]) for name in BASELINE_FEATURES]
-
+    if s.n_neighbors >= labelled.sum():
+        raise BrainLMInputError(f"n_neighbors is {s.n_neighbors} but only {labelled.sum()} parcels are labelled")
+    trained, control, sets = _feature_sets(model, inputs, s)
     score = delayed(evaluate_features)
-    scored = Parallel(n_jobs=jobs)(score(x[labelled], y, n_neighbors=n_neighbors, seed=seed) for _, _, x in sets)
+    scored = Parallel(n_jobs=s.jobs)(score(x[labelled], y, n_neighbors=s.n_neighbors, seed=s.seed)
+                                     for _, _, x in sets)
     rows, predictions = [], {}
     for (model_name, name, x), r in zip(sets, scored):
-        tag = f"{model_name}: {name}"
-        predictions[tag] = r
+        predictions[f"{model_name}: {name}"] = r
         rows.append({"model": model_name, "features": name, "description": _DESCRIPTIONS[name],
                      "dims": int(x.shape[1]), **{k: v for k, v in r.items() if not k.endswith(("predicted", "cluster"))}})
-    spectral = {"baseline: fc": spectral_clusters(trained.fc[np.ix_(labelled, labelled)], y, seed=seed),
+    spectral = {"baseline: fc": spectral_clusters(trained.fc[np.ix_(labelled, labelled)], y, seed=s.seed),
                 "BrainLM: parcel_attention": spectral_clusters(
-                    trained.parcel_attention[np.ix_(labelled, labelled)], y, seed=seed)}
+                    trained.parcel_attention[np.ix_(labelled, labelled)], y, seed=s.seed)}
     if control is not None:
         spectral["BrainLM untrained: parcel_attention"] = spectral_clusters(
-            control.parcel_attention[np.ix_(labelled, labelled)], y, seed=seed)
-    chance = chance_levels(y, seed=seed)
+            control.parcel_attention[np.ix_(labelled, labelled)], y, seed=s.seed)
     order = network_order(y)
     paper = predictions["BrainLM: cls_attention"]["knn_predicted"]
     fc_pred = predictions["baseline: fc_profile"]["knn_predicted"]
-    result = {
+    result = NetworksResult.from_json({
         "task": "network identification",
         "checkpoint": None if is_model(checkpoint) else str(checkpoint),
         "data": _describe(data), "atlas": atlas.name, "parcels": int(atlas.n_parcels),
         "labelled_parcels": int(labelled.sum()),
         "unlabelled_parcels": [atlas.parcel_names[i] for i in np.flatnonzero(~labelled)],
-        "labels": "atlas networks" if labels is None else (str(labels) if isinstance(labels, (str, Path)) else "given"),
+        "labels": "atlas networks" if s.labels is None else (str(s.labels) if isinstance(s.labels, (str, Path))
+                                                             else "given"),
         "networks": {n: int((y == n).sum()) for n in order},
         "recordings": trained.n_recordings, "windows": trained.n_windows,
-        "settings": {"n_neighbors": n_neighbors, "knn_metric": "euclidean on standardised features",
-                     "standardisation": "per feature over the labelled parcels (label-free)",
-                     "logreg": "multinomial, L2, C=1, standardised features", "cv": "leave one parcel out",
-                     "kmeans": "k = number of networks, 10 initialisations", "seed": seed,
-                     "transfer_atlas": transfer_atlas, "max_recordings": max_recordings,
-                     "controls": {"untrained": "same architecture, random weights" if untrained_control else None,
-                                  "time-shifted input": "each parcel circularly shifted by its own random "
-                                  "offset (co-fluctuation removed)" if shifted_control else None},
-                     "model": model.config.to_dict()},
+        "settings": _settings_record(model, s),
         "methods": rows,
         "spectral": {k: {"ari": v["ari"], "nmi": v["nmi"]} for k, v in spectral.items()},
-        "chance": chance,
+        "chance": chance_levels(y, seed=s.seed),
         "confusion": {
             "labels": order,
             "BrainLM: cls_attention (kNN)": confusion_matrix(y, paper, labels=order).tolist(),
             "baseline: fc_profile (kNN)": confusion_matrix(y, fc_pred, labels=order).tolist()},
-    }
+        "seconds": round(time.perf_counter() - t0, 1),
+    })
+    if out is not None:
+        _write(result, _parcel_table(atlas, y_all, labelled, predictions, trained.cls_map), out)
+    return result
+
+
+def _network_inputs(model, data, s: NetworksSettings) -> tuple[list[ModelInput], np.ndarray]:
+    """The model inputs (at most ``max_recordings``) and every parcel's network label (None:
+    unlabelled). Labels are checked before the model runs, so a wrong table fails at once."""
+    inputs = []
+    for item in model_inputs(model, data, transfer_atlas=s.transfer_atlas, target_tr=s.target_tr, tr=s.tr,
+                             orientation=s.orientation, key=s.key):
+        if not inputs:
+            y_all = network_labels(item.atlas, s.labels)
+        inputs.append(item)
+        if s.max_recordings is not None and len(inputs) >= s.max_recordings:
+            break
+    if not inputs:
+        raise BrainLMInputError("no recording is long enough for one model window "
+                                f"({model.config.window_trs} TRs)", _describe(data))
+    return inputs, y_all
+
+
+def _feature_sets(model, inputs: list[ModelInput], s: NetworksSettings):
+    """The trained model's features, the untrained control's (or None), and every
+    (model name, feature name, (P, D) features) set to score, baselines last."""
+    trained = parcel_features(model, inputs, batch_size=s.batch_size)
+    # The image ViT-MAE has no per-parcel tokens, hence no latent connectivity.
+    sets = [("BrainLM", name, trained.features[name]) for name in NETWORK_FEATURES if name in trained.features]
+    control = None
+    if s.untrained_control:
+        control = parcel_features(random_like(model, s.seed), inputs, batch_size=s.batch_size, baselines=False)
+        sets += [("BrainLM untrained", name, control.features[name]) for name in NETWORK_FEATURES
+                 if name in control.features]
+    if s.shifted_control:
+        shifted = parcel_features(model, time_shifted(inputs, seed=s.seed), batch_size=s.batch_size,
+                                  baselines=False)
+        sets += [("BrainLM, time-shifted input", name, shifted.features[name]) for name in NETWORK_FEATURES
+                 if name in shifted.features]
+    sets += [("baseline", name, trained.features[name]) for name in BASELINE_FEATURES]
+    return trained, control, sets
+
+
+def _settings_record(model, s: NetworksSettings) -> dict:
+    """The settings as ``networks.json`` records them."""
+    return {"n_neighbors": s.n_neighbors, "knn_metric": "euclidean on standardised features",
+            "standardisation": "per feature over the labelled parcels (label-free)",
+            "logreg": "multinomial, L2, C=1, standardised features", "cv": "leave one parcel out",
+            "kmeans": "k = number of networks, 10 initialisations", "seed": s.seed,
+            "transfer_atlas": s.transfer_atlas, "max_recordings": s.max_recordings,
+            "controls": {"untrained": "same architecture, random weights" if s.untrained_control else None,
+                         "time-shifted input": "each parcel circularly shifted by its own random "
+                         "offset (co-fluctuation removed)" if s.shifted_control else None},
+            "model": model.config.to_dict()}
+
+
+def _parcel_table(atlas: Atlas, y_all: np.ndarray, labelled: np.ndarray, predictions: dict,
+                  cls_map: np.ndarray) -> pd.DataFrame:
+    """``parcels.tsv``: each parcel's centre, network, kNN predictions and relative CLS attention."""
     table = pd.DataFrame({"parcel": atlas.parcel_names, "x": atlas.xyz[:, 0], "y": atlas.xyz[:, 1],
                           "z": atlas.xyz[:, 2], "network": [n or "" for n in y_all]})
     for tag, r in predictions.items():
@@ -506,11 +633,8 @@ def identify_networks(checkpoint, data, out=None, *, labels=None, transfer_atlas
             col = np.full(atlas.n_parcels, "", dtype=object)
             col[labelled] = r["knn_predicted"]
             table[f"knn[{tag}]"] = col
-    table["relative_cls_attention"] = trained.cls_map
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    if out is not None:
-        _write(result, table, out)
-    return result
+    table["relative_cls_attention"] = cls_map
+    return table
 
 
 def _describe(data) -> str | list:

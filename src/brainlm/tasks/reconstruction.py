@@ -40,26 +40,29 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from brainlm.data.atomic import to_json
 from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.checkpoints.folder import SpatialStatistics, pretraining_spatial_statistics
 from brainlm.model.masking import MaskSpec
 from brainlm.model.precision import resolve_precision
+from brainlm.tasks.inference import predict_masked
 from brainlm.tasks.model_input import (is_model, iter_model_input, load_model, model_scaler, model_windows,
-                                       open_corpus, parcel_xyz, predict_masked, token_mask_to_values)
+                                       open_corpus, parcel_xyz)
+from brainlm.tasks.results import Record, TaskResult
 from brainlm.tasks.results_folder import check_results_folder, publish_results
+from brainlm.tasks.settings import resolve_settings
 from brainlm.train.spatial import (MIDLINE_MM, SPATIAL_MAX_FRAMES, fit_distance_model, ledoit_wolf_statistics,
                                    sample_frames)
 
-__all__ = ["BASELINES", "SPATIAL_BASELINES", "ReconstructionScores", "SpatialImputer",
-           "evaluate_reconstruction", "impute_interpolation", "impute_parcel_mean",
+__all__ = ["BASELINES", "SPATIAL_BASELINES", "ReconstructionResult", "ReconstructionScores",
+           "ReconstructionSettings", "SpatialImputer", "evaluate_reconstruction", "impute_interpolation", "impute_parcel_mean",
            "reconstruction_markdown"]
 
 #: Spatial baselines by where they were fitted: method key -> (fit source, table label).
@@ -294,27 +297,19 @@ def _in_recording_imputers(windows: np.ndarray) -> list[SpatialImputer] | None:
             for w in range(len(windows))]
 
 
-def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path | Corpus, *,
-                            split: str = "test", ratios=DEFAULT_RATIOS, strategy: str = "random",
-                            seed: int = 0, max_recordings: int | None = None,
-                            spatial_max_frames: int = SPATIAL_MAX_FRAMES, batch_size: int = 16,
-                            transfer_atlas: bool = False, device: str = "cpu", precision: str = "32-true",
-                            out: str | Path | None = None, overwrite: bool = False) -> dict:
-    """Masked reconstruction of a corpus split by the model and by the baselines, same masks.
+@dataclass(frozen=True)
+class ReconstructionSettings:
+    """How :func:`evaluate_reconstruction` scores a split.
 
-    Parameters
+    Attributes
     ----------
-    checkpoint : path or BrainLM
-        A checkpoint folder (``RUN/model``) or a loaded model.
-    corpus : path or Corpus
-        Prepared with the checkpoint's cleaning settings (and atlas, unless ``transfer_atlas``).
     split : {"test", "val", "train"}
         Recordings to reconstruct. The in-cohort spatial baseline (``spatial``) is fitted on the
         corpus' ``train`` split when it has one; the zero-shot one (``spatial_zero_shot``) comes
         from the checkpoint's stored pretraining statistics when the corpus is on its atlas, the
         distance model (``spatial_distance``) from them on any atlas; ``spatial_in_recording``
         from the other windows of each scored window's recording.
-    ratios : sequence of float
+    ratios : tuple of float
         Fractions of tokens masked (paper: 0.2, 0.75, 0.9).
     strategy : {"random", "parcels", "time"}
         Mask strategy (see :class:`~brainlm.model.masking.MaskSpec`).
@@ -326,115 +321,269 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
         Training frames (TRs) used to fit the in-cohort spatial baseline.
     batch_size : int
         Windows per forward pass.
-    precision : str
+    transfer_atlas : bool
+        Read a corpus on another atlas through parcel coordinates.
+    device, precision : str
         The model's forward passes: ``32-true`` (default), ``bf16-mixed`` or ``auto``
         (:func:`brainlm.model.precision.resolve_precision`); the baselines are always float64/32.
+    """
+
+    split: str = "test"
+    ratios: tuple[float, ...] = DEFAULT_RATIOS
+    strategy: str = "random"
+    seed: int = 0
+    max_recordings: int | None = None
+    spatial_max_frames: int = SPATIAL_MAX_FRAMES
+    batch_size: int = 16
+    transfer_atlas: bool = False
+    device: str = "cpu"
+    precision: str = "32-true"
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("random", "parcels", "time"):
+            raise BrainLMInputError(f"mask strategy {self.strategy!r}; expected random, parcels or time")
+        ratios = tuple(float(r) for r in self.ratios)
+        if not ratios or len(set(ratios)) != len(ratios):
+            raise BrainLMInputError(f"mask ratios {list(ratios)}; expected distinct fractions")
+        object.__setattr__(self, "ratios", ratios)
+        for r in ratios:
+            MaskSpec(self.strategy, r)  # validates each ratio
+        # An unknown or impossible precision: refused before any work.
+        resolve_precision(self.precision, self.device)
+
+
+@dataclass(frozen=True)
+class MethodScores(Record):
+    """One method's pooled metrics over the masked values at one ratio (None where undefined),
+    and its per-parcel arrays (P,) of the same metrics (null where undefined)."""
+
+    r2: float | None
+    mse: float | None
+    pearson_r: float | None
+    n_values: int
+    per_parcel: dict[str, list]
+
+
+@dataclass(frozen=True)
+class RatioScores(Record):
+    """Every method's scores at one mask ratio, on the same masked values."""
+
+    mask_ratio: float
+    methods: dict[str, MethodScores]
+
+    def best_baseline(self) -> str:
+        """The baseline with the highest R² at this ratio (one with an undefined R² is skipped)."""
+        present = [m for m, s in self.methods.items() if m != "brainlm" and s.r2 is not None]
+        return max(present, key=lambda m: self.methods[m].r2)
+
+
+@dataclass(frozen=True)
+class ParcelTable(Record):
+    """The scored atlas: parcel names, MNI centres (mm) and network labels (or None)."""
+
+    names: list[str]
+    xyz_mm: list[list[float]]
+    networks: list[str] | None
+    atlas: str
+
+
+@dataclass(frozen=True)
+class ReconstructionResult(TaskResult):
+    """What :func:`evaluate_reconstruction` returns and writes as ``reconstruction.json``.
+
+    ``methods`` are the methods scored, in table order; ``spatial_baselines`` says, for each of
+    :data:`SPATIAL_BASELINES`, where it was fitted (with the distance model's parameters) or why
+    it was left out; ``spatial_baseline`` is the in-cohort fit, or None; ``results`` holds per
+    ratio the pooled metrics and per-parcel arrays of every method."""
+
+    KIND: ClassVar[str] = "reconstruction"
+
+    task: str
+    checkpoint: str | None
+    corpus: str
+    split: str
+    strategy: str
+    seed: int
+    mask_ratios: list[float]
+    window_trs: int
+    precision: str
+    brainlm_label: str
+    patch_trs: int | None
+    recordings: int
+    recordings_too_short: int
+    windows: int
+    units: str
+    methods: list[str]
+    method_labels: dict[str, str]
+    spatial_baselines: dict[str, dict]
+    spatial_baseline: dict | None
+    parcels: ParcelTable
+    results: list[RatioScores]
+    seconds: float
+
+    def at(self, ratio: float) -> RatioScores:
+        """The scores at mask ratio ``ratio``; an error naming the ratios scored otherwise."""
+        for entry in self.results:
+            if entry.mask_ratio == ratio:
+                return entry
+        raise BrainLMInputError(f"no scores at mask ratio {ratio:g}; scored at {self.mask_ratios}")
+
+    def middle_ratio(self) -> float:
+        """0.75 (the paper's headline ratio) when scored, else the middle ratio scored."""
+        return 0.75 if 0.75 in self.mask_ratios else self.mask_ratios[len(self.mask_ratios) // 2]
+
+
+@dataclass
+class _Tally:
+    """What the pass over a split collects: scores per ratio and method, and counts."""
+
+    scores: dict
+    windows: int = 0
+    used: int = 0
+    too_short: int = 0
+    single_window: list = field(default_factory=list)
+    in_recording_frames: list = field(default_factory=list)
+    in_recording_shrinkage: list = field(default_factory=list)
+
+
+def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path | Corpus,
+                            settings: ReconstructionSettings | None = None, *, out: str | Path | None = None,
+                            overwrite: bool = False, **options) -> ReconstructionResult:
+    """Masked reconstruction of a corpus split by the model and by the baselines, same masks.
+
+    Parameters
+    ----------
+    checkpoint : path or BrainLM
+        A checkpoint folder (``RUN/model``) or a loaded model.
+    corpus : path or Corpus
+        Prepared with the checkpoint's cleaning settings (and atlas, unless ``transfer_atlas``).
+    settings : ReconstructionSettings, optional
+        What to score and how; or give its fields as keywords (``split="val", seed=1``), not both.
     out : path, optional
         Folder for ``reconstruction.json`` and ``reconstruction.md``, published only when
         everything succeeded; an existing folder needs ``overwrite``.
 
     Returns
     -------
-    dict (the JSON): settings, ``methods`` (the methods scored, in table order),
-    ``method_labels``, ``spatial_baselines`` (for each of :data:`SPATIAL_BASELINES`: where it
-    was fitted, with the distance model's parameters, or why it was left out),
-    ``spatial_baseline`` (the in-cohort fit, or None),
-    ``parcels`` (names, MNI xyz in mm, networks), and per ratio the pooled metrics and per-parcel
-    arrays of every method.
+    ReconstructionResult
     """
     t0 = time.perf_counter()
-    if strategy not in ("random", "parcels", "time"):
-        raise BrainLMInputError(f"mask strategy {strategy!r}; expected random, parcels or time")
-    ratios = [float(r) for r in ratios]
-    if not ratios or len(set(ratios)) != len(ratios):
-        raise BrainLMInputError(f"mask ratios {ratios}; expected distinct fractions")
-    specs = [MaskSpec(strategy, r) for r in ratios]  # validates each ratio
-    resolve_precision(precision, device)  # an unknown or impossible precision: refused before any work
+    s = resolve_settings(ReconstructionSettings, settings, options)
     out = check_results_folder(out, overwrite)
-    model = load_model(checkpoint, device)
-    precision = resolve_precision(precision, device, getattr(model.config, "dim", None))
+    model = load_model(checkpoint, s.device)
+    precision = resolve_precision(s.precision, s.device, getattr(model.config, "dim", None))
     corpus = open_corpus(corpus)
-    scaler = model_scaler(model, corpus, transfer_atlas=transfer_atlas)
-    rows = corpus.split_indices(split)
-    if max_recordings is not None:
-        rows = rows[:max_recordings]
-    cfg = model.config
-    p = corpus.atlas.n_parcels
-    spatial, spatial_info = _spatial_baselines(model, corpus, scaler, spatial_max_frames)
+    scaler = model_scaler(model, corpus, transfer_atlas=s.transfer_atlas)
+    rows = corpus.split_indices(s.split)
+    if s.max_recordings is not None:
+        rows = rows[:s.max_recordings]
+    spatial, spatial_info = _spatial_baselines(model, corpus, scaler, s.spatial_max_frames)
+    tally = _score_split(model, corpus, rows, scaler, spatial, s, precision)
+    if tally.windows == 0:
+        raise BrainLMInputError(f"no recording of split {s.split!r} has a full window of "
+                                f"{model.config.window_trs} TRs", corpus.path)
+    spatial_info["spatial_in_recording"] = _in_recording_info(tally, model.config.window_trs)
+    result = _result(checkpoint, model, corpus, s, precision, tally, spatial_info, time.perf_counter() - t0)
+    if out is not None:
+        publish_results(out, {"reconstruction.json": result.dumps(indent=1),
+                              "reconstruction.md": reconstruction_markdown(result)})
+    return result
 
-    # Scored while the split is read; left out at the end if a recording had a single window.
+
+def _score_split(model, corpus: Corpus, rows, scaler, spatial: dict, s: ReconstructionSettings,
+                 precision: str) -> _Tally:
+    """Score every method on the same masks, one recording in memory at a time. A recording
+    shorter than a window is counted and skipped; the in-recording baseline is scored wherever a
+    recording has a second window to fit it on (left out at the end otherwise)."""
+    cfg, p = model.config, corpus.atlas.n_parcels
     scored = ("brainlm",) + tuple(b for b in BASELINES if b not in SPATIAL_BASELINES or b in spatial
                                   or b == "spatial_in_recording")
-    scores = {r: {m: ReconstructionScores(p) for m in scored} for r in ratios}
-    generators = {r: torch.Generator().manual_seed(_mask_seed(seed, r)) for r in ratios}
+    tally = _Tally({r: {m: ReconstructionScores(p) for m in scored} for r in s.ratios})
+    specs = [MaskSpec(s.strategy, r) for r in s.ratios]
+    generators = {r: torch.Generator().manual_seed(_mask_seed(s.seed, r)) for r in s.ratios}
     xyz = parcel_xyz(corpus.atlas)
-    n_windows, used, too_short = 0, 0, 0
-    single_window, in_recording_frames, in_recording_shrinkage = [], [], []
-    for row, x in zip(rows, iter_model_input(corpus, rows, scaler)):  # one recording in memory at a time
+    for row, x in zip(rows, iter_model_input(corpus, rows, scaler)):
         if x.shape[0] < cfg.window_trs:
-            too_short += 1
+            tally.too_short += 1
             continue
         wins, _ = model_windows(model, x)
-        used += 1
-        n_windows += len(wins)
+        tally.used += 1
+        tally.windows += len(wins)
         own = _in_recording_imputers(wins.numpy())
         if own is None:
-            single_window.append(str(corpus.manifest["recording_id"].iat[int(row)]))
+            tally.single_window.append(str(corpus.manifest["recording_id"].iat[int(row)]))
         else:
-            in_recording_frames += [imp.n_frames_ for imp in own]
-            in_recording_shrinkage += [imp.shrinkage_ for imp in own]
-        for r, spec in zip(ratios, specs):
+            tally.in_recording_frames += [imp.n_frames_ for imp in own]
+            tally.in_recording_shrinkage += [imp.shrinkage_ for imp in own]
+        for r, spec in zip(s.ratios, specs):
             mask_tok = model.sample_mask(spec, len(wins), p, generators[r])
-            pred = predict_masked(model, wins, xyz, mask_tok, batch_size, precision).numpy()
-            mask = token_mask_to_values(model, mask_tok)
-            target = wins.numpy()
-            sc = scores[r]
-            sc["brainlm"].update(target, pred, mask)
-            sc["zero"].update(target, np.zeros_like(target), mask)
-            for w in range(len(wins)):
-                xw, mw = target[w], mask[w]
-                sc["parcel_mean"].update(xw, impute_parcel_mean(xw, mw), mw)
-                sc["interpolation"].update(xw, impute_interpolation(xw, mw), mw)
-                for name, imputer in spatial.items():
-                    sc[name].update(xw, imputer.impute(xw, mw), mw)
-                if own is not None:
-                    sc["spatial_in_recording"].update(xw, own[w].impute(xw, mw), mw)
-    if n_windows == 0:
-        raise BrainLMInputError(f"no recording of split {split!r} has a full window of "
-                                f"{cfg.window_trs} TRs", corpus.path)
+            pred = predict_masked(model, wins, xyz, mask_tok, s.batch_size, precision).numpy()
+            _score_window_batch(tally.scores[r], wins.numpy(), pred,
+                                model.token_mask_to_values(mask_tok).cpu().numpy(), spatial, own)
+    return tally
+
+
+def _score_window_batch(sc: dict, target: np.ndarray, pred: np.ndarray, mask: np.ndarray, spatial: dict,
+                        own: list | None) -> None:
+    """Add one recording's windows (W, T, P) at one ratio to every method's scores."""
+    sc["brainlm"].update(target, pred, mask)
+    sc["zero"].update(target, np.zeros_like(target), mask)
+    for w in range(len(target)):
+        xw, mw = target[w], mask[w]
+        sc["parcel_mean"].update(xw, impute_parcel_mean(xw, mw), mw)
+        sc["interpolation"].update(xw, impute_interpolation(xw, mw), mw)
+        for name, imputer in spatial.items():
+            sc[name].update(xw, imputer.impute(xw, mw), mw)
+        if own is not None:
+            sc["spatial_in_recording"].update(xw, own[w].impute(xw, mw), mw)
+
+
+def _in_recording_info(tally: _Tally, window_trs: int) -> dict:
+    """Where the in-recording baseline was fitted, or why it is left out: every method is scored
+    on the very same masked values, so a baseline that cannot predict one recording's windows is
+    left out for the whole split."""
     fit, label = SPATIAL_BASELINES["spatial_in_recording"]
-    if single_window:
-        # Every method is scored on the very same masked values, so a baseline that cannot
-        # predict one recording's windows is left out for the whole split.
-        spatial_info["spatial_in_recording"] = {
-            "fit": fit, "label": label, "available": False,
-            "reason": (f"{len(single_window)} of the {used} scored recordings have a single window of "
-                       f"{cfg.window_trs} TRs (e.g. {', '.join(single_window[:3])}): no other window of "
-                       "the same recording to fit it on")}
-    else:
-        spatial_info["spatial_in_recording"] = {
-            "fit": fit, "label": label, "available": True,
+    if tally.single_window:
+        return {"fit": fit, "label": label, "available": False,
+                "reason": (f"{len(tally.single_window)} of the {tally.used} scored recordings have a single "
+                           f"window of {window_trs} TRs (e.g. {', '.join(tally.single_window[:3])}): no other "
+                           "window of the same recording to fit it on")}
+    return {"fit": fit, "label": label, "available": True,
             "fitted_on": ("the other windows of the same recording, for each scored window "
                           "(never its own TRs)"),
-            "frames": int(min(in_recording_frames)), "frames_max": int(max(in_recording_frames)),
-            "ledoit_wolf_shrinkage": round(float(np.mean(in_recording_shrinkage)), 6), "fits": len(in_recording_frames)}
-    methods = tuple(m for m in scored if m != "spatial_in_recording" or not single_window)
+            "frames": int(min(tally.in_recording_frames)), "frames_max": int(max(tally.in_recording_frames)),
+            "ledoit_wolf_shrinkage": round(float(np.mean(tally.in_recording_shrinkage)), 6),
+            "fits": len(tally.in_recording_frames)}
 
-    atlas = corpus.atlas
+
+def _result(checkpoint, model, corpus: Corpus, s: ReconstructionSettings, precision: str, tally: _Tally,
+            spatial_info: dict, seconds: float) -> ReconstructionResult:
+    """The typed result of a scored split."""
+    cfg, atlas = model.config, corpus.atlas
+    methods = [m for m in tally.scores[s.ratios[0]]
+               if m != "spatial_in_recording" or not tally.single_window]
+    # A hybrid is labelled as one wherever its numbers are shown.
     brainlm_label = HYBRID_LABEL if getattr(cfg, "spatial_prior_parcels", 0) else "BrainLM"
     in_cohort = spatial_info["spatial"]
-    result = {
+    results = []
+    for r in s.ratios:
+        entry = {"mask_ratio": r, "methods": {}}
+        for m in methods:
+            pp = tally.scores[r][m].per_parcel()
+            entry["methods"][m] = {**tally.scores[r][m].pooled(),
+                                   "per_parcel": {k: _json_list(v) for k, v in pp.items()}}
+        results.append(entry)
+    return ReconstructionResult.from_json({
         "task": "reconstruction",
         "checkpoint": str(checkpoint) if not is_model(checkpoint) else None,
-        "corpus": corpus.path, "split": split, "strategy": strategy, "seed": int(seed),
-        "mask_ratios": ratios, "window_trs": cfg.window_trs, "precision": precision,
-        # A hybrid is labelled as one wherever its numbers are shown.
+        "corpus": corpus.path, "split": s.split, "strategy": s.strategy, "seed": int(s.seed),
+        "mask_ratios": list(s.ratios), "window_trs": cfg.window_trs, "precision": precision,
         "brainlm_label": brainlm_label,
         # TRs per token; None for the image ViT-MAE, whose tokens are image patches.
         "patch_trs": getattr(cfg, "patch_trs", None),
-        "recordings": used, "recordings_too_short": too_short, "windows": n_windows,
+        "recordings": tally.used, "recordings_too_short": tally.too_short, "windows": tally.windows,
         "units": "model input: robust-scaled signal ((x - median) / IQR per parcel)",
-        "methods": list(methods),
+        "methods": methods,
         "method_labels": {m: brainlm_label if m == "brainlm" else SPATIAL_BASELINES.get(m, (None, m))[1]
                           for m in methods},
         # Where each spatial baseline was fitted (zero-shot: the pretraining data; in-cohort:
@@ -446,20 +595,9 @@ def evaluate_reconstruction(checkpoint: str | Path | BrainLM, corpus: str | Path
         "parcels": {"names": list(atlas.parcel_names), "xyz_mm": np.asarray(atlas.xyz).round(2).tolist(),
                     "networks": list(atlas.networks) if atlas.networks is not None else None,
                     "atlas": atlas.name},
-        "results": [],
-    }
-    for r in ratios:
-        entry = {"mask_ratio": r, "methods": {}}
-        for m in methods:
-            pp = scores[r][m].per_parcel()
-            entry["methods"][m] = {**scores[r][m].pooled(),
-                                   "per_parcel": {k: _json_list(v) for k, v in pp.items()}}
-        result["results"].append(entry)
-    result["seconds"] = round(time.perf_counter() - t0, 2)
-    if out is not None:
-        publish_results(out, {"reconstruction.json": to_json(result, indent=1),
-                       "reconstruction.md": reconstruction_markdown(result)})
-    return result
+        "results": results,
+        "seconds": round(seconds, 2),
+    })
 
 
 def _json_list(v: np.ndarray) -> list:

@@ -11,7 +11,7 @@ from brainlm.tasks.forecasting.baselines import (BASELINES, BaselineSettings, Co
                                                  NeuralODEForecaster, NeuralTraining, ParcelAR,
                                                  Persistence, RidgeVAR, make_baseline)
 from brainlm.tasks.forecasting.comparison import compare
-from brainlm.tasks.forecasting.evaluate import evaluate, evaluate_run, step_metrics
+from brainlm.tasks.forecasting.evaluate import ForecastResult, evaluate, evaluate_run, step_metrics
 from brainlm.tasks.forecasting.finetune import FinetuneSettings, finetune
 from brainlm.tasks.forecasting.windows import ForecastWindows, check_lengths, forecast_windows
 

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 from brainlm.tasks.forecasting.baselines import BASELINES, BaselineSettings
-from brainlm.tasks.forecasting.evaluate import evaluate_run, write_outputs
+from brainlm.tasks.forecasting.evaluate import ForecastResult, evaluate_run, write_outputs
 from brainlm.tasks.forecasting.finetune import FinetuneSettings, finetune
 
 
 def compare(checkpoint: str | Path, corpus: str | Path, out: str | Path, *,
             finetune_settings: FinetuneSettings | None = None,
             baseline_settings: BaselineSettings | None = None, baselines=BASELINES,
-            stride: int | None = None, overwrite: bool = False, progress: bool = False) -> dict:
+            stride: int | None = None, overwrite: bool = False, progress: bool = False) -> ForecastResult:
     """Fine-tune ``checkpoint`` to forecast on ``corpus`` (and train the same architecture from
     scratch with the same budget), then score it against the baselines on the test split.
 
@@ -29,7 +30,7 @@ def compare(checkpoint: str | Path, corpus: str | Path, out: str | Path, *,
 
     Returns
     -------
-    dict
+    ForecastResult
         The evaluation results (``forecast.json``) with the wall time of each stage in
         ``seconds``.
     """
@@ -40,7 +41,7 @@ def compare(checkpoint: str | Path, corpus: str | Path, out: str | Path, *,
     results = evaluate_run(out / "finetune", corpus, out=None, baselines=baselines,
                            settings=baseline_settings, stride=stride, progress=progress)
     t2 = time.perf_counter()
-    results["seconds"] = {"finetune": round(t1 - t0, 1), "evaluate": round(t2 - t1, 1),
-                          "total": round(t2 - t0, 1)}
+    results = dataclasses.replace(results, seconds={"finetune": round(t1 - t0, 1), "evaluate": round(t2 - t1, 1),
+                                                    "total": round(t2 - t0, 1)})
     write_outputs(results, out)
     return results

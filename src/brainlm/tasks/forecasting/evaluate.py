@@ -25,8 +25,9 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from scipy.stats import pearsonr
@@ -42,6 +43,7 @@ from brainlm.tasks.forecasting.carry import carry_label
 from brainlm.tasks.forecasting.finetune import FORMAT as RUN_FORMAT
 from brainlm.tasks.forecasting.windows import check_lengths, forecast_windows, split_recordings
 from brainlm.tasks.model_input import model_scaler
+from brainlm.tasks.results import Record, TaskResult
 
 FORMAT = "brainlm-forecast-evaluation"
 METRICS = ("mse", "r2", "pearson_r")
@@ -98,7 +100,7 @@ def step_metrics(prediction: np.ndarray, target: np.ndarray) -> dict[str, np.nda
 def evaluate(corpus, *, context_trs: int, horizon_trs: int, models: dict | None = None,
              baselines=BASELINES, settings: BaselineSettings | None = None, split: str = "test",
              stride: int | None = None, max_train_recordings: int | None = None,
-             out: str | Path | None = None, progress: bool = False) -> dict:
+             out: str | Path | None = None, progress: bool = False) -> ForecastResult:
     """Fit the baselines on the training split and score every method on the ``split`` windows.
 
     Parameters
@@ -126,9 +128,22 @@ def evaluate(corpus, *, context_trs: int, horizon_trs: int, models: dict | None 
 
     Returns
     -------
-    dict
+    ForecastResult
         The content of ``forecast.json``.
     """
+    results = _evaluate(corpus, context_trs, horizon_trs, models, baselines, settings, split, stride,
+                        max_train_recordings, progress)
+    result = ForecastResult.from_json(results)
+    if out is not None:
+        write_outputs(result, out)
+    return result
+
+
+def _evaluate(corpus, context_trs: int, horizon_trs: int, models: dict | None, baselines,
+              settings: BaselineSettings | None, split: str, stride: int | None,
+              max_train_recordings: int | None, progress: bool) -> dict:
+    """:func:`evaluate`'s numbers as the JSON mapping (a run's fine-tuning facts are added to it
+    by :func:`evaluate_run` before it is typed)."""
     data = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
     settings = settings or BaselineSettings()
     check_lengths(context_trs, horizon_trs, source=data.path)
@@ -154,27 +169,8 @@ def evaluate(corpus, *, context_trs: int, horizon_trs: int, models: dict | None 
                                  scaler=scaler)
     for name in baselines:
         forecasters[name] = make_baseline(name, context_trs, horizon_trs, settings)
-
-    methods = {}
-    for name, f in forecasters.items():
-        if progress:
-            print(f"forecast: {LABELS.get(name, name)} ...", flush=True)
-        t0 = time.perf_counter()
-        f.fit(train, val)
-        fit_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        pred = f.predict(test.context)
-        predict_s = time.perf_counter() - t0
-        m = step_metrics(pred, test.target)
-        methods[name] = {
-            "label": method_label(name, f),
-            "kind": "brainlm" if name in (models or {}) else "baseline",
-            **{k: [round(float(x), 6) for x in m[k]] for k in METRICS},
-            "mean": {k: round(float(np.mean(m[k])), 6) for k in METRICS},
-            "fit_seconds": round(fit_s, 3),
-            "predict_ms_per_window": round(1000 * predict_s / test.n_windows, 3),
-            "details": f.describe(),
-        }
+    methods = {name: _score_method(name, f, train, val, test, brainlm=name in (models or {}), progress=progress)
+               for name, f in forecasters.items()}
     results = {
         "format": FORMAT, "corpus": data.path, "split": split, "context_trs": context_trs,
         "horizon_trs": horizon_trs, "tr_s": data.tr, "stride_trs": stride,
@@ -188,13 +184,85 @@ def evaluate(corpus, *, context_trs: int, horizon_trs: int, models: dict | None 
         "methods": methods, "best_by_step": _best_by_step(methods, horizon_trs),
     }
     results["summary"] = summarize(results)
-    if out is not None:
-        write_outputs(results, out)
     return results
 
 
+def _score_method(name: str, f, train, val, test, *, brainlm: bool, progress: bool) -> dict:
+    """Fit one forecaster on the training split (``val`` for early stopping) and score it on
+    the test windows, per step, with its fit and prediction times."""
+    if progress:
+        print(f"forecast: {LABELS.get(name, name)} ...", flush=True)
+    t0 = time.perf_counter()
+    f.fit(train, val)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = f.predict(test.context)
+    predict_s = time.perf_counter() - t0
+    m = step_metrics(pred, test.target)
+    return {
+        "label": method_label(name, f),
+        "kind": "brainlm" if brainlm else "baseline",
+        **{k: [round(float(x), 6) for x in m[k]] for k in METRICS},
+        "mean": {k: round(float(np.mean(m[k])), 6) for k in METRICS},
+        "fit_seconds": round(fit_s, 3),
+        "predict_ms_per_window": round(1000 * predict_s / test.n_windows, 3),
+        "details": f.describe(),
+    }
+
+
+@dataclass(frozen=True)
+class ForecastMethod(Record):
+    """One method's scores per predicted step (lists of ``horizon_trs``) and their means."""
+
+    label: str
+    kind: str
+    mse: list[float]
+    r2: list[float]
+    pearson_r: list[float]
+    mean: dict[str, float]
+    fit_seconds: float
+    predict_ms_per_window: float
+    details: dict
+    #: Set when the fit time is that of another run (``finetune.json``), not measured here.
+    fit_seconds_from: str | None = None
+
+
+@dataclass(frozen=True)
+class ForecastResult(TaskResult):
+    """What :func:`evaluate` (and :func:`evaluate_run`, ``compare``) return and write as
+    ``forecast.json``. ``finetune`` is the fine-tuning run's facts (from :func:`evaluate_run`),
+    ``seconds`` the wall time of each stage (from ``compare``); both None otherwise."""
+
+    KIND: ClassVar[str] = "forecast"
+
+    format: str
+    corpus: str
+    split: str
+    context_trs: int
+    horizon_trs: int
+    tr_s: float
+    stride_trs: int
+    n_windows: int
+    n_parcels: int
+    n_test_recordings: int
+    n_train_recordings: int | None
+    units: str
+    pooling: dict[str, str]
+    baseline_settings: dict
+    methods: dict[str, ForecastMethod]
+    best_by_step: dict[str, list[str]]
+    summary: str
+    finetune: dict | None = None
+    seconds: dict | None = None
+
+    def best(self, kind: str) -> str:
+        """The method of ``kind`` (``brainlm`` or ``baseline``) with the lowest mean MSE."""
+        names = [n for n, m in self.methods.items() if m.kind == kind]
+        return min(names, key=lambda n: self.methods[n].mean["mse"])
+
+
 def evaluate_run(run: str | Path, corpus, out: str | Path | None = None, *, horizon_trs: int | None = None,
-                 zero_shot: bool = True, **kwargs) -> dict:
+                 zero_shot: bool = True, **kwargs) -> ForecastResult:
     """:func:`evaluate` with the models of a ``finetune`` run folder.
 
     The fine-tuned model, the scratch model (when trained) and, with ``zero_shot``, the
@@ -219,8 +287,13 @@ def evaluate_run(run: str | Path, corpus, out: str | Path | None = None, *, hori
         models["brainlm_pretrained"] = BrainLMForecaster(
             info["checkpoint"], h, context_trs=s["context_trs"], step_trs=s["horizon_trs"],
             name="brainlm_pretrained")
-    results = evaluate(corpus, context_trs=s["context_trs"], horizon_trs=horizon_trs or s["horizon_trs"],
-                       models=models, out=None, **kwargs)
+    options = {"baselines": BASELINES, "settings": None, "split": "test", "stride": None,
+               "max_train_recordings": None, "progress": False}
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise BrainLMInputError(f"unknown option(s) {unknown} of evaluate_run; expected some of {sorted(options)}")
+    options.update(kwargs)
+    results = _evaluate(corpus, s["context_trs"], horizon_trs or s["horizon_trs"], models, **options)
     results["finetune"] = {k: info[k] for k in ("checkpoint", "settings", "window_trs")}
     results["finetune"]["models"] = {
         k: {f: v[f] for f in ("best_val_mse", "val_mse_before", "best_epoch", "fit_seconds",
@@ -231,9 +304,10 @@ def evaluate_run(run: str | Path, corpus, out: str | Path | None = None, *, hori
         if name in results["methods"] and run_key in info["models"]:
             results["methods"][name]["fit_seconds"] = info["models"][run_key]["fit_seconds"]
             results["methods"][name]["fit_seconds_from"] = "finetune.json"
+    result = ForecastResult.from_json(results)
     if out is not None:
-        write_outputs(results, out)
-    return results
+        write_outputs(result, out)
+    return result
 
 
 def method_label(name: str, forecaster) -> str:

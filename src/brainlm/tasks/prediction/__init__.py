@@ -13,14 +13,15 @@ from brainlm.tasks.prediction.baselines import (
 from brainlm.tasks.prediction.cv import corrected_resampled_ttest, grouped_folds, subject_leaks
 from brainlm.tasks.prediction.estimator import BrainLMEmbedding
 from brainlm.tasks.prediction.evaluate import (
-    PredictionSettings, evaluate_prediction, method_catalogue, prediction_markdown)
-from brainlm.tasks.prediction.finetune import BrainLMFineTuner, LinearProbe, LoRALinear, add_lora
+    PredictionResult, PredictionSettings, evaluate_prediction, method_catalogue, prediction_markdown)
+from brainlm.tasks.prediction.finetune import (BrainLMFineTuner, FineTuneSchedule, LinearProbe, LoRALinear,
+                                              add_lora)
 from brainlm.tasks.prediction.targets import Target, load_target
 
 __all__ = [
-    "BrainLMEmbedding", "BrainLMFineTuner", "LSTMEstimator", "LinearProbe", "LoRALinear",
+    "BrainLMEmbedding", "BrainLMFineTuner", "FineTuneSchedule", "LSTMEstimator", "LinearProbe", "LoRALinear",
     "PredictionSettings", "TangentSpace", "Target", "add_lora", "connectivity_measure",
     "corrected_resampled_ttest", "correlation_features",
-    "evaluate_prediction", "grouped_folds", "load_target", "method_catalogue", "prediction_markdown",
+    "PredictionResult", "evaluate_prediction", "grouped_folds", "load_target", "method_catalogue", "prediction_markdown",
     "raw_pca_pipeline", "subject_leaks",
 ]

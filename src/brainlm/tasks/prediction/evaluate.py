@@ -11,15 +11,16 @@ corrected resampled t-test over all (seed, fold) pairs.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
-from brainlm.data.atomic import to_json
 from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
@@ -32,9 +33,10 @@ from brainlm.tasks.prediction.cv import (
     CLASSIFICATION_METRICS, PRIMARY, REGRESSION_METRICS, corrected_resampled_ttest, fold_metrics,
     grouped_folds, nested_search, scores_of, take)
 from brainlm.tasks.prediction.estimator import BrainLMEmbedding
-from brainlm.tasks.prediction.finetune import BrainLMFineTuner, LinearProbe
+from brainlm.tasks.prediction.finetune import BrainLMFineTuner, FineTuneSchedule, LinearProbe
 from brainlm.tasks.prediction.heads import head_name, make_head
 from brainlm.tasks.prediction.targets import Target, check_cross_validation, load_target
+from brainlm.tasks.results import TaskResult
 from brainlm.tasks.results_folder import check_results_folder, publish_results
 
 FAMILIES = ("BrainLM zero-shot", "BrainLM random weights", "baseline", "BrainLM fine-tuned")
@@ -243,8 +245,9 @@ def _plan(method: Method, task: str, inputs: _Inputs, seed: int, n_train_min: in
                 LinearProbe(max_epochs=s.probe_epochs, patience=4 * s.patience, **common), None)
     mode = {"finetune_full": "full", "finetune_lora": "lora"}[n]
     return inputs.series, None, BrainLMFineTuner(
-        inputs.model, mode=mode, max_epochs=s.finetune_epochs, patience=s.patience,
-        batch_size=s.batch_size, lora_rank=s.lora_rank, atlas=inputs.atlas, device=inputs.device,
+        inputs.model, mode=mode,
+        schedule=FineTuneSchedule(max_epochs=s.finetune_epochs, patience=s.patience, batch_size=s.batch_size),
+        lora_rank=s.lora_rank, atlas=inputs.atlas, device=inputs.device,
         precision=s.precision, **common), None
 
 
@@ -252,7 +255,7 @@ def evaluate_prediction(checkpoint: str | Path | BrainLM, corpus: str | Path | C
                         task: str = "auto", methods=None, settings: PredictionSettings = PredictionSettings(),
                         split: str | None = None, transfer_atlas: bool = False, device: str = "cpu",
                         out: str | Path | None = None, overwrite: bool = False,
-                        progress: bool | str = False) -> dict:
+                        progress: bool | str = False) -> PredictionResult:
     """Predict ``target`` with every selected method under grouped, nested cross-validation.
 
     Parameters
@@ -281,7 +284,7 @@ def evaluate_prediction(checkpoint: str | Path | BrainLM, corpus: str | Path | C
 
     Returns
     -------
-    dict (the JSON): target, settings, methods, summary (mean and spread over seeds per
+    PredictionResult (the JSON): target, settings, methods, summary (mean and spread over seeds per
     metric), comparison with the reference, folds (test subjects per seed and fold), fits
     (per seed, fold and method: metrics, chosen hyper-parameters, subjects on every side of
     every split used), timings.
@@ -323,15 +326,55 @@ def evaluate_prediction(checkpoint: str | Path | BrainLM, corpus: str | Path | C
     }
     oof = result.pop("_predictions")
     oof.insert(3, "recording_id", m["recording_id"].to_numpy()[tgt.rows][oof.pop("index").to_numpy()])
-    result["seconds"] = round(time.perf_counter() - t0, 1)
+    result = PredictionResult.from_json({**result, "seconds": round(time.perf_counter() - t0, 1)})
     if out is not None:
-        # Subjects per side of every split stay in the returned dict (for audits and tests); the
+        # Subjects per side of every split stay in the returned result (for audits and tests); the
         # JSON keeps each outer fold's test subjects, from which the rest follows by seed.
-        slim = {**result, "fits": [{k: v for k, v in f.items() if k != "subjects"} for f in result["fits"]]}
-        publish_results(out, {"prediction.json": to_json(slim, indent=1),
+        slim = dataclasses.replace(result, fits=[{k: v for k, v in f.items() if k != "subjects"}
+                                                 for f in result.fits])
+        publish_results(out, {"prediction.json": slim.dumps(indent=1),
                               "prediction.md": prediction_markdown(result),
                               "predictions.parquet": oof})
     return result
+
+
+@dataclass(frozen=True)
+class PredictionResult(TaskResult):
+    """What :func:`evaluate_prediction` returns and writes as ``prediction.json``: the target,
+    settings, ``methods`` (name, family, seeds...), ``summary`` (per method and metric: the mean
+    and spread over seeds and folds), ``comparison`` with the ``reference`` (per method: mean
+    difference, p and verdict), ``folds`` (test subjects per seed and fold), ``fits`` (per seed,
+    fold and method: metrics, chosen hyper-parameters and, in the returned result only, the
+    subjects on every side of every split used) and timings."""
+
+    KIND: ClassVar[str] = "prediction"
+
+    task: str
+    checkpoint: str | None
+    corpus: str
+    split: str
+    target: dict
+    subjects: int
+    recordings: int
+    settings: dict
+    standardisation: str | None
+    test: str
+    methods: list[dict]
+    reference: str
+    primary_metric: str
+    higher_is_better: bool
+    metrics: list[str]
+    summary: dict[str, dict]
+    comparison: dict[str, dict]
+    timing_seconds: dict[str, float]
+    shared_feature_seconds: dict[str, float]
+    folds: list[dict]
+    fits: list[dict]
+    seconds: float
+
+    def mean(self, method: str, metric: str | None = None) -> float | None:
+        """The mean over seeds and folds of ``metric`` (default: the primary one) for ``method``."""
+        return self.summary[method][metric or self.primary_metric]["mean"]
 
 
 def _fit_fold(method: Method, tgt: Target, groups: np.ndarray, y: np.ndarray, tr: np.ndarray,
