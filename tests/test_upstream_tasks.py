@@ -9,9 +9,11 @@ that the numbers are good.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -19,7 +21,7 @@ from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.checkpoints.folder import load_pretrained, save_pretrained
@@ -31,18 +33,17 @@ from brainlm.tasks.calibration import apply_calibration, calibrate_input_gain
 from brainlm.tasks.embed import embed
 from brainlm.tasks.forecasting.evaluate import evaluate_run
 from brainlm.tasks.forecasting.finetune import FinetuneSettings, finetune
-from brainlm.tasks.group_attention import group_attention
+from brainlm.tasks.group_attention import GroupAttentionResult, group_attention, welch_t
+from brainlm.tasks.group_attention import read_parcels as read_group_parcels
+from brainlm.tasks.inference import embed_windows, predict_masked
 from brainlm.tasks.model_input import (
-    embed_windows,
     input_gain,
     is_model,
     iter_model_input,
     load_model,
     model_scaler,
     model_windows,
-    predict_masked,
     random_like,
-    token_mask_to_values,
 )
 from brainlm.tasks.networks import identify_networks
 from brainlm.tasks.prediction.evaluate import PredictionSettings, evaluate_prediction
@@ -88,8 +89,8 @@ def setup(tmp_path_factory):
     checkpoint's cleaning, and the paper fixture imported."""
     root = tmp_path_factory.mktemp("upstream_tasks")
     contract = PreprocessingContract(target_tr=0.735, detrend=True)
-    prepare_corpus(simulated_a424(8, 220), root / "corpus", atlas=load_atlas("a424"), contract=contract,
-                   fractions=(0.5, 0.25, 0.25))
+    prepare_corpus(simulated_a424(8, 220), root / "corpus",
+                   PrepareSettings.of(atlas=load_atlas("a424"), contract=contract, fractions=(0.5, 0.25, 0.25)))
     import_upstream(PAPER, root / "paper")
     return root, root / "corpus", root / "paper"
 
@@ -116,20 +117,66 @@ def test_networks_on_an_imported_paper_model(setup):
     assert result["networks"] == {"Lant": 102, "Lpost": 107, "Rant": 107, "Rpost": 108}
     assert result["labelled_parcels"] == 424
     assert result["settings"]["model"]["conv_kernel"] == 65  # the paper model's own config
-    for r in result["methods"]:
-        if r["model"] == "BrainLM":
-            assert 0.0 <= r["knn_accuracy"] <= 1.0
+    # Each BrainLM feature set's kNN accuracy, recomputed here from its definition (k = 5, leave
+    # one parcel out, features standardised over all parcels) with scikit-learn alone, on the same
+    # features of the same recording. A random model's accuracy is not known in advance, so the
+    # task is checked against the arithmetic it claims: a wrong score, a feature set scored under
+    # another's name or labels out of parcel order all fail. See loo_knn_accuracy for the tolerance.
+    from brainlm.tasks.model_input import model_inputs
+    from brainlm.tasks.networks import parcel_features
+
+    model = load_model(ckpt)
+    features = parcel_features(model, [next(iter(model_inputs(model, corpus)))]).features
+    y = np.array([line.split("\t")[1] for line in labels.read_text().splitlines()[1:]])
+    scored = [r for r in result["methods"] if r["model"] == "BrainLM"]
+    assert {r["features"] for r in scored} == {"cls_attention", "parcel_attention", "token_embedding",
+                                               "latent_connectivity"}
+    for r in scored:
+        expected, ambiguous = loo_knn_accuracy(features[r["features"]], y, k=5)
+        assert r["knn_accuracy"] == pytest.approx(expected, rel=0, abs=ambiguous / len(y) + 1e-12), r["features"]
     assert (out / "networks.json").is_file() and (out / "parcels.tsv").is_file()
+
+
+def loo_knn_accuracy(x: np.ndarray, y: np.ndarray, k: int) -> tuple[float, int]:
+    """Leave-one-out accuracy of a k-nearest-neighbour vote on ``x`` (n, F) standardised per
+    feature over all n rows, and the number of rows whose vote rounding may decide.
+
+    The task rotates the standardised features onto their principal axes before the kNN. That
+    keeps Euclidean distances, but only up to rounding (about 1e-12 relative in float64), so a
+    row whose k-th and (k+1)-th nearest neighbours are within 1e-9 (relative) of each other may
+    get another neighbour set there: each such row may move the accuracy by 1/n, no other can.
+    """
+    from scipy.spatial.distance import cdist
+    from sklearn.model_selection import LeaveOneOut, cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    z = StandardScaler().fit_transform(x)
+    predicted = cross_val_predict(KNeighborsClassifier(n_neighbors=k), z, y, cv=LeaveOneOut())
+    others = np.sort(cdist(z, z), axis=1)[:, 1:]  # distances to the other rows, nearest first
+    ambiguous = int(np.sum(others[:, k] - others[:, k - 1] <= 1e-9 * others[:, k]))
+    return float(np.mean(predicted == y)), ambiguous
 
 
 @pytest.mark.slow
 def test_group_attention_on_an_imported_paper_model(setup):
     root, corpus, ckpt = setup
     result = group_attention(ckpt, corpus, "group", root / "attention", n_permutations=20)
-    assert result["group_by"] == "group" and result["parcels"] == 424
-    saved = json.loads((root / "attention" / "group_attention.json").read_text())
-    assert saved["group_by"] == "group"
-    assert (root / "attention" / "parcels.tsv").is_file()
+    assert result.group_by == "group" and result.parcels == 424
+    assert GroupAttentionResult.read(root / "attention" / "group_attention.json").to_json() == \
+        GroupAttentionResult.from_json(json.loads(result.dumps())).to_json()
+    # The saved t map is the Welch t of the per-subject mean attention in recordings.parquet,
+    # recomputed here from that table alone (parcels.tsv keeps 6 significant digits).
+    per_recording = pd.read_parquet(root / "attention" / "recordings.parquet")
+    by_subject = per_recording.groupby("subject", sort=True)
+    x = by_subject[list(per_recording.columns[3:])].mean().to_numpy()
+    in_b = (by_subject["group"].first() == result.groups["b"]).to_numpy()
+    parcels = read_group_parcels(root / "attention" / "parcels.tsv")
+    np.testing.assert_allclose(parcels["attention_t"], welch_t(x, in_b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(parcels["attention_difference"], x[in_b].mean(0) - x[~in_b].mean(0),
+                               rtol=1e-5, atol=1e-9)
+    perm = result.permutations["attention"]
+    assert perm.n == (math.comb(len(in_b), int(in_b.sum())) if perm.exact else 20)
 
 
 @pytest.mark.slow
@@ -179,7 +226,7 @@ def test_image_tokens_that_hold_data_are_the_ones_pixel_mask_maps_to_values(vit)
     assert content.shape == (729,) and int(content.sum()) == 27 * 13
     grid = content.view(27, 27)
     assert grid.all(dim=1).sum() == 0 and grid.any(dim=0).sum() == 13 and grid[:, 7:20].all()
-    values = token_mask_to_values(vit, torch.stack([~content, content]))
+    values = vit.token_mask_to_values(torch.stack([~content, content])).numpy()
     assert not values[0].any() and values[1].all()  # padding hides nothing; the rest hides all
 
 
@@ -188,7 +235,7 @@ def test_image_model_predictions_and_masks_are_window_values(vit):
     mask = vit.sample_mask(MaskSpec("random", 0.5), 2, 424, torch.Generator().manual_seed(0))
     assert mask.shape == (2, 729)
     pred = predict_masked(vit, x, torch.zeros(424, 3), mask)
-    values = token_mask_to_values(vit, mask)
+    values = vit.token_mask_to_values(mask).numpy()
     assert pred.shape == values.shape == (2, 200, 424)
     with torch.no_grad():
         _, direct = vit(x, None, mask)
@@ -280,7 +327,7 @@ def test_calibration_scores_every_gain_on_one_mask_and_is_stored(setup, tmp_path
     wins, _ = model_windows(model, next(iter_model_input(data, [row], data.contract)))
     mask = model.sample_mask(MaskSpec("random", 0.75), 1, 424, torch.Generator().manual_seed(0))
     pred = predict_masked(model, wins, torch.zeros(424, 3), mask).numpy()
-    m = token_mask_to_values(model, mask)
+    m = model.token_mask_to_values(mask).numpy()
     assert result["gain_1_mse"] == pytest.approx(float(((pred[m] - wins.numpy()[m]) ** 2).mean()), rel=1e-6)
     assert result["zero_mse"] == pytest.approx(float((wins.numpy()[m].astype(np.float64) ** 2).mean()))
     save_pretrained(apply_calibration(model, result), tmp_path / "ck")
