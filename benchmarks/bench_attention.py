@@ -50,6 +50,7 @@ from brainlm.model import BrainLM, preset
 from brainlm.simulate import simulate_cohort
 from brainlm.simulate.cohort import LatentEffects, limbic_prefrontal
 from brainlm.tasks.attention import extract_attention
+from brainlm.tasks.inference import embed_windows
 from brainlm.tasks.model_input import load_model, model_inputs
 from brainlm.tasks.group_attention import group_attention, parcel_set_enrichment
 from brainlm.tasks.networks import evaluate_features, identify_networks, network_labels, parcel_features
@@ -76,7 +77,7 @@ def bench_cost(model: BrainLM, hcp) -> dict:
         per_layer = c.heads * tokens ** 2 * 4
         out[name] = {
             "windows": len(w), "tokens": tokens,
-            "inference_windows_per_s": round(windows_per_second(lambda: m.embed_windows(w, xyz, 8), len(w)), 2),
+            "inference_windows_per_s": round(windows_per_second(lambda: embed_windows(m, w, xyz, 8), len(w)), 2),
             "cls_attention_windows_per_s": round(windows_per_second(
                 lambda: extract_attention(m, w, xyz, batch_size=8, parcel_matrix=False), len(w)), 2),
             "full_extraction_windows_per_s": round(windows_per_second(

@@ -55,7 +55,8 @@ from brainlm.model import BrainLM  # noqa: E402
 from brainlm.checkpoints.folder import save_pretrained  # noqa: E402
 from brainlm.model.config import BrainLMConfig, preset  # noqa: E402
 from brainlm.tasks.embed import read_embeddings  # noqa: E402
-from brainlm.tasks.model_input import embed_windows, parcel_xyz  # noqa: E402
+from brainlm.tasks.inference import embed_windows  # noqa: E402
+from brainlm.tasks.model_input import parcel_xyz  # noqa: E402
 
 SIZES = (500, 1000, 2000)
 T_MIN, T_MAX = 300, 490

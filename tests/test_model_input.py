@@ -11,8 +11,8 @@ from brainlm import BrainLMInputError
 from brainlm.data.windows import tile
 from brainlm.model import MaskSpec
 from brainlm.checkpoints.folder import load_pretrained
-from brainlm.tasks.model_input import (embed_windows, model_inputs, parcel_xyz, predict_masked,
-                                       recording_windows, token_mask_to_values)
+from brainlm.tasks.inference import embed_windows, predict_masked
+from brainlm.tasks.model_input import model_inputs, parcel_xyz, recording_windows
 
 pytestmark = pytest.mark.slow  # every test here needs the pretrained `trained` fixture
 
@@ -70,7 +70,7 @@ def test_predict_masked_is_the_model_forward_pass(model, hcp):
     with torch.inference_mode():
         _, direct = model(wins, parcel_xyz(hcp[0].atlas).expand(3, -1, -1), mask)
     np.testing.assert_allclose(pred.numpy(), model.unpatchify(direct).numpy(), atol=1e-5)
-    values = token_mask_to_values(model, mask)
+    values = model.token_mask_to_values(mask).numpy()
     assert values.shape == (3, 200, 94) and values.mean() == pytest.approx(mask.float().mean().item())
 
 

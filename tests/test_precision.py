@@ -43,8 +43,8 @@ from brainlm.model.config import preset
 from brainlm.model.precision import autocast, resolve_precision
 from brainlm.checkpoints.upstream_import import load_upstream
 from brainlm.tasks.forecasting.finetune import FinetuneSettings, finetune
-from brainlm.tasks.model_input import (embed_windows, model_scaler, predict_masked, read_model_input,
-                                       subject_keys)
+from brainlm.tasks.inference import embed_windows, predict_masked
+from brainlm.tasks.model_input import model_scaler, read_model_input, subject_keys
 from brainlm.tasks.prediction import BrainLMEmbedding, BrainLMFineTuner
 from brainlm.tasks.reconstruction import evaluate_reconstruction
 from brainlm.train.pretrain import PretrainSettings, pretrain

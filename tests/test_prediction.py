@@ -24,7 +24,8 @@ from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.checkpoints.folder import load_pretrained
 from brainlm.simulate import simulate_cohort
-from brainlm.tasks.model_input import encode, model_scaler, preprocess, read_model_input, subject_keys
+from brainlm.tasks.inference import encode
+from brainlm.tasks.model_input import model_scaler, preprocess, read_model_input, subject_keys
 from brainlm.tasks.prediction import (
     BrainLMEmbedding, BrainLMFineTuner, PredictionSettings, add_lora, corrected_resampled_ttest,
     evaluate_prediction, grouped_folds, subject_leaks)

@@ -18,7 +18,8 @@ from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import load_schaefer100_rest
 from brainlm.model import MaskSpec
 from brainlm.checkpoints.folder import load_pretrained, record_digests
-from brainlm.tasks.model_input import preprocess, reconstruct
+from brainlm.tasks.inference import reconstruct
+from brainlm.tasks.model_input import preprocess
 from brainlm.model.precision import resolve_precision
 from brainlm.train.trainer import make_trainer
 

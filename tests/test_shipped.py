@@ -14,7 +14,8 @@ from brainlm.checkpoints.folder import load_pretrained
 from brainlm.checkpoints.shipped import resolve_checkpoint, shipped_models
 from brainlm.data.atlas import Atlas
 from brainlm.data.corpus import Corpus
-from brainlm.tasks.model_input import encode, iter_model_input, load_model, model_scaler
+from brainlm.tasks.inference import encode
+from brainlm.tasks.model_input import iter_model_input, load_model, model_scaler
 from brainlm.tasks.networks import identify_networks
 
 

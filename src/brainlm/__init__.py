@@ -26,15 +26,16 @@ from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.version import __version__
 
-#: High-level functions and where they live (all built on ``brainlm.tasks.model_input``).
+#: High-level functions and where they live (all built on ``brainlm.tasks.model_input`` and
+#: ``brainlm.tasks.inference``).
 _API = {
     "list_models": ("brainlm.tasks.api", "list_models"),
     "load": ("brainlm.tasks.api", "load"),
     "info": ("brainlm.tasks.api", "info"),
     "embed": ("brainlm.tasks.api", "embed"),
     "preprocess": ("brainlm.tasks.model_input", "preprocess"),
-    "encode": ("brainlm.tasks.model_input", "encode"),
-    "reconstruct": ("brainlm.tasks.model_input", "reconstruct"),
+    "encode": ("brainlm.tasks.inference", "encode"),
+    "reconstruct": ("brainlm.tasks.inference", "reconstruct"),
     "forecast": ("brainlm.tasks.forecasting.api", "forecast"),
 }
 

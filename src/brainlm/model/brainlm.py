@@ -17,8 +17,6 @@ is :mod:`brainlm.checkpoints.folder`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
@@ -26,80 +24,16 @@ from brainlm.data.atlas import Atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.errors import BrainLMInputError
 from brainlm.model.config import BrainLMConfig
+from brainlm.model.encoder import EncoderOutput, run_encoder, tokens_in_place, visible_token_ids
+from brainlm.model.family import ParcelPatchTokens
 from brainlm.model.layers import Block, CoordinateEmbedding, sinusoidal_positions
-from brainlm.model.masking import MaskSpec
 
-
-@dataclass
-class EncoderOutput:
-    """``latent``: [B, 1 + L_visible, D] (CLS first); ``ids_visible``: [B, L_visible] token
-    indices (parcel-major: ``parcel * n_patches + patch``) or None when nothing is masked;
-    ``attentions``: per layer [B, H, 1 + L_visible, 1 + L_visible] when requested."""
-
-    latent: torch.Tensor
-    ids_visible: torch.Tensor | None
-    attentions: list[torch.Tensor] | None = None
-
-
-def visible_token_ids(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """mask [B, P, N] bool (True = hidden) -> indices of the visible tokens [B, L_visible] in
-    their natural (parcel-major) order, or None when nothing is hidden. Shared by every model
-    that drops hidden tokens before its encoder."""
-    if mask is None:
-        return None
-    hidden = mask.flatten(1)
-    n_visible = int((~hidden[0]).sum())
-    if bool((hidden.sum(dim=1) != hidden.shape[1] - n_visible).any()):
-        raise BrainLMInputError("every sample of a batch must mask the same number of tokens")
-    if n_visible == hidden.shape[1]:
-        return None
-    # A stable sort keeps visible tokens in their natural order.
-    return hidden.to(torch.int8).argsort(dim=1, stable=True)[:, :n_visible]
-
-
-def tokens_in_place(visible: torch.Tensor, ids_visible: torch.Tensor | None, mask_token: torch.Tensor,
-                    n_tokens: int) -> torch.Tensor:
-    """The decoder's full token sequence: visible [B, L_visible, D] tokens put back at
-    ``ids_visible`` [B, L_visible] among ``n_tokens`` slots, the learned ``mask_token`` [1, 1, D]
-    everywhere else -> [B, n_tokens, D] (``visible`` itself when nothing was hidden). Shared by
-    every model that drops hidden tokens before its encoder."""
-    if ids_visible is None:
-        return visible
-    # Under autocast the visible tokens come out of a Linear in the autocast dtype (bf16) while
-    # the mask token is an fp32 parameter; scatter needs one dtype, and the cast keeps the mask
-    # token's gradient.
-    full = mask_token.to(visible.dtype).expand(visible.shape[0], n_tokens, -1).clone()
-    return full.scatter(1, ids_visible[..., None].expand(-1, -1, visible.shape[-1]), visible)
-
-
-class ParcelPatchTokens:
-    """Tokens that are one parcel's patch of ``patch_trs`` consecutive TRs: how a window becomes
-    tokens and back, and the token masks drawn on them. Shared by :class:`BrainLM` and the
-    original BrainLM paper model (:mod:`brainlm.model.upstream`); needs ``self.config`` with
-    ``window_trs``, ``n_patches`` and ``patch_trs``."""
-
-    # -- shapes ------------------------------------------------------------------------------
-    def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, P] window -> [B, P, N, patch_trs]."""
-        b, t, p = x.shape
-        if t != self.config.window_trs:
-            raise BrainLMInputError(f"window has {t} TRs; the model expects {self.config.window_trs}")
-        return x.transpose(1, 2).reshape(b, p, self.config.n_patches, self.config.patch_trs)
-
-    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
-        """[B, P, N, patch_trs] -> [B, T, P]."""
-        b, p, n, k = patches.shape
-        return patches.reshape(b, p, n * k).transpose(1, 2)
-
-    def sample_mask(self, spec: MaskSpec, batch: int, n_parcels: int,
-                    generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """[B, P, N] bool mask drawn by ``spec`` (deterministic under a seeded generator)."""
-        c = self.config
-        return spec.sample(batch, n_parcels, c.n_patches, c.patch_trs, generator, device)
+__all__ = ["BrainLM", "EncoderOutput", "masked_mse"]
 
 
 class BrainLM(ParcelPatchTokens, nn.Module):
-    """Masked autoencoder over parcellated fMRI windows.
+    """Masked autoencoder over parcellated fMRI windows (a
+    :class:`~brainlm.model.family.MaskedBrainModel` with parcel x time-patch tokens).
 
     Parameters
     ----------
@@ -174,19 +108,10 @@ class BrainLM(ParcelPatchTokens, nn.Module):
     def forward_encoder(self, x: torch.Tensor, xyz: torch.Tensor, mask: torch.Tensor | None = None,
                         return_attention: bool = False) -> EncoderOutput:
         """x: [B, T, P]; xyz: [B, P, 3] (mm); mask: [B, P, N] bool (True = hidden) or None."""
-        b, _, p = x.shape
         tokens = (self.patch_embed(self.patchify(x)) + self.spatial(xyz)[:, :, None, :]
                   + self.temporal[None, None]).flatten(1, 2)  # [B, L, D]
-        ids = visible_token_ids(mask)
-        if ids is not None:
-            tokens = tokens.gather(1, ids[..., None].expand(-1, -1, tokens.shape[-1]))
-        h = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
-        attentions = [] if return_attention else None
-        for blk in self.blocks:
-            h, w = blk(h, return_attention)
-            if return_attention:
-                attentions.append(w)
-        return EncoderOutput(self.norm(h), ids, attentions)
+        return run_encoder(tokens, visible_token_ids(mask), self.cls_token, self.blocks, self.norm,
+                           return_attention)
 
     def spatial_estimate(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The hybrid's linear estimate. x: [B, T, P]; mask: [B, P, N] (True = hidden) or None

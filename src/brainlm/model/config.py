@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from types import MappingProxyType
 
 from brainlm.errors import BrainLMInputError
 
@@ -12,8 +14,44 @@ FORECAST_CARRY = ("none", "linear", "var")
 CARRY_SIZES = ("carry_lags", "carry_steps", "carry_parcels")
 
 
+class ConfigFields:
+    """``to_dict`` / ``from_dict`` of a frozen config dataclass (every model family's), as
+    written to and read from a checkpoint's ``config.json``.
+
+    A subclass names itself in errors with ``config_name`` and lists in ``legacy_defaults``
+    the fields that configs written before those fields existed lack, with the value such
+    configs had.
+    """
+
+    config_name = "model config"
+    legacy_defaults: Mapping = MappingProxyType({})
+
+    def to_dict(self) -> dict:
+        """The fields as a plain dict (JSON-ready for every family's field types)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """The config of ``d``: unknown fields are an error naming them; missing fields take
+        ``legacy_defaults``, then the dataclass defaults."""
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise BrainLMInputError(f"{cls.config_name} has unknown field(s) {unknown}")
+        return cls(**{**cls.legacy_defaults, **d})
+
+
+class PatchWindow:
+    """``n_patches`` of a config with ``window_trs`` and ``patch_trs`` (parcel x time-patch
+    tokens)."""
+
+    @property
+    def n_patches(self) -> int:
+        """Tokens per parcel (time patches per window)."""
+        return self.window_trs // self.patch_trs
+
+
 @dataclass(frozen=True)
-class BrainLMConfig:
+class BrainLMConfig(PatchWindow, ConfigFields):
     """Architecture of a BrainLM masked autoencoder.
 
     Parameters
@@ -84,6 +122,11 @@ class BrainLMConfig:
     carry_steps: int = 0
     carry_parcels: int = 0
 
+    config_name = "model config"
+    # Checkpoints written before the fields existed had a full-attention decoder and no prior
+    # (and no carry path: the dataclass defaults).
+    legacy_defaults = MappingProxyType({"decoder_attention": "full", "spatial_prior_parcels": 0})
+
     def __post_init__(self) -> None:
         if self.decoder_attention not in DECODER_ATTENTION:
             raise BrainLMInputError(f"model config field 'decoder_attention' is {self.decoder_attention!r}; "
@@ -128,23 +171,6 @@ class BrainLMConfig:
                 raise BrainLMInputError(f"model config field {name!r} is {v!r}; expected 0 with forecast_carry "
                                         f"{self.forecast_carry!r}")
 
-    @property
-    def n_patches(self) -> int:
-        """Tokens per parcel (time patches per window)."""
-        return self.window_trs // self.patch_trs
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BrainLMConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise BrainLMInputError(f"model config has unknown field(s) {unknown}")
-        # Checkpoints written before the fields existed had a full-attention decoder and no prior
-        # (and no carry path: the dataclass defaults).
-        return cls(**{"decoder_attention": "full", "spatial_prior_parcels": 0, **d})
 
 
 #: Sizes of the paper (13M, 111M = ViT-B, 650M = ViT-H) plus two CPU-sized ones: ``tiny`` (the

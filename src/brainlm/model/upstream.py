@@ -28,7 +28,7 @@ order, coordinates in MNI mm.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,9 @@ from torch import nn
 from brainlm.data.atlas import Atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.errors import BrainLMInputError
-from brainlm.model.brainlm import EncoderOutput, ParcelPatchTokens, tokens_in_place, visible_token_ids
+from brainlm.model.config import ConfigFields, PatchWindow
+from brainlm.model.encoder import EncoderOutput, run_encoder, tokens_in_place, visible_token_ids
+from brainlm.model.family import MembershipParcelReduction, ParcelPatchTokens
 from brainlm.model.layers import sinusoidal_positions
 from brainlm.model.masking import MaskSpec
 
@@ -53,7 +55,7 @@ def _check_fields(cfg, name: str) -> None:
 
 
 @dataclass(frozen=True)
-class UpstreamBrainLMConfig:
+class UpstreamBrainLMConfig(PatchWindow, ConfigFields):
     """Architecture of upstream's paper model (``BrainLMForPretraining``), in our field names.
 
     Parameters
@@ -99,6 +101,7 @@ class UpstreamBrainLMConfig:
 
     #: Written to the checkpoint's config so that loading builds the right class.
     architecture = "upstream-brainlm"
+    config_name = "upstream BrainLM config"
 
     def __post_init__(self) -> None:
         _check_fields(self, "upstream BrainLM config")
@@ -114,21 +117,6 @@ class UpstreamBrainLMConfig:
             raise BrainLMInputError(f"conv_kernel {self.conv_kernel} must be odd (same-length convolution)")
         if self.loss not in ("mse", "mae"):
             raise BrainLMInputError(f"loss {self.loss!r}; expected 'mse' or 'mae'")
-
-    @property
-    def n_patches(self) -> int:
-        """Tokens per parcel."""
-        return self.window_trs // self.patch_trs
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UpstreamBrainLMConfig":
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise BrainLMInputError(f"upstream BrainLM config has unknown field(s) {unknown}")
-        return cls(**d)
 
 
 # -- paper model --------------------------------------------------------------------------------
@@ -248,18 +236,8 @@ class UpstreamBrainLM(ParcelPatchTokens, nn.Module):
         visible tokens keep their natural order. ``ids_visible`` is the order used (None when all
         tokens are seen in natural order).
         """
-        b = x.shape[0]
-        tokens = self.embed(x, xyz)
         ids = order if order is not None else visible_token_ids(mask)
-        if ids is not None:
-            tokens = tokens.gather(1, ids[..., None].expand(-1, -1, tokens.shape[-1]))
-        h = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
-        attentions = [] if return_attention else None
-        for blk in self.blocks:
-            h, w = blk(h, return_attention)
-            if return_attention:
-                attentions.append(w)
-        return EncoderOutput(self.norm(h), ids, attentions)
+        return run_encoder(self.embed(x, xyz), ids, self.cls_token, self.blocks, self.norm, return_attention)
 
     def forward_decoder(self, enc: EncoderOutput, xyz: torch.Tensor, n_parcels: int) -> torch.Tensor:
         """-> predicted patches [B, P, N, k] for every token (decoder in natural token order)."""
@@ -319,7 +297,7 @@ def noise_order(noise: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, t
 
 # -- ViT-MAE family -----------------------------------------------------------------------------
 @dataclass(frozen=True)
-class UpstreamViTMAEConfig:
+class UpstreamViTMAEConfig(ConfigFields):
     """Architecture and fixed input preparation of upstream's image ViT-MAE checkpoints.
 
     Parameters
@@ -364,6 +342,7 @@ class UpstreamViTMAEConfig:
     parcel_order: tuple[int, ...] = ()
 
     architecture = "upstream-vitmae"
+    config_name = "upstream ViT-MAE config"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parcel_order", tuple(int(i) for i in self.parcel_order))
@@ -394,16 +373,10 @@ class UpstreamViTMAEConfig:
         return dt // 2, dt - dt // 2, dp // 2, dp - dp // 2
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        """The fields as a plain dict, ``parcel_order`` as a list (JSON)."""
+        d = super().to_dict()
         d["parcel_order"] = list(self.parcel_order)
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UpstreamViTMAEConfig":
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise BrainLMInputError(f"upstream ViT-MAE config has unknown field(s) {unknown}")
-        return cls(**d)
 
 
 def sincos_2d(dim: int, grid: int) -> torch.Tensor:
@@ -466,7 +439,13 @@ class UpstreamViTMAE(nn.Module):
     row-major order (token ``r * grid + c``): a patch row is a band of ``patch_size`` y-sorted
     parcels, a patch column a band of ``patch_size`` TRs; pure-padding patches are tokens too.
     ``xyz`` arguments are accepted for interface parity and ignored (positions are fixed).
+
+    As a :class:`~brainlm.model.family.MaskedBrainModel`: token masks are [B, L] over the patch
+    grid, a token belongs to every parcel of its row band, and the forward pass already returns
+    window values.
     """
+
+    has_parcel_patch_tokens = False
 
     def __init__(self, config: UpstreamViTMAEConfig, contract: PreprocessingContract | None = None,
                  atlas: Atlas | None = None):
@@ -581,6 +560,31 @@ class UpstreamViTMAE(nn.Module):
         g = self.config.grid
         return spec.sample(batch, g, g, self.config.patch_size, generator, device).flatten(1)
 
+    # -- the family's answers (brainlm.model.family.MaskedBrainModel) --------------------------
+    def token_grid(self, n_parcels: int | None = None) -> tuple[int, ...]:
+        """(L,): a window's token mask is one flag per image patch, whatever the parcels."""
+        return (self.config.n_tokens,)
+
+    def parcel_reduction(self, n_parcels: int | None = None) -> MembershipParcelReduction:
+        """A parcel's value is the mean over the tokens of its row band that hold window TRs
+        (:meth:`token_parcels`, atlas order); padding-only tokens count for no parcel."""
+        return MembershipParcelReduction(self.token_parcels().float())
+
+    def pool_tokens(self, enc: EncoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        """latent [B, 1 + L, D] -> (CLS [B, D], mean over the tokens that hold window values
+        [B, D]): padding-only patches carry no data (:meth:`content_tokens`)."""
+        tokens = enc.latent[:, 1:][:, self.content_tokens()]
+        return enc.latent[:, 0], tokens.mean(dim=1)
+
+    def prediction_values(self, pred: torch.Tensor) -> torch.Tensor:
+        """The forward pass's predictions are window values [B, T, P] already."""
+        return pred
+
+    def token_mask_to_values(self, mask: torch.Tensor) -> torch.Tensor:
+        """Token mask [B, L] -> [B, T, P] bool: a value is hidden when the image patch holding it
+        is (:meth:`pixel_mask`)."""
+        return self.pixel_mask(mask)
+
     # -- encoder / decoder / loss --------------------------------------------------------------
     def forward_encoder(self, x: torch.Tensor, xyz: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                         return_attention: bool = False, order: torch.Tensor | None = None) -> EncoderOutput:
@@ -594,18 +598,11 @@ class UpstreamViTMAE(nn.Module):
     def encode_image(self, img: torch.Tensor, mask: torch.Tensor | None = None, return_attention: bool = False,
                      order: torch.Tensor | None = None) -> EncoderOutput:
         """img: [B, C, S, S] padded image -> :class:`EncoderOutput`."""
-        b = img.shape[0]
         tokens = self.patch_embed(img).flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
         ids = order if order is not None else visible_token_ids(mask)
-        if ids is not None:
-            tokens = tokens.gather(1, ids[..., None].expand(-1, -1, tokens.shape[-1]))
-        h = torch.cat([(self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1), tokens], dim=1)
-        attentions = [] if return_attention else None
-        for blk in self.blocks:
-            h, w = blk(h, return_attention)
-            if return_attention:
-                attentions.append(w)
-        return EncoderOutput(self.norm(h), ids, attentions)
+        # The CLS token's position is row 0 of the fixed table.
+        return run_encoder(tokens, ids, self.cls_token + self.pos_embed[:, :1], self.blocks, self.norm,
+                           return_attention)
 
     def forward_decoder(self, enc: EncoderOutput, xyz: torch.Tensor | None = None,
                         n_parcels: int | None = None) -> torch.Tensor:

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from brainlm.errors import BrainLMInputError
-from brainlm.model.brainlm import BrainLM
-from brainlm.tasks.model_input import ModelInput, ParcelReduction
+from brainlm.model.family import MaskedBrainModel, ParcelReduction
+from brainlm.tasks.model_input import ModelInput
 
 __all__ = ["AttentionMaps", "extract_attention", "recording_attention"]
 
@@ -108,15 +108,15 @@ class _LayerReducer:
 
 
 @torch.inference_mode()
-def extract_attention(model: BrainLM, windows: torch.Tensor, xyz: torch.Tensor, *,
+def extract_attention(model: MaskedBrainModel, windows: torch.Tensor, xyz: torch.Tensor, *,
                       batch_size: int = 8, parcel_matrix: bool = True,
                       token_embeddings: bool = False) -> AttentionMaps:
     """CLS and parcel-by-parcel attention of every layer and head, with nothing masked.
 
     Parameters
     ----------
-    model : BrainLM
-        Runs on the device its parameters are on (CPU or GPU); put into eval mode.
+    model : MaskedBrainModel
+        Any family; runs on the device its parameters are on (CPU or GPU); put into eval mode.
     windows : torch.Tensor, shape (W, window_trs, P)
         Model input (preprocessed, scaled), e.g. ``ModelInput.windows``.
     xyz : torch.Tensor, shape (P, 3)
@@ -145,7 +145,7 @@ def extract_attention(model: BrainLM, windows: torch.Tensor, xyz: torch.Tensor, 
         raise BrainLMInputError(f"batch_size is {batch_size}; expected an integer >= 1")
     model.eval()
     dev = next(model.parameters()).device
-    reduction = ParcelReduction(model, p)
+    reduction = model.parcel_reduction(p)
     reducers = [_LayerReducer(reduction, parcel_matrix) for _ in model.blocks]
     handles = [blk.register_forward_hook(r) for blk, r in zip(model.blocks, reducers)]
     emb = []
@@ -172,7 +172,7 @@ def extract_attention(model: BrainLM, windows: torch.Tensor, xyz: torch.Tensor, 
                          embeddings=torch.cat(emb).numpy() if token_embeddings else None)
 
 
-def recording_attention(model: BrainLM, inputs: Iterable[ModelInput], *, batch_size: int = 8,
+def recording_attention(model: MaskedBrainModel, inputs: Iterable[ModelInput], *, batch_size: int = 8,
                         parcel_matrix: bool = False, token_embeddings: bool = False,
                         ) -> Iterator[tuple[ModelInput, AttentionMaps]]:
     """:func:`extract_attention` for each recording of ``inputs``, one at a time."""

@@ -30,8 +30,9 @@ from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.model.masking import MaskSpec
+from brainlm.tasks.inference import predict_masked
 from brainlm.tasks.model_input import (iter_model_input, load_model, model_scaler, model_windows, open_corpus,
-                                       parcel_xyz, predict_masked, token_mask_to_values)
+                                       parcel_xyz)
 
 __all__ = ["DEFAULT_GAINS", "apply_calibration", "calibrate_input_gain", "variant_gain"]
 
@@ -108,7 +109,7 @@ def calibrate_input_gain(checkpoint: str | Path | BrainLM, corpus: str | Path | 
     wins = torch.cat(windows)
     xyz = parcel_xyz(corpus.atlas)
     mask_tok = model.sample_mask(spec, len(wins), wins.shape[2], torch.Generator().manual_seed(seed))
-    mask = token_mask_to_values(model, mask_tok)
+    mask = model.token_mask_to_values(mask_tok).cpu().numpy()
     target = wins.numpy()[mask].astype(np.float64)
     sst = float(((target - target.mean()) ** 2).sum())
 

@@ -26,8 +26,8 @@ from brainlm.data.atomic import write_parquet_atomic
 from brainlm.data.corpus import Corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.precision import resolve_precision
-from brainlm.tasks.model_input import (embed_windows, is_corpus, load_model, open_corpus,
-                                       recording_windows)
+from brainlm.tasks.inference import embed_windows
+from brainlm.tasks.model_input import is_corpus, load_model, open_corpus, recording_windows
 
 #: Prefixes of the embedding columns; every other column is an id or a phenotype.
 EMBEDDING_PREFIXES = ("cls_", "mean_")
@@ -68,7 +68,7 @@ def embed(checkpoint: str | Path, data: list[str | Path], out: str | Path | None
           key: str | None = None, transfer_atlas: bool = False, batch_size: int = 32,
           device: str = "cpu", precision: str = "32-true") -> pd.DataFrame:
     """Embeddings of every recording in ``data``; written to ``out`` (Parquet) when given.
-    ``precision``: the encoder's forward passes (:func:`~brainlm.tasks.model_input.embed_windows`)."""
+    ``precision``: the encoder's forward passes (:func:`~brainlm.tasks.inference.embed_windows`)."""
     emb = embed_all(checkpoint, data, tr=tr, orientation=orientation, key=key,
                     transfer_atlas=transfer_atlas, batch_size=batch_size, device=device, windows=per_window,
                     precision=precision)

@@ -57,8 +57,9 @@ from brainlm.model.precision import PRECISIONS, resolve_precision
 from brainlm.checkpoints.shipped import resolve_checkpoint
 from brainlm.tasks.embed import (DATASET_FORMAT, DATASET_MANIFEST, corpus_phenotypes, embedding_rows,
                                  read_dataset_manifest, shard_file_name)
-from brainlm.tasks.model_input import (embed_windows, is_model, iter_model_input, load_model, model_scaler,
-                                       model_windows, open_corpus, parcel_xyz)
+from brainlm.tasks.inference import embed_windows
+from brainlm.tasks.model_input import (is_model, iter_model_input, load_model, model_scaler, model_windows,
+                                       open_corpus, parcel_xyz)
 from brainlm.version import __version__
 
 __all__ = ["DEFAULT_SHARD_SIZE", "DatasetRun", "DatasetSettings", "ShardProgress", "checkpoint_identity",

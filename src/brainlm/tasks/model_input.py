@@ -1,37 +1,27 @@
 """The one road from data to model input: corpora, time-series files or recordings as a
-checkpoint's windows, and the model's forward passes on them.
+checkpoint's windows.
 
 A corpus stores cleaned, unscaled recordings; the model expects them cleaned the way its
 pretraining data were and scaled with its pretraining statistics. Every task and the demo read
 data through here (reconstruction, prediction, forecasting, ``brainlm embed``, attention,
 networks and group maps), so all of them see the same numbers and refuse the same mismatches.
+The forward passes on those windows are :mod:`brainlm.tasks.inference`.
 
-* loading: :func:`load_model`, :func:`open_corpus`;
+* loading: :func:`load_model`, :func:`open_corpus`, :func:`random_like`;
 * the checkpoint's contract: :func:`check_atlas`, :func:`preprocess` (a raw recording),
   :func:`model_scaler` (a corpus: its cleaning must match), :func:`iter_model_input`;
 * windows: :func:`model_windows` (deterministic tiles), :func:`recording_windows` and
   :func:`model_inputs` (every recording of a corpus, files or recordings), :func:`parcel_xyz`;
-* forward passes: :func:`embed_windows`, :func:`predict_masked`, and the high-level
-  :func:`encode` and :func:`reconstruct` (also ``brainlm.encode`` / ``brainlm.reconstruct``).
-
-Model families. Tasks never branch on a model's class; what differs between families is
-answered here, in one place:
-
-* :func:`has_parcel_patch_tokens`: tokens are one parcel's patch of ``patch_trs`` TRs
-  (:class:`BrainLM` and the imported paper model). The image ViT-MAE
-  (:class:`~brainlm.model.upstream.UpstreamViTMAE`) has image-patch tokens instead: its masks
-  are [W, L] over the patch grid, drawn by its own ``sample_mask`` (random only).
-* :func:`prediction_values` and :func:`token_mask_to_values` put a forward pass's predictions
-  and a token mask back on the [W, T, P] grid of window values (the image model's
-  ``pixel_mask``), so every task scores values, whatever the tokens were.
-* :func:`pool_tokens`: CLS and mean over the tokens that hold data (the image model's
-  padding-only patches are left out); :class:`ParcelReduction`: token attention and token
-  embeddings per parcel (an image token belongs to the parcels of its row band).
 * :func:`input_gain`: the gain and offset that an imported checkpoint's contract asks for
   (``scaler_fit.input_gain`` / ``input_offset``: an upstream normalization's constant, times
   the one chosen by :func:`calibrate_input_gain`), set on the scaler that :func:`model_scaler`
   returns (:func:`with_input_gain`: the contract's ``gain``/``offset``, pooled or per-recording
   scaling alike), so every window made from a corpus carries it.
+
+Model families. Everything here takes a model of any family
+(:class:`~brainlm.model.family.MaskedBrainModel`: :class:`~brainlm.model.brainlm.BrainLM` or an
+imported upstream one); what differs between families (token layout, pooling, masked values) is
+answered by the model itself, see :mod:`brainlm.model.family`.
 """
 
 from __future__ import annotations
@@ -51,10 +41,8 @@ from brainlm.data.scaling import pooled_scaling
 from brainlm.data.sources import check_unique_ids, discover_files, specs_from_files
 from brainlm.data.windows import tile
 from brainlm.errors import BrainLMInputError
-from brainlm.model.brainlm import BrainLM, EncoderOutput, ParcelPatchTokens
 from brainlm.checkpoints.folder import load_pretrained
-from brainlm.model.masking import MaskSpec
-from brainlm.model.precision import autocast
+from brainlm.model.family import MaskedBrainModel
 
 #: Contract fields that change the cleaned signal; a corpus must match the checkpoint on all
 #: (but ``percent_signal_change`` for a checkpoint with per-recording scaling, which removes it).
@@ -62,12 +50,13 @@ CLEANING_KEYS = CLEANING_FIELDS
 
 
 def is_model(obj) -> bool:
-    """Whether ``obj`` is a model already (any family: :class:`BrainLM` or an imported upstream
-    one, see :mod:`brainlm.model.upstream`) rather than a checkpoint path."""
+    """Whether ``obj`` is a model already (any family: :class:`~brainlm.model.brainlm.BrainLM`
+    or an imported upstream one, see :mod:`brainlm.model.upstream`) rather than a checkpoint
+    path."""
     return isinstance(obj, torch.nn.Module)
 
 
-def load_model(checkpoint: str | Path | BrainLM, device: str = "cpu") -> BrainLM:
+def load_model(checkpoint: str | Path | MaskedBrainModel, device: str = "cpu") -> MaskedBrainModel:
     """A model (any family) from a checkpoint folder (``RUN/model``), or the model itself when
     given one."""
     if is_model(checkpoint):
@@ -75,7 +64,7 @@ def load_model(checkpoint: str | Path | BrainLM, device: str = "cpu") -> BrainLM
     return load_pretrained(checkpoint, map_location=device)
 
 
-def random_like(model: BrainLM, seed: int) -> BrainLM:
+def random_like(model: MaskedBrainModel, seed: int) -> MaskedBrainModel:
     """The same architecture (any family), contract and atlas as ``model`` with freshly
     initialised weights: the untrained control of every task. Seeded; torch's global random
     state is left as it was."""
@@ -85,7 +74,7 @@ def random_like(model: BrainLM, seed: int) -> BrainLM:
     return fresh.to(next(model.parameters()).device)
 
 
-def check_atlas(model: BrainLM, atlas: Atlas, *, transfer: bool = False, source: str | None = None) -> None:
+def check_atlas(model: MaskedBrainModel, atlas: Atlas, *, transfer: bool = False, source: str | None = None) -> None:
     """Error when ``atlas`` is not the one the model was pretrained on, unless ``transfer`` (the
     coordinate embedding makes any atlas usable, but results differ)."""
     if model.atlas is None or transfer or atlas.matches(model.atlas):
@@ -96,7 +85,8 @@ def check_atlas(model: BrainLM, atlas: Atlas, *, transfer: bool = False, source:
         "transfer_atlas=True (--transfer-atlas) to run it through parcel coordinates anyway", source)
 
 
-def preprocess(model: BrainLM | str | Path, recording: Recording, *, transfer_atlas: bool = False) -> np.ndarray:
+def preprocess(model: MaskedBrainModel | str | Path, recording: Recording, *,
+               transfer_atlas: bool = False) -> np.ndarray:
     """The checkpoint's preprocessing contract on a raw recording: (T_out, P) float32, cleaned,
     resampled to the contract's TR and scaled with the pretraining statistics (or, for a
     checkpoint that scales per recording, the recording's own, times its input gain).
@@ -125,7 +115,7 @@ def preprocess(model: BrainLM | str | Path, recording: Recording, *, transfer_at
     return contract.transform(recording)
 
 
-def _has_statistics_for(model: BrainLM, atlas: Atlas) -> bool:
+def _has_statistics_for(model: MaskedBrainModel, atlas: Atlas) -> bool:
     """Whether a pooled contract's per-parcel statistics belong to ``atlas``'s parcels: the same
     parcel names in the same order (by count alone where the checkpoint records no atlas)."""
     if model.atlas is not None:
@@ -133,7 +123,8 @@ def _has_statistics_for(model: BrainLM, atlas: Atlas) -> bool:
     return np.size(model.contract.median) == atlas.n_parcels
 
 
-def model_windows(model: BrainLM, data: np.ndarray, source: str | None = None) -> tuple[torch.Tensor, np.ndarray]:
+def model_windows(model: MaskedBrainModel, data: np.ndarray,
+                  source: str | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """Deterministic non-overlapping tiles of a preprocessed recording for ``model``.
 
     data: (T, P) -> (windows Tensor (W, window_trs, P) float32, starts (W,) first TR of each);
@@ -157,7 +148,7 @@ def open_corpus(corpus: str | Path | Corpus) -> Corpus:
     return corpus if isinstance(corpus, Corpus) else Corpus(corpus)
 
 
-def model_scaler(model: BrainLM, corpus: Corpus, *, transfer_atlas: bool = False) -> PreprocessingContract:
+def model_scaler(model: MaskedBrainModel, corpus: Corpus, *, transfer_atlas: bool = False) -> PreprocessingContract:
     """The contract whose scaling turns the corpus' cleaned recordings into model input.
 
     The checkpoint's scaling mode decides. Per-recording scaling: the checkpoint's contract
@@ -204,7 +195,7 @@ def model_scaler(model: BrainLM, corpus: Corpus, *, transfer_atlas: bool = False
     return with_input_gain(model, scaler)
 
 
-def input_gain(model: BrainLM) -> tuple[float, float]:
+def input_gain(model: MaskedBrainModel) -> tuple[float, float]:
     """(gain, offset) that turn normalized values into the model's input:
     ``input = gain * (x - centre) / spread + offset`` (robust: centre = median, spread = IQR).
 
@@ -222,7 +213,7 @@ def input_gain(model: BrainLM) -> tuple[float, float]:
     return gain, offset
 
 
-def with_input_gain(model: BrainLM, scaler: PreprocessingContract) -> PreprocessingContract:
+def with_input_gain(model: MaskedBrainModel, scaler: PreprocessingContract) -> PreprocessingContract:
     """``scaler`` with the model's input gain and offset (:func:`input_gain`) as its ``gain``
     and ``offset``: the one place where the gain enters.
 
@@ -273,7 +264,7 @@ def is_corpus(paths: list[Path]) -> bool:
     return len(paths) == 1 and (paths[0] / "corpus.json").is_file()
 
 
-def input_atlas(model: BrainLM, data, atlas: Atlas | None = None) -> Atlas:
+def input_atlas(model: MaskedBrainModel, data, atlas: Atlas | None = None) -> Atlas:
     """The atlas that the recordings of ``data`` are on: a corpus' own, the Recordings' own,
     ``atlas`` for files when given, else the checkpoint's."""
     data = list(data)
@@ -294,7 +285,7 @@ def input_atlas(model: BrainLM, data, atlas: Atlas | None = None) -> Atlas:
     return model.atlas
 
 
-def recording_windows(model: BrainLM, data, *, tr: float | None = None, orientation: str = "auto",
+def recording_windows(model: MaskedBrainModel, data, *, tr: float | None = None, orientation: str = "auto",
                       key: str | None = None, transfer_atlas: bool = False, atlas: Atlas | None = None,
                       ) -> Iterator[tuple[dict, torch.Tensor, np.ndarray, torch.Tensor]]:
     """Every recording of ``data`` as the model's windows, one recording at a time.
@@ -353,7 +344,7 @@ def recording_windows(model: BrainLM, data, *, tr: float | None = None, orientat
                windows, starts, xyz)
 
 
-def _scales_alone(model: BrainLM, atlas: Atlas) -> bool:
+def _scales_alone(model: MaskedBrainModel, atlas: Atlas) -> bool:
     """Whether one recording on ``atlas`` can be scaled without the others: the checkpoint
     scales per recording, or it holds pooled statistics for this atlas."""
     contract = model.contract
@@ -362,7 +353,7 @@ def _scales_alone(model: BrainLM, atlas: Atlas) -> bool:
     return contract.per_recording or (model.atlas is not None and atlas.matches(model.atlas))
 
 
-def _corpus_windows(model: BrainLM, corpus: Corpus, transfer_atlas: bool):
+def _corpus_windows(model: MaskedBrainModel, corpus: Corpus, transfer_atlas: bool):
     scaler = model_scaler(model, corpus, transfer_atlas=transfer_atlas)
     xyz = parcel_xyz(corpus.atlas)
     m = corpus.manifest
@@ -411,15 +402,15 @@ class ModelInput:
         return w.reshape(-1, w.shape[2])
 
 
-def model_inputs(model: BrainLM, data, *, transfer_atlas: bool = False, target_tr: float | None = None,
+def model_inputs(model: MaskedBrainModel, data, *, transfer_atlas: bool = False, target_tr: float | None = None,
                  tr: float | None = None, orientation: str = "auto", key: str | None = None,
                  atlas: Atlas | None = None) -> Iterator[ModelInput]:
     """Model input for every recording of ``data``.
 
     Parameters
     ----------
-    model : BrainLM
-        A pretrained model with its preprocessing contract.
+    model : MaskedBrainModel
+        A pretrained model (any family) with its preprocessing contract.
     data : path, list of paths, or list of Recording
         * a prepared corpus folder (its cleaning must match the checkpoint's contract; on the
           checkpoint's atlas the checkpoint's scaling is applied, on another atlas the corpus'
@@ -462,7 +453,7 @@ def model_inputs(model: BrainLM, data, *, transfer_atlas: bool = False, target_t
         yield ModelInput(ids=ids, windows=windows, xyz=xyz, atlas=atlas)
 
 
-def _recording_inputs(model: BrainLM, recordings: list[Recording], transfer_atlas: bool,
+def _recording_inputs(model: MaskedBrainModel, recordings: list[Recording], transfer_atlas: bool,
                       target_tr: float | None) -> Iterator[tuple[dict, torch.Tensor, np.ndarray, torch.Tensor]]:
     """Recordings of one atlas as (ids, windows, starts, xyz), as :func:`recording_windows`."""
     atlas = recordings[0].atlas
@@ -504,184 +495,3 @@ def _recording_inputs(model: BrainLM, recordings: list[Recording], transfer_atla
         ids = {"recording_id": rec.id, "subject": rec.subject, "session": rec.session,
                "task": rec.task, "run": rec.run, "site": rec.site, **dict(rec.phenotypes)}
         yield ids, windows, starts, xyz
-
-
-def has_parcel_patch_tokens(model: BrainLM) -> bool:
-    """Whether the model's tokens are parcel x ``patch_trs`` patches (masks [W, P, N],
-    predictions [W, P, N, k]); False for the image ViT-MAE (masks [W, L] over image patches,
-    predictions already [W, T, P])."""
-    return isinstance(model, ParcelPatchTokens)
-
-
-def require_parcel_patch_tokens(model: BrainLM, what: str) -> None:
-    """Error naming ``what`` for a model whose tokens are not parcel x time patches."""
-    if not has_parcel_patch_tokens(model):
-        raise BrainLMInputError(f"{what} needs tokens that are one parcel's time patch; the "
-                                f"{type(model).__name__} (image ViT-MAE) has image-patch tokens "
-                                "(bands of y-sorted parcels x bands of TRs), so it cannot run this")
-
-
-class ParcelReduction:
-    """How a model's token-level quantities become per-parcel ones (attention, embeddings).
-
-    Parcel-patch tokens: a parcel's value is the mean over its ``n_patches`` tokens. The image
-    ViT-MAE: a token belongs to every parcel of its row band (``UpstreamViTMAE.token_parcels``),
-    so a parcel's value is the mean over the tokens of its band that hold window TRs, in atlas
-    order; padding-only tokens count for no parcel.
-
-    Parameters
-    ----------
-    model : a model of any family
-    n_parcels : int
-        P, the parcels of the windows.
-    """
-
-    def __init__(self, model: BrainLM, n_parcels: int):
-        self.p = n_parcels
-        self.member = None
-        if has_parcel_patch_tokens(model):
-            self.n = model.config.n_patches
-        else:
-            member = model.token_parcels().float()  # [L, P]
-            self.member, self.mean_weights = member, member / member.sum(dim=0, keepdim=True)
-
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., L] token values -> [..., P], each parcel's mean over its tokens."""
-        if self.member is None:
-            return x.reshape(*x.shape[:-1], self.p, self.n).mean(-1)
-        return x @ self.mean_weights.to(x.device, x.dtype)
-
-    def token_vectors(self, h: torch.Tensor) -> torch.Tensor:
-        """[B, L, D] token vectors -> [B, P, D], each parcel's mean over its tokens."""
-        if self.member is None:
-            return h.reshape(h.shape[0], self.p, self.n, -1).mean(2)
-        return torch.einsum("bld,lp->bpd", h, self.mean_weights.to(h.device, h.dtype))
-
-    def pairs(self, w: torch.Tensor) -> torch.Tensor:
-        """Token-by-token attention [B, H, L, L] -> parcel-by-parcel [H, P, P], float64, summed
-        over B: the mean over the query parcel's tokens of the attention summed over the key
-        parcel's tokens (for the image model each key token counts for every parcel of its band)."""
-        b, heads = w.shape[:2]
-        if self.member is None:
-            tok = w.reshape(b, heads, self.p, self.n, self.p, self.n)
-            return tok.sum(-1).mean(-2).sum(0, dtype=torch.float64)
-        mw, member = self.mean_weights.to(w.device, w.dtype), self.member.to(w.device, w.dtype)
-        return (mw.T @ w @ member).sum(0, dtype=torch.float64)
-
-
-def prediction_values(model: BrainLM, pred: torch.Tensor) -> torch.Tensor:
-    """A forward pass's predictions as window values: [W, T, P] (atlas order, input units).
-
-    pred: [W, P, N, k] for parcel-patch tokens; the image model already returns [W, T, P].
-    """
-    return model.unpatchify(pred) if has_parcel_patch_tokens(model) else pred
-
-
-def pool_tokens(model: BrainLM, enc: EncoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLS and mean token of an encoder pass with nothing masked: ([B, D], [B, D]).
-
-    The mean runs over every token for parcel-patch models, and over the tokens that hold
-    window values for the image model (its padding-only patches carry no data).
-    """
-    tokens = enc.latent[:, 1:]
-    if not has_parcel_patch_tokens(model):
-        tokens = tokens[:, model.content_tokens()]
-    return enc.latent[:, 0], tokens.mean(dim=1)
-
-
-@torch.inference_mode()
-def embed_windows(model: BrainLM, windows: torch.Tensor, xyz: torch.Tensor,
-                  batch_size: int = 32, precision: str = "32-true") -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoder embeddings of windows with nothing masked.
-
-    windows: (W, T, P), xyz: (P, 3) mm -> (cls (W, D), mean over tokens (W, D)) float32 on CPU.
-    Deterministic: no masking, no shuffling, a fixed order of operations. ``precision``: one of
-    :data:`brainlm.model.precision.PRECISIONS` (``bf16-mixed``: about 2 significant digits less,
-    faster where bfloat16 is native).
-    """
-    model.eval()
-    dev = next(model.parameters()).device
-    cls, mean = [], []
-    for i in range(0, len(windows), batch_size):
-        x = windows[i:i + batch_size].to(dev)
-        with autocast(precision, dev):
-            c, m = pool_tokens(model, model.forward_encoder(x, xyz.to(dev).expand(len(x), -1, -1)))
-        cls.append(c.float().cpu())
-        mean.append(m.float().cpu())
-    return torch.cat(cls), torch.cat(mean)
-
-
-@torch.inference_mode()
-def predict_masked(model: BrainLM, windows: torch.Tensor, xyz: torch.Tensor, mask: torch.Tensor,
-                   batch_size: int = 32, precision: str = "32-true") -> torch.Tensor:
-    """The model's reconstruction of masked windows.
-
-    windows: (W, T, P); xyz: (P, 3) mm; mask: (W, P, N) bool, True where hidden (the image
-    model: (W, L) over its patch grid) -> predictions (W, T, P) float32 on CPU (every value,
-    masked or not). ``precision`` as in :func:`embed_windows`.
-    """
-    model.eval()
-    dev = next(model.parameters()).device
-    out = []
-    for i in range(0, len(windows), batch_size):
-        x, m = windows[i:i + batch_size].to(dev), mask[i:i + batch_size].to(dev)
-        with autocast(precision, dev):
-            _, pred = model(x, xyz.to(dev).expand(len(x), -1, -1), m)
-        out.append(prediction_values(model, pred.float()).cpu())
-    return torch.cat(out)
-
-
-def token_mask_to_values(model: BrainLM, mask: torch.Tensor) -> np.ndarray:
-    """Token mask (W, P, N) -> value mask (W, T, P) bool, True where the model had to predict.
-
-    For the image model the token mask is (W, L) and a value is hidden when the image patch
-    holding it is (``UpstreamViTMAE.pixel_mask``).
-    """
-    if not has_parcel_patch_tokens(model):
-        return model.pixel_mask(mask).cpu().numpy()
-    return mask.repeat_interleave(model.config.patch_trs, dim=2).transpose(1, 2).cpu().numpy()
-
-
-def encode(model: BrainLM | str | Path, recordings: list[Recording] | Recording, *, batch_size: int = 32,
-           transfer_atlas: bool = False, target_tr: float | None = None,
-           precision: str = "32-true") -> list[dict]:
-    """Embeddings of raw recordings, per window and averaged over each recording's windows
-    (``precision`` as in :func:`embed_windows`).
-
-    Returns
-    -------
-    list of dict, one per recording: ``windows_cls``, ``windows_mean`` (W, D) float32,
-    ``cls``, ``mean`` (D,), and ``ids``.
-    """
-    model = load_model(model)
-    out = []
-    for item in model_inputs(model, recordings, transfer_atlas=transfer_atlas, target_tr=target_tr):
-        cls, mean = embed_windows(model, item.windows, item.xyz, batch_size, precision)
-        out.append({"ids": item.ids, "windows_cls": cls.numpy(), "windows_mean": mean.numpy(),
-                    "cls": cls.mean(0).numpy(), "mean": mean.mean(0).numpy()})
-    return out
-
-
-def reconstruct(model: BrainLM | str | Path, recording: Recording, mask: MaskSpec | torch.Tensor = MaskSpec(),
-                *, seed: int = 0, transfer_atlas: bool = False, precision: str = "32-true") -> dict:
-    """Masked reconstruction of a raw recording's tiles.
-
-    Parameters
-    ----------
-    mask : MaskSpec (drawn with ``seed``) or bool Tensor (W, P, N).
-    precision : str
-        As in :func:`embed_windows`.
-
-    Returns
-    -------
-    dict with ``target`` and ``prediction`` (W, T, P) in model input units, ``mask`` (W, T, P)
-    bool (True where the model had to predict) and ``starts`` (W,).
-    """
-    model = load_model(model)
-    data = preprocess(model, recording, transfer_atlas=transfer_atlas)
-    wins, starts = model_windows(model, data, source=recording.source or recording.id)
-    if isinstance(mask, MaskSpec):
-        mask = model.sample_mask(mask, len(wins), wins.shape[2], torch.Generator().manual_seed(seed))
-    pred = predict_masked(model, wins, parcel_xyz(recording.atlas), mask, precision=precision)
-    return {"target": wins.numpy(), "prediction": pred.numpy(), "mask": token_mask_to_values(model, mask),
-            "starts": starts}

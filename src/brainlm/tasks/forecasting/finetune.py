@@ -38,14 +38,14 @@ from brainlm.errors import BrainLMInputError
 from brainlm.checkpoints.folder import SPATIAL_BASELINE, pretraining_spatial_statistics, save_pretrained
 from brainlm.checkpoints.shipped import resolve_checkpoint
 from brainlm.model.brainlm import BrainLM
+from brainlm.model.family import require_parcel_patch_tokens
 from brainlm.model.masking import MaskSpec
 from brainlm.model.precision import resolve_precision
 from brainlm.tasks.forecasting.api import FORECASTING_FILE, with_window
 from brainlm.tasks.forecasting.carry import (CARRY_LABELS, carry_lags, resolve_carry, start_carry,
                                             with_carry)
 from brainlm.tasks.forecasting.windows import check_lengths, split_recordings
-from brainlm.tasks.model_input import (has_parcel_patch_tokens, load_model, model_scaler, random_like,
-                                       require_parcel_patch_tokens)
+from brainlm.tasks.model_input import load_model, model_scaler, random_like
 from brainlm.train.module import PretrainModule
 from brainlm.train.supervised import EpochTimes
 from brainlm.train.trainer import make_trainer
@@ -210,7 +210,7 @@ def _train(init_state, model: nn.Module, data: Corpus, scaler: PreprocessingCont
         start = random_like(model, s.seed) if init_state is None else copy.deepcopy(model)
         start.contract = PreprocessingContract.from_dict(scaler.to_dict())
         start.atlas = atlas
-        if not has_parcel_patch_tokens(start):
+        if not start.has_parcel_patch_tokens:
             raise BrainLMInputError(f"{type(start).__name__} has no parcel x time-patch tokens; "
                                     "forecasting fine-tuning needs them (the image ViT-MAE cannot "
                                     "hide the future as whole tokens)")

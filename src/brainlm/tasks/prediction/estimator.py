@@ -42,8 +42,9 @@ from brainlm.data.recording import Recording
 from brainlm.data.volumes import load_volume_atlas
 from brainlm.errors import BrainLMInputError
 from brainlm.model.precision import resolve_precision
-from brainlm.tasks.model_input import (ModelInput, check_atlas, embed_windows, has_parcel_patch_tokens,
-                                       load_model, model_windows, preprocess, random_like)
+from brainlm.tasks.inference import embed_windows
+from brainlm.tasks.model_input import (ModelInput, check_atlas, load_model, model_windows, preprocess,
+                                       random_like)
 from brainlm.tasks.networks import latent_connectivity
 
 __all__ = ["BrainLMEmbedding", "LatentConnectivity", "masker_atlas"]
@@ -328,7 +329,7 @@ class LatentConnectivity(_EncoderFeatures):
         learned from ``X`` or ``y``."""
         self._check_params()
         self._fit_model(X)
-        if not has_parcel_patch_tokens(self.model_):
+        if not self.model_.has_parcel_patch_tokens:
             raise BrainLMInputError("latent connectivity needs one token per parcel and time patch; this "
                                     f"model ({type(self.model_).__name__}) has image-patch tokens",
                                     f"{type(self).__name__}(checkpoint=...)")

@@ -31,9 +31,9 @@ from sklearn.linear_model import LogisticRegression, RidgeCV
 from torch import nn
 
 from brainlm.errors import BrainLMInputError
-from brainlm.model.brainlm import BrainLM
+from brainlm.model.family import MaskedBrainModel
 from brainlm.model.precision import autocast, resolve_precision
-from brainlm.tasks.model_input import load_model, pool_tokens
+from brainlm.tasks.model_input import load_model
 from brainlm.tasks.prediction.training import (WindowedHead, check_series, random_crops,
                                               recording_tiles)
 
@@ -70,7 +70,7 @@ class LoRALinear(nn.Module):
         return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scale
 
 
-def add_lora(model: BrainLM, rank: int = 4, alpha: float = 8.0) -> list[str]:
+def add_lora(model: MaskedBrainModel, rank: int = 4, alpha: float = 8.0) -> list[str]:
     """Replace every ``nn.Linear`` inside the encoder blocks by a :class:`LoRALinear` (in place).
 
     Returns the names of the wrapped layers (``blocks.0.attn.qkv`` ...).
@@ -89,13 +89,13 @@ class EncoderHead(nn.Module):
 
     Parameters
     ----------
-    model : BrainLM
-        Its encoder is used as is (copy it first if it must stay untouched).
+    model : MaskedBrainModel
+        Any family; its encoder is used as is (copy it first if it must stay untouched).
     xyz : Tensor [P, 3]
         Parcel MNI coordinates in mm.
     """
 
-    def __init__(self, model: BrainLM, xyz: torch.Tensor):
+    def __init__(self, model: MaskedBrainModel, xyz: torch.Tensor):
         super().__init__()
         self.model = model
         self.register_buffer("xyz", xyz.float())
@@ -103,7 +103,7 @@ class EncoderHead(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, T, P] -> [B, 2 D] (CLS, mean of patch tokens)."""
-        cls, mean = pool_tokens(self.model, self.model.forward_encoder(x, self.xyz.expand(len(x), -1, -1)))
+        cls, mean = self.model.pool_tokens(self.model.forward_encoder(x, self.xyz.expand(len(x), -1, -1)))
         return torch.cat([cls, mean], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,7 +167,7 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
         self.device = device
         self.precision = precision
 
-    def _model(self) -> BrainLM:
+    def _model(self) -> MaskedBrainModel:
         if self.mode not in MODES:
             raise BrainLMInputError(f"fine-tuning mode {self.mode!r}; expected one of {MODES}")
         if self.checkpoint is None:
