@@ -32,7 +32,7 @@ from brainlm.data.samples import load_schaefer100_rest
 from brainlm.data.scaling import MAX_ROBUST_DEVIATION, robust_deviation
 from brainlm.data.splits import assign_splits
 from brainlm.errors import BrainLMInputError
-from test_bad_input_cli import NPY, _npy_folder, cli
+from cli_harness import NPY, cli, npy_folder as _npy_folder
 
 SPLITS = ("--splits", "0.6,0.2,0.2")
 
