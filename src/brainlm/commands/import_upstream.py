@@ -19,7 +19,7 @@ from brainlm.errors import BrainLMInputError
 from brainlm.checkpoints.hub import is_hub_id
 from brainlm.checkpoints.upstream_import import (DEFAULT_NORMALIZATION, NORMALIZATIONS, UKB_TR, fetch_upstream,
                                            import_from_hub, load_upstream, record_hub, save_imported)
-from brainlm.tasks.calibration import apply_calibration, calibrate_input_gain
+from brainlm.tasks.calibration import CalibrationSettings, apply_calibration, calibrate_input_gain
 
 __all__ = ["register", "run"]
 
@@ -102,15 +102,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"  input gain {args.input_gain:g} (set)" + (f": {gain:.6g} with the variant's" if variant.gain != 1.0 else ""))
     if args.calibrate is not None:
         offsets = (-0.5, -0.25, 0.0, 0.25, 0.5) if args.calibrate_offset else (0.0,)
-        result = calibrate_input_gain(model, args.calibrate, offsets=offsets, recordings=args.calibrate_recordings)
-        apply_calibration(model, result)
-        print(f"  input gain {result['calibrated_gain']:.3g}"
-              + (f" (stored {result['input_gain']:.4g} with the variant's)" if result["variant_gain"] != 1.0 else "")
-              + f", offset {result['input_offset']:g} (calibrated on "
-              f"{result['windows']} windows of {len(result['recordings'])} recordings, mask "
-              f"{result['mask_ratio']:g}): masked MSE {result['mse']:.4f}, R² {result['r2']:.3f}; "
-              f"gain 1: MSE {result['gain_1_mse']:.4f}; predicting the median: MSE {result['zero_mse']:.4f}")
-        if result["at_grid_edge"]:
+        r = calibrate_input_gain(model, args.calibrate,
+                                 CalibrationSettings(offsets=offsets, recordings=args.calibrate_recordings))
+        apply_calibration(model, r)
+        print(f"  input gain {r.calibrated_gain:.3g}"
+              + (f" (stored {r.input_gain:.4g} with the variant's)" if r.variant_gain != 1.0 else "")
+              + f", offset {r.input_offset:g} (calibrated on {r.windows} windows of {len(r.recordings)} "
+              f"recordings, mask {r.mask_ratio:g}): masked MSE {r.mse:.4f}, R² {r.r2:.3f}; "
+              f"gain 1: MSE {r.gain_1_mse:.4f}; predicting the median: MSE {r.zero_mse:.4f}")
+        if r.at_grid_edge:
             print("  warning: the best gain is at the end of the grid tried (a bound, not a minimum); "
                   "the model may only be predicting the median")
     save_imported(model, report, args.out)
