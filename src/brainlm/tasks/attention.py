@@ -12,10 +12,10 @@ and head:
   patches). Each row sums to ``1`` minus the attention of parcel ``i``'s tokens to CLS.
 
 The image ViT-MAE (an imported ``vitmae_*`` checkpoint) has image-patch tokens instead: a token
-belongs to every parcel of its row band of y-sorted parcels. Its maps are put on parcels by
-:class:`brainlm.tasks.model_input.ParcelReduction`: a parcel's CLS attention is the mean over
-the tokens of its band that hold window TRs, and the parcel-by-parcel entry ``[i, j]`` sums over
-the tokens of ``j``'s band (so parcels of one band share their values).
+belongs to every parcel of its row band of y-sorted parcels. Its maps are put on parcels by the
+model's :meth:`parcel_reduction` (:class:`brainlm.model.family.ParcelReduction`): a parcel's CLS
+attention is the mean over the tokens of its band that hold window TRs, and the parcel-by-parcel
+entry ``[i, j]`` sums over the tokens of ``j``'s band (so parcels of one band share their values).
 
 Weights come from ``BrainLM.forward_encoder(..., return_attention=True)``; the inference path
 without weights stays on ``scaled_dot_product_attention`` and is untouched. Each layer's full
