@@ -47,8 +47,7 @@ from brainlm.data.corpus import Corpus
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import load_hcp7_aal2, load_schaefer100_rest
 from brainlm.model import BrainLM, preset
-from brainlm.simulate import simulate_cohort
-from brainlm.simulate.cohort import LatentEffects, limbic_prefrontal
+from brainlm.simulate import CohortSpec, LatentEffects, limbic_prefrontal, simulate_cohort
 from brainlm.tasks.attention import extract_attention
 from brainlm.tasks.inference import embed_windows
 from brainlm.tasks.model_input import load_model, model_inputs
@@ -112,8 +111,8 @@ def bench_groups(model: BrainLM, n: int, trs: int, effect: float, seeds) -> list
     limbic, _ = limbic_prefrontal(load_atlas("aal2"))
     rows = []
     for seed in seeds:
-        recs = simulate_cohort(n, atlas="aal2", n_trs=trs, sites=1, seed=seed,
-                               effects=LatentEffects(group_on_coupling=effect))
+        recs = simulate_cohort(CohortSpec(n, atlas="aal2", n_trs=trs, sites=1, seed=seed,
+                                          effects=LatentEffects(group_on_coupling=effect)))
         t = time.perf_counter()
         r = group_attention(model, recs, "group", n_permutations=2000,
                             parcel_sets={"limbic (altered)": limbic})
@@ -134,7 +133,7 @@ def bench_groups(model: BrainLM, n: int, trs: int, effect: float, seeds) -> list
 def bench_synthetic_networks(model: BrainLM) -> dict:
     out = {}
     for atlas in ("aal2", "schaefer100"):
-        recs = simulate_cohort(12, atlas=atlas, n_trs=1200, sites=1, seed=0)
+        recs = simulate_cohort(CohortSpec(12, atlas=atlas, n_trs=1200, sites=1, seed=0))
         out[f"simulated_{atlas}_12x1200"] = summarise_networks(
             identify_networks(model, recs, transfer_atlas=atlas != "aal2"))
     return out

@@ -35,7 +35,7 @@ from brainlm.data.atomic import write_json  # noqa: E402
 from brainlm.data.contract import PreprocessingContract  # noqa: E402
 from brainlm.data.prepare import prepare_corpus  # noqa: E402
 from brainlm.data.samples import HCP7_TR  # noqa: E402
-from brainlm.simulate.cohort import simulate_cohort  # noqa: E402
+from brainlm.simulate import CohortSpec, simulate_cohort  # noqa: E402
 from brainlm.tasks.prediction.evaluate import (PredictionSettings, best_brainlm_method,  # noqa: E402
                                                evaluate_prediction)
 
@@ -52,7 +52,8 @@ def main() -> None:
     args = ap.parse_args()
     work, t0 = Path(args.work), time.perf_counter()
     demo = DemoSettings()
-    recordings = simulate_cohort(demo.cohort_subjects, atlas="aal2", n_trs=demo.cohort_trs, seed=demo.seed, jobs=2)
+    recordings = simulate_cohort(CohortSpec(demo.cohort_subjects, atlas="aal2", n_trs=demo.cohort_trs, seed=demo.seed),
+                                 jobs=2)
     cohorts = {}
     results = {}
     for recipe in RECIPES:

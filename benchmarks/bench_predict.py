@@ -38,7 +38,7 @@ from brainlm.data.atomic import write_text_atomic
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import load_hcp7_aal2
-from brainlm.simulate import iter_cohort, write_cohort
+from brainlm.simulate import CohortSpec, iter_cohort, write_cohort
 from brainlm.tasks.prediction import PredictionSettings, evaluate_prediction, prediction_markdown
 from brainlm.tasks.reconstruction import evaluate_reconstruction, reconstruction_markdown
 from brainlm.train.pretrain import PretrainSettings, pretrain
@@ -89,7 +89,7 @@ def main() -> None:
         cohort, corpus = work / f"cohort{args.subjects}", work / f"corpus{args.subjects}"
         if not (corpus / "corpus.json").exists():
             t = time.perf_counter()
-            write_cohort(iter_cohort(args.subjects, atlas="aal2", n_trs=600, tr=0.72, seed=0), cohort)
+            write_cohort(iter_cohort(CohortSpec(args.subjects, atlas="aal2", n_trs=600, tr=0.72, seed=0)), cohort)
             prepare_corpus([cohort], corpus, atlas=load_atlas("aal2"), contract=CONTRACT, jobs=2)
             report["cohort_seconds"] = round(time.perf_counter() - t, 1)
 

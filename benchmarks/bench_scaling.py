@@ -39,7 +39,7 @@ from brainlm.data.corpus import Corpus
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import HCP7_TR, load_hcp7_aal2
 from brainlm.report.benchmark_figures import draw_scaling
-from brainlm.simulate.cohort import simulate_cohort
+from brainlm.simulate import CohortSpec, simulate_cohort
 from brainlm.train.pretrain import PretrainSettings, pretrain
 
 ROOT = Path(__file__).resolve().parent
@@ -79,7 +79,7 @@ def corpus_for(work: Path, subjects: int, simulated: int):
         split |= {f"HCP/{s}": name for s in m.iloc[fold.split_indices(name)]["subject"].astype(str)}
     recordings = [r for r in load_hcp7_aal2() if f"HCP/{r.subject}" in split]
     if simulated:
-        sims = simulate_cohort(simulated, atlas="aal2", n_trs=1200, tr=HCP7_TR, seed=123, jobs=1)
+        sims = simulate_cohort(CohortSpec(simulated, atlas="aal2", n_trs=1200, tr=HCP7_TR, seed=123), jobs=1)
         recordings += sims
         split |= {f"{r.site}/{r.subject}" if r.site else r.subject: "train" for r in sims}
     contract = PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True)

@@ -35,7 +35,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 
 from brainlm.data.samples import load_hcp7_aal2
-from brainlm.simulate import LatentEffects, iter_cohort, reference_fc, simulate_cohort, write_cohort
+from brainlm.simulate import (CohortSpec, LatentEffects, iter_cohort, reference_fc, simulate_cohort,
+                              write_cohort)
 
 ATLASES = ("aal2", "schaefer100", "schaefer200", "schaefer400")
 YOUNG = LatentEffects(age_min=22, age_max=36)
@@ -82,10 +83,10 @@ def summarise(values: list[dict], real: pd.DataFrame | None = None) -> dict:
 # -- speed -----------------------------------------------------------------------------------
 def bench_speed(n: int, jobs_list: list[int]) -> dict:
     out = {}
-    simulate_cohort(2, atlas="schaefer200", n_trs=50, sites=1)  # imports and file loads
+    simulate_cohort(CohortSpec(2, atlas="schaefer200", n_trs=50, sites=1))  # imports and file loads
     for jobs in jobs_list:
         t, cpu = time.perf_counter(), time.process_time()
-        simulate_cohort(n, atlas="schaefer200", n_trs=1200, sites=1, seed=1, jobs=jobs)
+        simulate_cohort(CohortSpec(n, atlas="schaefer200", n_trs=1200, sites=1, seed=1), jobs=jobs)
         seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
         out[f"jobs_{jobs}"] = {"subjects": n, "seconds": round(seconds, 2),
                                "seconds_per_subject": round(seconds / n, 4),
@@ -104,7 +105,8 @@ def bench_cohort(n: int, jobs: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix="bench_simulate_"))
     try:
         t = time.perf_counter()
-        write_cohort(iter_cohort(n, atlas="schaefer200", n_trs=1200, jobs=jobs), root / "cohort")
+        write_cohort(iter_cohort(CohortSpec(n, atlas="schaefer200", n_trs=1200), jobs=jobs),
+                     root / "cohort")
         seconds = time.perf_counter() - t
         size = sum(f.stat().st_size for f in (root / "cohort").rglob("*") if f.is_file())
     finally:
@@ -117,8 +119,8 @@ def bench_cohort(n: int, jobs: int) -> dict:
 
 # -- validation ------------------------------------------------------------------------------
 def validate_real(atlas: str, n: int, seed: int, real: pd.DataFrame) -> dict:
-    recs = simulate_cohort(n, atlas=atlas, n_trs=1200, sites=1, seed=seed, effects=YOUNG,
-                           units="percent", jobs=2)
+    recs = simulate_cohort(CohortSpec(n, atlas=atlas, n_trs=1200, sites=1, seed=seed, effects=YOUNG,
+                                      units="percent"), jobs=2)
     r = float(np.corrcoef(upper(group_fc(recs)), upper(reference_fc(atlas)))[0, 1])
     stats = summarise([bold_stats(x.timeseries, x.tr) for x in recs], real)
     print(f"{atlas}: group FC r = {r:.3f}; " + ", ".join(
@@ -128,7 +130,8 @@ def validate_real(atlas: str, n: int, seed: int, real: pd.DataFrame) -> dict:
 
 
 def validate_recovery(atlas: str, n: int, seed: int) -> dict:
-    recs = simulate_cohort(n, atlas=atlas, n_trs=1200, sites=3, seed=seed, units="percent", jobs=2)
+    recs = simulate_cohort(CohortSpec(n, atlas=atlas, n_trs=1200, sites=3, seed=seed, units="percent"),
+                           jobs=2)
     x = np.array([upper(np.corrcoef(detrend(r.timeseries.astype(np.float64), axis=0),
                                     rowvar=False)) for r in recs])
     x = np.arctanh(np.clip(x, -0.999, 0.999))

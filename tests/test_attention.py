@@ -19,8 +19,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.samples import load_schaefer100_rest
 from brainlm.model import BrainLM, BrainLMConfig
-from brainlm.simulate import simulate_cohort, write_cohort
-from brainlm.simulate.cohort import LatentEffects, limbic_prefrontal
+from brainlm.simulate import CohortSpec, LatentEffects, limbic_prefrontal, simulate_cohort, write_cohort
 from brainlm.report.brain import plot_confusion, plot_network_summary, plot_parcel_networks, plot_parcel_values
 from brainlm.tasks.attention import extract_attention
 from brainlm.tasks.model_input import load_model, model_inputs, preprocess
@@ -141,8 +140,8 @@ def test_group_attention_recovers_the_altered_network(trained, tmp_path, capsys)
     stand out as a set, against random parcel sets (two-sided). The group effect is doubled from
     its default so that 24 subjects of 600 TRs suffice; at the default effect the same holds
     with 40 subjects of 1200 TRs (benchmarks/bench_attention.py, seeds 0-2)."""
-    recs = simulate_cohort(24, atlas="aal2", n_trs=600, sites=1, seed=0,
-                           effects=LatentEffects(group_on_coupling=0.30))
+    recs = simulate_cohort(CohortSpec(24, atlas="aal2", n_trs=600, sites=1, seed=0,
+                                      effects=LatentEffects(group_on_coupling=0.30)))
     write_cohort(recs, tmp_path / "cohort")
     corpus = prepare_corpus([tmp_path / "cohort"], tmp_path / "corpus", atlas=load_atlas("aal2"),
                             contract=PreprocessingContract(percent_signal_change=True), progress=False)

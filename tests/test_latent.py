@@ -20,7 +20,7 @@ from brainlm.model.brainlm import BrainLM
 from brainlm.checkpoints.folder import save_pretrained
 from brainlm.model.config import preset
 from brainlm.report.latent_figures import draw_latent_figure
-from brainlm.simulate.cohort import simulate_cohort
+from brainlm.simulate import CohortSpec, simulate_cohort
 from brainlm.tasks.embed import embed_all, fisher_z_fc
 from brainlm.tasks.latent import latent_paths, latent_space
 
@@ -35,7 +35,7 @@ def cohort(tmp_path_factory):
     """24 simulated subjects on AAL2 at three sites (TR 0.72/0.735/0.8 s, different noise),
     resampled to 0.72 s, all in the training split."""
     root = tmp_path_factory.mktemp("latent")
-    sims = simulate_cohort(24, atlas="aal2", n_trs=300, seed=0)
+    sims = simulate_cohort(CohortSpec(24, atlas="aal2", n_trs=300, seed=0))
     return prepare_corpus(sims, root / "corpus", atlas=load_atlas("aal2"),
                           contract=PreprocessingContract(percent_signal_change=True, target_tr=0.72),
                           fractions=(1, 0, 0))

@@ -23,7 +23,7 @@ from brainlm.data.prepare import prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.checkpoints.folder import load_pretrained
-from brainlm.simulate import simulate_cohort
+from brainlm.simulate import CohortSpec, simulate_cohort
 from brainlm.tasks.inference import encode
 from brainlm.tasks.model_input import model_scaler, preprocess, read_model_input, subject_keys
 from brainlm.tasks.prediction import (
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def cohort(tmp_path_factory):
     """40 simulated subjects (AAL2, TR 0.72 s, three sites), each scanned in 2 runs of 300 TRs:
     80 recordings, prepared like the HCP corpus of the `trained` checkpoint."""
-    sims = simulate_cohort(40, atlas="aal2", n_trs=600, tr=0.72, seed=0)
+    sims = simulate_cohort(CohortSpec(40, atlas="aal2", n_trs=600, tr=0.72, seed=0))
     recordings = []
     for rec in sims:
         for k, part in enumerate(np.array_split(rec.timeseries, RUNS)):

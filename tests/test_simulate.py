@@ -4,6 +4,7 @@ recoverable phenotype effects, and agreement with real HCP data."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -20,9 +21,10 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.prepare import prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
-from brainlm.simulate import (DEFAULT_SITES, LatentEffects, ModelSettings, SimulatedRecording,
-                              load_connectome, reference_fc, simulate_cohort, write_cohort)
-from brainlm.simulate.cohort import auto_batch_size, effect_masks, limbic_prefrontal
+from brainlm.simulate import (DEFAULT_SITES, CohortSpec, LatentEffects, ModelSettings,
+                              SimulatedRecording, effect_masks, limbic_prefrontal, load_connectome,
+                              reference_fc, simulate_cohort, write_cohort)
+from brainlm.simulate.cohort import auto_batch_size
 from brainlm.commands import dispatch as run
 from brainlm.commands.simulate import register
 from brainlm.simulate.hemodynamics import BalloonWindkessel
@@ -54,14 +56,14 @@ def upper(m: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def small():
-    return simulate_cohort(6, atlas="schaefer100", n_trs=120, sites=3, seed=3, batch_size=4)
+    return simulate_cohort(CohortSpec(6, atlas="schaefer100", n_trs=120, sites=3, seed=3), batch_size=4)
 
 
 @pytest.fixture(scope="module")
 def young_aal2():
     """HCP-like: young adults at the HCP-like site (TR 0.72 s), 1200 TRs, AAL2."""
-    return simulate_cohort(24, atlas="aal2", n_trs=1200, sites=1, seed=11, effects=YOUNG,
-                           units="percent")
+    return simulate_cohort(CohortSpec(24, atlas="aal2", n_trs=1200, sites=1, seed=11, effects=YOUNG,
+                                      units="percent"))
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +178,7 @@ def test_cohort_shapes_ids_sites_and_phenotypes(small):
         mean = rec.timeseries.mean(axis=0)
         assert np.all(np.abs(mean / baseline - 1) < 0.6)
         assert np.median(rec.timeseries.std(axis=0) / mean) < 0.02
-    assert len({r.site for r in simulate_cohort(12, atlas="schaefer100", n_trs=20, seed=3)}) == 3
+    assert len({r.site for r in simulate_cohort(CohortSpec(12, atlas="schaefer100", n_trs=20, seed=3))}) == 3
 
 
 def test_ground_truth_follows_the_documented_effects(small):
@@ -195,7 +197,7 @@ def test_ground_truth_follows_the_documented_effects(small):
 
 
 def test_same_seed_same_cohort_whatever_the_batching_and_jobs(small):
-    again = simulate_cohort(6, atlas="schaefer100", n_trs=120, sites=3, seed=3, batch_size=1,
+    again = simulate_cohort(CohortSpec(6, atlas="schaefer100", n_trs=120, sites=3, seed=3), batch_size=1,
                             jobs=2)
     for a, b in zip(small, again):
         np.testing.assert_array_equal(a.timeseries, b.timeseries)
@@ -203,13 +205,13 @@ def test_same_seed_same_cohort_whatever_the_batching_and_jobs(small):
     # Batches fit the CPU cache, and every worker gets one.
     assert (auto_batch_size(94), auto_batch_size(200), auto_batch_size(400)) == (64, 32, 8)
     # Randomness is keyed by subject: a larger cohort extends a smaller one.
-    bigger = simulate_cohort(8, atlas="schaefer100", n_trs=120, sites=3, seed=3)
+    bigger = simulate_cohort(CohortSpec(8, atlas="schaefer100", n_trs=120, sites=3, seed=3))
     for a, b in zip(small, bigger):
         np.testing.assert_array_equal(a.timeseries, b.timeseries)
 
 
 def test_different_seeds_give_different_subjects(small):
-    other = simulate_cohort(6, atlas="schaefer100", n_trs=120, sites=3, seed=4)
+    other = simulate_cohort(CohortSpec(6, atlas="schaefer100", n_trs=120, sites=3, seed=4))
     assert [r.phenotypes for r in other] != [r.phenotypes for r in small]
     assert not any(np.allclose(a.timeseries, b.timeseries) for a in small for b in other
                    if a.tr == b.tr)
@@ -217,8 +219,8 @@ def test_different_seeds_give_different_subjects(small):
 
 def test_drift_spikes_units_and_single_tr_options():
     base = dict(atlas="schaefer100", n_trs=400, sites=2, seed=5, units="percent")
-    clean = simulate_cohort(2, **base)
-    dirty = simulate_cohort(2, drift=1.0, spike_rate=3.0, spike_size=5.0, **base)
+    clean = simulate_cohort(CohortSpec(2, **base))
+    dirty = simulate_cohort(CohortSpec(2, drift=1.0, spike_rate=3.0, spike_size=5.0, **base))
     for c, d in zip(clean, dirty):
         frames = d.ground_truth["spike_frames"]
         assert len(frames) >= 3
@@ -233,7 +235,7 @@ def test_drift_spikes_units_and_single_tr_options():
         freqs = np.fft.rfftfreq(len(drift), d.tr)
         assert spectrum[freqs < 1 / 100].sum() / spectrum.sum() > 0.8
         assert abs(c.timeseries.mean()) < 1.0  # percent units are centred on zero
-    one_tr = simulate_cohort(6, atlas="schaefer100", n_trs=30, sites=3, tr=1.5, seed=5)
+    one_tr = simulate_cohort(CohortSpec(6, atlas="schaefer100", n_trs=30, sites=3, tr=1.5, seed=5))
     assert {r.tr for r in one_tr} == {1.5} and len({r.site for r in one_tr}) > 1
 
 
@@ -253,6 +255,8 @@ def test_drift_spikes_units_and_single_tr_options():
     (dict(seed=-1), "seed"),
     (dict(units="bold"), "units"),
     (dict(jobs=0), "jobs"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(sites=[]), "sites"),
     (dict(effects=LatentEffects(patient_fraction=1.5)), "patient_fraction"),
     (dict(effects=LatentEffects(age_min=80, age_max=20)), "age_min"),
     (dict(effects=LatentEffects(trait_network="Cerebellum")), "trait_network"),
@@ -262,8 +266,59 @@ def test_drift_spikes_units_and_single_tr_options():
 def test_impossible_parameters_are_clear_errors(kwargs, field):
     args = dict(n_subjects=2, atlas="schaefer100", n_trs=10)
     args.update(kwargs)
+    run_options = {k: args.pop(k) for k in ("jobs", "batch_size") if k in args}
     with pytest.raises(BrainLMInputError, match=field):
-        simulate_cohort(args.pop("n_subjects"), **args)
+        simulate_cohort(CohortSpec(args.pop("n_subjects"), **args), **run_options)
+
+
+def test_cohort_spec_checks_its_fields_when_built():
+    with pytest.raises(BrainLMInputError, match=r"field 'drift' is -1\.0; expected a number >= 0"):
+        CohortSpec(2, atlas="schaefer100", drift=-1.0)
+    with pytest.raises(BrainLMInputError, match="field 'n_trs' is 1; expected an integer >= 2"):
+        CohortSpec(2, n_trs=1)
+    with pytest.raises(BrainLMInputError, match="field 'effects' .* expected a LatentEffects"):
+        CohortSpec(2, effects={"age_min": 20.0})
+    with pytest.raises(BrainLMInputError, match="field 'spec' is 4; expected a CohortSpec"):
+        simulate_cohort(4)
+    # Stored as checked: plain ints, the atlas lower-cased, explicit sites as a tuple.
+    spec = CohortSpec(np.int64(4), atlas="AAL2", sites=[DEFAULT_SITES[1]], tr=1)
+    assert (spec.n_subjects, spec.atlas, spec.sites, spec.tr) == (4, "aal2", (DEFAULT_SITES[1],), 1.0)
+    assert [(s.name, s.tr) for s in spec.site_list] == [("B", 1.0)]
+    assert spec.to_dict()["sites"][0]["baseline"] == DEFAULT_SITES[1].baseline
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.seed = 1
+
+
+def test_cohort_numbers_are_those_of_the_simulator_before_its_split():
+    # Recorded from the pre-refactor code (commit 70db4cb, when cohort.py held the whole
+    # simulator and took keyword arguments): the same settings must keep giving the same
+    # subjects and signals, so the order of random draws must never change.
+    spec = CohortSpec(3, atlas="schaefer100", n_trs=20, sites=3, seed=3, drift=0.5,
+                      spike_rate=6.0, units="percent")
+    recs = simulate_cohort(spec, batch_size=2)
+    expected = [
+        ("A", 0.72, {"age": 36.35, "trait": 1.4452, "group": 1, "null_score": -0.1728}, [],
+         [-0.5298035144805908, -1.0284032821655273, 0.3995569050312042],
+         -135.0500873561541, 769.9975181284073),
+        ("C", 0.8, {"age": 77.77, "trait": 0.1074, "group": 0, "null_score": 0.8788}, [5, 7, 12],
+         [0.4002285599708557, -0.14461423456668854, -1.0598491430282593],
+         -162.73320991929359, 3630.4833461686544),
+        ("A", 0.72, {"age": 62.73, "trait": -0.7556, "group": 0, "null_score": 0.1247}, [],
+         [-1.505042314529419, -1.5188606977462769, -1.148032546043396],
+         53.117503651519655, 1550.6158433071002),
+    ]
+    for rec, (site, tr, phenotypes, spikes, first, total, squares) in zip(recs, expected):
+        x = rec.timeseries.astype(np.float64)
+        assert (rec.site, rec.tr, rec.phenotypes) == (site, tr, phenotypes)
+        assert rec.ground_truth["spike_frames"] == spikes
+        np.testing.assert_allclose(rec.timeseries[0, :3], first, rtol=1e-6)
+        np.testing.assert_allclose([x.sum(), (x ** 2).sum()], [total, squares], rtol=1e-6)
+    raw = simulate_cohort(CohortSpec(1, atlas="schaefer100", n_trs=20, sites=3, seed=3,
+                                     drift=0.5, spike_rate=6.0))[0]
+    np.testing.assert_allclose(raw.timeseries[0, :3],
+                               [10014.2275390625, 10252.080078125, 10446.0947265625], rtol=1e-7)
+    np.testing.assert_allclose(raw.timeseries.astype(np.float64).sum(), 20119125.376464844,
+                               rtol=1e-9)
 
 
 # -- files, CLI and prepare ------------------------------------------------------------------
@@ -287,7 +342,7 @@ def test_cli_writes_a_cohort_that_prepare_reads_as_is(tmp_path, capsys):
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["SimulationSettings"]["seed"] == 2
     # The files are the recordings simulate_cohort returns for the same settings.
-    same = simulate_cohort(9, atlas="schaefer100", n_trs=260, seed=2)
+    same = simulate_cohort(CohortSpec(9, atlas="schaefer100", n_trs=260, seed=2))
     np.testing.assert_array_equal(np.load(out / "sub-0004/func/sub-0004_task-rest_bold.npy"),
                                   same[3].timeseries)
 
@@ -353,8 +408,8 @@ def test_write_cohort_is_atomic_and_refuses_to_overwrite(tmp_path, small):
                                            ("aal2", 0.45)])
 def test_simulated_group_fc_correlates_with_real_group_fc(name, minimum, young_aal2):
     # AAL2 is out of sample: its coupling is anatomy (DTI), never the FC it is compared with.
-    recs = young_aal2 if name == "aal2" else simulate_cohort(
-        10, atlas=name, n_trs=1200, sites=1, seed=11, effects=YOUNG, units="percent")
+    recs = young_aal2 if name == "aal2" else simulate_cohort(CohortSpec(
+        10, atlas=name, n_trs=1200, sites=1, seed=11, effects=YOUNG, units="percent"))
     r = np.corrcoef(upper(group_fc(recs)), upper(reference_fc(name)))[0, 1]
     assert r > minimum
 
@@ -391,7 +446,7 @@ def test_spectrum_is_pink_like_real_bold_not_a_single_resonance(young_aal2, hcp)
 # -- phenotypes are recoverable: an FC + ridge baseline finds them ---------------------------
 @pytest.fixture(scope="module")
 def prediction_cohort():
-    recs = simulate_cohort(80, atlas="schaefer100", n_trs=1200, sites=3, seed=0, units="percent",
+    recs = simulate_cohort(CohortSpec(80, atlas="schaefer100", n_trs=1200, sites=3, seed=0, units="percent"),
                            jobs=2)
     fcs = np.array([np.corrcoef(detrend(r.timeseries.astype(np.float64), axis=0), rowvar=False)
                     for r in recs])

@@ -23,7 +23,7 @@ from brainlm.data.prepare import prepare_corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.checkpoints.folder import load_pretrained
 from brainlm.checkpoints.shipped import resolve_checkpoint
-from brainlm.simulate.cohort import simulate_cohort
+from brainlm.simulate import CohortSpec, simulate_cohort
 from brainlm.sklearn import BrainLMEmbedding, LatentConnectivity, masker_atlas
 from brainlm.tasks.model_input import model_scaler, read_model_input, subject_keys
 from brainlm.tasks.prediction import PredictionSettings, evaluate_prediction
@@ -41,7 +41,7 @@ def model():
 @pytest.fixture(scope="module")
 def cohort():
     """20 simulated subjects on AAL2, one 300-TR recording each at TR 0.72 s (raw units)."""
-    return simulate_cohort(20, atlas="aal2", n_trs=300, tr=0.72, sites=1, seed=3)
+    return simulate_cohort(CohortSpec(20, atlas="aal2", n_trs=300, tr=0.72, sites=1, seed=3))
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 from brainlm import __version__
 from brainlm.data.progress import ProgressBar
 from brainlm.errors import BrainLMInputError
-from brainlm.simulate.cohort import (DEFAULT_SITES, FORMATS, GLOBAL_COUPLING, MEASUREMENT_NOISE, UNITS,
-                                     LatentEffects, ModelSettings, iter_cohort, write_cohort)
-from brainlm.simulate.connectomes import SIMULATION_ATLASES, check_atlas_name
+from brainlm.simulate.cohort import iter_cohort
+from brainlm.simulate.connectomes import SIMULATION_ATLASES
+from brainlm.simulate.design import (DEFAULT_SITES, GLOBAL_COUPLING, MEASUREMENT_NOISE, UNITS,
+                                     CohortSpec, LatentEffects, ModelSettings)
+from brainlm.simulate.writing import FORMATS, write_cohort
 
 __all__ = ["register", "run"]
 
@@ -88,24 +90,26 @@ def _effects(args: argparse.Namespace) -> LatentEffects:
                    group_on_coupling=scale * base.group_on_coupling)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Simulate and write the cohort described by parsed ``simulate`` arguments; 0 on success
-    (bad input raises ``BrainLMInputError``, which :func:`brainlm.commands.dispatch` reports)."""
+def cohort_spec(args: argparse.Namespace) -> CohortSpec:
+    """The :class:`CohortSpec` of parsed ``simulate`` arguments (the one place they meet it)."""
     if not isinstance(args.effect_scale, (int, float)) or not args.effect_scale >= 0:
         raise BrainLMInputError(f"option 'effect_scale' is {args.effect_scale!r}; expected a "
                                 "number >= 0")
-    atlas = check_atlas_name(args.atlas)
-    effects = _effects(args)
-    model = ModelSettings()
-    options = dict(atlas=atlas, n_trs=args.n_trs, tr=args.tr, sites=args.sites, seed=args.seed,
-                   measurement_noise=args.noise, drift=args.drift, spike_rate=args.spike_rate,
-                   spike_size=args.spike_size, units=args.units)
-    settings = {"brainlm_version": __version__, "n_subjects": args.subjects, **options,
-                "effects": asdict(effects), "model": asdict(model),
+    return CohortSpec(args.subjects, atlas=args.atlas, n_trs=args.n_trs, tr=args.tr,
+                      sites=args.sites, seed=args.seed, measurement_noise=args.noise,
+                      drift=args.drift, spike_rate=args.spike_rate, spike_size=args.spike_size,
+                      units=args.units, effects=_effects(args), model=ModelSettings())
+
+
+def run(args: argparse.Namespace) -> int:
+    """Simulate and write the cohort described by parsed ``simulate`` arguments; 0 on success
+    (bad input raises ``BrainLMInputError``, which :func:`brainlm.commands.dispatch` reports)."""
+    spec = cohort_spec(args)
+    atlas = spec.atlas
+    settings = {"brainlm_version": __version__, **spec.to_dict(),
                 "global_coupling_at_age_50": GLOBAL_COUPLING[atlas]}
     start = time.perf_counter()
-    cohort = iter_cohort(args.subjects, effects=effects, model=model,
-                         batch_size=args.batch_size, jobs=args.jobs, **options)
+    cohort = iter_cohort(spec, batch_size=args.batch_size, jobs=args.jobs)
     seen = {"trs": set(), "sites": set()}
 
     def tracked():

@@ -22,12 +22,15 @@ the discretisation itself; steps of 0.1 s are accurate for these slow rhythms.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from brainlm.errors import BrainLMInputError
 from brainlm.simulate.hemodynamics import BalloonParameters, BalloonWindkessel
 
-__all__ = ["HopfNetwork", "simulate_bold"]
+__all__ = ["Hemodynamics", "HopfNetwork", "Oscillators", "simulate_bold"]
 
 
 class HopfNetwork:
@@ -103,17 +106,54 @@ class HopfNetwork:
         self.z = new
 
 
-def simulate_bold(coupling: np.ndarray, *, frequency_hz, bifurcation, noise, tr: float,
-                  n_trs: int, rngs, kappa=None, tau=None, dt_max: float = 0.1,
-                  burn_in_s: float = 120.0, balloon=None, chunk_trs: int = 64) -> np.ndarray:
+@dataclass(frozen=True, eq=False)
+class Oscillators:
+    """Parameters of the Stuart-Landau oscillators, each array-like broadcastable to (B, P).
+
+    Parameters
+    ----------
+    frequency_hz : array-like
+        Intrinsic frequency ``f``, Hz (``omega = 2 pi f``).
+    bifurcation : array-like
+        Bifurcation parameter ``a``, 1/s.
+    noise : array-like
+        Noise amplitude ``sigma`` (state units per sqrt(s)).
+    """
+
+    frequency_hz: Any
+    bifurcation: Any
+    noise: Any
+
+
+@dataclass(frozen=True, eq=False)
+class Hemodynamics:
+    """Balloon-Windkessel parameters of each subject.
+
+    Parameters
+    ----------
+    kappa, tau : array-like, broadcastable to (B, P), optional
+        Signal decay rate (1/s) and transit time (s); default: those of ``balloon``.
+    balloon : BalloonParameters, optional
+        The other hemodynamic constants; default: :class:`BalloonParameters`.
+    """
+
+    kappa: Any = None
+    tau: Any = None
+    balloon: BalloonParameters | None = None
+
+
+def simulate_bold(coupling: np.ndarray, oscillators: Oscillators, *, tr: float, n_trs: int, rngs,
+                  hemodynamics: Hemodynamics = Hemodynamics(), dt_max: float = 0.1,
+                  burn_in_s: float = 120.0, chunk_trs: int = 64) -> np.ndarray:
     """Neural oscillations driving Balloon-Windkessel hemodynamics, sampled every TR.
 
     Parameters
     ----------
     coupling : ndarray, shape (B, P, P)
         Effective coupling of each subject, 1/s (see :class:`HopfNetwork`).
-    frequency_hz, bifurcation, noise : array-like, broadcastable to (B, P)
-        Oscillator frequency (Hz), bifurcation parameter ``a`` (1/s) and noise amplitude.
+    oscillators : Oscillators
+        Frequency (Hz), bifurcation parameter ``a`` (1/s) and noise amplitude, each
+        broadcastable to (B, P).
     tr : float
         Sampling interval of the BOLD signal, seconds.
     n_trs : int
@@ -121,15 +161,14 @@ def simulate_bold(coupling: np.ndarray, *, frequency_hz, bifurcation, noise, tr:
     rngs : sequence of numpy.random.Generator, length B
         One noise stream per subject: a subject's signal depends on its own stream only, never
         on which other subjects share its batch.
-    kappa, tau : array-like, broadcastable to (B, P), optional
-        Hemodynamic signal decay rate (1/s) and transit time (s); default: standard values.
+    hemodynamics : Hemodynamics
+        Signal decay rate, transit time and Balloon constants; default: standard values.
     dt_max : float
         Largest integration step, seconds; the step is ``tr / ceil(tr / dt_max)`` so that
         samples fall exactly on steps.
     burn_in_s : float
         Simulated time discarded before the first sample (seconds), so that oscillators and
         hemodynamics forget their initial state.
-    balloon : BalloonParameters, optional
     chunk_trs : int
         TRs of noise drawn at a time (memory versus call overhead).
 
@@ -138,6 +177,9 @@ def simulate_bold(coupling: np.ndarray, *, frequency_hz, bifurcation, noise, tr:
     ndarray, shape (B, n_trs, P), float32
         BOLD signal change in percent, one row per TR starting after the burn-in.
     """
+    frequency_hz, bifurcation, noise = (oscillators.frequency_hz, oscillators.bifurcation,
+                                        oscillators.noise)
+    kappa, tau, balloon = hemodynamics.kappa, hemodynamics.tau, hemodynamics.balloon
     b, p, _ = np.shape(coupling)
     if len(rngs) != b:
         raise BrainLMInputError(f"field 'rngs' has {len(rngs)} noise streams; expected one per "
