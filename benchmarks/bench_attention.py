@@ -44,7 +44,7 @@ from brainlm.data.atlas import load_atlas
 from brainlm.data.atomic import write_json
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.samples import load_hcp7_aal2, load_schaefer100_rest
 from brainlm.model import BrainLM, preset
 from brainlm.simulate import CohortSpec, LatentEffects, limbic_prefrontal, simulate_cohort
@@ -207,8 +207,10 @@ def _training_subjects(checkpoint) -> set[str]:
     if Path(cfg["corpus"], "corpus.json").is_file():
         corpus = Corpus(cfg["corpus"])
     else:
-        corpus = prepare_corpus(load_hcp7_aal2(), Path(tempfile.mkdtemp()) / "corpus", atlas=load_atlas("aal2"),
-                                contract=PreprocessingContract(percent_signal_change=True), progress=False)
+        corpus = prepare_corpus(load_hcp7_aal2(), Path(tempfile.mkdtemp()) / "corpus",
+                                PrepareSettings.of(atlas=load_atlas("aal2"),
+                                                   contract=PreprocessingContract(percent_signal_change=True),
+                                                   progress=False))
     if not np.allclose(corpus.contract.median, load_model(checkpoint).contract.median):
         raise SystemExit("cannot tell which HCP subjects the checkpoint was pretrained on")
     m = corpus.manifest

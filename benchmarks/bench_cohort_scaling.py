@@ -33,7 +33,7 @@ from brainlm.commands.demo import WINDOW_TRS, DemoSettings  # noqa: E402
 from brainlm.data.atlas import load_atlas  # noqa: E402
 from brainlm.data.atomic import write_json  # noqa: E402
 from brainlm.data.contract import PreprocessingContract  # noqa: E402
-from brainlm.data.prepare import prepare_corpus  # noqa: E402
+from brainlm.data.prepare import PrepareSettings, prepare_corpus  # noqa: E402
 from brainlm.data.samples import HCP7_TR  # noqa: E402
 from brainlm.simulate import CohortSpec, simulate_cohort  # noqa: E402
 from brainlm.tasks.prediction.evaluate import (PredictionSettings, best_brainlm_method,  # noqa: E402
@@ -61,9 +61,10 @@ def main() -> None:
         scaling = corpus.contract.scaling
         if scaling not in cohorts:  # the demo's cohort, cleaned as the demo does, with this scaling
             cohorts[scaling] = prepare_corpus(
-                recordings, work / f"cohort-demo-{scaling}", atlas=load_atlas("aal2"), min_trs=WINDOW_TRS,
-                contract=PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True, scaling=scaling),
-                jobs=2, split_seed=demo.seed, overwrite=True)
+                recordings, work / f"cohort-demo-{scaling}",
+                PrepareSettings.of(atlas=load_atlas("aal2"), min_trs=WINDOW_TRS,
+                                   contract=PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True, scaling=scaling),
+                                   jobs=2, split_seed=demo.seed, overwrite=True))
         results[recipe] = {"scaling": scaling}
         for target in TARGETS:
             res = evaluate_prediction(run / "model", cohorts[scaling].path, target, settings=PredictionSettings.quick())

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from brainlm.data.atlas import Atlas
 from brainlm.data.contract import PreprocessingContract
-from brainlm.data.prepare import StoreLayout, prepare_corpus
+from brainlm.data.prepare import PrepareSettings, StoreLayout, prepare_corpus
 from brainlm.data.windows import WindowDataset
 
 T, P, TR = 490, 424, 0.735
@@ -116,8 +116,9 @@ def main() -> None:
         out = work / f"corpus{n}"
         with PeakMemory() as mem:
             t = time.perf_counter()
-            corpus = prepare_corpus(files[:n], out, atlas=atlas, contract=contract, tr=TR,
-                                    jobs=args.jobs, overwrite=True)
+            corpus = prepare_corpus(files[:n], out,
+                                    PrepareSettings.of(atlas=atlas, contract=contract, tr=TR, jobs=args.jobs,
+                                                       overwrite=True))
             dt = time.perf_counter() - t
         row = {"recordings": n, "jobs": args.jobs, "seconds": round(dt, 2),
                "recordings_per_s": round(n / dt, 2), "peak_rss_mb": round(mem.peak, 1),
@@ -128,8 +129,9 @@ def main() -> None:
     window_runs = []
     for layout in (StoreLayout(chunk_trs=256), StoreLayout(), StoreLayout(compression="lz4")):
         out = work / f"corpus-{layout.compression}"
-        corpus = prepare_corpus(files, out, atlas=atlas, contract=contract, tr=TR, jobs=args.jobs,
-                                layout=layout, overwrite=True)
+        corpus = prepare_corpus(files, out,
+                                PrepareSettings.of(atlas=atlas, contract=contract, tr=TR, jobs=args.jobs,
+                                                   layout=layout, overwrite=True))
         for workers in (0, 1, 2):
             ds = WindowDataset(corpus, "train", window_trs=200, crops_per_recording=2)
             dl = DataLoader(ds, batch_size=64, shuffle=True, num_workers=workers,

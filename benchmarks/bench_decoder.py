@@ -34,14 +34,16 @@ def main() -> None:
     from brainlm.data.atlas import load_atlas
     from brainlm.data.atomic import write_text_atomic
     from brainlm.data.contract import PreprocessingContract
-    from brainlm.data.prepare import prepare_corpus
+    from brainlm.data.prepare import PrepareSettings, prepare_corpus
     from brainlm.data.samples import load_hcp7_aal2
     from brainlm.train.pretrain import PretrainSettings, pretrain
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = prepare_corpus(load_hcp7_aal2(), Path(tmp) / "corpus", atlas=load_atlas("aal2"),
-                                contract=PreprocessingContract(percent_signal_change=True), progress=False)
+        corpus = prepare_corpus(load_hcp7_aal2(), Path(tmp) / "corpus",
+                                PrepareSettings.of(atlas=load_atlas("aal2"),
+                                                   contract=PreprocessingContract(percent_signal_change=True),
+                                                   progress=False))
         for seed in args.seeds:
             for attention in ("full", "axial"):
                 run = Path(tmp) / f"run-{attention}-{seed}"

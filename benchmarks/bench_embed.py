@@ -49,7 +49,7 @@ from bench_data import tree_rss_mb  # noqa: E402 - the one process-tree memory r
 from brainlm.data.atlas import load_atlas  # noqa: E402
 from brainlm.data.contract import PreprocessingContract  # noqa: E402
 from brainlm.data.corpus import Corpus  # noqa: E402
-from brainlm.data.prepare import prepare_corpus  # noqa: E402
+from brainlm.data.prepare import PrepareSettings, prepare_corpus  # noqa: E402
 from brainlm.data.samples import load_hcp7_aal2  # noqa: E402
 from brainlm.model import BrainLM  # noqa: E402
 from brainlm.checkpoints.folder import save_pretrained  # noqa: E402
@@ -105,9 +105,10 @@ def build(work: Path, sizes: tuple[int, ...]) -> dict:
         out = work / f"corpus{n}"
         if not (out / "corpus.json").is_file():
             t = time.perf_counter()
-            prepare_corpus(files[:n], out, atlas=load_atlas("a424"), jobs=2, overwrite=True, restart=True,
-                           orientation="time-by-parcel",
-                           contract=PreprocessingContract(target_tr=0.735, percent_signal_change=True))
+            prepare_corpus(files[:n], out,
+                           PrepareSettings.of(atlas=load_atlas("a424"), jobs=2, overwrite=True, restart=True,
+                                              orientation="time-by-parcel",
+                                              contract=PreprocessingContract(target_tr=0.735, percent_signal_change=True)))
             built["prepare_s"][n] = round(time.perf_counter() - t, 1)
         print(f"corpus of {n} recordings: {out}", flush=True)
     return built

@@ -53,7 +53,7 @@ import torch
 from brainlm.data.atlas import load_atlas
 from brainlm.data.atomic import write_text_atomic
 from brainlm.data.contract import PreprocessingContract
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.samples import HCP7_TR, load_hcp7_aal2
 from brainlm.model import BrainLM, preset
 from brainlm.checkpoints.folder import load_pretrained, save_pretrained
@@ -147,10 +147,10 @@ def carry_corpus(work: Path, scaling: str = "pooled"):
     recordings = load_hcp7_aal2()
     splits = {f"{r.site}/{r.subject}": "test" if r.subject == CARRY_TEST else
               "val" if r.subject == CARRY_VAL else "train" for r in recordings}
-    return prepare_corpus(recordings, work / "corpus-carry", atlas=load_atlas("aal2"),
-                          contract=PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True,
-                                                         scaling=scaling),
-                          min_trs=200, split_assignments=splits, jobs=1, overwrite=True)
+    return prepare_corpus(recordings, work / "corpus-carry", PrepareSettings.of(atlas=load_atlas("aal2"),
+                                             contract=PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True,
+                                                                            scaling=scaling),
+                                             min_trs=200, split_assignments=splits, jobs=1, overwrite=True))
 
 
 def _table(res: dict) -> dict:
@@ -262,8 +262,9 @@ def main() -> None:
                            "TRs, 94 AAL2 parcels, TR 0.72 s (5 train / 1 val / 1 test subjects)"}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        corpus = prepare_corpus(load_hcp7_aal2(), work / "corpus", atlas=load_atlas("aal2"),
-                                contract=PreprocessingContract(percent_signal_change=True))
+        corpus = prepare_corpus(load_hcp7_aal2(), work / "corpus",
+                                PrepareSettings.of(atlas=load_atlas("aal2"),
+                                                   contract=PreprocessingContract(percent_signal_change=True)))
         test = forecast_windows(corpus, CONTEXT, HORIZON, split="test", stride=HORIZON)
         context = test.context[:32]
         presets = [p for p in args.presets.split(",") if p]

@@ -268,11 +268,12 @@ def hcp_corpus(work: Path):
     """The demo's HCP corpus (7 subjects, AAL2, TR 0.72 s, cleaned with the demo's contract)."""
     from brainlm.commands.demo import DemoSettings
     from brainlm.data.atlas import load_atlas
-    from brainlm.data.prepare import prepare_corpus
+    from brainlm.data.prepare import PrepareSettings, prepare_corpus
     from brainlm.data.samples import load_hcp7_aal2
 
-    return prepare_corpus(load_hcp7_aal2(), work / "corpus-hcp7-aal2", atlas=load_atlas("aal2"),
-                          contract=DemoSettings().contract(), min_trs=T, jobs=2, overwrite=True)
+    return prepare_corpus(load_hcp7_aal2(), work / "corpus-hcp7-aal2",
+                          PrepareSettings.of(atlas=load_atlas("aal2"), contract=DemoSettings().contract(),
+                                             min_trs=T, jobs=2, overwrite=True))
 
 
 def epoch_seconds(run: Path) -> list[float]:

@@ -35,7 +35,7 @@ import pandas as pd
 
 from brainlm.data.atlas import load_atlas
 from brainlm.data.atomic import write_text_atomic
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.samples import load_hcp7_aal2
 
 SHAPE, T, TR = (91, 109, 91), 490, 0.72
@@ -175,8 +175,9 @@ def run(deriv: Path, atlas: Path, labels: Path, out: Path, jobs: int, read_volum
     baseline, cpu0 = process_tree(os.getpid())
     t0 = time.perf_counter()
     with TreePeak() as peak:
-        corpus = prepare_corpus([deriv], out, atlas_image=atlas, atlas_labels=labels, min_trs=100,
-                                jobs=jobs, read_volumes=read_volumes, fractions=(0.5, 0.25, 0.25))
+        corpus = prepare_corpus([deriv], out,
+                                PrepareSettings.of(atlas_image=atlas, atlas_labels=labels, min_trs=100, jobs=jobs,
+                                                   read_volumes=read_volumes, fractions=(0.5, 0.25, 0.25)))
     wall = time.perf_counter() - t0
     cpu = process_tree(os.getpid())[1] - cpu0   # loky workers outlive the call: all counted
     n = len(corpus.manifest)

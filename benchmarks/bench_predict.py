@@ -36,7 +36,7 @@ from threadpoolctl import threadpool_limits
 from brainlm.data.atlas import load_atlas
 from brainlm.data.atomic import write_text_atomic
 from brainlm.data.contract import PreprocessingContract
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.samples import load_hcp7_aal2
 from brainlm.simulate import CohortSpec, iter_cohort, write_cohort
 from brainlm.tasks.prediction import PredictionSettings, evaluate_prediction, prediction_markdown
@@ -76,7 +76,8 @@ def main() -> None:
     with threadpool_limits(limits=args.blas_threads, user_api="blas"):
         hcp_corpus = work / "hcp-corpus"
         if not (hcp_corpus / "corpus.json").exists():
-            prepare_corpus(load_hcp7_aal2(), hcp_corpus, atlas=load_atlas("aal2"), contract=CONTRACT)
+            prepare_corpus(load_hcp7_aal2(), hcp_corpus,
+                           PrepareSettings.of(atlas=load_atlas("aal2"), contract=CONTRACT))
         checkpoint = Path(args.checkpoint) if args.checkpoint else work / "run-tiny" / "model"
         if not (checkpoint / "model.safetensors").exists():
             t = time.perf_counter()
@@ -90,7 +91,8 @@ def main() -> None:
         if not (corpus / "corpus.json").exists():
             t = time.perf_counter()
             write_cohort(iter_cohort(CohortSpec(args.subjects, atlas="aal2", n_trs=600, tr=0.72, seed=0)), cohort)
-            prepare_corpus([cohort], corpus, atlas=load_atlas("aal2"), contract=CONTRACT, jobs=2)
+            prepare_corpus([cohort], corpus,
+                           PrepareSettings.of(atlas=load_atlas("aal2"), contract=CONTRACT, jobs=2))
             report["cohort_seconds"] = round(time.perf_counter() - t, 1)
 
         t = time.perf_counter()

@@ -47,7 +47,7 @@ from brainlm.data.atlas import load_atlas
 from brainlm.data.atomic import write_json
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.samples import HCP7_TR, load_hcp7_aal2, load_schaefer100_rest
 from brainlm.report.benchmark_figures import draw_quality
 from brainlm.tasks.forecasting.baselines import BaselineSettings
@@ -93,8 +93,9 @@ def fold_corpus(work: Path, fold: int, scaling: str = "pooled"):
     if (path / "corpus.json").is_file():
         return Corpus(path)
     contract = PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True, scaling=scaling)
-    corpus = prepare_corpus(load_hcp7_aal2(), path, atlas=load_atlas("aal2"), contract=contract,
-                            min_trs=200, split_seed=FOLD_SPLIT_SEEDS[fold], jobs=1, overwrite=True)
+    corpus = prepare_corpus(load_hcp7_aal2(), path,
+                            PrepareSettings.of(atlas=load_atlas("aal2"), contract=contract, min_trs=200,
+                                               split_seed=FOLD_SPLIT_SEEDS[fold], jobs=1, overwrite=True))
     return corpus
 
 

@@ -36,7 +36,7 @@ from brainlm.data.atlas import load_atlas
 from brainlm.data.atomic import write_json
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.samples import HCP7_TR, load_hcp7_aal2
 from brainlm.report.benchmark_figures import draw_scaling
 from brainlm.simulate import CohortSpec, simulate_cohort
@@ -83,8 +83,9 @@ def corpus_for(work: Path, subjects: int, simulated: int):
         recordings += sims
         split |= {f"{r.site}/{r.subject}" if r.site else r.subject: "train" for r in sims}
     contract = PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True)
-    return prepare_corpus(recordings, path, atlas=load_atlas("aal2"), contract=contract, min_trs=200,
-                          split_assignments=split, jobs=1, overwrite=True)
+    return prepare_corpus(recordings, path,
+                          PrepareSettings.of(atlas=load_atlas("aal2"), contract=contract, min_trs=200,
+                                             split_assignments=split, jobs=1, overwrite=True))
 
 
 def run_one(name: str, spec: dict, work: Path, threads: int) -> dict:

@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import RATIOS, RECIPES, _slug, fold_corpus, test_subjects, trained_run  # noqa: E402
 
 from brainlm.commands.prepare import reference_contract  # noqa: E402
-from brainlm.data.prepare import prepare_corpus  # noqa: E402
+from brainlm.data.prepare import PrepareSettings, prepare_corpus  # noqa: E402
 from brainlm.data.recording import Recording  # noqa: E402
 from brainlm.data.samples import HCP7_TR, load_hcp7_aal2  # noqa: E402
 from brainlm.errors import BrainLMInputError  # noqa: E402
@@ -140,8 +140,9 @@ def score_shifts(recipe: str, fold: int, work: Path, shifts) -> dict:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the TR differs from the checkpoint's: resampled, on purpose
-                shifted_corpus = prepare_corpus(recs, out / "corpus", atlas=recs[0].atlas, like=like, min_trs=200,
-                                                jobs=1, overwrite=True)
+                shifted_corpus = prepare_corpus(recs, out / "corpus",
+                                                PrepareSettings.of(atlas=recs[0].atlas, like=like, min_trs=200,
+                                                                   jobs=1, overwrite=True))
             res = evaluate_reconstruction(run / "model", shifted_corpus, split="test", ratios=RATIOS, seed=fold)
         except BrainLMInputError as e:
             done["shifts"][shift] = {"refused": str(e)}

@@ -39,7 +39,7 @@ from brainlm import __version__
 from brainlm.data.atlas import load_atlas
 from brainlm.data.atomic import atomic_directory, write_json, write_text_atomic
 from brainlm.data.contract import PreprocessingContract
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.samples import HCP7_TR, load_hcp7_aal2, load_schaefer100_rest
 from brainlm.checkpoints.folder import load_pretrained
 from brainlm.checkpoints.shipped import SHIPPED_DIR
@@ -96,8 +96,9 @@ def _train(recipe: ShippedRecipe, work: Path, epochs: int):
     recordings = load_hcp7_aal2()
     splits = {f"{r.site}/{r.subject}": "val" if r.subject == VALIDATION_SUBJECT else "train" for r in recordings}
     contract = PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True, scaling=recipe.scaling)
-    prepare_corpus(recordings, work / "corpus", atlas=load_atlas("aal2"), contract=contract,
-                   min_trs=200, split_assignments=splits, overwrite=True)
+    prepare_corpus(recordings, work / "corpus",
+                   PrepareSettings.of(atlas=load_atlas("aal2"), contract=contract, min_trs=200,
+                                      split_assignments=splits, overwrite=True))
     shutil.rmtree(run, ignore_errors=True)
     t0 = time.perf_counter()
     pretrain(settings, run, progress=sys.stdout.isatty())

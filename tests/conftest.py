@@ -94,10 +94,11 @@ def hcp_corpus(tmp_path_factory, hcp):
     """The 7 HCP recordings prepared on AAL2 (percent signal change, default splits 5/1/1)."""
     from brainlm.data.atlas import load_atlas
     from brainlm.data.contract import PreprocessingContract
-    from brainlm.data.prepare import prepare_corpus
+    from brainlm.data.prepare import PrepareSettings, prepare_corpus
 
-    return prepare_corpus(hcp, tmp_path_factory.mktemp("pre") / "corpus", atlas=load_atlas("aal2"),
-                          contract=PreprocessingContract(percent_signal_change=True))
+    return prepare_corpus(hcp, tmp_path_factory.mktemp("pre") / "corpus",
+                          PrepareSettings.of(atlas=load_atlas("aal2"),
+                                             contract=PreprocessingContract(percent_signal_change=True)))
 
 
 @pytest.fixture(scope="session")

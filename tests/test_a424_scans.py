@@ -169,13 +169,15 @@ def test_another_atlas_on_an_imported_checkpoint_needs_transfer_atlas(tmp_path, 
     # The paper model reads parcel coordinates, so --transfer-atlas runs it on AAL2 (results
     # differ); without the flag the atlas mismatch is a one-line error naming the corpus.
     from brainlm.data.contract import PreprocessingContract
-    from brainlm.data.prepare import prepare_corpus
+    from brainlm.data.prepare import PrepareSettings, prepare_corpus
 
     ckpt = tmp_path / "paper"
     assert main(["import-upstream", str(PAPER), "--out", str(ckpt)]) == 0
     corpus = tmp_path / "aal2"
-    prepare_corpus(load_hcp7_aal2()[:2], corpus, atlas=load_atlas("aal2"), fractions=(0.5, 0.0, 0.5),
-                   contract=PreprocessingContract(target_tr=0.735, detrend=True), progress=False)
+    prepare_corpus(load_hcp7_aal2()[:2], corpus,
+                   PrepareSettings.of(atlas=load_atlas("aal2"), fractions=(0.5, 0.0, 0.5),
+                                      contract=PreprocessingContract(target_tr=0.735, detrend=True),
+                                      progress=False))
     capsys.readouterr()
     assert main(["embed", str(ckpt), str(corpus), "--out", str(tmp_path / "e.parquet")]) == 2
     err = capsys.readouterr().err

@@ -16,7 +16,7 @@ from brainlm import BrainLMInputError
 from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.samples import load_schaefer100_rest
 from brainlm.model import BrainLM, BrainLMConfig
 from brainlm.simulate import CohortSpec, LatentEffects, limbic_prefrontal, simulate_cohort, write_cohort
@@ -143,8 +143,10 @@ def test_group_attention_recovers_the_altered_network(trained, tmp_path, capsys)
     recs = simulate_cohort(CohortSpec(24, atlas="aal2", n_trs=600, sites=1, seed=0,
                                       effects=LatentEffects(group_on_coupling=0.30)))
     write_cohort(recs, tmp_path / "cohort")
-    corpus = prepare_corpus([tmp_path / "cohort"], tmp_path / "corpus", atlas=load_atlas("aal2"),
-                            contract=PreprocessingContract(percent_signal_change=True), progress=False)
+    corpus = prepare_corpus([tmp_path / "cohort"], tmp_path / "corpus",
+                            PrepareSettings.of(atlas=load_atlas("aal2"),
+                                               contract=PreprocessingContract(percent_signal_change=True),
+                                               progress=False))
     out = tmp_path / "attention"
     assert main(["attention", str(trained / "model"), corpus.path, "--group-by", "group", "--out", str(out),
                  "--permutations", "2000"]) == 0

@@ -27,7 +27,7 @@ import pytest
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import TR_RANGE_S, PreprocessingContract
 from brainlm.data.corpus import Corpus
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.samples import load_schaefer100_rest
 from brainlm.data.scaling import MAX_ROBUST_DEVIATION, robust_deviation
 from brainlm.data.splits import assign_splits
@@ -220,8 +220,8 @@ def plot_inputs(tmp_path_factory, hcp):
     groups = ["A", "B", "C", None, None]
     pd.DataFrame({"participant_id": [f"sub-{r.subject}" for r in hcp[:5]], "group": groups}).to_csv(
         src / "participants.tsv", sep="\t", index=False, na_rep="n/a")
-    corpus = prepare_corpus([src], root / "corpus", atlas=load_atlas("aal2"), tr=0.72, min_trs=50,
-                            fractions=(1, 0, 0))
+    corpus = prepare_corpus([src], root / "corpus",
+                            PrepareSettings.of(atlas=load_atlas("aal2"), tr=0.72, min_trs=50, fractions=(1, 0, 0)))
     torch.manual_seed(0)
     save_pretrained(BrainLM(preset("tiny"), contract=corpus.contract, atlas=corpus.atlas), root / "model")
     return corpus, root / "model"
@@ -256,8 +256,9 @@ def test_plot_scores_only_the_recordings_with_a_value_when_enough_have_one():
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory, hcp):
     root = tmp_path_factory.mktemp("info")
-    return prepare_corpus([_npy_folder(root / "in", hcp, n=3)], root / "corpus", atlas=load_atlas("aal2"),
-                          tr=0.72, min_trs=50, allow_missing_phenotypes=True)
+    return prepare_corpus([_npy_folder(root / "in", hcp, n=3)], root / "corpus",
+                          PrepareSettings.of(atlas=load_atlas("aal2"), tr=0.72, min_trs=50,
+                                             allow_missing_phenotypes=True))
 
 
 @pytest.mark.parametrize("manifest", ["another table", "not parquet"])

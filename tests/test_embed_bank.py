@@ -21,7 +21,7 @@ from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.atomic import OUTPUT_MARKER
 from brainlm.data.contract import PreprocessingContract
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.model import BrainLM
@@ -51,8 +51,10 @@ def corpus(tmp_path_factory, hcp):
                 phenotypes["sex"] = "F" if k else "M"
             pieces.append(Recording(rec.timeseries[a:b], rec.tr, rec.atlas, subject=rec.subject,
                                     run=str(k + 1), phenotypes=phenotypes))
-    return prepare_corpus(pieces, tmp_path_factory.mktemp("bank") / "corpus", atlas=load_atlas("aal2"),
-                          contract=PreprocessingContract(percent_signal_change=True), min_trs=50)
+    return prepare_corpus(pieces, tmp_path_factory.mktemp("bank") / "corpus",
+                          PrepareSettings.of(atlas=load_atlas("aal2"),
+                                             contract=PreprocessingContract(percent_signal_change=True),
+                                             min_trs=50))
 
 
 def tiny_checkpoint(folder: Path, corpus, seed: int) -> Path:

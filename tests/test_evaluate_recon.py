@@ -17,7 +17,7 @@ from sklearn.metrics import r2_score
 from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.checkpoints.folder import (SPATIAL_BASELINE, load_pretrained, load_spatial_statistics, load_tensors,
@@ -164,9 +164,10 @@ def test_bad_input_names_the_problem_and_writes_nothing(trained, hcp_corpus, tmp
 
 
 def test_corpus_cleaned_differently_is_refused(trained, hcp, tmp_path):
-    corpus = prepare_corpus(hcp[:3], tmp_path / "c", atlas=load_atlas("aal2"),
-                            contract=PreprocessingContract(percent_signal_change=True, high_pass_hz=0.01),
-                            fractions=(0.34, 0.33, 0.33))
+    corpus = prepare_corpus(hcp[:3], tmp_path / "c",
+                            PrepareSettings.of(atlas=load_atlas("aal2"),
+                                               contract=PreprocessingContract(percent_signal_change=True, high_pass_hz=0.01),
+                                               fractions=(0.34, 0.33, 0.33)))
     with pytest.raises(BrainLMInputError, match="high_pass_hz"):
         evaluate_reconstruction(trained / "model", corpus, out=tmp_path / "res")
     assert not (tmp_path / "res").exists()

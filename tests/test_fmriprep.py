@@ -25,7 +25,7 @@ from brainlm.data.example_scans import SPACE, TR, write_fmriprep_example
 from brainlm.data.extraction import ImageParcellation
 from brainlm.data.fmriprep import (ConfoundStrategy, confounds_file_for, denoise, find_scans,
                                    parse_confound_strategy, participants_file)
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.volumes import load_volume_atlas
 
 T = 240   # volumes per scan; the last subject has motion spikes at volumes 100, 101, 150
@@ -216,9 +216,9 @@ def test_failed_scans_are_recorded_and_the_rest_prepared(dataset, tmp_path):
     conf = next(func(subjects[0]).glob("*_desc-confounds_timeseries.tsv"))
     pd.read_csv(conf, sep="\t").iloc[:-10].to_csv(conf, sep="\t", index=False, na_rep="n/a")
     next(func(subjects[1]).glob("*_bold.json")).unlink()
-    corpus = prepare_corpus([deriv], tmp_path / "c", atlas_image=dataset["atlas"],
-                            atlas_labels=dataset["labels"], on_error="skip", min_trs=100,
-                            allow_missing_phenotypes=True)
+    corpus = prepare_corpus([deriv], tmp_path / "c",
+                            PrepareSettings.of(atlas_image=dataset["atlas"], atlas_labels=dataset["labels"],
+                                               on_error="skip", min_trs=100, allow_missing_phenotypes=True))
     assert corpus.manifest["subject"].tolist() == [subjects[2][4:]]
     reasons = dict(zip(corpus.skipped["recording_id"].str[4:].str.split("_").str[0], corpus.skipped["reason"]))
     assert "confounds have 230 rows; the scan has 240 volumes" in reasons[subjects[0][4:]]
@@ -226,7 +226,7 @@ def test_failed_scans_are_recorded_and_the_rest_prepared(dataset, tmp_path):
     src = dict(zip(corpus.skipped["recording_id"].str[4:].str.split("_").str[0], corpus.skipped["source"]))
     assert src[subjects[0][4:]].endswith("_desc-preproc_bold.nii.gz")
     with pytest.raises(BrainLMInputError, match=r"_desc-confounds_timeseries.tsv: confounds have 230 rows"):
-        prepare_corpus([deriv], tmp_path / "c2", atlas_image=dataset["atlas"], min_trs=100)
+        prepare_corpus([deriv], tmp_path / "c2", PrepareSettings.of(atlas_image=dataset["atlas"], min_trs=100))
 
 
 def test_a_rerun_skips_finished_scans(dataset, tmp_path, monkeypatch):
@@ -236,17 +236,17 @@ def test_a_rerun_skips_finished_scans(dataset, tmp_path, monkeypatch):
     conf.write_text("\n".join(good.splitlines()[:50]))
     kwargs = dict(atlas_image=dataset["atlas"], atlas_labels=dataset["labels"], min_trs=100, jobs=1)
     with pytest.raises(BrainLMInputError, match="confounds have 49 rows"):
-        prepare_corpus([deriv], tmp_path / "c", **kwargs)
+        prepare_corpus([deriv], tmp_path / "c", PrepareSettings.of(**kwargs))
     assert len(list((tmp_path / "c.partial" / "done").glob("*.json"))) == 2
     conf.write_text(good)
     # Resuming with another confound strategy would mix two denoisings in one corpus.
     with pytest.raises(BrainLMInputError, match="different settings.*--restart"):
-        prepare_corpus([deriv], tmp_path / "c", **kwargs, confounds="compcor")
+        prepare_corpus([deriv], tmp_path / "c", PrepareSettings.of(**kwargs, confounds="compcor"))
     calls = []
     original = ImageParcellation.extract
     monkeypatch.setattr(ImageParcellation, "extract",
                         lambda self, kind, files, **kw: calls.append(files[0].name) or original(self, kind, files, **kw))
-    corpus = prepare_corpus([deriv], tmp_path / "c", **kwargs)
+    corpus = prepare_corpus([deriv], tmp_path / "c", PrepareSettings.of(**kwargs))
     assert len(calls) == 1 and subjects[2] in calls[0] and len(corpus.manifest) == 3
     assert not (tmp_path / "c.partial").exists()
 
@@ -300,10 +300,11 @@ def test_dask_backend_gives_the_same_corpus(dataset, tmp_path, cli_corpus, dask_
     rel = {k: dataset[k].relative_to(work) for k in ("deriv", "atlas", "labels")}
     address = dask_cluster.scheduler_address if scheduler == "address" else "local"
     with _tasks_on(dask_cluster) as ran:
-        corpus = prepare_corpus([rel["deriv"]], tmp_path / "c", atlas_image=rel["atlas"],
-                                atlas_labels=rel["labels"], space=SPACE, min_trs=100, jobs=2,
-                                dask_scheduler=address, fractions=(0.5, 0.25, 0.25),
-                                contract=PreprocessingContract(percent_signal_change=True))
+        corpus = prepare_corpus([rel["deriv"]], tmp_path / "c",
+                                PrepareSettings.of(atlas_image=rel["atlas"], atlas_labels=rel["labels"],
+                                                   space=SPACE, min_trs=100, jobs=2, dask_scheduler=address,
+                                                   fractions=(0.5, 0.25, 0.25),
+                                                   contract=PreprocessingContract(percent_signal_change=True)))
     _assert_same_corpus(corpus, cli_corpus)
     # One task per scan, each on the cluster's workers, and nothing else (nilearn's own joblib
     # calls inside a task stay in that task).

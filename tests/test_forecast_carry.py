@@ -18,7 +18,7 @@ from brainlm import BrainLMInputError
 from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.samples import HCP7_TR
 from brainlm.model import BrainLM, MaskSpec, preset
 from brainlm.checkpoints.folder import load_pretrained
@@ -50,9 +50,10 @@ def held_out(hcp, tmp_path_factory):
     trained on."""
     splits = {f"{r.site}/{r.subject}": "test" if r.subject == TEST_SUBJECT else
               "val" if r.subject == VAL_SUBJECT else "train" for r in hcp}
-    return prepare_corpus(hcp, tmp_path_factory.mktemp("carry") / "corpus", atlas=load_atlas("aal2"),
-                          contract=PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True),
-                          min_trs=200, split_assignments=splits, jobs=1)
+    return prepare_corpus(hcp, tmp_path_factory.mktemp("carry") / "corpus",
+                          PrepareSettings.of(atlas=load_atlas("aal2"),
+                                             contract=PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True),
+                                             min_trs=200, split_assignments=splits, jobs=1))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.model import MaskSpec
 from brainlm.checkpoints.folder import load_pretrained, pretraining_spatial_statistics
 from brainlm.tasks.forecasting import (BASELINES, BaselineSettings, BrainLMForecaster, FinetuneSettings,
@@ -287,8 +287,9 @@ def test_brainlm_forecaster_rolls_out_past_its_step(trained, test_windows):
 def hcp_without_psc(hcp, tmp_path_factory):
     """The HCP recordings prepared without percent signal change: cleaned differently from the
     `trained` checkpoint's pretraining corpus."""
-    return prepare_corpus(hcp, tmp_path_factory.mktemp("nopsc") / "corpus", atlas=load_atlas("aal2"),
-                          contract=PreprocessingContract(percent_signal_change=False))
+    return prepare_corpus(hcp, tmp_path_factory.mktemp("nopsc") / "corpus",
+                          PrepareSettings.of(atlas=load_atlas("aal2"),
+                                             contract=PreprocessingContract(percent_signal_change=False)))
 
 
 def test_a_corpus_cleaned_differently_is_refused_by_finetuning_and_evaluation(
@@ -316,8 +317,9 @@ def test_a_corpus_cleaned_differently_is_refused_by_finetuning_and_evaluation(
 def test_finetuning_reads_with_and_keeps_the_checkpoint_contract(trained, hcp, tmp_path):
     # Cleaned like the pretraining data but split differently: the corpus' scaling statistics
     # (fitted on its own training split) differ from the checkpoint's.
-    other = prepare_corpus(hcp, tmp_path / "resplit", atlas=load_atlas("aal2"), split_seed=7,
-                           contract=PreprocessingContract(percent_signal_change=True))
+    other = prepare_corpus(hcp, tmp_path / "resplit",
+                           PrepareSettings.of(atlas=load_atlas("aal2"), split_seed=7,
+                                              contract=PreprocessingContract(percent_signal_change=True)))
     pretrained = load_pretrained(trained / "model")
     assert other.contract.median != pretrained.contract.median
     scaler = model_scaler(pretrained, other)

@@ -31,7 +31,7 @@ from brainlm import BrainLMInputError
 from brainlm.commands import main
 from brainlm.data.contract import PreprocessingContract, ReferenceContract
 from brainlm.data.corpus import Corpus
-from brainlm.data.prepare import LikeTRWarning, prepare_corpus
+from brainlm.data.prepare import LikeTRWarning, PrepareSettings, prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.data.samples import load_schaefer100_rest
 from brainlm.data.windows import WindowDataset
@@ -79,9 +79,10 @@ def short_hcp(hcp):
 def pooled_ckpt(tmp_path_factory, short_hcp):
     """A checkpoint 'pretrained' on 3 HCP subjects: percent signal change, TR 0.72 s, pooled scaling."""
     root = tmp_path_factory.mktemp("pooled")
-    corpus = prepare_corpus(short_hcp[:3], root / "corpus", atlas=short_hcp[0].atlas,
-                            contract=PreprocessingContract(percent_signal_change=True, target_tr=0.72),
-                            fractions=(1, 0, 0))
+    corpus = prepare_corpus(short_hcp[:3], root / "corpus",
+                            PrepareSettings.of(atlas=short_hcp[0].atlas,
+                                               contract=PreprocessingContract(percent_signal_change=True, target_tr=0.72),
+                                               fractions=(1, 0, 0)))
     return make_checkpoint(root / "model", corpus.contract, corpus.atlas)
 
 
@@ -129,7 +130,8 @@ def test_prepare_like_on_another_atlas_pools_the_cohort_and_says_so(pooled_ckpt,
 
 
 def test_evaluation_only_splits_without_a_checkpoint_pool_over_every_recording(short_hcp, tmp_path):
-    corpus = prepare_corpus(short_hcp[:3], tmp_path / "c", atlas=short_hcp[0].atlas, fractions=(0, 0, 1))
+    corpus = prepare_corpus(short_hcp[:3], tmp_path / "c",
+                            PrepareSettings.of(atlas=short_hcp[0].atlas, fractions=(0, 0, 1)))
     assert set(corpus.manifest["split"]) == {"test"}
     assert corpus.contract.scaler_fit["split"] == "all" and corpus.contract.scaler_fit["recordings"] == 3
     assert "evaluation-only" in corpus.contract.scaler_fit["note"]
@@ -139,10 +141,12 @@ def test_evaluation_only_splits_without_a_checkpoint_pool_over_every_recording(s
 def test_like_refuses_a_cleaning_flag_that_differs_from_the_checkpoint(pooled_ckpt, short_hcp, tmp_path):
     like = ReferenceContract(load_pretrained(pooled_ckpt).contract, short_hcp[0].atlas, "ckpt")
     with pytest.raises(BrainLMInputError, match="percent_signal_change: False vs the checkpoint's True"):
-        prepare_corpus(short_hcp[3:], tmp_path / "c", like=like, contract=PreprocessingContract())
+        prepare_corpus(short_hcp[3:], tmp_path / "c",
+                       PrepareSettings.of(like=like, contract=PreprocessingContract()))
     # The same setting as the checkpoint's is not a conflict.
     same = PreprocessingContract(percent_signal_change=True, target_tr=0.72)
-    assert prepare_corpus(short_hcp[3:], tmp_path / "c", like=like, contract=same).contract.scaler_fit["source"] == "checkpoint"
+    assert prepare_corpus(short_hcp[3:], tmp_path / "c",
+                          PrepareSettings.of(like=like, contract=same)).contract.scaler_fit["source"] == "checkpoint"
 
 
 # --- per-recording scaling -----------------------------------------------------------------------
@@ -173,8 +177,10 @@ def test_pooled_percent_change_refuses_demeaned_data_and_says_what_to_do(hcp):
 
 
 def test_a_per_recording_corpus_scales_windows_by_the_whole_recording(short_hcp, tmp_path):
-    corpus = prepare_corpus(short_hcp[:3], tmp_path / "c", atlas=short_hcp[0].atlas, min_trs=200,
-                            contract=PreprocessingContract(scaling="recording"), fractions=(1, 0, 0))
+    corpus = prepare_corpus(short_hcp[:3], tmp_path / "c",
+                            PrepareSettings.of(atlas=short_hcp[0].atlas, min_trs=200,
+                                               contract=PreprocessingContract(scaling="recording"),
+                                               fractions=(1, 0, 0)))
     assert corpus.contract.per_recording and corpus.contract.scaler_fit["applied"].startswith("per recording")
     whole = corpus.read(0)
     np.testing.assert_allclose(whole, corpus.contract.transform(short_hcp[0]), atol=1e-4)
@@ -264,7 +270,8 @@ def test_files_on_another_atlas_run_with_atlas_and_transfer(pooled_ckpt, schaefe
 
 
 def test_atlas_of_a_corpus_must_be_its_own(pooled_ckpt, short_hcp, tmp_path, capsys):
-    corpus = prepare_corpus(short_hcp[3:], tmp_path / "c", atlas=short_hcp[0].atlas, fractions=(0, 0, 1))
+    corpus = prepare_corpus(short_hcp[3:], tmp_path / "c",
+                            PrepareSettings.of(atlas=short_hcp[0].atlas, fractions=(0, 0, 1)))
     code = main(["embed", str(pooled_ckpt), corpus.path, "--atlas", "schaefer100", "--out", str(tmp_path / "e.parquet")])
     err = capsys.readouterr().err
     assert code == 2 and "the corpus is on 'aal2'" in err and corpus.path in err
@@ -273,7 +280,7 @@ def test_atlas_of_a_corpus_must_be_its_own(pooled_ckpt, short_hcp, tmp_path, cap
 def test_like_a_checkpoint_without_a_target_tr_warns_and_records_it(short_hcp, tmp_path):
     like = ReferenceContract(PreprocessingContract(median=[0.0] * 94, iqr=[1.0] * 94), short_hcp[0].atlas, "old")
     with pytest.warns(LikeTRWarning, match="no target TR"):
-        corpus = prepare_corpus(short_hcp[3:], tmp_path / "c", like=like)
+        corpus = prepare_corpus(short_hcp[3:], tmp_path / "c", PrepareSettings.of(like=like))
     assert any("no target TR" in w for w in corpus.info["warnings"])
     assert corpus.contract.median == [0.0] * 94  # the checkpoint's statistics (same atlas)
 
@@ -286,9 +293,10 @@ def pooled_run(tmp_path_factory, short_hcp):
     change, pooled scaling, AAL2. Returns (checkpoint folder, pretraining corpus)."""
     root = tmp_path_factory.mktemp("pooled_run")
     subjects = [r.subject for r in short_hcp[:3]]
-    corpus = prepare_corpus(short_hcp[:3], root / "corpus", atlas=short_hcp[0].atlas,
-                            contract=PreprocessingContract(percent_signal_change=True, target_tr=0.72),
-                            split_assignments=dict(zip(subjects, ("train", "train", "val"))))
+    corpus = prepare_corpus(short_hcp[:3], root / "corpus",
+                            PrepareSettings.of(atlas=short_hcp[0].atlas,
+                                               contract=PreprocessingContract(percent_signal_change=True, target_tr=0.72),
+                                               split_assignments=dict(zip(subjects, ("train", "train", "val")))))
     assert main(["pretrain", corpus.path, "--out", str(root / "run"), "--preset", "tiny", "--epochs", "1",
                  "--crops-per-recording", "2", "--quiet"]) == 0
     return root / "run" / "model", corpus
@@ -345,8 +353,9 @@ def test_the_zero_shot_baseline_is_the_spatial_imputer_fitted_on_the_pretraining
     model = load_pretrained(ckpt)
     recordings = short_hcp[:2] + short_hcp[3:]
     assignments = {r.subject: "train" if i < 2 else "test" for i, r in enumerate(recordings)}
-    cohort = prepare_corpus(recordings, tmp_path / "c", like=ReferenceContract(model.contract, model.atlas, str(ckpt)),
-                            split_assignments=assignments)
+    cohort = prepare_corpus(recordings, tmp_path / "c",
+                            PrepareSettings.of(like=ReferenceContract(model.contract, model.atlas, str(ckpt)),
+                                               split_assignments=assignments))
     assert cohort.identity() != pre.identity()
     imputer = SpatialImputer().fit(sample_frames(pre))
     stored = SpatialImputer().use(model.spatial_statistics)

@@ -14,7 +14,7 @@ import torch
 from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.model.brainlm import BrainLM
 from brainlm.checkpoints.folder import save_pretrained
@@ -36,9 +36,10 @@ def cohort(tmp_path_factory):
     resampled to 0.72 s, all in the training split."""
     root = tmp_path_factory.mktemp("latent")
     sims = simulate_cohort(CohortSpec(24, atlas="aal2", n_trs=300, seed=0))
-    return prepare_corpus(sims, root / "corpus", atlas=load_atlas("aal2"),
-                          contract=PreprocessingContract(percent_signal_change=True, target_tr=0.72),
-                          fractions=(1, 0, 0))
+    return prepare_corpus(sims, root / "corpus",
+                          PrepareSettings.of(atlas=load_atlas("aal2"),
+                                             contract=PreprocessingContract(percent_signal_change=True, target_tr=0.72),
+                                             fractions=(1, 0, 0)))
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.checkpoints.folder import load_pretrained
@@ -49,8 +49,9 @@ def cohort(tmp_path_factory):
         for k, part in enumerate(np.array_split(rec.timeseries, RUNS)):
             recordings.append(Recording(part, rec.tr, rec.atlas, rec.subject, site=rec.site, task="rest",
                                         run=str(k + 1), phenotypes=rec.phenotypes))
-    return prepare_corpus(recordings, tmp_path_factory.mktemp("cohort") / "corpus", atlas=load_atlas("aal2"),
-                          contract=PreprocessingContract(percent_signal_change=True))
+    return prepare_corpus(recordings, tmp_path_factory.mktemp("cohort") / "corpus",
+                          PrepareSettings.of(atlas=load_atlas("aal2"),
+                                             contract=PreprocessingContract(percent_signal_change=True)))
 
 
 QUICK = PredictionSettings(n_folds=3, inner_folds=2, seeds=(0,), lstm_epochs=2, finetune_epochs=1,

@@ -12,7 +12,7 @@ from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.samples import load_schaefer100_rest
 from conftest import write_hcp_folder
 
@@ -66,8 +66,8 @@ def test_prepare_and_info_on_a_bids_folder(hcp_folder, tmp_path, capsys, hcp):
 
 
 def test_parallel_equals_serial(hcp_folder, tmp_path):
-    a = prepare_corpus([hcp_folder], tmp_path / "a", atlas=load_atlas("aal2"), jobs=1)
-    b = prepare_corpus([hcp_folder], tmp_path / "b", atlas=load_atlas("aal2"), jobs=2)
+    a = prepare_corpus([hcp_folder], tmp_path / "a", PrepareSettings.of(atlas=load_atlas("aal2"), jobs=1))
+    b = prepare_corpus([hcp_folder], tmp_path / "b", PrepareSettings.of(atlas=load_atlas("aal2"), jobs=2))
     pd.testing.assert_frame_equal(a.manifest, b.manifest)
     assert a.contract == b.contract
     for i in range(len(a)):
@@ -111,16 +111,18 @@ def test_skipping_bad_and_short_recordings(hcp, tmp_path):
     short.mkdir(parents=True)
     np.save(short / "sub-short_task-rest_bold.npy", hcp[4].timeseries[:150])
     np.save(short / "sub-short_task-rest_run-9_bold.npy", np.ones((10, 7)))  # wrong parcel count
-    c = prepare_corpus([root], tmp_path / "c", atlas=load_atlas("aal2"), tr=0.72, on_error="skip",
-                       allow_missing_phenotypes=True)
+    c = prepare_corpus([root], tmp_path / "c",
+                       PrepareSettings.of(atlas=load_atlas("aal2"), tr=0.72, on_error="skip",
+                                          allow_missing_phenotypes=True))
     assert len(c) == 8
     reasons = dict(zip(c.skipped["recording_id"], c.skipped["reason"]))
     assert "too short: 150 TRs" in reasons["sub-short_task-rest"]
     assert "94" in reasons["sub-short_task-rest_run-9"]
     assert c.summary()["skipped"] == 2
     with pytest.raises(BrainLMInputError, match="too short"):
-        prepare_corpus([root], tmp_path / "d", atlas=load_atlas("aal2"), tr=0.72, on_error="skip",
-                       allow_missing_phenotypes=True, too_short="error", restart=True)
+        prepare_corpus([root], tmp_path / "d",
+                       PrepareSettings.of(atlas=load_atlas("aal2"), tr=0.72, on_error="skip",
+                                          allow_missing_phenotypes=True, too_short="error", restart=True))
 
 
 def test_bad_parcels_zero_policy(hcp, tmp_path):
@@ -132,9 +134,10 @@ def test_bad_parcels_zero_policy(hcp, tmp_path):
     for i, rec in enumerate(hcp[:3]):
         np.save(root / f"sub-{rec.subject}_bold.npy", x if i == 0 else rec.timeseries)
     with pytest.raises(BrainLMInputError, match=rf"sub-{hcp[0].subject}_bold.npy: NaN/Inf"):
-        prepare_corpus([root], tmp_path / "c", atlas=load_atlas("aal2"), tr=0.72)
-    c = prepare_corpus([root], tmp_path / "c", atlas=load_atlas("aal2"), tr=0.72, restart=True,
-                       contract=PreprocessingContract(bad_parcels="zero"), fractions=(1, 0, 0))
+        prepare_corpus([root], tmp_path / "c", PrepareSettings.of(atlas=load_atlas("aal2"), tr=0.72))
+    c = prepare_corpus([root], tmp_path / "c",
+                       PrepareSettings.of(atlas=load_atlas("aal2"), tr=0.72, restart=True,
+                                          contract=PreprocessingContract(bad_parcels="zero"), fractions=(1, 0, 0)))
     row = c.manifest.index[c.manifest["subject"] == hcp[0].subject][0]
     assert list(c.manifest.at[row, "bad_parcels"]) == [3, 4]
     w = c.read(row, 0, 200)
@@ -149,10 +152,11 @@ def test_mixed_trs_need_a_target_tr(hcp, tmp_path):
     rest = load_schaefer100_rest()
     rec2 = type(rest)(timeseries=rest.timeseries[::-1].copy(), tr=1.5, atlas=rest.atlas, subject="other")
     with pytest.raises(BrainLMInputError, match="different TRs.*--target-tr"):
-        prepare_corpus([rest, rec2], tmp_path / "c", atlas=rest.atlas, min_trs=50)
+        prepare_corpus([rest, rec2], tmp_path / "c", PrepareSettings.of(atlas=rest.atlas, min_trs=50))
     contract = PreprocessingContract(target_tr=0.72)
-    c = prepare_corpus([rest, rec2], tmp_path / "c", atlas=rest.atlas, min_trs=50, contract=contract,
-                       fractions=(0.5, 0.5, 0.0), restart=True)
+    c = prepare_corpus([rest, rec2], tmp_path / "c",
+                       PrepareSettings.of(atlas=rest.atlas, min_trs=50, contract=contract,
+                                          fractions=(0.5, 0.5, 0.0), restart=True))
     lengths = dict(zip(c.manifest["subject"], c.manifest["n_trs"]))
     assert lengths == {"rest01": contract.output_length(145, 2.0), "other": contract.output_length(145, 1.5)}
     assert lengths["rest01"] == 403 and set(c.manifest["tr_source"]) == {2.0, 1.5}
@@ -163,8 +167,8 @@ def test_site_splits_and_site_column(hcp, tmp_path):
     parts = pd.read_csv(root / "participants.tsv", sep="\t")
     parts["site"] = ["A", "A", "B", "B", "C", "C", "C"]
     parts.to_csv(root / "participants.tsv", sep="\t", index=False)
-    c = prepare_corpus([root], tmp_path / "c", atlas=load_atlas("aal2"), split_by="site",
-                       fractions=(0.34, 0.33, 0.33))
+    c = prepare_corpus([root], tmp_path / "c",
+                       PrepareSettings.of(atlas=load_atlas("aal2"), split_by="site", fractions=(0.34, 0.33, 0.33)))
     m = c.manifest
     assert (m.groupby("site")["split"].nunique() == 1).all() and m["split"].nunique() == 3
     assert "site" not in c.phenotype_columns
@@ -173,17 +177,20 @@ def test_site_splits_and_site_column(hcp, tmp_path):
 def test_explicit_split_assignments_make_a_leave_one_subject_out_fold(hcp, tmp_path):
     keys = sorted(f"{r.site}/{r.subject}" for r in hcp)
     fold = {k: "train" for k in keys} | {keys[2]: "test", keys[4]: "val"}
-    c = prepare_corpus(hcp[:7], tmp_path / "c", atlas=load_atlas("aal2"), split_assignments=fold)
+    c = prepare_corpus(hcp[:7], tmp_path / "c",
+                       PrepareSettings.of(atlas=load_atlas("aal2"), split_assignments=fold))
     m = c.manifest
     assert m.set_index("subject")["split"].to_dict() == {k.split("/")[1]: v for k, v in fold.items()}
     assert c.info["split_assignments"] == fold and c.info["fractions"] == [5 / 7, 1 / 7, 1 / 7]
     # Scaling is fitted on the assigned training subjects only.
-    again = prepare_corpus(hcp[:7], tmp_path / "d", atlas=load_atlas("aal2"),
-                           split_assignments=fold | {keys[0]: "test"})
+    again = prepare_corpus(hcp[:7], tmp_path / "d",
+                           PrepareSettings.of(atlas=load_atlas("aal2"),
+                                              split_assignments=fold | {keys[0]: "test"}))
     assert not np.allclose(again.contract.median, c.contract.median)
     with pytest.raises(BrainLMInputError, match="lack 1 subject"):
-        prepare_corpus(hcp[:7], tmp_path / "e", atlas=load_atlas("aal2"),
-                       split_assignments={k: v for k, v in fold.items() if k != keys[0]})
+        prepare_corpus(hcp[:7], tmp_path / "e",
+                       PrepareSettings.of(atlas=load_atlas("aal2"),
+                                          split_assignments={k: v for k, v in fold.items() if k != keys[0]}))
 
 
 @pytest.mark.parametrize("case,expected", [
@@ -237,7 +244,7 @@ def test_bad_input_gives_one_clear_line(case, expected, hcp, tmp_path, capsys):
 def test_corpus_reads_through_fsspec(hcp_folder, tmp_path):
     import fsspec
 
-    c = prepare_corpus([hcp_folder], tmp_path / "c", atlas=load_atlas("aal2"))
+    c = prepare_corpus([hcp_folder], tmp_path / "c", PrepareSettings.of(atlas=load_atlas("aal2")))
     fs = fsspec.filesystem("memory")
     for dirpath, _, files in os.walk(tmp_path / "c"):
         for f in files:

@@ -14,7 +14,7 @@ import torch
 from brainlm import BrainLMInputError
 from brainlm.commands import main
 from brainlm.data.contract import PreprocessingContract
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.samples import load_schaefer100_rest
 from brainlm.model import MaskSpec
 from brainlm.checkpoints.folder import load_pretrained, record_digests
@@ -83,8 +83,9 @@ def test_embeddings_are_deterministic(trained, hcp_corpus, tmp_path, hcp):
 
 def test_atlas_and_contract_mismatches_are_errors(trained, tmp_path, capsys):
     rest = load_schaefer100_rest()
-    other = prepare_corpus([rest], tmp_path / "s100", atlas=rest.atlas, min_trs=100,
-                           contract=PreprocessingContract(target_tr=0.72, percent_signal_change=True))
+    other = prepare_corpus([rest], tmp_path / "s100",
+                           PrepareSettings.of(atlas=rest.atlas, min_trs=100,
+                                              contract=PreprocessingContract(target_tr=0.72, percent_signal_change=True)))
     assert main(["embed", str(trained / "model"), other.path, "--out", str(tmp_path / "e.parquet")]) == 2
     assert "pretrained on 'aal2'" in capsys.readouterr().err
     assert main(["embed", str(trained / "model"), other.path, "--out", str(tmp_path / "e.parquet"),
@@ -210,8 +211,9 @@ def test_the_fresh_cohort_recipe_needs_a_per_recording_corpus_and_runs_from_the_
     assert "--scaling recording" in capsys.readouterr().err and not (tmp_path / "no").exists()
     with pytest.raises(BrainLMInputError, match="recipe 'fresh'; expected one of"):
         PretrainSettings.recipe("fresh", hcp_corpus.path)
-    corpus = prepare_corpus(hcp[:4], tmp_path / "c", atlas=load_atlas("aal2"), min_trs=200,
-                            contract=PreprocessingContract(percent_signal_change=True, scaling="recording"))
+    corpus = prepare_corpus(hcp[:4], tmp_path / "c",
+                            PrepareSettings.of(atlas=load_atlas("aal2"), min_trs=200,
+                                               contract=PreprocessingContract(percent_signal_change=True, scaling="recording")))
     s = PretrainSettings.recipe("fresh-cohort", corpus.path, epochs=1, model_overrides={"window_trs": 200})
     assert s.spatial_prior and s.augment == FRESH_COHORT.settings["augment"] and s.preset == "small"
     assert s.model_overrides == {"prior_dropout": 0.5, "window_trs": 200}

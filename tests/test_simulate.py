@@ -18,7 +18,7 @@ from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.simulate import (DEFAULT_SITES, CohortSpec, LatentEffects, ModelSettings,
@@ -347,8 +347,8 @@ def test_cli_writes_a_cohort_that_prepare_reads_as_is(tmp_path, capsys):
                                   same[3].timeseries)
 
     contract = PreprocessingContract(target_tr=0.72, percent_signal_change=True)
-    corpus = prepare_corpus([out], tmp_path / "corpus", atlas=load_atlas("schaefer100"),
-                            contract=contract)
+    corpus = prepare_corpus([out], tmp_path / "corpus",
+                            PrepareSettings.of(atlas=load_atlas("schaefer100"), contract=contract))
     manifest = pd.read_parquet(tmp_path / "corpus" / "manifest.parquet")
     assert len(corpus) == 9 and set(manifest["tr"]) == {0.72}
     by_subject = manifest.set_index("subject")
@@ -364,7 +364,7 @@ def test_cli_single_site_tsv_cohort_needs_no_target_tr(tmp_path):
                  "--sites", "1", "--format", "tsv", "--units", "percent", "--quiet"]) == 0
     files = sorted(out.glob("sub-*/func/*_bold.tsv"))
     assert len(files) == 3
-    prepare_corpus([out], tmp_path / "corpus", atlas=load_atlas("aal2"))
+    prepare_corpus([out], tmp_path / "corpus", PrepareSettings.of(atlas=load_atlas("aal2")))
     manifest = pd.read_parquet(tmp_path / "corpus" / "manifest.parquet")
     assert set(manifest["tr_source"]) == {0.72} and manifest["age"].notna().all()
 

@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 import brainlm
 from brainlm.data.corpus import Corpus
 from brainlm.data.contract import ReferenceContract
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.errors import BrainLMInputError
 from brainlm.checkpoints.folder import load_pretrained
 from brainlm.checkpoints.shipped import resolve_checkpoint
@@ -49,7 +49,7 @@ def corpus(cohort, model, tmp_path_factory):
     """The cohort prepared like the checkpoint (its cleaning and statistics)."""
     like = ReferenceContract(contract=model.contract, atlas=model.atlas, name=CKPT,
                              path=str(resolve_checkpoint(CKPT)))
-    return prepare_corpus(cohort, tmp_path_factory.mktemp("c") / "corpus", like=like)
+    return prepare_corpus(cohort, tmp_path_factory.mktemp("c") / "corpus", PrepareSettings.of(like=like))
 
 
 def test_clone_pickle_and_feature_names(cohort, model):

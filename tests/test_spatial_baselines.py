@@ -27,7 +27,7 @@ from sklearn.metrics import r2_score
 from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract, ReferenceContract
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.data.samples import load_schaefer100_rest
 from brainlm.errors import BrainLMInputError
@@ -121,8 +121,10 @@ def test_bad_statistics_or_coordinates_are_named():
 def hcp072(hcp, tmp_path_factory):
     """The 7 HCP recordings on AAL2 at TR 0.72 s (percent signal change, splits 5/1/1), as the
     demo prepares them."""
-    return prepare_corpus(hcp, tmp_path_factory.mktemp("hcp") / "corpus", atlas=load_atlas("aal2"),
-                          contract=PreprocessingContract(percent_signal_change=True, target_tr=0.72), jobs=1)
+    return prepare_corpus(hcp, tmp_path_factory.mktemp("hcp") / "corpus",
+                          PrepareSettings.of(atlas=load_atlas("aal2"),
+                                             contract=PreprocessingContract(percent_signal_change=True, target_tr=0.72),
+                                             jobs=1))
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +158,8 @@ def schaefer_like(hcp_ckpt, tmp_path_factory):
     atlas, scanner and TR, every recording in test."""
     model = load_pretrained(hcp_ckpt)
     return prepare_corpus([load_schaefer100_rest()], tmp_path_factory.mktemp("s100") / "corpus",
-                          atlas=load_atlas("schaefer100"), min_trs=200, jobs=1,
-                          like=ReferenceContract(model.contract, model.atlas, str(hcp_ckpt)))
+                          PrepareSettings.of(atlas=load_atlas("schaefer100"), min_trs=200, jobs=1,
+                                             like=ReferenceContract(model.contract, model.atlas, str(hcp_ckpt))))
 
 
 def test_evaluate_recon_on_a_transferred_atlas_shows_both_with_labels(hcp_ckpt, schaefer_like, tmp_path):
@@ -201,8 +203,9 @@ def test_in_recording_never_uses_the_scored_windows_frames(tmp_path):
     rec = Recording(100.0 + x, 0.72, atlas, subject="01", task="rest", source="mixtures")
     # No detrending or filtering: every step is a map a x + b per parcel, so each window's
     # parcels stay exact mixtures of its sources.
-    corpus = prepare_corpus([rec], tmp_path / "c", atlas=atlas, fractions=(0, 0, 1), jobs=1,
-                            contract=PreprocessingContract(detrend=False))
+    corpus = prepare_corpus([rec], tmp_path / "c",
+                            PrepareSettings.of(atlas=atlas, fractions=(0, 0, 1), jobs=1,
+                                               contract=PreprocessingContract(detrend=False)))
     ckpt = make_checkpoint(tmp_path / "model", corpus)
     r = evaluate_reconstruction(ckpt, corpus, ratios=(0.5,))
     m = r["results"][0]["methods"]
@@ -225,7 +228,7 @@ def test_a_recording_with_one_window_leaves_in_recording_out_and_says_why(tmp_pa
     atlas = load_atlas("aal2")
     recs = [Recording(100.0 + rng.normal(size=(n, 94)), 0.72, atlas, subject=s, task="rest", source=f"noise-{s}")
             for s, n in (("01", 450), ("02", 250))]
-    corpus = prepare_corpus(recs, tmp_path / "c", atlas=atlas, fractions=(0, 0, 1), jobs=1)
+    corpus = prepare_corpus(recs, tmp_path / "c", PrepareSettings.of(atlas=atlas, fractions=(0, 0, 1), jobs=1))
     r = evaluate_reconstruction(make_checkpoint(tmp_path / "model", corpus), corpus, ratios=(0.5,))
     assert "spatial_in_recording" not in r["methods"] and r["windows"] == 3
     info = r["spatial_baselines"]["spatial_in_recording"]

@@ -19,7 +19,7 @@ from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.corpus import Corpus
 from brainlm.data.extraction import ImageParcellation
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.samples import load_schaefer100_rest
 from brainlm.data.surfaces import (extract_surface_signals, hemisphere_of, load_surface_atlas,
                                    read_cifti_series, read_gifti_series)
@@ -223,4 +223,4 @@ def test_surface_bad_input(atlas_files, vertex_labels, tmp_path):
     lonely = tmp_path / "sub-1_task-rest_hemi-L_space-fsaverage5_bold.func.gii"
     func_gifti(lonely, np.zeros((10242, 3)))
     with pytest.raises(BrainLMInputError, match="other hemisphere of this GIfTI scan is missing"):
-        prepare_corpus([lonely], tmp_path / "c", atlas_image=atlas, tr=2.0)
+        prepare_corpus([lonely], tmp_path / "c", PrepareSettings.of(atlas_image=atlas, tr=2.0))

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.checkpoints.folder import load_pretrained
@@ -273,7 +273,8 @@ def a424_corpus(tmp_path_factory):
         x += rng.standard_normal((420, 1)).cumsum(0).astype(np.float32) * 0.1
         recs.append(Recording(x, 0.735, atlas, subject=f"sub-{s:02d}"))
     contract = PreprocessingContract(target_tr=0.735, detrend=True)
-    prepare_corpus(recs, root / "corpus", atlas=atlas, contract=contract, fractions=(0.5, 0.25, 0.25))
+    prepare_corpus(recs, root / "corpus",
+                   PrepareSettings.of(atlas=atlas, contract=contract, fractions=(0.5, 0.25, 0.25)))
     ckpt = root / "old13m_small"
     import_upstream(PAPER, ckpt)
     return root / "corpus", ckpt

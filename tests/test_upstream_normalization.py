@@ -20,7 +20,7 @@ from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract, ReferenceContract
 from brainlm.data.corpus import Corpus
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.data.scaling import recording_statistics
 from brainlm.errors import BrainLMInputError
@@ -91,8 +91,8 @@ def corpora(tmp_path_factory):
         key = json.dumps({**model.contract.cleaning(), **model.contract.scaling_settings()}, sort_keys=True)
         if key not in made:
             like = ReferenceContract(model.contract, model.atlas, f"paper-{name}")
-            made[key] = prepare_corpus(recs, root / f"corpus-{len(made)}", like=like,
-                                       split_assignments=assignments)
+            made[key] = prepare_corpus(recs, root / f"corpus-{len(made)}",
+                                       PrepareSettings.of(like=like, split_assignments=assignments))
         out[name] = (model, made[key])
     return out
 
@@ -205,11 +205,11 @@ def test_a_corpus_with_another_normalization_is_refused_in_one_line(corpora):
 def test_pooled_min_max_refitted_from_the_stored_recordings_matches(corpora, name):
     # A build resumed from before each recording recorded its extrema reads the training
     # recordings again: the statistics must be the ones fitted from the recorded extrema.
-    from brainlm.data.prepare import _fit_scaler
+    from brainlm.data.scaler_fit import fit_pooled_statistics
 
     _, corpus = corpora[name]
     train = corpus.manifest.iloc[corpus.split_indices("train")]
-    refit = _fit_scaler(Path(corpus.path), train, None, corpus.atlas, corpus.contract, 1, train_extrema={})
+    refit = fit_pooled_statistics(Path(corpus.path), train, None, corpus.atlas, corpus.contract, 1, train_extrema={})
     np.testing.assert_allclose(refit.median, corpus.contract.median, rtol=1e-6)
     np.testing.assert_allclose(refit.iqr, corpus.contract.iqr, rtol=1e-6)
     assert refit.scaler_fit["recordings"] == 4

@@ -21,7 +21,7 @@ from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
 from brainlm.data.example_scans import paint, voronoi_labels
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.volumes import (AtlasResampledWarning, extract_volume_signals, load_volume_atlas,
                                   read_labels_table)
 
@@ -151,8 +151,9 @@ def test_atlas_on_another_grid_is_resampled_with_a_warning(scans, hcp, aal2, tmp
     assert np.median(r) > 0.9 and len(ok) >= 90
 
     with pytest.warns(AtlasResampledWarning, match="resampled to the data grid"):
-        corpus = prepare_corpus([scans / "bold"], tmp_path / "c", atlas_image=va, min_trs=100,
-                                contract=PreprocessingContract(bad_parcels="zero"))
+        corpus = prepare_corpus([scans / "bold"], tmp_path / "c",
+                                PrepareSettings.of(atlas_image=va, min_trs=100,
+                                                   contract=PreprocessingContract(bad_parcels="zero")))
     assert corpus.info["ingestion"]["notes"][0].endswith("(3 scans)")
 
 
@@ -237,11 +238,13 @@ def test_empty_parcels_follow_the_bad_parcels_policy(scans, hcp, tmp_path, label
         nib.save(cut, folder / f"sub-{i}_task-rest_bold.nii.gz")
     image = (scans / "atlas-AAL2vor_dseg.nii.gz", scans / "atlas-AAL2vor_dseg.tsv")
     with pytest.raises(BrainLMInputError, match=r"sub-0_task-rest_bold.nii.gz: \d+ parcel\(s\) have no voxel .*--bad-parcels zero"):
-        prepare_corpus([folder], tmp_path / "c1", atlas_image=image[0], atlas_labels=image[1],
-                       tr=0.72, min_trs=100)
+        prepare_corpus([folder], tmp_path / "c1",
+                       PrepareSettings.of(atlas_image=image[0], atlas_labels=image[1], tr=0.72, min_trs=100))
     with pytest.warns(AtlasResampledWarning, match=r"to the data grid \(6x6x6 mm, 34x40x21\)"):
-        corpus = prepare_corpus([folder], tmp_path / "c2", atlas_image=image[0], atlas_labels=image[1],
-                                tr=0.72, min_trs=100, contract=PreprocessingContract(bad_parcels="zero"))
+        corpus = prepare_corpus([folder], tmp_path / "c2",
+                                PrepareSettings.of(atlas_image=image[0], atlas_labels=image[1], tr=0.72,
+                                                   min_trs=100,
+                                                   contract=PreprocessingContract(bad_parcels="zero")))
     # Missing: exactly the parcels whose voxels all lie below z = 0 mm.
     lab = np.asarray(labels6.dataobj)
     z = nib.affines.apply_affine(labels6.affine, np.argwhere(lab > 0))[:, 2]
@@ -262,14 +265,15 @@ def test_missing_tr_names_the_sidecar_and_the_header(scans, hcp, tmp_path):
     (folder / "sub-a_task-rest_bold.nii.gz").symlink_to(src)
     with pytest.raises(BrainLMInputError, match=r"sub-a_task-rest_bold.nii.gz: repetition time unknown.*"
                        r"sub-a_task-rest_bold.json.*NIfTI header says 0.72 s: pass --tr 0.72"):
-        prepare_corpus([folder], tmp_path / "c", atlas_image=scans / "atlas-AAL2vor_dseg.nii.gz",
-                       min_trs=100)
+        prepare_corpus([folder], tmp_path / "c",
+                       PrepareSettings.of(atlas_image=scans / "atlas-AAL2vor_dseg.nii.gz", min_trs=100))
 
 
 def test_options_are_checked(scans, tmp_path):
     with pytest.raises(BrainLMInputError, match="either atlas .* or atlas_image"):
-        prepare_corpus([scans / "bold"], tmp_path / "c", atlas=load_atlas("aal2"),
-                       atlas_image=scans / "atlas-AAL2vor_dseg.nii.gz")
+        prepare_corpus([scans / "bold"], tmp_path / "c",
+                       PrepareSettings.of(atlas=load_atlas("aal2"),
+                                          atlas_image=scans / "atlas-AAL2vor_dseg.nii.gz"))
     with pytest.raises(BrainLMInputError, match="holds NIfTI/GIfTI/CIFTI scans: parcellate them with --atlas-image"):
-        prepare_corpus([scans / "bold"], tmp_path / "c", atlas=load_atlas("aal2"))
+        prepare_corpus([scans / "bold"], tmp_path / "c", PrepareSettings.of(atlas=load_atlas("aal2")))
     assert main(["prepare", str(scans / "bold"), "--out", str(tmp_path / "c")]) == 2

@@ -5,7 +5,7 @@ from torch.utils.data import DataLoader
 
 from brainlm import BrainLMInputError
 from brainlm.data.atlas import load_atlas
-from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.windows import CorpusDataModule, WindowDataset
 
 
@@ -16,8 +16,8 @@ def corpus(tmp_path_factory, hcp):
     for rec, n in zip(hcp, [1200, 1000, 650, 420, 1200, 900, 199]):
         r = type(rec)(rec.timeseries[:n], rec.tr, rec.atlas, subject=rec.subject)
         recs.append(r)
-    return prepare_corpus(recs, tmp_path_factory.mktemp("w") / "c", atlas=load_atlas("aal2"),
-                          min_trs=100, fractions=(0.6, 0.2, 0.2))
+    return prepare_corpus(recs, tmp_path_factory.mktemp("w") / "c",
+                          PrepareSettings.of(atlas=load_atlas("aal2"), min_trs=100, fractions=(0.6, 0.2, 0.2)))
 
 
 def test_tiles_are_deterministic_and_cover_each_recording(corpus):

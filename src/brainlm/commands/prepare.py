@@ -12,13 +12,15 @@ import argparse
 
 from brainlm.commands.arguments import ATLAS_HELP, CHECKPOINT_HELP, atlas_option, comma_floats
 from brainlm.data.contract import SCALING_MODES, PreprocessingContract, ReferenceContract
-from brainlm.data.prepare import StoreLayout, prepare_corpus
+from brainlm.data.prepare import prepare_corpus
+from brainlm.data.prepare_settings import (CleaningSettings, ExecutionSettings, PrepareSettings, ReadingSettings,
+                                           SplitSettings, StoreLayout)
 from brainlm.errors import BrainLMInputError
 from brainlm.checkpoints.folder import load_pretrained
 from brainlm.checkpoints.shipped import resolve_checkpoint
 from brainlm.report.console import print_summary
 
-__all__ = ["register", "run"]
+__all__ = ["register", "run", "settings_from_args"]
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -139,8 +141,9 @@ def _contract(args: argparse.Namespace, like: ReferenceContract | None) -> Prepr
                                             **given})
 
 
-def run(args: argparse.Namespace) -> int:
-    """Prepare the corpus and print its summary; 0 on success."""
+def settings_from_args(args: argparse.Namespace) -> PrepareSettings:
+    """The :class:`PrepareSettings` that ``brainlm prepare``'s arguments describe: the one place
+    where options become settings (``--like`` reads the checkpoint here)."""
     like = reference_contract(args.like) if args.like else None
     contract = _contract(args, like)
     if args.atlas is None and not args.atlas_image and like is None:
@@ -149,20 +152,29 @@ def run(args: argparse.Namespace) -> int:
     options = {k: v for k, v in (("global_signal", args.global_signal),
                                  ("fd_threshold", args.fd_threshold)) if v is not None}
     mesh = args.surface_mesh
-    corpus = prepare_corpus(
-        args.sources, args.out, atlas=atlas_option(args.atlas),
-        atlas_image=args.atlas_image, atlas_labels=args.atlas_labels,
-        surface_mesh=mesh[0] if mesh and len(mesh) == 1 else mesh, confounds=args.confounds,
-        confound_options=options, max_censored=args.max_censored, space=args.space, res=args.res,
-        read_volumes=args.read_volumes, dask_scheduler=args.dask_scheduler,
-        contract=contract, tr=args.tr,
-        orientation=args.orientation, key=args.key, participants=args.participants,
-        id_column=args.id_column, allow_missing_phenotypes=args.allow_missing_phenotypes,
+    reading = ReadingSettings(
+        atlas=atlas_option(args.atlas), atlas_image=args.atlas_image, atlas_labels=args.atlas_labels,
+        surface_mesh=mesh[0] if mesh and len(mesh) == 1 else mesh, space=args.space, res=args.res,
+        read_volumes=args.read_volumes, tr=args.tr, orientation=args.orientation, key=args.key,
+        participants=args.participants, id_column=args.id_column,
+        allow_missing_phenotypes=args.allow_missing_phenotypes)
+    cleaning = CleaningSettings(
+        contract=contract, confounds=args.confounds, confound_options=options, max_censored=args.max_censored,
         min_trs=args.min_trs, too_short=args.too_short, on_error=args.on_error,
-        fractions=args.splits, split_seed=args.seed, split_by=args.split_by, jobs=args.jobs,
+        drop_scale_outliers=args.drop_scale_outliers)
+    splits = SplitSettings(fractions=args.splits, split_seed=args.seed, split_by=args.split_by)
+    execution = ExecutionSettings(
+        jobs=args.jobs, dask_scheduler=args.dask_scheduler,
         layout=StoreLayout(chunk_trs=args.chunk_trs, compression=args.compression),
-        overwrite=args.overwrite, restart=args.restart, drop_scale_outliers=args.drop_scale_outliers,
-        progress=not args.quiet, like=like)
+        overwrite=args.overwrite, restart=args.restart, progress=not args.quiet)
+    return PrepareSettings(reading=reading, cleaning=cleaning, splits=splits, execution=execution, like=like)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prepare the corpus and print its summary; 0 on success."""
+    settings = settings_from_args(args)
+    like = settings.like
+    corpus = prepare_corpus(args.sources, args.out, settings)
     print_summary(corpus.summary())
     scaling = corpus.info.get("scaling", {})
     if like is not None:

@@ -1,15 +1,26 @@
-"""``brainlm prepare``: sources -> a corpus on disk.
+"""``brainlm prepare``: sources -> a corpus on disk, in named phases.
 
-Pass 1 (parallel over recordings): read, validate, clean and resample each recording (steps 1-5
-of the preprocessing contract) and write it to the chunked store, with a small completion
-marker per recording, so an interrupted run resumes where it stopped.
-Pass 2 (parallel): pool the scaling statistics of the contract's normalization over the
-training split only (over every recording for an evaluation-only cohort, or none at all when
-they come from a checkpoint: ``like``): robust quartiles from a streaming histogram, min-max
-from each recording's extrema (no second pass over the data), none for per-recording
-demeaning. Each recording's own statistics are stored with it (per-recording scaling).
-Then the manifest, atlas, contract and, last, ``corpus.json`` are written and the build folder
-``CORPUS.partial`` is renamed to ``CORPUS``: a corpus that looks complete is complete.
+:func:`prepare_corpus` runs these, each a function that can be read (and tested) on its own:
+
+1. **resolve** (:func:`resolve_settings`): a checkpoint's contract and atlas (``like``) and the
+   default fractions applied to the :class:`~brainlm.data.prepare_settings.PrepareSettings`;
+2. **discover** (:func:`discover`): the recordings of the sources, the atlas (or the atlas
+   image's parcellation and confound strategy) and the phenotypes;
+3. **split** (:func:`split_recordings`): subjects (or sites) to train, val and test;
+4. **pass 1** (:func:`pass_one`, parallel over recordings): read, validate, clean and resample
+   each recording (steps 1-5 of the preprocessing contract) and write it to the chunked store,
+   with a small completion marker per recording, so an interrupted run resumes where it stopped;
+5. **outliers** (:func:`brainlm.data.scale_outliers.screen_scale_outliers`): recordings on
+   another scale than the cohort, left out of the fit (or of the corpus);
+6. **scaler fit** (:func:`fit_cohort_statistics`, parallel): pool the scaling statistics of the
+   contract's normalization over the training split only (over every recording for an
+   evaluation-only cohort, or none at all when they come from a checkpoint: ``like``): robust
+   quartiles from a streaming histogram, min-max from each recording's extrema (no second pass
+   over the data), none for per-recording demeaning. Each recording's own statistics are stored
+   with it (per-recording scaling);
+7. **publish** (:func:`publish`): the manifest, atlas, contract and, last, ``corpus.json`` are
+   written and the build folder ``CORPUS.partial`` is renamed to ``CORPUS``: a corpus that looks
+   complete is complete.
 
 Sources are parcellated time series (with ``atlas``), or scans -- 4-D NIfTI, GIfTI pairs, CIFTI,
 e.g. an fMRIPrep derivatives folder -- parcellated in pass 1 with an atlas image
@@ -23,8 +34,6 @@ import contextlib
 import json
 import os
 import shutil
-import threading
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -42,218 +51,208 @@ from brainlm.data.contract import TR_RANGE_S, PreprocessingContract, ReferenceCo
 from brainlm.data.corpus import CORPUS_FORMAT, CORPUS_VERSION, MANIFEST_COLUMNS, Corpus
 from brainlm.data.extraction import ImageParcellation, load_atlas_image
 from brainlm.data.fmriprep import confounds_file_for, find_scans, parse_confound_strategy, participants_file
+from brainlm.data.prepare_settings import (COMPRESSIONS, ON_ERROR_POLICIES, SPLIT_BY,
+                                           TOO_SHORT_POLICIES, CleaningSettings, ExecutionSettings, PrepareSettings,
+                                           ReadingSettings, SplitSettings, StoreLayout)
 from brainlm.data.progress import ProgressBar
 from brainlm.data.recording import Recording
-from brainlm.data.scaling import (NORMALIZATION_FORMULAS, ExtremaRange, QuartileHistogram, QuartileRange,
-                                  normalization_statistics,
-                                  recording_extrema, recording_means, recording_quartiles, recording_scaling,
-                                  scaling_from_quartiles)
+from brainlm.data.scale_outliers import (SCALE_OUTLIER_FACTOR, SCALE_OUTLIER_PARCEL,
+                                         ScaleOutlierWarning, ScreenedRecordings, held_out_scale_outliers,
+                                         scale_outliers, screen_scale_outliers)
+from brainlm.data.scaler_fit import fit_pooled_statistics
+from brainlm.data.scaling import (NORMALIZATION_FORMULAS, recording_extrema, recording_means, recording_quartiles,
+                                  recording_scaling)
 from brainlm.data.sources import (SourceSpec, attach_phenotypes, check_unique_ids, discover_files,
                                   specs_from_files, specs_from_recordings, specs_from_scans)
 from brainlm.data.splits import assign_splits, explicit_splits
 from brainlm.data.surfaces import SurfaceAtlas
 from brainlm.data.volumes import AtlasResampledWarning, VolumeAtlas
+from brainlm.data.worker_processes import die_with_parent
 from brainlm.errors import BrainLMInputError
 from brainlm.version import __version__
 
-TOO_SHORT_POLICIES = ("skip", "error")
-ON_ERROR_POLICIES = ("fail", "skip")
-SPLIT_BY = ("subject", "site")
-COMPRESSIONS = ("none", "lz4", "zstd")
+
+__all__ = [
+    "prepare_corpus", "PrepareSettings", "ReadingSettings", "CleaningSettings", "SplitSettings",
+    "ExecutionSettings", "StoreLayout", "TOO_SHORT_POLICIES", "ON_ERROR_POLICIES", "SPLIT_BY", "COMPRESSIONS",
+    "resolve_settings", "check_folders", "discover", "split_recordings", "pass_one", "read_markers",
+    "fit_cohort_statistics", "publish", "ResolvedSettings", "Discovery", "SplitPlan", "PassOne", "Prepared",
+    "ScaleOutlierWarning", "SCALE_OUTLIER_FACTOR", "SCALE_OUTLIER_PARCEL", "scale_outliers",
+    "held_out_scale_outliers", "LikeTRWarning", "EmptySplitWarning", "die_with_parent", "restart_hint_needed",
+]
 
 
-@dataclass(frozen=True)
-class StoreLayout:
-    """How recordings are written: chunk length along time (TRs) and compression codec."""
-
-    chunk_trs: int = 512
-    compression: str = "none"
-
-    def compressors(self):
-        from zarr.codecs import BloscCodec, ZstdCodec
-
-        if self.compression == "lz4":
-            return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
-        if self.compression == "zstd":
-            return ZstdCodec(level=3)
-        return None
-
-
-def prepare_corpus(
-    sources: Sequence[str | Path | Recording],
-    out: str | Path,
-    *,
-    atlas: Atlas | None = None,
-    atlas_image=None,
-    atlas_labels: str | Path | None = None,
-    surface_mesh=None,
-    confounds="auto",
-    confound_options: dict | None = None,
-    max_censored: float = 0.5,
-    space: str | None = None,
-    res: str | None = None,
-    read_volumes: int = 32,
-    contract: PreprocessingContract | None = None,
-    tr: float | None = None,
-    orientation: str = "auto",
-    key: str | None = None,
-    participants: str | Path | None = None,
-    id_column: str | None = None,
-    allow_missing_phenotypes: bool = False,
-    min_trs: int = 200,
-    too_short: str = "skip",
-    on_error: str = "fail",
-    fractions: Sequence[float] | None = None,
-    split_seed: int = 0,
-    split_by: str = "subject",
-    split_assignments: dict[str, str] | None = None,
-    jobs: int = 1,
-    dask_scheduler: str | None = None,
-    layout: StoreLayout = StoreLayout(),
-    overwrite: bool = False,
-    restart: bool = False,
-    drop_scale_outliers: bool = False,
-    progress: bool = False,
-    like: ReferenceContract | None = None,
-) -> Corpus:
+def prepare_corpus(sources: Sequence[str | Path | Recording], out: str | Path,
+                   settings: PrepareSettings | None = None) -> Corpus:
     """Build a corpus from files/folders and/or in-memory Recordings.
 
     Parameters
     ----------
     sources : sequence of path or Recording
         Time-series files, folders (searched recursively; a ``participants.tsv`` at the top of a
-        folder is used when ``participants`` is not given) or Recordings. With ``atlas_image``:
+        folder is used when no participants table is given) or Recordings. With an atlas image:
         scans or folders of scans (an fMRIPrep derivatives folder: ``*_desc-preproc_bold.nii.gz``,
         ``*_hemi-L/R_*_bold.func.gii``, ``*_bold.dtseries.nii``; the raw dataset's
         ``participants.tsv`` is used for ``<dataset>/derivatives/<pipeline>``).
     out : path
         Corpus folder to create (local disk).
-    atlas : Atlas
-        Parcellation of every recording (its parcel count is checked against each file). Give
-        either ``atlas`` (parcellated time series) or ``atlas_image`` (scans).
-    atlas_image : path, pair of paths, VolumeAtlas or SurfaceAtlas, optional
-        Atlas to parcellate scans with: a NIfTI (3-D labels, or 4-D probabilistic maps), a left
-        and right ``.annot``/``.label.gii``, or a ``.dlabel.nii``. Parcel centres (MNI mm) are
-        computed from it; see :func:`brainlm.data.extraction.load_atlas_image`.
-    atlas_labels : path, optional
-        Names (and networks) of the atlas labels (TSV with ``index, name[, network]``).
-    surface_mesh : str or pair of paths, optional
-        Mesh of a surface atlas (default fsaverage5, bundled with nilearn).
-    confounds : str or ConfoundStrategy
-        ``"auto"`` (``"simple"`` when the scans have fMRIPrep confounds files, else ``"none"``),
-        ``"none"``, a nilearn preset (``"simple"``, ``"scrubbing"``, ``"compcor"``,
-        ``"ica_aroma"``) or a comma-separated list of ``load_confounds`` components. Recorded
-        in ``corpus.json`` (``ingestion``).
-    confound_options : dict, optional
-        Keyword arguments for nilearn's loader, e.g. ``{"global_signal": "basic"}`` or
-        ``{"fd_threshold": 0.3}``.
-    max_censored : float
-        Largest fraction of volumes a confound strategy may censor in a scan.
-    space, res : str, optional
-        BIDS ``space-``/``res-`` of the scans to use (fMRIPrep writes several).
-    read_volumes : int
-        Volumes of a 4-D NIfTI read at a time (bounds each worker's memory).
-    contract : PreprocessingContract, optional
-        Cleaning settings and scaling mode; its pooled scaling statistics are fitted here on the
-        training split (on every recording when no subject is in ``train``: recorded in
-        ``scaler_fit``).
-    tr : float, optional
-        Repetition time in seconds for files with neither a JSON sidecar nor a TR inside.
-    orientation : {"auto", "time-by-parcel", "parcel-by-time"}
-    key : str, optional
-        Array name inside .npz/.mat/.h5 files (inferred when there is one candidate).
-    participants : path, optional
-        BIDS-style participants table; phenotypes are joined on subject id.
-    min_trs : int
-        Recordings shorter than this after preprocessing (TRs at the target TR) are handled
-        by ``too_short`` (``"skip"``: left out and listed in ``skipped.parquet``; ``"error"``).
-    on_error : {"fail", "skip"}
-        A recording that cannot be read or fails validation stops the run (``"fail"``) or is
-        listed in ``skipped.parquet`` (``"skip"``; retried on the next run).
-    fractions, split_seed, split_by
-        Train/val/test fractions of subjects (``split_by="subject"``; subjects are keyed by
-        site and subject id) or of whole sites (``"site"``). Default ``(0.8, 0.1, 0.1)``, or
-        ``(0, 0, 1)`` with ``like`` (every recording in ``test``).
-    split_assignments : dict, optional
-        The split of every subject (``SITE/SUBJECT`` when recordings have a site; or of every
-        site with ``split_by="site"``) given explicitly, instead of ``fractions``: a fixed
-        external test set, or one fold of a leave-one-subject-out evaluation.
-    jobs : int
-        Worker processes for cleaning and statistics (-1: all cores).
-    dask_scheduler : str, optional
-        Run pass 1 on a Dask cluster, one task per recording: a scheduler address
-        (``tcp://host:8786``; the sources and ``out`` must be on a file system the workers
-        share, and are sent to them as absolute paths) or ``"local"`` (a local cluster of
-        ``jobs`` processes). Needs the ``dask`` extra.
-    layout : StoreLayout
-        Chunking and compression of the array store.
-    overwrite : bool
-        Replace an existing complete corpus at ``out`` (only once the new one is complete).
-    restart : bool
-        Discard an unfinished build (``out.partial``) instead of resuming it.
-    like : ReferenceContract, optional
-        Prepare the cohort exactly as a checkpoint's pretraining data: its cleaning settings,
-        target TR and scaling mode (``contract``, if also given, must agree), its atlas when
-        neither ``atlas`` nor ``atlas_image`` is given, and its pooled scaling statistics when
-        the cohort is on its atlas (else the cohort's own; ``scaler_fit["source"]`` and
-        ``corpus.json`` -> ``prepared_like`` say which).
+    settings : PrepareSettings, optional
+        Reading, cleaning, splits and execution, and an optional checkpoint to prepare like
+        (default: ``PrepareSettings()``, which needs an atlas: ``PrepareSettings.of(atlas=...)``).
+        See :mod:`brainlm.data.prepare_settings` for every option.
 
     Returns
     -------
     Corpus
     """
+    settings = PrepareSettings() if settings is None else settings
+    if not isinstance(settings, PrepareSettings):
+        raise BrainLMInputError(f"settings is a {type(settings).__name__}; expected a PrepareSettings "
+                                "(PrepareSettings.of(atlas=..., ...))")
+    resolved = resolve_settings(settings)
+    out = Path(out)
+    inputs = check_folders(sources, out, settings)
+    found = discover(sources, settings.reading, settings.cleaning, resolved)
+    plan = split_recordings(found.specs, settings.splits, resolved.fractions)
+    build = out.with_name(out.name + ".partial")
+    passed = pass_one(build, found, plan, resolved.contract, settings)
+
+    like = settings.like
+    like_contract, from_checkpoint = like.contract_for(found.atlas) if like is not None else (None, False)
+    screened = screen_scale_outliers(
+        passed.records, passed.train_quartiles, passed.held_out_quartiles, settings.cleaning.drop_scale_outliers,
+        skip_held_out=settings.cleaning.on_error == "skip", fitted_here=not from_checkpoint,
+        pooled=not resolved.contract.per_recording, split_of_id=plan.split_of_id(found.specs))
+    # Only the range of the training quartiles is needed from here on: the per-recording
+    # quartiles (R x 3 x P) are let go, as they grow with the cohort.
+    passed.train_quartiles.clear()
+    passed.held_out_quartiles.clear()
+    skipped = passed.skipped + screened.dropped
+    out_tr = _check_prepared(screened.records, skipped, out)
+    manifest = _manifest(screened.records, {s.recording_id: s for s in found.specs},
+                         groups_of=dict(zip((s.recording_id for s in found.specs), plan.groups)),
+                         split_of=plan.split_of, phenotype_columns=found.phenotype_columns)
+    corpus_warnings = _corpus_warnings(manifest, plan.fractions, like, out_tr)
+    if from_checkpoint:
+        fitted = _checkpoint_statistics(like, like_contract)
+    else:
+        fitted = fit_cohort_statistics(build, out, manifest, screened, passed, found.atlas, resolved.contract,
+                                       settings)
+    units = _settle_contract(fitted, screened.records, found.atlas, out)
+    prepared = Prepared(manifest=manifest, skipped=skipped, records=screened.records, atlas=found.atlas,
+                        fitted=fitted, units=units, tr=out_tr, split=plan, warnings=corpus_warnings,
+                        outlier_records=screened.outlier_records, parcellation=found.parcellation,
+                        statistics_from_checkpoint=from_checkpoint)
+    return publish(build, out, inputs, prepared, settings)
+
+
+# -- phase 1: resolve ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """The settings with ``like`` applied.
+
+    Attributes
+    ----------
+    contract : PreprocessingContract
+        The cleaning settings and scaling mode (the checkpoint's with ``like``).
+    atlas : Atlas or None
+        The atlas of parcellated time series (the checkpoint's when none is given with
+        ``like``); None for scans, whose atlas comes from the atlas image.
+    fractions : sequence of 3 floats
+        Train/val/test fractions (default ``(0.8, 0.1, 0.1)``; ``(0, 0, 1)`` with ``like``).
+    """
+
+    contract: PreprocessingContract
+    atlas: Atlas | None
+    fractions: Sequence[float]
+
+
+def resolve_settings(settings: PrepareSettings) -> ResolvedSettings:
+    """Apply ``settings.like`` (a checkpoint's contract, and its atlas when neither an atlas nor
+    an atlas image is given) and the default contract and fractions."""
+    like, contract, atlas = settings.like, settings.cleaning.contract, settings.reading.atlas
     if like is not None:
         contract = _contract_like(like, contract)
-        if atlas is None and atlas_image is None:
+        if atlas is None and settings.reading.atlas_image is None:
             if like.atlas is None:
                 raise BrainLMInputError("the checkpoint has no atlas (atlas.json); pass --atlas",
                                         like.name)
             atlas = like.atlas
     contract = contract or PreprocessingContract()
+    fractions = settings.splits.fractions
     if fractions is None:
         fractions = (0.0, 0.0, 1.0) if like is not None else (0.8, 0.1, 0.1)
-    out = Path(out)
-    _check_choice(orientation, ("auto", "time-by-parcel", "parcel-by-time"), "orientation")
-    _check_choice(too_short, TOO_SHORT_POLICIES, "too_short")
-    _check_choice(on_error, ON_ERROR_POLICIES, "on_error")
-    _check_choice(split_by, SPLIT_BY, "split_by")
-    _check_choice(layout.compression, COMPRESSIONS, "compression")
-    if int(min_trs) < 1 or layout.chunk_trs < 1:
-        raise BrainLMInputError("min_trs and chunk_trs must be positive integers")
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0:
-        raise BrainLMInputError(f"jobs={jobs!r} (--jobs); expected a positive number of worker "
-                                "processes, or -1 for all cores")
-    # The inputs this build reads: the corpus, and its unfinished build, may be none of them.
-    inputs = [*sources, *(x for x in (participants, atlas_image) if isinstance(x, (str, os.PathLike)))]
-    if like is not None and like.path is not None:
-        inputs.append(like.path)
-    check_output_folder(out, overwrite=overwrite, sources=inputs, kind="corpus")
-    check_not_an_input(out.with_name(out.name + ".partial"), inputs)
+    return ResolvedSettings(contract=contract, atlas=atlas, fractions=fractions)
 
+
+def check_folders(sources: Sequence, out: Path, settings: PrepareSettings) -> list:
+    """Refuse an ``out`` that exists (unless ``overwrite``) or that is, or holds, one of the
+    inputs; the same for its build folder ``out.partial``. Returns the inputs, checked again
+    just before the corpus is published."""
+    # The inputs this build reads: the corpus, and its unfinished build, may be none of them.
+    reading = settings.reading
+    inputs = [*sources, *(x for x in (reading.participants, reading.atlas_image)
+                          if isinstance(x, (str, os.PathLike)))]
+    if settings.like is not None and settings.like.path is not None:
+        inputs.append(settings.like.path)
+    check_output_folder(out, overwrite=settings.execution.overwrite, sources=inputs, kind="corpus")
+    check_not_an_input(out.with_name(out.name + ".partial"), inputs)
+    return inputs
+
+
+# -- phase 2: discover ---------------------------------------------------------------------
+@dataclass
+class Discovery:
+    """The recordings to prepare and what they are read with.
+
+    Attributes
+    ----------
+    specs : list of SourceSpec
+        One per recording (file, scan or in-memory Recording), phenotypes attached.
+    atlas : Atlas
+        The parcellation of the corpus (an atlas image's, for scans).
+    parcellation : ImageParcellation or None
+        How scans are parcellated and denoised (None for parcellated time series).
+    phenotype_columns : list of str
+        The phenotype columns of the manifest.
+    """
+
+    specs: list[SourceSpec]
+    atlas: Atlas
+    parcellation: ImageParcellation | None
+    phenotype_columns: list[str]
+
+
+def discover(sources: Sequence, reading: ReadingSettings, cleaning: CleaningSettings,
+             resolved: ResolvedSettings) -> Discovery:
+    """Find the recordings of ``sources``, settle the atlas (or the atlas image's parcellation
+    and its confound strategy), join the phenotypes and check ids and TRs."""
+    atlas, contract = resolved.atlas, resolved.contract
     parcellation = None
-    if atlas_image is not None:
-        parcellation = _image_parcellation(atlas, atlas_image, atlas_labels, surface_mesh,
-                                           read_volumes, contract)
+    if reading.atlas_image is not None:
+        parcellation = _image_parcellation(atlas, reading.atlas_image, reading.atlas_labels, reading.surface_mesh,
+                                           reading.read_volumes, contract)
         atlas = parcellation.atlas
     elif atlas is None:
         raise BrainLMInputError("no atlas: pass atlas (--atlas) for parcellated time series, or "
                                 "atlas_image (--atlas-image) for NIfTI/GIfTI/CIFTI scans")
-    elif surface_mesh is not None or atlas_labels is not None:
+    elif reading.surface_mesh is not None or reading.atlas_labels is not None:
         raise BrainLMInputError("atlas_labels and surface_mesh apply only with an atlas image "
                                 "(--atlas-image)")
 
-    specs, participants_path = _collect_specs(sources, tr, parcellation, space, res)
+    specs, participants_path = _collect_specs(sources, reading.tr, parcellation, reading.space, reading.res)
     if parcellation is not None:
-        parcellation = _with_confounds(parcellation, confounds, confound_options, max_censored, specs)
-    elif confounds not in ("auto", "none", None):
+        parcellation = _with_confounds(parcellation, cleaning.confounds, cleaning.confound_options,
+                                       cleaning.max_censored, specs)
+    elif cleaning.confounds not in ("auto", "none", None):
         raise BrainLMInputError("a confound strategy applies to scans parcellated with an atlas "
                                 "image (--atlas-image); parcellated tables are denoised by the "
                                 "contract's confounds")
-    participants = participants or participants_path
+    participants = reading.participants or participants_path
     phenotype_columns: list[str] = []
     if participants is not None:
-        phenotype_columns = attach_phenotypes(specs, Path(participants), id_column=id_column,
-                                              allow_missing=allow_missing_phenotypes)
+        phenotype_columns = attach_phenotypes(specs, Path(participants), id_column=reading.id_column,
+                                              allow_missing=reading.allow_missing_phenotypes)
     else:
         phenotype_columns = sorted({k for s in specs for k in s.phenotypes})
     check_unique_ids(specs)
@@ -262,33 +261,94 @@ def prepare_corpus(
         raise BrainLMInputError(
             f"recordings have different TRs {sorted(known_trs)} s; pass --target-tr to resample "
             "them onto one grid")
+    return Discovery(specs=specs, atlas=atlas, parcellation=parcellation, phenotype_columns=phenotype_columns)
 
-    groups = _split_groups(specs, split_by)
-    if split_assignments is not None:
-        split_of = explicit_splits(groups, split_assignments)
+
+# -- phase 3: split ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SplitPlan:
+    """The split of every recording.
+
+    Attributes
+    ----------
+    groups : list of str
+        The split unit of each recording, in the order of the specs: ``SITE/SUBJECT`` (or
+        ``SUBJECT`` without a site), or the site with ``split_by="site"``.
+    split_of : dict
+        Split unit -> ``"train"``, ``"val"`` or ``"test"``.
+    fractions : sequence of 3 floats
+        The fractions recorded in ``corpus.json`` (those of explicit assignments, when given).
+    assigned : bool
+        Whether the splits were given explicitly (``split_assignments``).
+    """
+
+    groups: list[str]
+    split_of: dict[str, str]
+    fractions: Sequence[float]
+    assigned: bool = False
+
+    def split_of_id(self, specs: Sequence[SourceSpec]) -> dict[str, str]:
+        """Recording id -> split, for the specs the groups were made from."""
+        return {s.recording_id: self.split_of[g] for s, g in zip(specs, self.groups)}
+
+
+def split_recordings(specs: Sequence[SourceSpec], splits: SplitSettings, fractions: Sequence[float]) -> SplitPlan:
+    """Assign the split units of ``specs`` (subjects keyed by site, or sites) to train, val and
+    test: by ``splits.split_assignments`` when given, else at random by ``fractions`` (seeded
+    with ``splits.split_seed``)."""
+    groups = _split_groups(specs, splits.split_by)
+    if splits.split_assignments is not None:
+        split_of = explicit_splits(groups, splits.split_assignments)
         counts = pd.Series(list(split_of.values())).value_counts()
         fractions = [float(counts.get(name, 0)) / len(split_of) for name in ("train", "val", "test")]
     else:
-        split_of = assign_splits(groups, fractions, seed=split_seed)
+        split_of = assign_splits(groups, fractions, seed=splits.split_seed)
+    return SplitPlan(groups=groups, split_of=split_of, fractions=fractions,
+                     assigned=splits.split_assignments is not None)
 
-    build = out.with_name(out.name + ".partial")
-    settings = {
-        "contract": {k: v for k, v in contract.to_dict().items() if k not in ("median", "iqr", "scaler_fit")},
-        "atlas": atlas.to_dict(), "orientation": orientation, "key": key, "tr": tr,
-        "min_trs": int(min_trs), "too_short": too_short, "layout": asdict(layout),
-    }
-    if parcellation is not None:
-        # How many volumes are read at a time does not change the result: free to change on resume.
-        settings["extraction"] = {k: v for k, v in parcellation.to_dict().items() if k != "read_volumes"}
-    _open_build(build, settings, restart)
 
+# -- phase 4: pass 1 -----------------------------------------------------------------------
+@dataclass
+class PassOne:
+    """What pass 1 left in the build's completion markers.
+
+    Attributes
+    ----------
+    records : list of dict
+        The markers of the recordings prepared (status ``ok``), in the order of the specs,
+        without their quartiles and extrema.
+    skipped : list of dict
+        Recordings skipped (too short) or failed (``on_error="skip"``): id, source, reason.
+    train_quartiles, held_out_quartiles : dict
+        Recording id -> per-parcel quartiles (3, P) float32 of the recordings the statistics
+        are fitted on, and of the others (validation and test).
+    train_extrema : dict
+        Recording id -> per-parcel min and max (2, P) float64 of the recordings of the fit.
+    fit_on_all : bool
+        No subject is in train (an evaluation-only cohort): the fit pools every recording.
+    """
+
+    records: list[dict]
+    skipped: list[dict]
+    train_quartiles: dict[str, np.ndarray]
+    train_extrema: dict[str, np.ndarray]
+    held_out_quartiles: dict[str, np.ndarray]
+    fit_on_all: bool
+
+
+def pass_one(build: Path, found: Discovery, plan: SplitPlan, contract: PreprocessingContract,
+             settings: PrepareSettings) -> PassOne:
+    """Open (or resume) the build folder and clean every recording without a completion marker
+    into its chunked store; then read every marker back (:func:`read_markers`)."""
+    reading, cleaning, execution = settings.reading, settings.cleaning, settings.execution
+    _open_build(build, _build_settings(found, contract, settings), execution.restart)
     done_dir = build / "done"
-    pending = [s for s in specs if not (done_dir / f"{s.recording_id}.json").exists()]
+    pending = [s for s in found.specs if not (done_dir / f"{s.recording_id}.json").exists()]
+    opts = dict(orientation=reading.orientation, key=reading.key, min_trs=int(cleaning.min_trs),
+                too_short=cleaning.too_short, on_error=cleaning.on_error, parcellation=found.parcellation)
     try:
-        results = _run_pass1(pending, build, atlas, contract, dict(orientation=orientation, key=key,
-                             min_trs=int(min_trs), too_short=too_short, on_error=on_error,
-                             parcellation=parcellation),
-                             layout, jobs, progress, dask_scheduler)
+        results = _run_pass1(pending, build, found.atlas, contract, opts, execution.layout, execution.jobs,
+                             execution.progress, execution.dask_scheduler)
     except BrainLMInputError as e:
         # The unfinished build stays for a resume with the same settings; a fix that changes a
         # setting (such as the one the message suggests) must say that it needs --restart.
@@ -296,93 +356,131 @@ def prepare_corpus(
             raise BrainLMInputError(f"{e.reason}; a re-run with changed settings needs --restart "
                                     f"(it discards the unfinished build {build.name})", e.source) from None
         raise
-    failures = [r for r in results if r["status"] == "failed"]
+    passed = read_markers(done_dir, found.specs, plan)
+    passed.skipped += [r for r in results if r["status"] == "failed"]
+    return passed
 
+
+def _build_settings(found: Discovery, contract: PreprocessingContract, settings: PrepareSettings) -> dict:
+    """The settings a resumed build must share (``BUILD/settings.json``)."""
+    reading, cleaning = settings.reading, settings.cleaning
+    out = {
+        "contract": {k: v for k, v in contract.to_dict().items() if k not in ("median", "iqr", "scaler_fit")},
+        "atlas": found.atlas.to_dict(), "orientation": reading.orientation, "key": reading.key, "tr": reading.tr,
+        "min_trs": int(cleaning.min_trs), "too_short": cleaning.too_short, "layout": asdict(settings.execution.layout),
+    }
+    if found.parcellation is not None:
+        # How many volumes are read at a time does not change the result: free to change on resume.
+        out["extraction"] = {k: v for k, v in found.parcellation.to_dict().items() if k != "read_volumes"}
+    return out
+
+
+def read_markers(done_dir: Path, specs: Sequence[SourceSpec], plan: SplitPlan) -> PassOne:
+    """The completion markers of ``specs`` in ``done_dir``, sorted into prepared and skipped
+    recordings, with the statistics the outlier and scaler-fit phases need (:class:`PassOne`)."""
     records, skipped = [], []
     # The pooled statistics come from the training split; an evaluation-only cohort (no subject
     # in train) pools over all its recordings, and says so in the contract.
-    fit_on_all = "train" not in set(split_of.values())
+    fit_on_all = "train" not in set(plan.split_of.values())
     train_quartiles: dict[str, np.ndarray] = {}  # (3, P) float32 per recording of the fit
     train_extrema: dict[str, np.ndarray] = {}  # (2, P) float64 per recording of the fit
     held_out_quartiles: dict[str, np.ndarray] = {}  # (3, P) of validation and test recordings
-    for s, group in zip(specs, groups):
+    for s, group in zip(specs, plan.groups):
         marker = done_dir / f"{s.recording_id}.json"
         if marker.exists():
             r = json.loads(marker.read_text())
             quartiles = r.pop("quartiles", None)
             extrema = r.pop("extrema", None)
-            if r["status"] == "ok" and (fit_on_all or split_of[group] == "train"):
+            if r["status"] == "ok" and (fit_on_all or plan.split_of[group] == "train"):
                 train_quartiles[r["recording_id"]] = np.asarray(quartiles, dtype=np.float32)
                 if extrema is not None:
                     train_extrema[r["recording_id"]] = np.asarray(extrema, dtype=np.float64)
             elif r["status"] == "ok":
                 held_out_quartiles[r["recording_id"]] = np.asarray(quartiles, dtype=np.float32)
             (records if r["status"] == "ok" else skipped).append(r)
-    skipped += failures
-    like_contract, stats_from_checkpoint = (like.contract_for(atlas) if like is not None else (None, False))
-    outliers, outlier_records, records, dropped = _scale_outliers_of_build(
-        records, train_quartiles, held_out_quartiles, drop_scale_outliers, skip_held_out=on_error == "skip",
-        fitted_here=not stats_from_checkpoint, pooled=not contract.per_recording,
-        split_of_id={s.recording_id: split_of[g] for s, g in zip(specs, groups)})
-    skipped += dropped
-    del held_out_quartiles
-    train_range = QuartileRange()  # O(P) memory: only the range of training quartiles is kept
-    for rid, q in train_quartiles.items():
-        if rid not in outliers:
-            train_range.add(q)
-    del train_quartiles
+    return PassOne(records=records, skipped=skipped, train_quartiles=train_quartiles, train_extrema=train_extrema,
+                   held_out_quartiles=held_out_quartiles, fit_on_all=fit_on_all)
+
+
+# -- after the outliers: what was prepared -------------------------------------------------
+def _check_prepared(records: list[dict], skipped: list[dict], out: Path) -> float:
+    """The one TR of the prepared recordings; an error when none was prepared, or when their TRs
+    differ."""
     if not records:
         raise BrainLMInputError(
             f"no recording could be prepared ({len(skipped)} skipped; first reason: "
             f"{skipped[0]['reason'] if skipped else 'none'})", str(out))
-
     out_trs = {round(r["tr"], 6) for r in records}
     if len(out_trs) > 1:
         raise BrainLMInputError(
             f"recordings have different TRs {sorted(out_trs)} s; pass --target-tr to resample "
             "them onto one grid", str(out))
+    return next(iter(out_trs))
 
-    spec_by_id = {s.recording_id: s for s in specs}
-    manifest = _manifest(records, spec_by_id, groups_of=dict(zip((s.recording_id for s in specs), groups)),
-                         split_of=split_of, phenotype_columns=phenotype_columns)
-    train = manifest if fit_on_all else manifest[manifest["split"] == "train"]
+
+def _corpus_warnings(manifest: pd.DataFrame, fractions: Sequence[float], like: ReferenceContract | None,
+                     tr: float) -> list[str]:
+    """Warn for empty splits and for a checkpoint without a target TR; the messages, for
+    ``corpus.json``."""
     corpus_warnings = _empty_split_warnings(manifest, fractions)
     if like is not None and like.contract.target_tr is None:
         # The checkpoint does not say at which TR it was pretrained: nothing to resample to.
         msg = (f"the checkpoint's contract has no target TR, so the cohort keeps its own TR "
-               f"({next(iter(out_trs)):g} s); it must be the TR of the checkpoint's pretraining data")
-        warnings.warn(msg, LikeTRWarning, stacklevel=2)
+               f"({tr:g} s); it must be the TR of the checkpoint's pretraining data")
+        warnings.warn(msg, LikeTRWarning, stacklevel=3)
         corpus_warnings.append(msg)
-    if stats_from_checkpoint:
-        fitted = like_contract
-        fitted.scaler_fit = {
-            "source": "checkpoint", "checkpoint": like.name,
-            "method": "the checkpoint's pooled statistics (the cohort is on its pretraining atlas)",
-            "checkpoint_fit": dict(like.contract.scaler_fit)}
-        if "recordings" in like.contract.scaler_fit:
-            fitted.scaler_fit["recordings"] = like.contract.scaler_fit["recordings"]
-    else:
-        if train.empty:
-            raise BrainLMInputError("no recording of the training split survived preprocessing; "
-                                    "cannot fit the scaling statistics", str(out))
-        fitted = _fit_scaler(build, train[~train["recording_id"].isin(list(outliers))], train_range, atlas,
-                             contract, jobs, train_extrema)
-        fitted.scaler_fit["source"] = "cohort"
-        if fit_on_all:
-            fitted.scaler_fit["split"] = "all"
-            fitted.scaler_fit["note"] = ("no subject is in the training split (an evaluation-only "
-                                         "cohort): statistics pooled over all its recordings")
-        if like is not None:
-            fitted.scaler_fit["checkpoint"] = like.name
-            why = (f"atlas {atlas.name!r} is not the checkpoint's "
-                   f"({like.atlas.name if like.atlas is not None else 'unknown'!r})"
-                   if like.atlas is None or not atlas.matches(like.atlas)
-                   else "the checkpoint carries no pooled scaling statistics")
-            fitted.scaler_fit["note"] = (
-                f"{why}: the cohort's own pooled statistics"
-                + (" over all its recordings" if fit_on_all else " over its training split"))
-        if outliers:
-            fitted.scaler_fit["excluded_scale_outliers"] = sorted(outliers)
+    return corpus_warnings
+
+
+# -- phase 6: scaler fit -------------------------------------------------------------------
+def _checkpoint_statistics(like: ReferenceContract, like_contract: PreprocessingContract) -> PreprocessingContract:
+    """The contract with the checkpoint's pooled statistics (the cohort is on its atlas)."""
+    fitted = like_contract
+    fitted.scaler_fit = {
+        "source": "checkpoint", "checkpoint": like.name,
+        "method": "the checkpoint's pooled statistics (the cohort is on its pretraining atlas)",
+        "checkpoint_fit": dict(like.contract.scaler_fit)}
+    if "recordings" in like.contract.scaler_fit:
+        fitted.scaler_fit["recordings"] = like.contract.scaler_fit["recordings"]
+    return fitted
+
+
+def fit_cohort_statistics(build: Path, out: Path, manifest: pd.DataFrame, screened: ScreenedRecordings,
+                          passed: PassOne, atlas: Atlas, contract: PreprocessingContract,
+                          settings: PrepareSettings) -> PreprocessingContract:
+    """The contract with the cohort's own pooled statistics (:func:`fit_pooled_statistics`) over
+    the training recordings of ``manifest`` (every recording when ``passed.fit_on_all``) that are
+    not scale outliers, and a ``scaler_fit`` record that says so."""
+    like, outliers = settings.like, screened.outliers
+    train = manifest if passed.fit_on_all else manifest[manifest["split"] == "train"]
+    if train.empty:
+        raise BrainLMInputError("no recording of the training split survived preprocessing; "
+                                "cannot fit the scaling statistics", str(out))
+    fitted = fit_pooled_statistics(build, train[~train["recording_id"].isin(list(outliers))], screened.train_range,
+                                   atlas, contract, settings.execution.jobs, passed.train_extrema)
+    fitted.scaler_fit["source"] = "cohort"
+    if passed.fit_on_all:
+        fitted.scaler_fit["split"] = "all"
+        fitted.scaler_fit["note"] = ("no subject is in the training split (an evaluation-only "
+                                     "cohort): statistics pooled over all its recordings")
+    if like is not None:
+        fitted.scaler_fit["checkpoint"] = like.name
+        why = (f"atlas {atlas.name!r} is not the checkpoint's "
+               f"({like.atlas.name if like.atlas is not None else 'unknown'!r})"
+               if like.atlas is None or not atlas.matches(like.atlas)
+               else "the checkpoint carries no pooled scaling statistics")
+        fitted.scaler_fit["note"] = (
+            f"{why}: the cohort's own pooled statistics"
+            + (" over all its recordings" if passed.fit_on_all else " over its training split"))
+    if outliers:
+        fitted.scaler_fit["excluded_scale_outliers"] = sorted(outliers)
+    return fitted
+
+
+def _settle_contract(fitted: PreprocessingContract, records: list[dict], atlas: Atlas, out: Path) -> dict:
+    """Record how the statistics are applied and the input units in ``fitted``; refuse
+    statistics that are not finite. Returns the units record (``corpus.json`` ->
+    ``input_units``)."""
     if fitted.per_recording:
         fitted.scaler_fit["applied"] = (f"per recording: {NORMALIZATION_FORMULAS[fitted.normalization]}, "
                                         "with each recording's own statistics (stored with it)"
@@ -396,59 +494,113 @@ def prepare_corpus(
     if bad:
         raise BrainLMInputError(f"the scaling statistics are not finite for parcel(s) {bad[:5]}; the "
                                 "training recordings hold values too large to scale", str(out))
+    return units
 
-    _remove_orphan_arrays(build, set(manifest["recording_id"]))
-    write_parquet_atomic(manifest, build / "manifest.parquet")
+
+# -- phase 7: publish ----------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """Everything the publish phase writes besides the arrays already in the build.
+
+    Attributes
+    ----------
+    manifest : DataFrame
+        One row per recording of the corpus (``manifest.parquet``).
+    skipped : list of dict
+        Recordings left out: id, source, reason (``skipped.parquet``).
+    records : list of dict
+        Pass-1 records of the recordings kept (their extraction details, for scans).
+    atlas : Atlas
+    fitted : PreprocessingContract
+        The contract with its statistics (``contract.json``).
+    units : dict
+        Input units record (``corpus.json`` -> ``input_units``).
+    tr : float
+        The corpus's TR in seconds.
+    split : SplitPlan
+    warnings : list of str
+        Messages of the warnings raised while preparing (``corpus.json`` -> ``warnings``).
+    outlier_records : list of dict
+        Scale outliers and what became of them (``corpus.json`` -> ``scale_outliers``).
+    parcellation : ImageParcellation or None
+    statistics_from_checkpoint : bool
+        Whether the pooled statistics are a checkpoint's (``like``).
+    """
+
+    manifest: pd.DataFrame
+    skipped: list[dict]
+    records: list[dict]
+    atlas: Atlas
+    fitted: PreprocessingContract
+    units: dict
+    tr: float
+    split: SplitPlan
+    warnings: list[str]
+    outlier_records: list[dict]
+    parcellation: ImageParcellation | None
+    statistics_from_checkpoint: bool
+
+
+def publish(build: Path, out: Path, inputs: list, prepared: Prepared, settings: PrepareSettings) -> Corpus:
+    """Write the manifest, skipped recordings, atlas, contract, ingestion record and, last,
+    ``corpus.json`` into the build; then rename the build to ``out`` (replacing an old corpus
+    only now, with ``overwrite``)."""
+    _remove_orphan_arrays(build, set(prepared.manifest["recording_id"]))
+    write_parquet_atomic(prepared.manifest, build / "manifest.parquet")
     skipped_df = pd.DataFrame([{"recording_id": r["recording_id"], "source": r["source"],
-                                "reason": r["reason"]} for r in skipped],
+                                "reason": r["reason"]} for r in prepared.skipped],
                               columns=["recording_id", "source", "reason"])
     write_parquet_atomic(skipped_df, build / "skipped.parquet")
-    write_text_atomic(build / "atlas.json", json.dumps(atlas.to_dict()))
-    fitted.save(build / "contract.json")
+    write_text_atomic(build / "atlas.json", json.dumps(prepared.atlas.to_dict()))
+    prepared.fitted.save(build / "contract.json")
     ingestion = None
-    if parcellation is not None:
-        ingestion = _ingestion_record(parcellation, records, space, res)
-        write_parquet_atomic(_ingestion_table(records), build / "ingestion.parquet")
+    if prepared.parcellation is not None:
+        ingestion = _ingestion_record(prepared.parcellation, prepared.records, settings.reading.space,
+                                      settings.reading.res)
+        write_parquet_atomic(_ingestion_table(prepared.records), build / "ingestion.parquet")
+    info = _corpus_info(prepared, settings, len(skipped_df), ingestion)
+    write_text_atomic(build / "corpus.json", json.dumps(info, indent=2))
+    shutil.rmtree(build / "done")
+    (build / "settings.json").unlink()
+    write_output_marker(build, "corpus")
+    # Checked again just before the old corpus goes: it may have appeared during the build.
+    check_output_folder(out, overwrite=settings.execution.overwrite, sources=inputs, kind="corpus")
+    publish_directory(build, out)
+    return Corpus(out)
+
+
+def _corpus_info(prepared: Prepared, settings: PrepareSettings, n_skipped: int, ingestion: dict | None) -> dict:
+    """The content of ``corpus.json``."""
+    manifest, fitted, splits, like = prepared.manifest, prepared.fitted, settings.splits, settings.like
     info = {
         "format": CORPUS_FORMAT, "version": CORPUS_VERSION, "brainlm_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "tr": float(next(iter(out_trs))), "recordings": int(len(manifest)),
-        "subjects": int(manifest["subject"].nunique()), "skipped": int(len(skipped_df)),
+        "tr": float(prepared.tr), "recordings": int(len(manifest)),
+        "subjects": int(manifest["subject"].nunique()), "skipped": int(n_skipped),
         "phenotype_columns": [c for c in manifest.columns if c not in MANIFEST_COLUMNS],
-        "split_by": split_by, "split_seed": int(split_seed), "fractions": list(map(float, fractions)),
-        "split_assignments": dict(sorted(split_of.items())) if split_assignments is not None else None,
-        "layout": asdict(layout),
+        "split_by": splits.split_by, "split_seed": int(splits.split_seed),
+        "fractions": list(map(float, prepared.split.fractions)),
+        "split_assignments": dict(sorted(prepared.split.split_of.items())) if prepared.split.assigned else None,
+        "layout": asdict(settings.execution.layout),
     }
     if ingestion is not None:
         info["ingestion"] = ingestion
-    if corpus_warnings:
-        info["warnings"] = corpus_warnings
-    if outlier_records:
-        info["scale_outliers"] = outlier_records
-    info["input_units"] = units
+    if prepared.warnings:
+        info["warnings"] = prepared.warnings
+    if prepared.outlier_records:
+        info["scale_outliers"] = prepared.outlier_records
+    info["input_units"] = prepared.units
     info["scaling"] = {"mode": fitted.scaling, "normalization": fitted.normalization,
                        "statistics": fitted.scaler_fit.get("source"),
                        **({"note": fitted.scaler_fit["note"]} if "note" in fitted.scaler_fit else {})}
     if like is not None:
         info["prepared_like"] = {"checkpoint": like.name, "scaling": fitted.scaling,
                                  "normalization": fitted.normalization,
-                                 "statistics": "checkpoint" if stats_from_checkpoint else "cohort"}
-    write_text_atomic(build / "corpus.json", json.dumps(info, indent=2))
-    shutil.rmtree(done_dir)
-    (build / "settings.json").unlink()
-    write_output_marker(build, "corpus")
-    # Checked again just before the old corpus goes: it may have appeared during the build.
-    check_output_folder(out, overwrite=overwrite, sources=inputs, kind="corpus")
-    publish_directory(build, out)
-    return Corpus(out)
+                                 "statistics": "checkpoint" if prepared.statistics_from_checkpoint else "cohort"}
+    return info
 
 
 # -- helpers -------------------------------------------------------------------------------
-def _check_choice(value, allowed, name):
-    if value not in allowed:
-        raise BrainLMInputError(f"option {name!r} is {value!r}; expected one of {list(allowed)}")
-
-
 def _image_parcellation(atlas, atlas_image, atlas_labels, surface_mesh, read_volumes, contract):
     if atlas is not None:
         raise BrainLMInputError("pass either atlas (--atlas: parcellated time series) or atlas_image "
@@ -458,8 +610,7 @@ def _image_parcellation(atlas, atlas_image, atlas_labels, surface_mesh, read_vol
         image = atlas_image
     else:
         image = load_atlas_image(atlas_image, atlas_labels, mesh=surface_mesh)
-    if int(read_volumes) < 1:
-        raise BrainLMInputError(f"read_volumes is {read_volumes!r}; expected a positive integer")
+    # read_volumes was checked with the settings (ReadingSettings).
     return ImageParcellation(atlas_image=image, read_volumes=int(read_volumes),
                              bad_parcels=contract.bad_parcels)
 
@@ -619,28 +770,6 @@ def _parallel_backend(dask_scheduler: str | None, jobs: int):
         yield -1
 
 
-_WATCHING: set[int] = set()
-
-
-def die_with_parent(parent_pid: int, interval_s: float = 0.2) -> None:
-    """In a worker process started by ``parent_pid``: exit as soon as that parent is gone.
-
-    A worker pool's processes outlive a parent killed with SIGKILL (or SIGTERM, which ends
-    Python without cleanup): they would finish their recording, then sit idle holding their
-    memory. A daemon thread checks every ``interval_s`` seconds whether the worker was handed
-    to another parent (its own died) and ends the process then. Nothing happens in the parent
-    itself (``jobs=1`` runs there) or in a worker that another process started (Dask).
-    """
-    if os.getpid() == parent_pid or parent_pid in _WATCHING or os.getppid() != parent_pid:
-        return
-    _WATCHING.add(parent_pid)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(interval_s)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="brainlm-die-with-parent", daemon=True).start()
 
 
 def _process_one(spec: SourceSpec, build: Path, atlas: Atlas, contract: PreprocessingContract,
@@ -724,149 +853,6 @@ def _clean_and_store(spec: SourceSpec, build: Path, atlas: Atlas, contract: Prep
     return result
 
 
-class ScaleOutlierWarning(UserWarning):
-    """A training recording whose spread is far from the cohort's (other units, a broken export),
-    or a validation/test recording so far from the training recordings' that was dropped."""
-
-
-#: A training recording is a scale outlier when its parcels' IQRs are, at the median over
-#: parcels, more than this factor from the cohort's (another unit), or any parcel's is more than
-#: ``SCALE_OUTLIER_PARCEL`` times the cohort's (a few corrupted parcels).
-SCALE_OUTLIER_FACTOR = 20.0
-SCALE_OUTLIER_PARCEL = 1000.0
-
-
-def _iqrs(quartiles: dict[str, np.ndarray]) -> np.ndarray:
-    """Per-parcel IQRs of recordings, (R, P) float64, from their quartiles (recording id ->
-    (3, P))."""
-    q = np.stack(list(quartiles.values())).astype(np.float64)
-    return q[:, 2] - q[:, 0]
-
-
-def _scale_reasons(ids: list[str], iqr: np.ndarray, cohort: np.ndarray, whose: str) -> dict[str, str]:
-    """Recordings (``iqr``, (R, P)) whose IQRs are off the ``cohort``'s (P,) by more than the
-    scale-outlier factors: recording id -> why (``whose`` names the cohort in the reason)."""
-    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN parcels (missing everywhere)
-        ratio = iqr / np.where(cohort > 0, cohort, np.nan)
-        typical = np.nanmedian(ratio, axis=1)
-        worst = np.nanmax(np.where(np.isfinite(ratio), ratio, np.nan), axis=1)
-    found = {}
-    for rid, t, w in zip(ids, typical, worst):
-        if np.isfinite(t) and not 1 / SCALE_OUTLIER_FACTOR <= t <= SCALE_OUTLIER_FACTOR:
-            found[rid] = f"its IQRs are {t:.3g} times {whose} (median over parcels)"
-        elif np.isfinite(w) and w > SCALE_OUTLIER_PARCEL:
-            found[rid] = f"a parcel's IQR is {w:.3g} times {whose}"
-    return found
-
-
-def _median_iqr(iqr: np.ndarray) -> np.ndarray:
-    """The cohort's IQR per parcel: the median over recordings (NaN where missing everywhere)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(iqr, axis=0)
-
-
-def scale_outliers(train_quartiles: dict[str, np.ndarray]) -> dict[str, str]:
-    """Training recordings whose scale is an outlier against the cohort: recording id -> why.
-
-    ``train_quartiles`` maps recording ids to per-parcel 25th/50th/75th percentiles, shape
-    (3, P). Each recording's IQR per parcel is divided by the cohort's median IQR of that parcel
-    (over recordings); see :data:`SCALE_OUTLIER_FACTOR`. Needs 3 or more recordings (with 2,
-    neither is the odd one out)."""
-    if len(train_quartiles) < 3:
-        return {}
-    iqr = _iqrs(train_quartiles)
-    return _scale_reasons(list(train_quartiles), iqr, _median_iqr(iqr), "the cohort's")
-
-
-def held_out_scale_outliers(train_quartiles: dict[str, np.ndarray], held_out_quartiles: dict[str, np.ndarray],
-                            exclude=()) -> dict[str, str]:
-    """Validation and test recordings whose scale is an outlier against the training recordings
-    (those not in ``exclude``, the training outliers): recording id -> why.
-
-    Both map recording ids to quartiles (3, P). The factors are those of :func:`scale_outliers`,
-    against the median IQR of the training recordings; one training recording is reference
-    enough, since a held-out recording is scaled by the statistics of the training split
-    whatever their number."""
-    reference = {rid: q for rid, q in train_quartiles.items() if rid not in exclude}
-    if not reference or not held_out_quartiles:
-        return {}
-    return _scale_reasons(list(held_out_quartiles), _iqrs(held_out_quartiles), _median_iqr(_iqrs(reference)),
-                          "the training recordings'")
-
-
-def _scale_outliers_of_build(records: list[dict], train_quartiles: dict[str, np.ndarray],
-                             held_out_quartiles: dict[str, np.ndarray], drop: bool, *, skip_held_out: bool,
-                             fitted_here: bool, pooled: bool, split_of_id: dict[str, str]
-                             ) -> tuple[dict[str, str], list[dict], list[dict], list[dict]]:
-    """The scale outliers of a build, and what becomes of them.
-
-    A training recording on another scale (other units, a broken export) would dominate the
-    pooled statistics and squeeze every other recording: it is reported (a warning) and left out
-    of the fit. A validation or test recording is never in the fit but is scaled by it: on another
-    scale its scaled values would be off by that factor, so it is an error (with pooled statistics
-    fitted here; per-recording scaling does not depend on units), or skipped with
-    ``skip_held_out`` (``on_error="skip"``). With ``drop`` both are left out of the corpus.
-
-    Returns
-    -------
-    training outliers (id -> why), their records for ``corpus.json``, the records kept, and the
-    records dropped (for ``skipped.parquet``).
-    """
-    outliers = scale_outliers(train_quartiles)
-    outlier_records = _report_scale_outliers(outliers, drop, fitted_here=fitted_here)
-    held_out = (held_out_scale_outliers(train_quartiles, held_out_quartiles, exclude=outliers)
-                if fitted_here and pooled else {})
-    if held_out and not (drop or skip_held_out):
-        _refuse_held_out_outliers(held_out, records, split_of_id)
-    outlier_records += _report_scale_outliers(held_out, True, held_out=True)
-    option = "--drop-scale-outliers" if drop else "--on-error skip"
-    gone = {**(outliers if drop else {}), **held_out}
-    dropped = [{"recording_id": r["recording_id"], "source": r["source"],
-                "reason": f"scale outlier: {gone[r['recording_id']]} ({option})"}
-               for r in records if r["recording_id"] in gone]
-    return outliers, outlier_records, [r for r in records if r["recording_id"] not in gone], dropped
-
-
-_SPLIT_NAMES = {"val": "validation", "test": "test", "train": "training"}
-
-
-def _refuse_held_out_outliers(found: dict[str, str], records: list[dict], split_of_id: dict[str, str]) -> None:
-    """The error for validation/test recordings on another scale (:func:`held_out_scale_outliers`),
-    naming the first one's file, why, and what to do."""
-    source = {r["recording_id"]: r["source"] for r in records}
-    rid, why = next(iter(found.items()))
-    others = list(found)[1:]
-    more = (f" ({len(others)} more: {', '.join(others[:3])}{' ...' if len(others) > 3 else ''})"
-            if others else "")
-    raise BrainLMInputError(
-        f"a {_SPLIT_NAMES[split_of_id[rid]]} recording on another scale than the training recordings: "
-        f"{why}{more}. It is scaled by the training split's statistics, so its values would be off by that "
-        f"factor; expected the units and cleaning of the training recordings (IQRs within "
-        f"{SCALE_OUTLIER_FACTOR:g} times theirs, and no parcel's beyond {SCALE_OUTLIER_PARCEL:g} times). "
-        "Rescale it, or re-run with --drop-scale-outliers (or --on-error skip) to leave it out", source[rid])
-
-
-def _report_scale_outliers(outliers: dict[str, str], drop: bool, fitted_here: bool = True,
-                           held_out: bool = False) -> list[dict]:
-    """Warn once for the scale outliers; their records for ``corpus.json``. ``fitted_here``:
-    whether the statistics are fitted on this cohort (not taken from a checkpoint);
-    ``held_out``: validation/test recordings (only ever dropped)."""
-    if not outliers:
-        return []
-    kept = ("kept, but left out of the scaling statistics" if fitted_here
-            else "kept (the scaling statistics are the checkpoint's)")
-    action = "dropped (--drop-scale-outliers)" if drop else f"{kept}; --drop-scale-outliers drops them"
-    shown = ", ".join(f"{rid} ({why})" for rid, why in list(outliers.items())[:3])
-    who = ("validation/test recording(s) on another scale than the training recordings" if held_out
-           else "training recording(s) on another scale than the cohort")
-    warnings.warn(f"{len(outliers)} {who}: {shown}"
-                  f"{' ...' if len(outliers) > 3 else ''}; {action}", ScaleOutlierWarning, stacklevel=4)
-    return [{"recording_id": rid, "reason": why,
-             "action": "dropped" if drop else ("excluded from the scaling fit" if fitted_here else "kept")}
-            for rid, why in outliers.items()]
-
 
 def _units_record(records: list[dict]) -> dict:
     """The input units of the prepared recordings (``corpus.json`` -> ``input_units``): counts of
@@ -922,7 +908,7 @@ def _empty_split_warnings(manifest: pd.DataFrame, fractions: Sequence[float]) ->
             msg = (f"split {name!r} is empty: {manifest['subject'].nunique()} subject(s) cannot fill "
                    f"splits {list(map(float, fractions))}; validation and testing need more subjects "
                    "(or --splits with 0 for that split)")
-            warnings.warn(msg, EmptySplitWarning, stacklevel=3)
+            warnings.warn(msg, EmptySplitWarning, stacklevel=4)
             messages.append(msg)
     return messages
 
@@ -953,7 +939,7 @@ def _ingestion_record(parcellation, records: list[dict], space, res) -> dict:
         for note in r.get("extraction", {}).get("notes", []):
             notes[note] = notes.get(note, 0) + 1
     for note, n in notes.items():
-        warnings.warn(f"{note} ({n} scan{'s' if n > 1 else ''})", AtlasResampledWarning, stacklevel=3)
+        warnings.warn(f"{note} ({n} scan{'s' if n > 1 else ''})", AtlasResampledWarning, stacklevel=4)
     ext = [r.get("extraction", {}) for r in records]
     return {**parcellation.to_dict(), "space": space, "res": res,
             "scans": len(records),
@@ -1001,69 +987,6 @@ def _nulls(v: np.ndarray) -> list:
     return [None if not np.isfinite(x) else float(x) for x in v]
 
 
-def _fit_scaler(build: Path, train: pd.DataFrame, train_range: QuartileRange, atlas: Atlas,
-                contract: PreprocessingContract, jobs: int,
-                train_extrema: dict[str, np.ndarray] | None = None) -> PreprocessingContract:
-    """Pooled per-parcel statistics of the contract's normalization over the training
-    recordings (module docstring): median and IQR from histograms, min and max from each
-    recording's extrema (``train_extrema``, recording id -> (2, P); a recording without them is
-    read again), none for ``"demean"`` (per recording only)."""
-    fitted = PreprocessingContract.from_dict(contract.to_dict())
-    ids = train["recording_id"].tolist()
-    fit = {"split": "train", "recordings": len(ids), "timepoints": int(train["n_trs"].sum()),
-           "normalization": contract.normalization}
-    if contract.normalization == "demean":
-        fitted.median = fitted.iqr = None
-        fitted.scaler_fit = {**fit, "method": "none: demeaning is per recording (each recording's own "
-                                               "per-parcel mean, spread 1)"}
-        return fitted
-    if contract.normalization == "robust":
-        from joblib import Parallel, delayed
-
-        hist = train_range.histogram()
-        n_parts = max(1, min(len(ids), os.cpu_count() if jobs == -1 else jobs))
-        parts = [ids[k::n_parts] for k in range(n_parts)]
-        for counts in Parallel(n_jobs=n_parts)(delayed(_histogram_part)(build, part, hist, os.getpid())
-                                               for part in parts):
-            hist.counts += counts
-        med, iqr, degenerate = scaling_from_quartiles(*hist.quantiles())
-        method = f"pooled quartiles from a {hist.n_bins}-bin histogram per parcel"
-        policy = "no variance in the training split: median 0 if unobserved, IQR 1"
-    else:
-        import zarr
-
-        pooled = ExtremaRange()
-        known = train_extrema or {}
-        # A build resumed from before extrema were recorded reads those recordings again.
-        group = None if set(ids) <= set(known) else zarr.open_group(build / "timeseries.zarr", mode="r")
-        for rid in ids:
-            pooled.add(known[rid] if rid in known else recording_extrema(group[rid][:]))
-        med, iqr, degenerate = normalization_statistics(contract.normalization, extrema=pooled.extrema)
-        method = ("pooled min and max " + ("per parcel" if contract.normalization == "minmax" else
-                                           "over all parcels") + ", from each recording's extrema")
-        policy = ("max equal to min in the training split: spread 1 (left unscaled, as upstream does), "
-                  "min 0 if unobserved")
-    fitted.median = [float(v) for v in med]
-    fitted.iqr = [float(v) for v in iqr]
-    fitted.scaler_fit = {
-        **fit, "method": method,
-        "degenerate_parcels": [atlas.parcel_names[i] for i in np.flatnonzero(degenerate)],
-        "degenerate_policy": policy,
-    }
-    return fitted
-
-
-def _histogram_part(build: Path, ids: list[str], template: QuartileHistogram,
-                    parent_pid: int | None = None) -> np.ndarray:
-    if parent_pid is not None:
-        die_with_parent(parent_pid)
-    import zarr
-
-    group = zarr.open_group(build / "timeseries.zarr", mode="r")
-    hist = QuartileHistogram(template.lo, template.hi, template.n_bins)
-    for rid in ids:
-        hist.add(group[rid][:])
-    return hist.counts
 
 
 def _remove_orphan_arrays(build: Path, keep: set[str]) -> None:

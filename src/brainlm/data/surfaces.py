@@ -243,6 +243,35 @@ def load_surface_atlas(files: str | Path | Sequence[str | Path], labels: str | P
     """
     paths = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
     srcs = ", ".join(map(str, paths))
+    raw, per_hemi_names, paths = _read_surface_labels(paths, srcs)
+    parcels = _surface_parcels(raw, per_hemi_names, srcs)
+    networks = None
+    if labels is not None:
+        parcels, networks = _named_by_table(parcels, labels)
+    names = [n for _, _, n in parcels]
+    if len(set(names)) != len(names):
+        names = [f"{'L' if h == 'left' else 'R'}_{n}" for h, _, n in parcels]
+
+    numbered = {h: np.zeros(raw[h].shape, np.int32) for h in HEMISPHERES}
+    for k, (hemi, v, _) in enumerate(parcels, start=1):
+        numbered[hemi][raw[hemi] == v] = k
+    n_vertices = {h: raw[h].size for h in HEMISPHERES}
+    mesh_key = _mesh_of_atlas(mesh, n_vertices, srcs)
+    xyz = _parcel_centres(load_mesh(mesh_key), parcels, numbered, n_vertices, srcs)
+    if space is None:
+        space = f"{mesh_key}-pial (approx. MNI)" if isinstance(mesh_key, str) else "surface mesh (mm)"
+    try:
+        atlas = Atlas(name=name or _default_atlas_name(paths[0]), parcel_names=names, xyz=xyz, networks=networks,
+                      space=space, description=f"mean vertex coordinates on {mesh_key}")
+    except BrainLMInputError as e:
+        raise BrainLMInputError(e.reason, srcs) from None
+    return SurfaceAtlas(labels=numbered, mesh=mesh_key, atlas=atlas,
+                        files=tuple(str(p) for p in paths))
+
+
+def _read_surface_labels(paths: list[Path], srcs: str) -> tuple[dict, dict, list[Path]]:
+    """The label value of every vertex per hemisphere (``{"left": (V_L,), "right": (V_R,)}``),
+    the label names per hemisphere (value -> name), and the files in left, right order."""
     if len(paths) == 1 and paths[0].name.lower().endswith(".dlabel.nii"):
         raw, names = _read_dlabel(paths[0])
         per_hemi_names = {h: names for h in HEMISPHERES}
@@ -256,7 +285,12 @@ def load_surface_atlas(files: str | Path | Sequence[str | Path], labels: str | P
         raise BrainLMInputError(
             f"a surface atlas is one CIFTI .dlabel.nii or two files (left and right .annot or "
             f".label.gii); got {len(paths)} file(s)", srcs)
+    return raw, per_hemi_names, paths
 
+
+def _surface_parcels(raw: dict, per_hemi_names: dict, srcs: str) -> list[tuple[str, int, str]]:
+    """The parcels, (hemisphere, label value, name), left hemisphere first, each by increasing
+    value; background (value <= 0, names like ``???`` or ``Medial_Wall``) left out."""
     parcels: list[tuple[str, int, str]] = []  # (hemi, value, name)
     for hemi in HEMISPHERES:
         for v in np.unique(raw[hemi]):
@@ -267,30 +301,34 @@ def load_surface_atlas(files: str | Path | Sequence[str | Path], labels: str | P
             parcels.append((hemi, v, nm))
     if not parcels:
         raise BrainLMInputError("surface atlas has no label other than background", srcs)
-    networks = None
-    if labels is not None:
-        table = read_labels_table(labels)
-        values = [v for _, v, _ in parcels]
-        if len(set(values)) != len(values):
-            raise BrainLMInputError(
-                "label values repeat across hemispheres, so a labels table cannot tell them "
-                "apart; the names inside the atlas files are used without it", str(labels))
-        rows = dict(zip(table["index"].astype(int), range(len(table))))
-        missing = [v for v in values if v not in rows]
-        if missing:
-            raise BrainLMInputError(f"labels table does not list atlas label value(s) {missing[:5]}; "
-                                    "expected a row for every label", str(labels))
-        parcels = [(h, v, table["name"].iat[rows[v]]) for h, v, _ in parcels]
-        if "network" in table:
-            networks = [table["network"].iat[rows[v]] for _, v, _ in parcels]
-    names = [n for _, _, n in parcels]
-    if len(set(names)) != len(names):
-        names = [f"{'L' if h == 'left' else 'R'}_{n}" for h, _, n in parcels]
+    return parcels
 
-    numbered = {h: np.zeros(raw[h].shape, np.int32) for h in HEMISPHERES}
-    for k, (hemi, v, _) in enumerate(parcels, start=1):
-        numbered[hemi][raw[hemi] == v] = k
-    n_vertices = {h: raw[h].size for h in HEMISPHERES}
+
+def _named_by_table(parcels: list[tuple[str, int, str]], labels: str | Path
+                    ) -> tuple[list[tuple[str, int, str]], list | None]:
+    """The parcels renamed by a labels table (matched on label value), and their networks when
+    the table has a ``network`` column."""
+    table = read_labels_table(labels)
+    values = [v for _, v, _ in parcels]
+    if len(set(values)) != len(values):
+        raise BrainLMInputError(
+            "label values repeat across hemispheres, so a labels table cannot tell them "
+            "apart; the names inside the atlas files are used without it", str(labels))
+    rows = dict(zip(table["index"].astype(int), range(len(table))))
+    missing = [v for v in values if v not in rows]
+    if missing:
+        raise BrainLMInputError(f"labels table does not list atlas label value(s) {missing[:5]}; "
+                                "expected a row for every label", str(labels))
+    parcels = [(h, v, table["name"].iat[rows[v]]) for h, v, _ in parcels]
+    networks = None
+    if "network" in table:
+        networks = [table["network"].iat[rows[v]] for _, v, _ in parcels]
+    return parcels, networks
+
+
+def _mesh_of_atlas(mesh, n_vertices: dict[str, int], srcs: str) -> str | tuple[str, str]:
+    """The mesh to compute parcel centres on: the one given (a bundled name, or left and right
+    surface files), else fsaverage5 when the atlas has its vertex count."""
     if mesh is None:
         mesh_key: str | tuple[str, str] = FSAVERAGE_VERTICES.get(n_vertices["left"], "")
         if mesh_key not in BUNDLED_MESHES or n_vertices["left"] != n_vertices["right"]:
@@ -300,7 +338,13 @@ def load_surface_atlas(files: str | Path | Sequence[str | Path], labels: str | P
                 "surface files (left and right GIfTI, e.g. fsLR 32k midthickness) as mesh=", srcs)
     else:
         mesh_key = mesh if isinstance(mesh, str) else tuple(str(p) for p in _order_pair(mesh, "surface mesh"))
-    poly = load_mesh(mesh_key)
+    return mesh_key
+
+
+def _parcel_centres(poly, parcels: list[tuple[str, int, str]], numbered: dict, n_vertices: dict[str, int],
+                    srcs: str) -> np.ndarray:
+    """Mean vertex coordinates of every parcel on ``poly`` (mm), shape (P, 3); the mesh must
+    have the atlas's vertex count in both hemispheres."""
     for hemi in HEMISPHERES:
         if poly.parts[hemi].n_vertices != n_vertices[hemi]:
             raise BrainLMInputError(
@@ -309,18 +353,14 @@ def load_surface_atlas(files: str | Path | Sequence[str | Path], labels: str | P
     xyz = np.zeros((len(parcels), 3))
     for k, (hemi, _, _) in enumerate(parcels):
         xyz[k] = np.asarray(poly.parts[hemi].coordinates)[numbered[hemi] == k + 1].mean(0)
-    if space is None:
-        space = f"{mesh_key}-pial (approx. MNI)" if isinstance(mesh_key, str) else "surface mesh (mm)"
-    stem = re.sub(r"\.(dlabel\.nii|label\.gii|annot|gii)$", "", paths[0].name, flags=re.IGNORECASE)
+    return xyz
+
+
+def _default_atlas_name(path: Path) -> str:
+    """The BIDS ``atlas-`` entity of a file name, else its stem without hemisphere markers."""
+    stem = re.sub(r"\.(dlabel\.nii|label\.gii|annot|gii)$", "", path.name, flags=re.IGNORECASE)
     m = re.search(r"(?:^|_)atlas-([A-Za-z0-9]+)", stem)
-    default_name = m.group(1) if m else re.sub(r"^(lh|rh)\.|[._-]?(hemi-[LR]|[LR])$", "", stem) or stem
-    try:
-        atlas = Atlas(name=name or default_name, parcel_names=names, xyz=xyz, networks=networks,
-                      space=space, description=f"mean vertex coordinates on {mesh_key}")
-    except BrainLMInputError as e:
-        raise BrainLMInputError(e.reason, srcs) from None
-    return SurfaceAtlas(labels=numbered, mesh=mesh_key, atlas=atlas,
-                        files=tuple(str(p) for p in paths))
+    return m.group(1) if m else re.sub(r"^(lh|rh)\.|[._-]?(hemi-[LR]|[LR])$", "", stem) or stem
 
 
 # -- data ------------------------------------------------------------------------------------

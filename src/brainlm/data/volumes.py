@@ -313,6 +313,30 @@ def load_volume_atlas(image: str | Path, labels: str | Path | None = None, *,
     src = str(path)
     if kind not in ATLAS_KINDS:
         raise BrainLMInputError(f"atlas kind is {kind!r}; expected one of {list(ATLAS_KINDS)}", src)
+    img, kind = _read_atlas_image(path, kind, src)
+    table = read_labels_table(labels) if labels is not None else None
+    if kind == "labels":
+        values, names, networks = _labels_parcels(img, table, labels, src)
+        xyz = parcel_centroids(img, values)
+    else:
+        values, names, networks = _maps_parcels(img.shape[3], table, labels, src)
+        xyz = map_centroids(img)
+        empty = np.flatnonzero(~np.isfinite(xyz).all(axis=1))
+        if empty.size:
+            raise BrainLMInputError(f"atlas maps {[names[i] for i in empty[:5]]} have no positive "
+                                    "weight; expected one non-empty map per parcel", src)
+    try:
+        atlas = Atlas(name=name or _atlas_name(path), parcel_names=names, xyz=xyz,
+                      networks=networks, space=space or "MNI152",
+                      description=f"centres of mass of {path.name}")
+    except BrainLMInputError as e:
+        raise BrainLMInputError(e.reason, src) from None
+    return VolumeAtlas(image=path, kind=kind, values=tuple(int(v) for v in values), atlas=atlas)
+
+
+def _read_atlas_image(path: Path, kind: str, src: str):
+    """The atlas NIfTI (a 4-D image with one volume read as 3-D) and its kind (``"auto"``
+    settled: 3-D is labels, 4-D is maps); an error for any other shape."""
     if not is_nifti(path):
         raise BrainLMInputError("atlas image must be a NIfTI file (.nii or .nii.gz); surface "
                                 "atlases (.annot, .label.gii, .dlabel.nii) go through "
@@ -330,66 +354,54 @@ def load_volume_atlas(image: str | Path, labels: str | Path | None = None, *,
         raise BrainLMInputError(
             f"atlas image has shape {shape}; expected 3-D integer labels or 4-D probabilistic "
             "maps (one per parcel along the 4th axis)", src)
-    table = read_labels_table(labels) if labels is not None else None
-    if kind == "labels":
-        data = np.asanyarray(img.dataobj)
-        if not np.issubdtype(data.dtype, np.integer):
-            if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
-                raise BrainLMInputError(
-                    "3-D atlas image has non-integer values; expected integer labels (0 = "
-                    "background). A probabilistic atlas is 4-D, one map per parcel", src)
-        present = np.unique(data.astype(np.int64))
-        present = present[present != 0]
-        if present.size == 0:
-            raise BrainLMInputError("atlas image has no label other than 0 (background)", src)
-        if table is None:
-            values = present.tolist()
-            names = [f"label-{v}" for v in values]
-            networks = None
-        else:
-            listed = table["index"].to_numpy()
-            missing = np.setdiff1d(listed, present)
-            unlisted = np.setdiff1d(present, listed)
-            if missing.size:
-                raise BrainLMInputError(
-                    f"atlas image has no voxel with label value(s) {missing[:5].tolist()} listed "
-                    f"in the labels table {labels}; expected every listed label in the image", src)
-            if unlisted.size:
-                raise BrainLMInputError(
-                    f"atlas image has label value(s) {unlisted[:5].tolist()} that the labels "
-                    f"table {labels} does not list; expected a row for every non-zero label", src)
-            values = table["index"].astype(int).tolist()
-            names = table["name"].tolist()
-            networks = table["network"].tolist() if "network" in table else None
-        xyz = parcel_centroids(img, values)
-    else:
-        n_maps = shape[3]
-        if table is None:
-            values = list(range(n_maps))
-            names = [f"map-{k + 1}" for k in values]
-            networks = None
-        else:
-            if len(table) != n_maps:
-                raise BrainLMInputError(
-                    f"atlas image has {n_maps} maps; the labels table {labels} lists {len(table)} "
-                    "labels; expected one row per map, in map order", src)
-            order = np.argsort(table["index"].to_numpy(), kind="stable")
-            table = table.iloc[order].reset_index(drop=True)
-            values = list(range(n_maps))
-            names = table["name"].tolist()
-            networks = table["network"].tolist() if "network" in table else None
-        xyz = map_centroids(img)
-        empty = np.flatnonzero(~np.isfinite(xyz).all(axis=1))
-        if empty.size:
-            raise BrainLMInputError(f"atlas maps {[names[i] for i in empty[:5]]} have no positive "
-                                    "weight; expected one non-empty map per parcel", src)
-    try:
-        atlas = Atlas(name=name or _atlas_name(path), parcel_names=names, xyz=xyz,
-                      networks=networks, space=space or "MNI152",
-                      description=f"centres of mass of {path.name}")
-    except BrainLMInputError as e:
-        raise BrainLMInputError(e.reason, src) from None
-    return VolumeAtlas(image=path, kind=kind, values=tuple(int(v) for v in values), atlas=atlas)
+    return img, kind
+
+
+def _labels_parcels(img, table, labels, src: str) -> tuple[list[int], list[str], list | None]:
+    """Label values, names and networks (or None) of a 3-D labels image: every non-zero value
+    present, named ``label-<value>`` or by the labels ``table``, which must list exactly them."""
+    data = np.asanyarray(img.dataobj)
+    if not np.issubdtype(data.dtype, np.integer):
+        if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
+            raise BrainLMInputError(
+                "3-D atlas image has non-integer values; expected integer labels (0 = "
+                "background). A probabilistic atlas is 4-D, one map per parcel", src)
+    present = np.unique(data.astype(np.int64))
+    present = present[present != 0]
+    if present.size == 0:
+        raise BrainLMInputError("atlas image has no label other than 0 (background)", src)
+    if table is None:
+        return present.tolist(), [f"label-{v}" for v in present.tolist()], None
+    listed = table["index"].to_numpy()
+    missing = np.setdiff1d(listed, present)
+    unlisted = np.setdiff1d(present, listed)
+    if missing.size:
+        raise BrainLMInputError(
+            f"atlas image has no voxel with label value(s) {missing[:5].tolist()} listed "
+            f"in the labels table {labels}; expected every listed label in the image", src)
+    if unlisted.size:
+        raise BrainLMInputError(
+            f"atlas image has label value(s) {unlisted[:5].tolist()} that the labels "
+            f"table {labels} does not list; expected a row for every non-zero label", src)
+    values = table["index"].astype(int).tolist()
+    networks = table["network"].tolist() if "network" in table else None
+    return values, table["name"].tolist(), networks
+
+
+def _maps_parcels(n_maps: int, table, labels, src: str) -> tuple[list[int], list[str], list | None]:
+    """Map indices (0-based), names and networks (or None) of a 4-D image of ``n_maps``
+    probabilistic maps: ``map-<k>``, or the labels ``table`` sorted by its index column."""
+    if table is None:
+        values = list(range(n_maps))
+        return values, [f"map-{k + 1}" for k in values], None
+    if len(table) != n_maps:
+        raise BrainLMInputError(
+            f"atlas image has {n_maps} maps; the labels table {labels} lists {len(table)} "
+            "labels; expected one row per map, in map order", src)
+    order = np.argsort(table["index"].to_numpy(), kind="stable")
+    table = table.iloc[order].reset_index(drop=True)
+    networks = table["network"].tolist() if "network" in table else None
+    return list(range(n_maps)), table["name"].tolist(), networks
 
 
 def embedded_volume_atlas(name: str) -> VolumeAtlas:
