@@ -147,7 +147,8 @@ def carry_corpus(work: Path, scaling: str = "pooled"):
     recordings = load_hcp7_aal2()
     splits = {f"{r.site}/{r.subject}": "test" if r.subject == CARRY_TEST else
               "val" if r.subject == CARRY_VAL else "train" for r in recordings}
-    return prepare_corpus(recordings, work / "corpus-carry", PrepareSettings.of(atlas=load_atlas("aal2"),
+    return prepare_corpus(recordings, work / "corpus-carry",
+                          PrepareSettings.of(atlas=load_atlas("aal2"),
                                              contract=PreprocessingContract(target_tr=HCP7_TR, percent_signal_change=True,
                                                                             scaling=scaling),
                                              min_trs=200, split_assignments=splits, jobs=1, overwrite=True))
