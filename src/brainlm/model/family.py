@@ -62,12 +62,14 @@ class MaskedBrainModel(Protocol):
     #: True where a token is one parcel's time patch (masks [W, P, N]); False for image tokens.
     has_parcel_patch_tokens: bool
 
-    def forward_encoder(self, x: torch.Tensor, xyz: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+    def forward_encoder(self, x: torch.Tensor, xyz: torch.Tensor, mask: torch.Tensor | None = None,
                         return_attention: bool = False) -> EncoderOutput:
-        """x: [B, T, P]; xyz: [B, P, 3] MNI mm; mask: a token mask (True = hidden) or None."""
+        """x: [B, T, P]; xyz: [B, P, 3] MNI mm (the image model ignores it); mask: a token mask
+        [B, *token_grid(P)] (True = hidden) or None -> latent [B, 1 + L_visible, D], CLS first."""
 
-    def forward(self, x: torch.Tensor, xyz: torch.Tensor | None, mask: torch.Tensor):
-        """-> (loss, predictions; :meth:`prediction_values` puts them on [B, T, P])."""
+    def forward(self, x: torch.Tensor, xyz: torch.Tensor, mask: torch.Tensor):
+        """x: [B, T, P]; xyz: [B, P, 3]; mask: [B, *token_grid(P)] -> (loss, predictions, which
+        :meth:`prediction_values` puts on [B, T, P])."""
 
     def sample_mask(self, spec: MaskSpec, batch: int, n_parcels: int,
                     generator: torch.Generator | None = None, device=None) -> torch.Tensor:
