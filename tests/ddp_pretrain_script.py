@@ -12,7 +12,7 @@ from brainlm.data.windows import CorpusDataModule
 from brainlm.model.config import preset
 from brainlm.model.masking import MaskSpec
 from brainlm.train.module import PretrainModule
-from brainlm.train.trainer import make_trainer
+from brainlm.train.trainer import TrainerSettings, make_trainer
 
 
 class RecordRank(L.Callback):
@@ -37,6 +37,6 @@ if __name__ == "__main__":
     module = PretrainModule(preset("tiny").to_dict(), MaskSpec().to_dict(), lr=1e-3,
                             contract=corpus.contract.to_dict(), atlas=corpus.atlas.to_dict())
     # The trainer every fit uses, on two CPU processes.
-    trainer = make_trainer(max_epochs=1, accelerator="cpu", devices=2, strategy="ddp",
+    trainer = make_trainer(TrainerSettings(1, accelerator="cpu", devices=2, strategy="ddp"),
                            limit_val_batches=0, callbacks=[RecordRank(out)]).trainer
     trainer.fit(module, datamodule=CorpusDataModule(corpus_path, batch_size=4, crops_per_recording=4))

@@ -20,7 +20,8 @@ from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.samples import load_schaefer100_rest
 from brainlm.model import BrainLM, BrainLMConfig
 from brainlm.simulate import CohortSpec, LatentEffects, limbic_prefrontal, simulate_cohort, write_cohort
-from brainlm.report.brain import plot_confusion, plot_network_summary, plot_parcel_networks, plot_parcel_values
+from brainlm.report.brain import (ParcelMapStyle, plot_confusion, plot_network_summary, plot_parcel_networks,
+                                  plot_parcel_values)
 from brainlm.tasks.attention import extract_attention
 from brainlm.tasks.model_input import load_model, model_inputs, preprocess
 from brainlm.tasks.group_attention import (group_attention, parcel_set_enrichment, permutation_test,
@@ -191,7 +192,7 @@ def test_brain_figures(tmp_path):
     rng = np.random.default_rng(0)
     values = rng.normal(size=94)
     values[5] = np.nan
-    for path in (plot_parcel_values(values, atlas, tmp_path / "v.png", title="t", cmap="RdBu_r"),
+    for path in (plot_parcel_values(values, atlas, tmp_path / "v.png", title="t", style=ParcelMapStyle(cmap="RdBu_r")),
                  plot_parcel_networks(atlas.networks, atlas, tmp_path / "n.png", marked=values > 1),
                  plot_network_summary(values, atlas.networks, tmp_path / "s.png"),
                  plot_confusion(np.eye(3, dtype=int) * 4 + 1, ["A", "B", "C"], tmp_path / "c.png")):
@@ -199,7 +200,8 @@ def test_brain_figures(tmp_path):
         assert data[:8] == PNG and len(data) > 10_000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "n.png", "s.png", "v.png"]
     # A constant map (an untrained model's uniform CLS attention, within float error) still draws.
-    flat = plot_parcel_values(1.0 + 1e-9 * rng.normal(size=94), atlas, tmp_path / "flat.png", symmetric=False)
+    flat = plot_parcel_values(1.0 + 1e-9 * rng.normal(size=94), atlas, tmp_path / "flat.png",
+                              style=ParcelMapStyle(symmetric=False))
     assert flat.read_bytes()[:8] == PNG
     flat.unlink()
     with pytest.raises(BrainLMInputError, match=r"expected \(94,\)"):

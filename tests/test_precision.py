@@ -45,7 +45,7 @@ from brainlm.checkpoints.upstream_import import load_upstream
 from brainlm.tasks.forecasting.finetune import FinetuneSettings, finetune
 from brainlm.tasks.inference import embed_windows, predict_masked
 from brainlm.tasks.model_input import model_scaler, read_model_input, subject_keys
-from brainlm.tasks.prediction import BrainLMEmbedding, BrainLMFineTuner
+from brainlm.tasks.prediction import BrainLMEmbedding, BrainLMFineTuner, FineTuneSchedule
 from brainlm.tasks.reconstruction import evaluate_reconstruction
 from brainlm.train.pretrain import PretrainSettings, pretrain
 from brainlm.errors import BrainLMInputError
@@ -266,7 +266,8 @@ def test_bf16_prediction_finetuning_runs_every_mode(mode, runs, hcp_corpus):
     fits, dtypes = {}, {}
     for p in PRECISIONS:
         seen.clear()
-        fits[p] = BrainLMFineTuner(model, mode=mode, max_epochs=2, patience=2, batch_size=8, precision=p,
+        fits[p] = BrainLMFineTuner(model, mode=mode, schedule=FineTuneSchedule(max_epochs=2, patience=2, batch_size=8),
+                                   precision=p,
                                    val_fraction=0.3).fit(series, y, groups)
         dtypes[p] = set(seen)
     assert dtypes == {"32-true": {torch.float32}, "bf16-mixed": {torch.bfloat16}}

@@ -27,7 +27,7 @@ from brainlm.simulate import CohortSpec, simulate_cohort
 from brainlm.tasks.inference import encode
 from brainlm.tasks.model_input import model_scaler, preprocess, read_model_input, subject_keys
 from brainlm.tasks.prediction import (
-    BrainLMEmbedding, BrainLMFineTuner, PredictionSettings, add_lora, corrected_resampled_ttest,
+    BrainLMEmbedding, BrainLMFineTuner, FineTuneSchedule, PredictionSettings, add_lora, corrected_resampled_ttest,
     evaluate_prediction, grouped_folds, subject_leaks)
 from brainlm.tasks.prediction.training import loss_function, random_crops, train_early_stopping
 
@@ -202,7 +202,7 @@ def test_lora_starts_from_the_pretrained_encoder_and_leaves_it_untouched(trained
     y = cohort.manifest["age"].to_numpy()[:24]
     groups = subject_keys(cohort, range(24))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    lora = BrainLMFineTuner(model, mode="lora", max_epochs=1, lora_rank=2).fit(series, y, groups)
+    lora = BrainLMFineTuner(model, mode="lora", schedule=FineTuneSchedule(max_epochs=1), lora_rank=2).fit(series, y, groups)
     assert lora.n_trainable_ < 0.1 * sum(p.numel() for p in model.parameters())
     assert not set(lora.validation_groups_) & set(lora.train_groups_)
     tuned = lora.net_.model.state_dict()
@@ -210,13 +210,39 @@ def test_lora_starts_from_the_pretrained_encoder_and_leaves_it_untouched(trained
         torch.testing.assert_close(model.state_dict()[name], value)
         base = name.replace(".weight", ".base.weight").replace(".bias", ".base.bias")
         torch.testing.assert_close(tuned.get(name, tuned.get(base)), value)
-    full = BrainLMFineTuner(model, mode="full", max_epochs=1).fit(series, y, groups)
+    full = BrainLMFineTuner(model, mode="full", schedule=FineTuneSchedule(max_epochs=1)).fit(series, y, groups)
     assert full.n_trainable_ == model.count_parameters()["encoder"] + 2 * model.config.dim + 1
     # The head starts from a ridge probe: before any epoch the validation loss is already below
     # that of predicting the mean (MSE 1 on the standardised target, roughly).
     assert full.log_.val_loss[0] < 1.5 and full.log_.best_epoch in (0, 1)
     pred = full.predict(series[:4])
     assert pred.shape == (4,) and np.isfinite(pred).all()
+
+
+def test_the_fine_tuners_schedule_clones_and_is_grid_searched(trained, cohort):
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV
+
+    model = load_pretrained(trained / "model")
+    tuner = BrainLMFineTuner(model, mode="linear_probe", schedule=FineTuneSchedule(max_epochs=1, batch_size=8),
+                             probe_init=False)
+    twin = clone(tuner)
+    assert twin.get_params()["schedule"] == FineTuneSchedule(max_epochs=1, batch_size=8)
+    assert (twin.max_epochs, twin.patience, twin.batch_size) == (1, 3, 8)
+    assert set(tuner.get_params()) >= {"schedule", "lora_rank", "val_fraction", "random_state"}
+    assert not {"lr", "max_epochs", "batch_size"} & set(tuner.get_params())
+    series = read_model_input(cohort, range(12), model_scaler(model, cohort))
+    y = cohort.manifest["age"].to_numpy()[:12]
+    groups = subject_keys(cohort, range(12))
+    grid = [FineTuneSchedule(lr=lr, max_epochs=1, batch_size=8) for lr in (1e-3, 1e-2)]
+    search = GridSearchCV(tuner, {"schedule": grid}, cv=GroupKFold(2), scoring="neg_mean_squared_error")
+    search.fit(series, y, groups=groups)
+    assert search.best_params_["schedule"] in grid and np.isfinite(search.cv_results_["mean_test_score"]).all()
+    assert search.best_estimator_.schedule.lr in (1e-3, 1e-2)
+    with pytest.raises(BrainLMInputError, match="FineTuneSchedule max_epochs 0; expected a positive whole number"):
+        FineTuneSchedule(max_epochs=0)
+    with pytest.raises(BrainLMInputError, match="FineTuneSchedule lr -1.0; expected a positive number"):
+        FineTuneSchedule(lr=-1.0)
 
 
 def test_corrected_resampled_ttest():

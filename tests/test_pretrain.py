@@ -21,7 +21,7 @@ from brainlm.checkpoints.folder import load_pretrained, record_digests
 from brainlm.tasks.inference import reconstruct
 from brainlm.tasks.model_input import preprocess
 from brainlm.model.precision import resolve_precision
-from brainlm.train.trainer import make_trainer
+from brainlm.train.trainer import BestEpoch, TrainerLogs, TrainerSettings, make_trainer
 
 HERE = Path(__file__).parent
 
@@ -190,14 +190,51 @@ def test_progress_off_a_terminal_is_one_line_per_epoch(hcp_corpus, tmp_path, cap
 def test_precision_follows_the_device_that_trains():
     # "auto" is settled by the device that trains (tests/test_precision.py has the rules).
     assert resolve_precision("auto", "auto") == resolve_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")
-    setup = make_trainer(max_epochs=1, accelerator="cpu", silent=True, width=96)
+    setup = make_trainer(TrainerSettings(1, accelerator="cpu"), silent=True, width=96)
     assert setup.precision == resolve_precision("auto", "cpu", width=96) and setup.best is None
-    assert make_trainer(max_epochs=1, accelerator="cpu", precision="32-true", silent=True).precision == "32-true"
+    assert make_trainer(TrainerSettings(1, accelerator="cpu", precision="32-true"), silent=True).precision == "32-true"
     assert not setup.trainer.loggers and setup.trainer.checkpoint_callback is None  # writes nothing
     with pytest.raises(BrainLMInputError, match="monitored metric"):
-        make_trainer(max_epochs=1, accelerator="cpu", best="memory")
+        BestEpoch(None, keep="memory")
     with pytest.raises(BrainLMInputError, match="checkpoint_dir"):
-        make_trainer(max_epochs=1, accelerator="cpu", best="checkpoint", monitor="val/loss")
+        BestEpoch("val/loss", keep="checkpoint")
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"max_epochs": 0}, "max_epochs 0; expected a positive whole number"),
+    ({"max_epochs": 1.5}, "max_epochs 1.5; expected a positive whole number"),
+    ({"devices": 0}, "devices 0; expected a positive whole number"),
+    ({"devices": []}, r"devices \[\]; expected a positive count, 'auto' or a list of device indices"),
+    ({"num_nodes": 0}, "num_nodes 0; expected a positive whole number"),
+    ({"accumulate": 0}, "accumulate 0; expected a positive whole number"),
+    ({"precision": "fp8"}, "precision 'fp8'; expected one of auto, 32-true"),
+    ({"gradient_clip": -1.0}, r"gradient_clip -1.0; expected a number >= 0"),
+    ({"accelerator": ""}, "accelerator ''; expected a name"),
+])
+def test_trainer_settings_name_the_bad_field(fields, message):
+    with pytest.raises(BrainLMInputError, match=message):
+        TrainerSettings(**{"max_epochs": 1, **fields})
+
+
+def test_trainer_settings_come_from_the_run_settings_and_build_the_trainer(tmp_path):
+    from brainlm.train.pretrain import PretrainSettings
+
+    s = PretrainSettings("c", epochs=3, accumulate=2, clip=0.5, accelerator="cpu", precision="32-true")
+    assert s.trainer_settings() == TrainerSettings(3, accelerator="cpu", precision="32-true", gradient_clip=0.5,
+                                                   accumulate=2)
+    assert TrainerSettings.on_device(2, "cpu") == TrainerSettings(2, accelerator="cpu", devices=1)
+    assert TrainerSettings.on_device(2, "cuda:1") == TrainerSettings(2, accelerator="gpu", devices=[1])
+    setup = make_trainer(s.trainer_settings(), best=BestEpoch("val/loss", keep="memory", patience=2),
+                         logs=TrainerLogs(tmp_path, ("csv",), name="fit"), silent=True)
+    trainer = setup.trainer
+    assert (trainer.max_epochs, trainer.accumulate_grad_batches, trainer.gradient_clip_val) == (3, 2, 0.5)
+    assert setup.best.patience == 2 and [type(lg).__name__ for lg in trainer.loggers] == ["CSVLogger"]
+    with pytest.raises(BrainLMInputError, match="unknown logger"):
+        TrainerLogs(tmp_path, ("wandb",))
+    with pytest.raises(BrainLMInputError, match="patience and count_start stop early in memory only"):
+        BestEpoch("val/loss", keep="checkpoint", checkpoint_dir=tmp_path, patience=3)
+    with pytest.raises(BrainLMInputError, match="best 'disk'"):
+        BestEpoch("val/loss", keep="disk")
 
 
 def test_the_fresh_cohort_recipe_needs_a_per_recording_corpus_and_runs_from_the_cli(hcp, hcp_corpus, tmp_path, capsys):

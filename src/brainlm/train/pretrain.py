@@ -35,7 +35,7 @@ from brainlm.model.precision import resolve_precision
 from brainlm.train.module import PretrainModule
 from brainlm.train.spatial import fit_spatial_prior, fit_spatial_statistics
 from brainlm.train.augment import check_augmentations
-from brainlm.train.trainer import make_trainer
+from brainlm.train.trainer import BestEpoch, TrainerLogs, TrainerSettings, make_trainer
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,10 @@ class PretrainSettings:
     ``base_lr`` is per 256 windows: the peak learning rate is ``base_lr * effective_batch / 256``
     with ``effective_batch = batch_size * accumulate * devices * num_nodes`` (paper: 1e-3; the
     default depends on the preset, see ``brainlm.model.config.BASE_LR``).
+
+    The fields stay flat (``run_config.json`` and ``--resume`` compare them by name);
+    :meth:`trainer_settings` gives their trainer part (epochs, hardware, precision, clipping,
+    accumulation) as the :class:`~brainlm.train.trainer.TrainerSettings` the trainer takes.
     """
 
     corpus: str
@@ -132,6 +136,12 @@ class PretrainSettings:
         """The masking this run trains with."""
         ratio, ratio_max = self.mask_ratios()
         return MaskSpec(self.mask_strategy, ratio, self.future_trs, ratio_max)
+
+    def trainer_settings(self) -> TrainerSettings:
+        """The trainer part of these settings: epochs, hardware, precision, clipping, accumulation."""
+        return TrainerSettings(self.epochs, accelerator=self.accelerator, devices=self.devices,
+                               num_nodes=self.num_nodes, strategy=self.strategy, precision=self.precision,
+                               gradient_clip=self.clip, accumulate=self.accumulate)
 
     def effective_batch(self) -> int:
         devices = self.devices if isinstance(self.devices, int) else 1
@@ -224,13 +234,11 @@ def pretrain(settings: PretrainSettings, out: str | Path, *, resume: bool = Fals
     data = CorpusDataModule(settings.corpus, window_trs=config.window_trs, batch_size=settings.batch_size,
                             num_workers=settings.num_workers, crops_per_recording=settings.crops_per_recording)
     setup = make_trainer(
-        max_epochs=settings.epochs, accelerator=settings.accelerator, devices=settings.devices,
-        num_nodes=settings.num_nodes, strategy=settings.strategy, precision=settings.precision,
-        monitor="val/masked_mse", best="checkpoint", checkpoint_dir=out / "checkpoints", save_last=True,
+        settings.trainer_settings(),
+        best=BestEpoch("val/masked_mse", keep="checkpoint", checkpoint_dir=out / "checkpoints", save_last=True),
         # A new version_N folder per (re)start, so --resume never overwrites earlier logs.
-        log_dir=out / "logs", loggers=("tensorboard", "csv"), progress=progress,
+        logs=TrainerLogs(out / "logs", ("tensorboard", "csv")), progress=progress,
         callbacks=[LearningRateMonitor(logging_interval="step"), _StartRun(out / "run_config.json", run_config)],
-        accumulate_grad_batches=settings.accumulate, gradient_clip_val=settings.clip,
         log_every_n_steps=5, default_root_dir=out, limit_train_batches=limit_train_batches,
         enable_model_summary=progress, width=config.dim)
     trainer = setup.trainer

@@ -18,7 +18,10 @@ import torch
 from torch import nn
 
 from brainlm.errors import BrainLMInputError
-from brainlm.train.trainer import make_trainer, quiet
+from brainlm.train.trainer import BestEpoch, TrainerSettings, accelerator_for, make_trainer, quiet
+
+__all__ = ["Batch", "EpochBatches", "EpochTimes", "FitLog", "FixedBatches", "SupervisedModule",
+           "accelerator_for", "fit_supervised"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -173,45 +176,40 @@ class FitLog:
 
 
 def fit_supervised(net: nn.Module, optimizer: torch.optim.Optimizer, *, loss: Callable, train: EpochBatches,
-                   val: Iterable[Batch] | None = None, val_loss: Callable | None = None, max_epochs: int,
-                   patience: int | None = None, count_start: bool = False, clip: float | None = None,
-                   accelerator: str = "cpu", devices: int | list[int] = 1, precision: str = "32-true") -> FitLog:
+                   trainer: TrainerSettings, val: Iterable[Batch] | None = None, val_loss: Callable | None = None,
+                   patience: int | None = None, count_start: bool = False) -> FitLog:
     """Train ``net`` in place through :func:`~brainlm.train.trainer.make_trainer` and load back
     the weights of its best validation epoch.
 
     Parameters
     ----------
     train : EpochBatches
+    trainer : TrainerSettings
+        Epochs, device, precision and gradient clipping. Most of these networks are small:
+        ``precision="32-true"`` keeps their results the same on a CPU and a GPU;
+        ``bf16-mixed`` (or ``auto``) for a BrainLM encoder being fine-tuned
+        (:func:`brainlm.model.precision.resolve_precision`).
+        :meth:`TrainerSettings.on_device` builds one for a torch device.
     val : iterable of (inputs, targets), optional
         Scored after every epoch (and before training with ``count_start``); without it the
         last epoch is kept.
-    max_epochs, patience : int
-        Stop after ``max_epochs``, or ``patience`` epochs without a strictly lower validation loss.
+    patience : int, optional
+        Stop after ``patience`` epochs without a strictly lower validation loss.
     count_start : bool
         The untrained starting point is a candidate (epoch 0): training never ends worse on
         validation than it began (e.g. a head that starts from a fitted probe).
-    clip : float, optional
-        Gradient-norm clipping.
-
-    precision : str
-        ``32-true`` by default on every device: most of these networks are small, and full
-        precision keeps their results the same on a CPU and a GPU. ``bf16-mixed`` (or ``auto``)
-        for a BrainLM encoder being fine-tuned (:func:`brainlm.model.precision.resolve_precision`).
 
     ``net`` ends on the CPU, in eval mode. Nothing is written to disk (no logger, no
     checkpoint file; the best weights are kept in memory).
     """
-    if max_epochs < 1 or (patience is not None and patience < 1):
-        raise BrainLMInputError(f"max_epochs {max_epochs} and patience {patience}; expected >= 1")
+    if patience is not None and patience < 1:
+        raise BrainLMInputError(f"patience {patience}; expected >= 1")
     module = SupervisedModule(net, loss, optimizer, val_loss)
     timer = EpochTimes()
-    setup = make_trainer(
-        max_epochs=max_epochs, accelerator=accelerator, devices=devices, precision=precision,
-        monitor="val/loss" if val is not None else None, best="memory" if val is not None else None,
-        patience=patience, count_start=count_start, callbacks=[timer], silent=True,
-        gradient_clip_val=clip,
-        # Validation under no_grad (as the fits did before Lightning) rather than inference mode.
-        inference_mode=False)
+    best = (BestEpoch("val/loss", keep="memory", patience=patience, count_start=count_start)
+            if val is not None else None)
+    # Validation under no_grad (as the fits did before Lightning) rather than inference mode.
+    setup = make_trainer(trainer, best=best, callbacks=[timer], silent=True, inference_mode=False)
     with quiet():
         if val is not None and count_start:
             setup.trainer.validate(module, dataloaders=val, verbose=False)
@@ -225,14 +223,3 @@ def fit_supervised(net: nn.Module, optimizer: torch.optim.Optimizer, *, loss: Ca
         log.best_epoch = best.best_epoch
     net.eval()
     return log
-
-
-def accelerator_for(device: str | torch.device) -> tuple[str, int | list[int]]:
-    """Lightning's ``(accelerator, devices)`` for a torch device name: ``cpu`` -> ("cpu", 1),
-    ``cuda`` -> ("gpu", 1), ``cuda:1`` -> ("gpu", [1])."""
-    device = torch.device(device)
-    if device.type == "cpu":
-        return "cpu", 1
-    if device.type == "cuda":
-        return "gpu", [device.index] if device.index is not None else 1
-    return device.type, 1

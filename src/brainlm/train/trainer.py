@@ -1,17 +1,18 @@
 """The one Lightning trainer factory behind every fit: pretraining, forecasting fine-tuning,
 phenotype heads and the neural baselines.
 
-:func:`make_trainer` settles precision (``auto``: bf16-mixed where the device multiplies bfloat16
-natively, a GPU with bf16 or a CPU with AMX-BF16/AVX512-BF16, else 32-true:
-:func:`brainlm.model.precision.resolve_precision`),
-accelerator, devices, nodes and strategy (``fsdp`` shards BrainLM block by block), loggers,
-progress output (:mod:`brainlm.train.progress`) and how the best epoch is kept:
+:func:`make_trainer` takes a :class:`TrainerSettings` (epochs, accelerator, devices, nodes,
+strategy, precision, gradient clipping and accumulation; ``fsdp`` shards BrainLM block by block),
+settles its precision (``auto``: bf16-mixed where the device multiplies bfloat16 natively, a GPU
+with bf16 or a CPU with AMX-BF16/AVX512-BF16, else 32-true:
+:func:`brainlm.model.precision.resolve_precision`), adds loggers (:class:`TrainerLogs`), progress
+output (:mod:`brainlm.train.progress`) and keeps the best epoch as a :class:`BestEpoch` says:
 
-* ``best="checkpoint"``: Lightning's ``ModelCheckpoint`` writes ``best.ckpt`` (and, with
+* ``keep="checkpoint"``: Lightning's ``ModelCheckpoint`` writes ``best.ckpt`` (and, with
   ``save_last``, ``last.ckpt`` after every epoch, for ``--resume``) to a folder, each file
   atomically, with the random-number state (:class:`RandomState`) so that a resumed fit continues
   exactly as the uninterrupted one would have; works under DDP and FSDP (pretraining);
-* ``best="memory"``: :class:`BestWeights` copies the weights of the best validation epoch to
+* ``keep="memory"``: :class:`BestWeights` copies the weights of the best validation epoch to
   CPU memory, optionally stops early after ``patience`` epochs without improvement and can count
   a validation run before training as epoch 0; no file is written (fine-tuning, small heads).
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import warnings
@@ -38,7 +40,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from brainlm.errors import BrainLMInputError
 from brainlm.model.layers import Block
-from brainlm.model.precision import resolve_precision
+from brainlm.model.precision import PRECISIONS, resolve_precision
 from brainlm.train.progress import progress_callbacks
 
 BEST = ("checkpoint", "memory", None)
@@ -208,30 +210,168 @@ class TrainerSetup:
         return False
 
 
-def make_trainer(*, max_epochs: int, accelerator: str = "auto", devices: int | str = 1, num_nodes: int = 1,
-                 strategy="auto", precision: str = "auto", monitor: str | None = None, mode: str = "min",
-                 best: str | None = None, checkpoint_dir: str | Path | None = None, save_last: bool = False,
-                 patience: int | None = None, count_start: bool = False, log_dir: str | Path | None = None,
-                 loggers: tuple[str, ...] = (), log_name: str | None = None, progress: bool = False,
-                 silent: bool = False, callbacks=(), width: int | None = None, **options) -> TrainerSetup:
-    """A Lightning ``Trainer`` set up the one way every fit of brainlm is.
+def _positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BrainLMInputError(f"{name} {value!r}; expected a positive whole number")
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """How a fit runs: how long, on what hardware, in what precision, with what gradient steps.
 
     Parameters
     ----------
     max_epochs : int
-    accelerator, devices, num_nodes, strategy, precision
-        As Lightning's; ``precision`` is one of :data:`brainlm.model.precision.PRECISIONS`
-        (``auto`` and the refusals: :func:`~brainlm.model.precision.resolve_precision`);
-        ``strategy="fsdp"``: :func:`resolve_strategy`.
-    monitor, mode : str
-        The validation metric that picks the best epoch, and whether lower or higher is better.
-    best : {"checkpoint", "memory", None}
-        Keep the best epoch in ``checkpoint_dir/best.ckpt`` (with ``save_last``, also
-        ``last.ckpt`` for resuming), in memory (:class:`BestWeights`, with ``patience`` and
-        ``count_start``), or not at all. No checkpoint file is written unless ``"checkpoint"``.
-    log_dir, loggers, log_name
-        Loggers among ``tensorboard`` and ``csv``, each writing ``log_dir/NAME/version_N`` (NAME:
-        ``log_name`` or the logger's name). None: no logger (nothing is written).
+        Training epochs (early stopping, :class:`BestEpoch`, may end the fit sooner).
+    accelerator : str
+        Lightning's (``auto``, ``cpu``, ``gpu``...).
+    devices : int, str or list of int
+        Devices per node: a count, ``auto``, or device indices (``[1]``: the second GPU).
+    num_nodes : int
+    strategy : str or lightning Strategy
+        Lightning's (``auto``, ``ddp``...); ``fsdp``: :func:`resolve_strategy`.
+    precision : str
+        One of :data:`brainlm.model.precision.PRECISIONS`; ``auto`` and the refusals that depend
+        on the device are settled when the trainer is made
+        (:func:`~brainlm.model.precision.resolve_precision`).
+    gradient_clip : float, optional
+        Gradient-norm clipping (Lightning's ``gradient_clip_val``); None or 0: none.
+    accumulate : int
+        Batches whose gradients are summed before each optimiser step.
+
+    Raises
+    ------
+    BrainLMInputError
+        A field out of range, named with what was expected.
+    """
+
+    max_epochs: int
+    accelerator: str = "auto"
+    devices: int | str | list[int] = 1
+    num_nodes: int = 1
+    strategy: object = "auto"
+    precision: str = "auto"
+    gradient_clip: float | None = None
+    accumulate: int = 1
+
+    def __post_init__(self):
+        _positive_int(self.max_epochs, "TrainerSettings max_epochs")
+        _positive_int(self.num_nodes, "TrainerSettings num_nodes")
+        _positive_int(self.accumulate, "TrainerSettings accumulate")
+        if not isinstance(self.accelerator, str) or not self.accelerator:
+            raise BrainLMInputError(f"TrainerSettings accelerator {self.accelerator!r}; expected a name "
+                                    "such as 'auto', 'cpu' or 'gpu'")
+        devices = self.devices
+        if isinstance(devices, list):
+            if not devices or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in devices):
+                raise BrainLMInputError(f"TrainerSettings devices {devices!r}; expected a positive count, "
+                                        "'auto' or a list of device indices")
+        elif not isinstance(devices, str):
+            _positive_int(devices, "TrainerSettings devices")
+        if self.precision not in PRECISIONS:
+            raise BrainLMInputError(f"TrainerSettings precision {self.precision!r}; expected one of "
+                                    f"{', '.join(PRECISIONS)}")
+        clip = self.gradient_clip
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                                 or not math.isfinite(clip) or clip < 0):
+            raise BrainLMInputError(f"TrainerSettings gradient_clip {clip!r}; expected a number >= 0 "
+                                    "(0 or None: no clipping)")
+
+    @classmethod
+    def on_device(cls, max_epochs: int, device: str | torch.device = "cpu", **fields) -> "TrainerSettings":
+        """Settings for a fit on one torch device (``cpu``, ``cuda``, ``cuda:1``): Lightning's
+        accelerator and devices from :func:`accelerator_for`."""
+        accelerator, devices = accelerator_for(device)
+        return cls(max_epochs, accelerator=accelerator, devices=devices, **fields)
+
+
+@dataclass(frozen=True)
+class BestEpoch:
+    """Which epoch a fit keeps, and where.
+
+    Parameters
+    ----------
+    monitor : str
+        The validation metric that picks the best epoch (logged by the module, e.g. ``val/loss``).
+    keep : {"checkpoint", "memory"}
+        ``checkpoint``: Lightning's ``ModelCheckpoint`` writes ``checkpoint_dir/best.ckpt`` (with
+        ``save_last``, also ``last.ckpt`` after every epoch, for resuming), with the random-number
+        state (:class:`RandomState`). ``memory``: :class:`BestWeights` keeps the weights in CPU
+        memory, with optional early stopping (``patience``) and the starting point as a
+        candidate (``count_start``); no file is written.
+    mode : {"min", "max"}
+        Whether lower or higher is better.
+
+    Raises
+    ------
+    BrainLMInputError
+        A field out of range, or one the chosen ``keep`` does not use.
+    """
+
+    monitor: str | None
+    keep: str = "memory"
+    mode: str = "min"
+    checkpoint_dir: str | Path | None = None
+    save_last: bool = False
+    patience: int | None = None
+    count_start: bool = False
+
+    def __post_init__(self):
+        if self.keep not in BEST:
+            raise BrainLMInputError(f"best {self.keep!r}; expected one of {BEST}")
+        if self.monitor is None:
+            raise BrainLMInputError("keeping the best epoch needs a monitored metric")
+        if self.mode not in ("min", "max"):
+            raise BrainLMInputError(f"mode {self.mode!r}; expected 'min' or 'max'")
+        if self.keep == "checkpoint":
+            if self.checkpoint_dir is None:
+                raise BrainLMInputError("best='checkpoint' needs a checkpoint_dir")
+            if self.patience is not None or self.count_start:
+                raise BrainLMInputError("patience and count_start stop early in memory only; "
+                                        "expected keep='memory' for them")
+        else:
+            if self.checkpoint_dir is not None or self.save_last:
+                raise BrainLMInputError("checkpoint_dir and save_last write files; expected "
+                                        "keep='checkpoint' for them")
+            if self.patience is not None:
+                _positive_int(self.patience, "patience")
+
+
+@dataclass(frozen=True)
+class TrainerLogs:
+    """Loggers among ``tensorboard`` and ``csv``, each writing ``folder/NAME/version_N`` (NAME:
+    ``name`` or the logger's name; a new version per start, so a resumed fit never overwrites
+    the logs of an earlier one)."""
+
+    folder: str | Path
+    loggers: tuple[str, ...] = ("tensorboard", "csv")
+    name: str | None = None
+
+    def __post_init__(self):
+        unknown = [name for name in self.loggers if name not in LOGGERS]
+        if unknown:
+            raise BrainLMInputError(f"unknown logger(s) {unknown}; expected some of {list(LOGGERS)}")
+        if self.loggers and self.folder is None:
+            raise BrainLMInputError("loggers need a log_dir")
+
+    def make(self) -> list:
+        """The Lightning loggers (empty without any)."""
+        return [LOGGERS[name](self.folder, name=self.name or name) for name in self.loggers]
+
+
+def make_trainer(settings: TrainerSettings, *, best: BestEpoch | None = None, logs: TrainerLogs | None = None,
+                 progress: bool = False, silent: bool = False, callbacks=(), width: int | None = None,
+                 **options) -> TrainerSetup:
+    """A Lightning ``Trainer`` set up the one way every fit of brainlm is.
+
+    Parameters
+    ----------
+    settings : TrainerSettings
+        Epochs, accelerator, devices, nodes, strategy, precision, clipping and accumulation.
+    best : BestEpoch, optional
+        Which epoch to keep and where; None: none is kept (no checkpoint file is written).
+    logs : TrainerLogs, optional
+        None: no logger (nothing is written).
     progress : bool
         A progress bar on a terminal, one line per epoch elsewhere, or nothing.
     silent : bool
@@ -243,38 +383,45 @@ def make_trainer(*, max_epochs: int, accelerator: str = "auto", devices: int | s
         The model's encoder width, for ``precision="auto"`` on a CPU (bf16 only pays from
         :data:`~brainlm.model.precision.CPU_BF16_MIN_WIDTH`).
     **options
-        Any other ``lightning.Trainer`` argument (``gradient_clip_val``, ``accumulate_grad_batches``...).
+        Any other ``lightning.Trainer`` argument (``log_every_n_steps``, ``limit_train_batches``...).
     """
-    if best not in BEST:
-        raise BrainLMInputError(f"best {best!r}; expected one of {BEST}")
-    if best is not None and monitor is None:
-        raise BrainLMInputError("keeping the best epoch needs a monitored metric")
-    precision = resolve_precision(precision, accelerator, width)
-    keeper: ModelCheckpoint | BestWeights | None = None
-    if best == "checkpoint":
-        if checkpoint_dir is None:
-            raise BrainLMInputError("best='checkpoint' needs a checkpoint_dir")
-        keeper = AtomicCheckpoint(dirpath=checkpoint_dir, filename="best", monitor=monitor, mode=mode,
-                                  save_last=save_last, save_top_k=1)
-    elif best == "memory":
-        keeper = BestWeights(monitor, mode, patience=patience, count_start=count_start)
-    unknown = [name for name in loggers if name not in LOGGERS]
-    if unknown:
-        raise BrainLMInputError(f"unknown logger(s) {unknown}; expected some of {list(LOGGERS)}")
-    if loggers and log_dir is None:
-        raise BrainLMInputError("loggers need a log_dir")
-    logger = [LOGGERS[name](log_dir, name=log_name or name) for name in loggers] or False
+    precision = resolve_precision(settings.precision, settings.accelerator, width)
+    keeper = _keeper(best)
+    logger = (logs.make() if logs is not None else []) or False
     bar, lines = progress_callbacks(progress)
     options.setdefault("enable_model_summary", False)
     options.setdefault("num_sanity_val_steps", 0)
+    to_checkpoint = best is not None and best.keep == "checkpoint"
     with quiet(silent), _settings_errors():
         trainer = L.Trainer(
-            max_epochs=max_epochs, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-            strategy=resolve_strategy(strategy), precision=precision, logger=logger,
-            callbacks=[c for c in (keeper,) if c is not None]
-            + ([RandomState()] if best == "checkpoint" else []) + [*lines, *callbacks],
-            enable_progress_bar=bar, enable_checkpointing=best == "checkpoint", **options)
+            max_epochs=settings.max_epochs, accelerator=settings.accelerator, devices=settings.devices,
+            num_nodes=settings.num_nodes, strategy=resolve_strategy(settings.strategy), precision=precision,
+            logger=logger, callbacks=[c for c in (keeper,) if c is not None]
+            + ([RandomState()] if to_checkpoint else []) + [*lines, *callbacks],
+            enable_progress_bar=bar, enable_checkpointing=to_checkpoint,
+            gradient_clip_val=settings.gradient_clip, accumulate_grad_batches=settings.accumulate, **options)
     return TrainerSetup(trainer, precision, keeper)
+
+
+def _keeper(best: BestEpoch | None) -> ModelCheckpoint | BestWeights | None:
+    """The callback that keeps ``best``'s epoch."""
+    if best is None:
+        return None
+    if best.keep == "checkpoint":
+        return AtomicCheckpoint(dirpath=best.checkpoint_dir, filename="best", monitor=best.monitor,
+                                mode=best.mode, save_last=best.save_last, save_top_k=1)
+    return BestWeights(best.monitor, best.mode, patience=best.patience, count_start=best.count_start)
+
+
+def accelerator_for(device: str | torch.device) -> tuple[str, int | list[int]]:
+    """Lightning's ``(accelerator, devices)`` for a torch device name: ``cpu`` -> ("cpu", 1),
+    ``cuda`` -> ("gpu", 1), ``cuda:1`` -> ("gpu", [1])."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return "cpu", 1
+    if device.type == "cuda":
+        return "gpu", [device.index] if device.index is not None else 1
+    return device.type, 1
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from torch import nn
 from brainlm.errors import BrainLMInputError
 from brainlm.model.recurrent import LSTMNet
 from brainlm.train.supervised import EpochBatches, FixedBatches, fit_supervised
+from brainlm.train.trainer import TrainerSettings
 
 #: Baseline names in the order they are reported.
 BASELINES = ("persistence", "context_mean", "ar", "var", "lstm", "neural_ode")
@@ -274,9 +275,10 @@ class _NeuralForecaster:
         if val is not None:
             val_batches = FixedBatches(torch.from_numpy(np.ascontiguousarray(val[0], dtype=np.float32)),
                                        torch.from_numpy(np.ascontiguousarray(val[1], dtype=np.float32)), 64)
+        # Full precision on the CPU: the baselines' numbers do not depend on the machine.
+        trainer = TrainerSettings(t.epochs, accelerator="cpu", precision="32-true", gradient_clip=t.clip)
         log = fit_supervised(net, opt, loss=nn.functional.mse_loss, train=EpochBatches(batches, n_batches),
-                             val=val_batches, val_loss=_mean_squared_error, max_epochs=t.epochs,
-                             clip=t.clip)
+                             trainer=trainer, val=val_batches, val_loss=_mean_squared_error)
         history = []
         for epoch, losses in enumerate(log.batch_losses):
             entry = {"epoch": epoch, "train_mse": float(np.mean([loss for loss, _ in losses])),

@@ -48,7 +48,7 @@ from brainlm.tasks.forecasting.windows import check_lengths, split_recordings
 from brainlm.tasks.model_input import load_model, model_scaler, random_like
 from brainlm.train.module import PretrainModule
 from brainlm.train.supervised import EpochTimes
-from brainlm.train.trainer import make_trainer
+from brainlm.train.trainer import BestEpoch, TrainerLogs, TrainerSettings, make_trainer
 
 FORMAT = "brainlm-forecast-finetune"
 
@@ -105,6 +105,45 @@ class FinetuneSettings:
     carry: str = "auto"
     carry_lags: int | None = None
 
+    def trainer_settings(self) -> TrainerSettings:
+        """The trainer part of these settings (one device; the same for both models)."""
+        return TrainerSettings(self.epochs, accelerator=self.accelerator, devices=1, precision=self.precision,
+                               gradient_clip=self.clip)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What both fits of a run share, settled before anything is written.
+
+    Attributes
+    ----------
+    pretrained : the loaded checkpoint
+    model : nn.Module
+        The architecture to train: the checkpoint on windows of ``context + horizon`` TRs, with
+        its carry path.
+    data, scaler, atlas
+        The corpus, the numbers the model reads (its contract), the atlas of the saved models.
+    on_model_atlas : bool
+        The corpus is on the checkpoint's own atlas (not a transferred one).
+    carry, lags : str, int
+        The carry path and the TRs it reads.
+    carry_data : optional
+        The training recordings the ``var`` carry is fitted on (None for other paths).
+    precision : str
+        The resolved precision of both fits.
+    """
+
+    pretrained: nn.Module
+    model: nn.Module
+    data: Corpus
+    scaler: PreprocessingContract
+    atlas: Atlas
+    on_model_atlas: bool
+    carry: str
+    lags: int
+    carry_data: object
+    precision: str
+
 
 def finetune(checkpoint: str | Path, corpus: str | Path, out: str | Path,
              settings: FinetuneSettings | None = None, *, overwrite: bool = False,
@@ -134,6 +173,20 @@ def finetune(checkpoint: str | Path, corpus: str | Path, out: str | Path,
     """
     s = settings or FinetuneSettings()
     out = Path(out)
+    inputs = _prepare(checkpoint, corpus, out, s, overwrite)
+    summary = _summary(checkpoint, corpus, s, inputs)
+    with atomic_directory(out, overwrite=overwrite) as build:
+        kinds = [("finetuned", "model")] + ([("scratch", "scratch")] if s.scratch else [])
+        for kind, folder in kinds:
+            info = _fit_and_save(inputs, s, build, kind, folder, summary, progress)
+            summary["models"][kind] = {"folder": folder, **info}
+        write_json(build / "finetune.json", summary)
+    return summary
+
+
+def _prepare(checkpoint, corpus, out: Path, s: FinetuneSettings, overwrite: bool) -> _Inputs:
+    """Phase 1: every check on the checkpoint, the settings, the corpus and ``out`` (before any
+    file is written), and the model to train."""
     pretrained = load_model(checkpoint)
     require_parcel_patch_tokens(pretrained, "forecasting fine-tuning (the future mask hides whole time patches)")
     check_lengths(s.context_trs, s.horizon_trs, pretrained.config.patch_trs, source=str(checkpoint))
@@ -162,54 +215,57 @@ def finetune(checkpoint: str | Path, corpus: str | Path, out: str | Path,
     fit_on = split_recordings(data, "train", min_trs=lags + 1, scaler=scaler) if carry == "var" else None
     if carry != "none":
         model = with_carry(model, carry, lags, s.horizon_trs, fit_on)
-    summary = {"format": FORMAT, "checkpoint": str(resolve_checkpoint(checkpoint).resolve()),
-               "corpus": str(Path(corpus).resolve()) if "://" not in str(corpus) else str(corpus),
-               "settings": asdict(s), "precision": precision, "window_trs": window, "tr_s": data.tr,
-               "train_recordings": int(len(data.split_indices("train"))),
-               "val_recordings": int(len(data.split_indices("val"))),
-               "carry": {"path": carry, "lags": lags, "label": CARRY_LABELS.get(carry)}, "models": {}}
-    with atomic_directory(out, overwrite=overwrite) as build:
-        kinds = [("finetuned", "model")] + ([("scratch", "scratch")] if s.scratch else [])
-        for kind, folder in kinds:
-            init = model.state_dict() if kind == "finetuned" else None
-            trained, info = _train(init, model, data, scaler, atlas,
-                                   MaskSpec("future", future_trs=s.horizon_trs), s, build, kind, progress,
-                                   fit_on)
-            # The fine-tuned forecaster keeps the pretraining data's spatial statistics (its
-            # zero-shot baseline in evaluate recon); the scratch model never saw that data.
-            stats = pretraining_spatial_statistics(pretrained) if kind == "finetuned" and on_model_atlas else None
-            save_pretrained(trained, build / folder,
-                            tensors=None if stats is None else {SPATIAL_BASELINE: stats.to_tensors()})
-            write_json(build / folder / FORECASTING_FILE,
-                       {"context_trs": s.context_trs, "horizon_trs": s.horizon_trs,
-                        "initialisation": "pretrained" if kind == "finetuned" else "random",
-                        "carry": summary["carry"], "pretrained_checkpoint": summary["checkpoint"]})
-            summary["models"][kind] = {"folder": folder, **info}
-        write_json(build / "finetune.json", summary)
-    return summary
+    return _Inputs(pretrained, model, data, scaler, atlas, on_model_atlas, carry, lags, fit_on, precision)
 
 
-def _train(init_state, model: nn.Module, data: Corpus, scaler: PreprocessingContract, atlas: Atlas,
-           mask: MaskSpec, s: FinetuneSettings, build: Path, kind: str, progress: bool,
-           carry_data=None):
-    """One fit through the shared trainer; returns (best model, timing and validation summary).
+def _summary(checkpoint, corpus, s: FinetuneSettings, inputs: _Inputs) -> dict:
+    """Phase 2: ``finetune.json`` before the fits (each adds its entry to ``models``)."""
+    data = inputs.data
+    return {"format": FORMAT, "checkpoint": str(resolve_checkpoint(checkpoint).resolve()),
+            "corpus": str(Path(corpus).resolve()) if "://" not in str(corpus) else str(corpus),
+            "settings": asdict(s), "precision": inputs.precision, "window_trs": s.context_trs + s.horizon_trs,
+            "tr_s": data.tr, "train_recordings": int(len(data.split_indices("train"))),
+            "val_recordings": int(len(data.split_indices("val"))),
+            "carry": {"path": inputs.carry, "lags": inputs.lags, "label": CARRY_LABELS.get(inputs.carry)},
+            "models": {}}
 
-    ``model`` gives the architecture (and ``config``); ``init_state`` its starting weights, or
-    None for a random initialisation seeded by ``s.seed`` (a carry path then starts as the
-    pretrained model's does: :func:`~brainlm.tasks.forecasting.carry.start_carry` on
-    ``carry_data``).
-    """
-    config = model.config
+
+def _fit_and_save(inputs: _Inputs, s: FinetuneSettings, build: Path, kind: str, folder: str, summary: dict,
+                  progress: bool) -> dict:
+    """Phase 3, once per model: train it (``finetuned`` from the checkpoint's weights,
+    ``scratch`` from random ones) and save it to ``build/folder``; returns its timing and
+    validation summary."""
+    init = inputs.model.state_dict() if kind == "finetuned" else None
+    trained, info = _train(init, inputs, s, build, kind, progress)
+    # The fine-tuned forecaster keeps the pretraining data's spatial statistics (its
+    # zero-shot baseline in evaluate recon); the scratch model never saw that data.
+    stats = (pretraining_spatial_statistics(inputs.pretrained) if kind == "finetuned" and inputs.on_model_atlas
+             else None)
+    save_pretrained(trained, build / folder,
+                    tensors=None if stats is None else {SPATIAL_BASELINE: stats.to_tensors()})
+    write_json(build / folder / FORECASTING_FILE,
+               {"context_trs": s.context_trs, "horizon_trs": s.horizon_trs,
+                "initialisation": "pretrained" if kind == "finetuned" else "random",
+                "carry": summary["carry"], "pretrained_checkpoint": summary["checkpoint"]})
+    return info
+
+
+def _module(init_state, inputs: _Inputs, s: FinetuneSettings) -> PretrainModule:
+    """The Lightning module of one fit, seeded by ``s.seed``: ``init_state``'s weights, or a
+    random initialisation (a carry path then starts as the pretrained model's does:
+    :func:`~brainlm.tasks.forecasting.carry.start_carry` on the training recordings)."""
+    model, config = inputs.model, inputs.model.config
+    mask = MaskSpec("future", future_trs=s.horizon_trs)
     L.seed_everything(s.seed, workers=True, verbose=False)
     if isinstance(model, BrainLM):
         # Our own models: exactly the module (and random initialisation) pretraining uses.
         module = PretrainModule(config.to_dict(), mask.to_dict(), lr=s.lr, weight_decay=s.weight_decay,
-                                warmup_fraction=s.warmup_fraction, contract=scaler.to_dict(),
-                                atlas=atlas.to_dict())
+                                warmup_fraction=s.warmup_fraction, contract=inputs.scaler.to_dict(),
+                                atlas=inputs.atlas.to_dict())
     else:
         start = random_like(model, s.seed) if init_state is None else copy.deepcopy(model)
-        start.contract = PreprocessingContract.from_dict(scaler.to_dict())
-        start.atlas = atlas
+        start.contract = PreprocessingContract.from_dict(inputs.scaler.to_dict())
+        start.atlas = inputs.atlas
         if not start.has_parcel_patch_tokens:
             raise BrainLMInputError(f"{type(start).__name__} has no parcel x time-patch tokens; "
                                     "forecasting fine-tuning needs them (the image ViT-MAE cannot "
@@ -219,16 +275,26 @@ def _train(init_state, model: nn.Module, data: Corpus, scaler: PreprocessingCont
     if init_state is not None:
         module.model.load_state_dict(init_state, strict=True)
     elif getattr(config, "forecast_carry", "none") != "none":
-        start_carry(module.model, carry_data)
-    dm = CorpusDataModule(data.path, window_trs=config.window_trs, batch_size=s.batch_size,
+        start_carry(module.model, inputs.carry_data)
+    return module
+
+
+def _train(init_state, inputs: _Inputs, s: FinetuneSettings, build: Path, kind: str, progress: bool):
+    """One fit through the shared trainer; returns (best model, timing and validation summary).
+
+    ``inputs.model`` gives the architecture (and ``config``); ``init_state`` its starting
+    weights, or None for a random initialisation (:func:`_module`).
+    """
+    module = _module(init_state, inputs, s)
+    data = inputs.data
+    dm = CorpusDataModule(data.path, window_trs=inputs.model.config.window_trs, batch_size=s.batch_size,
                           crops_per_recording=s.crops_per_recording,
-                          storage_options=data.storage_options, scaler=scaler)
+                          storage_options=data.storage_options, scaler=inputs.scaler)
     timer = EpochTimes(monitor="val/masked_mse")
     setup = make_trainer(
-        max_epochs=s.epochs, accelerator=s.accelerator, devices=1, precision=s.precision, width=config.dim,
-        monitor="val/masked_mse", best="memory", log_dir=build / "logs", loggers=("csv",), log_name=kind,
-        progress=progress, callbacks=[timer], gradient_clip_val=s.clip, log_every_n_steps=1,
-        default_root_dir=build,
+        s.trainer_settings(), best=BestEpoch("val/masked_mse", keep="memory"),
+        logs=TrainerLogs(build / "logs", ("csv",), name=kind), width=inputs.model.config.dim,
+        progress=progress, callbacks=[timer], log_every_n_steps=1, default_root_dir=build,
         # no_grad rather than inference mode in validate(): the metric states it resets must stay
         # ordinary tensors for the validation inside fit().
         inference_mode=False)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -110,6 +112,59 @@ class EncoderHead(nn.Module):
         return self.head(self.features(x)).squeeze(-1)
 
 
+def _check(value, ok: bool, field: str, expected: str) -> None:
+    if not ok:
+        raise BrainLMInputError(f"FineTuneSchedule {field} {value!r}; expected {expected}")
+
+
+def _whole(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= 1
+
+
+def _real(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class FineTuneSchedule:
+    """How :class:`BrainLMFineTuner` optimises: one value of a grid search (it is a parameter of
+    the estimator, so ``clone`` and ``GridSearchCV`` copy it whole).
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate of the head and of the LoRA adapters.
+    encoder_lr : float
+        Learning rate of the encoder weights in ``full`` mode.
+    weight_decay : float
+        AdamW's decoupled weight decay.
+    max_epochs, patience : int
+        Stop after ``max_epochs``, or ``patience`` epochs without a lower validation loss.
+    batch_size : int
+        Windows per batch (training, the probe start and prediction).
+
+    Raises
+    ------
+    BrainLMInputError
+        A field out of range, named with what was expected.
+    """
+
+    lr: float = 1e-3
+    encoder_lr: float = 1e-4
+    weight_decay: float = 0.01
+    max_epochs: int = 10
+    patience: int = 3
+    batch_size: int = 16
+
+    def __post_init__(self):
+        for name in ("lr", "encoder_lr"):
+            value = getattr(self, name)
+            _check(value, _real(value) and value > 0, name, "a positive number")
+        _check(self.weight_decay, _real(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "0 or more")
+        for name in ("max_epochs", "patience", "batch_size"):
+            _check(getattr(self, name), _whole(getattr(self, name)), name, "a positive whole number")
+
+
 class BrainLMFineTuner(WindowedHead, BaseEstimator):
     """A head on the BrainLM encoder, trained with early stopping.
 
@@ -119,16 +174,13 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
         The pretrained model (copied; the original is not modified).
     mode : {"linear_probe", "full", "lora"}
     task : {"regression", "classification"}
-    lr : float
-        Learning rate of the head and of the LoRA adapters.
-    encoder_lr : float
-        Learning rate of the encoder weights in ``full`` mode.
-    weight_decay : float
+    schedule : FineTuneSchedule
+        Learning rates, weight decay, epochs, patience and batch size; every epoch draws one
+        random window per training recording.
     lora_rank, lora_alpha : int, float
         LoRA rank and scale (``alpha / rank``).
-    max_epochs, patience, batch_size, val_fraction, random_state
-        As in :class:`~brainlm.tasks.prediction.baselines.LSTMEstimator`; every epoch draws one
-        random window per training recording.
+    val_fraction, random_state
+        As in :class:`~brainlm.tasks.prediction.baselines.LSTMEstimator`.
     probe_init : bool
         Start the head from a linear probe fitted on the frozen encoder's features of the
         training windows (LP-FT): fine-tuning then starts where the probe ends.
@@ -145,27 +197,40 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
     """
 
     def __init__(self, checkpoint=None, mode: str = "lora", task: str = "regression", *,
-                 lr: float = 1e-3, encoder_lr: float = 1e-4, weight_decay: float = 0.01,
-                 lora_rank: int = 4, lora_alpha: float = 8.0, max_epochs: int = 10, patience: int = 3,
-                 batch_size: int = 16, val_fraction: float = 0.2, random_state: int = 0,
-                 probe_init: bool = True, atlas=None, device: str = "cpu", precision: str = "32-true"):
+                 schedule: FineTuneSchedule = FineTuneSchedule(), lora_rank: int = 4, lora_alpha: float = 8.0,
+                 val_fraction: float = 0.2, random_state: int = 0, probe_init: bool = True, atlas=None,
+                 device: str = "cpu", precision: str = "32-true"):
         self.checkpoint = checkpoint
         self.mode = mode
         self.task = task
-        self.lr = lr
-        self.encoder_lr = encoder_lr
-        self.weight_decay = weight_decay
+        self.schedule = schedule
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.random_state = random_state
         self.probe_init = probe_init
         self.atlas = atlas
         self.device = device
         self.precision = precision
+
+    # What WindowedHead reads, from the schedule (not parameters of their own: get_params and
+    # clone see the schedule whole).
+    @property
+    def max_epochs(self) -> int:
+        return self._schedule().max_epochs
+
+    @property
+    def patience(self) -> int:
+        return self._schedule().patience
+
+    @property
+    def batch_size(self) -> int:
+        return self._schedule().batch_size
+
+    def _schedule(self) -> FineTuneSchedule:
+        if not isinstance(self.schedule, FineTuneSchedule):
+            raise BrainLMInputError(f"schedule {self.schedule!r}; expected a FineTuneSchedule")
+        return self.schedule
 
     def _model(self) -> MaskedBrainModel:
         if self.mode not in MODES:
@@ -187,22 +252,23 @@ class BrainLMFineTuner(WindowedHead, BaseEstimator):
         for p in model.parameters():
             p.requires_grad_(False)
         net = EncoderHead(model, torch.from_numpy(self.xyz_)).to(self.device)
-        groups = [{"params": list(net.head.parameters()), "lr": self.lr}]
+        schedule = self._schedule()
+        groups = [{"params": list(net.head.parameters()), "lr": schedule.lr}]
         if self.mode == "full":
             encoder = [p for n, p in model.named_parameters()
                        if not n.startswith(("decoder", "mask_token"))]
             for p in encoder:
                 p.requires_grad_(True)
-            groups.append({"params": encoder, "lr": self.encoder_lr})
+            groups.append({"params": encoder, "lr": schedule.encoder_lr})
         elif self.mode == "lora":
             self.lora_layers_ = add_lora(model, self.lora_rank, self.lora_alpha)
             adapters = [p for n, p in model.named_parameters() if "lora_" in n]
-            groups.append({"params": adapters, "lr": self.lr})
+            groups.append({"params": adapters, "lr": schedule.lr})
         model.to(self.device)
         if self.probe_init:
             self._fit_head(net, items, targets)
         self.n_trainable_ = int(sum(p.numel() for g in groups for p in g["params"]))
-        return net, torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+        return net, torch.optim.AdamW(groups, weight_decay=schedule.weight_decay)
 
     @torch.no_grad()
     def _fit_head(self, net: EncoderHead, items, targets: torch.Tensor) -> None:
@@ -246,8 +312,10 @@ class LinearProbe(WindowedHead, BaseEstimator):
     Parameters
     ----------
     task : {"regression", "classification"}
-    lr, weight_decay, max_epochs, patience, batch_size, val_fraction, random_state
-        As in :class:`BrainLMFineTuner`; an epoch visits every training window.
+    lr, weight_decay, max_epochs, patience, batch_size
+        As in :class:`FineTuneSchedule`; an epoch visits every training window.
+    val_fraction, random_state
+        As in :class:`BrainLMFineTuner`.
 
     ``fit(X, y, groups)`` takes X as a list of (W_i, F) window-embedding arrays, one per
     recording. Features are standardised with the statistics of the training windows (the

@@ -24,7 +24,8 @@ from torch import nn
 from brainlm.data.windows import tile
 from brainlm.errors import BrainLMInputError
 from brainlm.model.precision import autocast
-from brainlm.train.supervised import EpochBatches, FixedBatches, accelerator_for, fit_supervised
+from brainlm.train.supervised import EpochBatches, FixedBatches, fit_supervised
+from brainlm.train.trainer import TrainerSettings
 
 
 def random_crops(series: list[np.ndarray], window_trs: int, generator: torch.Generator) -> torch.Tensor:
@@ -143,12 +144,11 @@ def train_early_stopping(net: nn.Module, optimizer: torch.optim.Optimizer, *,
             idx = order[i:i + batch_size]
             yield inputs[idx], targets[idx]
 
-    accelerator, devices = accelerator_for(device)
     train = EpochBatches(batches, -(-len(first[0]) // batch_size))
     fit = fit_supervised(net, optimizer, loss=loss_function(classification), train=train,
-                         val=FixedBatches(val_inputs, val_targets, batch_size), max_epochs=max_epochs,
-                         patience=patience, count_start=True, accelerator=accelerator, devices=devices,
-                         precision=precision)
+                         trainer=TrainerSettings.on_device(max_epochs, device, precision=precision),
+                         val=FixedBatches(val_inputs, val_targets, batch_size), patience=patience,
+                         count_start=True)
     net.to(device)
     # The mean training loss of an epoch weights each batch by its size.
     train_loss = [sum(loss * n for loss, n in epoch) / sum(n for _, n in epoch) for epoch in fit.batch_losses]
@@ -161,8 +161,9 @@ class WindowedHead:
     training recordings that keeps subjects apart (``groups``), and a recording's prediction
     averages its windows.
 
-    Subclasses are scikit-learn estimators with parameters ``task``, ``max_epochs``,
-    ``patience``, ``batch_size``, ``val_fraction``, ``random_state`` and implement
+    Subclasses are scikit-learn estimators with parameters ``task``, ``val_fraction``,
+    ``random_state`` and attributes ``max_epochs``, ``patience``, ``batch_size`` (parameters of
+    their own, or read from a schedule parameter) and implement
     ``_prepare(X) -> list``, ``_build(train_items, train_targets) -> (net, optimizer)``,
     ``_train_examples(items, generator) -> (inputs, owner)`` and
     ``_eval_examples(items) -> (inputs, owner)``; ``_build`` may set ``precision_`` (the
