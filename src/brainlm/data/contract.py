@@ -307,36 +307,8 @@ class PreprocessingContract:
         units = input_units(x, good)
         psc = self.percent_signal_change and not (units == "centred" and self.unit_free)
         if psc:
-            mean = x.mean(axis=0)
-            sd = x.std(axis=0)
-            weak = good[~(mean[good] > 5 * sd[good])]
-            if weak.size:
-                raise BrainLMInputError(
-                    f"percent signal change needs raw BOLD with a positive baseline, but parcel(s) "
-                    f"{[names[i] for i in weak[:5]]} have mean {mean[weak[0]]:.3g} vs s.d. {sd[weak[0]]:.3g} "
-                    "(already demeaned or z-scored?). Prepare such data without --psc, or with "
-                    "per-recording scaling (--scaling recording: raw, demeaned and z-scored data are "
-                    "then scaled alike); a checkpoint pretrained with --psc and pooled scaling cannot "
-                    "take them, use one pretrained with --scaling recording (the shipped hcp-fresh)", source)
-            x[:, good] = 100.0 * (x[:, good] / mean[good] - 1.0)
-
-        conf = None
-        if self.confounds:
-            if confounds is None:
-                raise BrainLMInputError(
-                    f"contract regresses confounds {self.confounds} but this recording has none", source)
-            missing = [c for c in self.confounds if c not in confounds.columns]
-            if missing:
-                raise BrainLMInputError(
-                    f"confound column(s) {missing} missing; found {list(confounds.columns)[:10]}", source)
-            conf = confounds[self.confounds].to_numpy(dtype=np.float64)[self.drop_initial_trs:]
-            if conf.shape[0] != x.shape[0]:
-                raise BrainLMInputError(
-                    f"confounds have {conf.shape[0] + self.drop_initial_trs} rows; expected "
-                    f"{x.shape[0] + self.drop_initial_trs} (one per TR)", source)
-            if not np.isfinite(conf).all():
-                # fMRIPrep derivatives columns start with n/a; the first value is the convention.
-                conf = np.where(np.isfinite(conf), conf, 0.0)
+            _to_percent_signal_change(x, good, names, source)
+        conf = self._confound_matrix(confounds, x.shape[0], source) if self.confounds else None
 
         nyquist = 0.5 / tr
         if self.low_pass_hz is not None and self.low_pass_hz >= nyquist:
@@ -364,6 +336,26 @@ class PreprocessingContract:
         x[:, bad] = np.nan
         return CleanedSeries(data=x, tr=out_tr, bad_parcels=bad.tolist(), units=units,
                              percent_signal_change=psc)
+
+    def _confound_matrix(self, confounds, n_rows: int, source: str) -> np.ndarray:
+        """The contract's confound columns of ``confounds`` after the dropped initial frames,
+        (``n_rows``, C) float64, missing values (fMRIPrep's leading n/a) as 0."""
+        if confounds is None:
+            raise BrainLMInputError(
+                f"contract regresses confounds {self.confounds} but this recording has none", source)
+        missing = [c for c in self.confounds if c not in confounds.columns]
+        if missing:
+            raise BrainLMInputError(
+                f"confound column(s) {missing} missing; found {list(confounds.columns)[:10]}", source)
+        conf = confounds[self.confounds].to_numpy(dtype=np.float64)[self.drop_initial_trs:]
+        if conf.shape[0] != n_rows:
+            raise BrainLMInputError(
+                f"confounds have {conf.shape[0] + self.drop_initial_trs} rows; expected "
+                f"{n_rows + self.drop_initial_trs} (one per TR)", source)
+        if not np.isfinite(conf).all():
+            # fMRIPrep derivatives columns start with n/a; the first value is the convention.
+            conf = np.where(np.isfinite(conf), conf, 0.0)
+        return conf
 
     # -- step 6 ----------------------------------------------------------------------------
     @property
@@ -513,6 +505,24 @@ class ReferenceContract:
         if same:
             out.median, out.iqr = list(self.contract.median), list(self.contract.iqr)
         return out, same
+
+
+def _to_percent_signal_change(x: np.ndarray, good: np.ndarray, names: list[str], source: str) -> None:
+    """Convert the ``good`` parcels of ``x`` (T, P) float64 to percent signal change, in place:
+    ``100 * (x / mean - 1)``; an error for a parcel without a positive baseline (mean at most
+    5 s.d.: demeaned or z-scored data)."""
+    mean = x.mean(axis=0)
+    sd = x.std(axis=0)
+    weak = good[~(mean[good] > 5 * sd[good])]
+    if weak.size:
+        raise BrainLMInputError(
+            f"percent signal change needs raw BOLD with a positive baseline, but parcel(s) "
+            f"{[names[i] for i in weak[:5]]} have mean {mean[weak[0]]:.3g} vs s.d. {sd[weak[0]]:.3g} "
+            "(already demeaned or z-scored?). Prepare such data without --psc, or with "
+            "per-recording scaling (--scaling recording: raw, demeaned and z-scored data are "
+            "then scaled alike); a checkpoint pretrained with --psc and pooled scaling cannot "
+            "take them, use one pretrained with --scaling recording (the shipped hcp-fresh)", source)
+    x[:, good] = 100.0 * (x[:, good] / mean[good] - 1.0)
 
 
 def _resampling_ratio(tr_in: float, tr_out: float) -> tuple[int, int]:
