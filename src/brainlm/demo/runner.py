@@ -37,17 +37,18 @@ from pathlib import Path
 import torch
 
 from brainlm.version import __version__
-from brainlm.data.atomic import write_json
+from brainlm.data.atomic import write_text_atomic
 from brainlm.demo.settings import DemoSettings
 from brainlm.demo.steps import STEPS, DemoRun, SummaryPart, training_device
 from brainlm.report.console import make_console
 from brainlm.report.html import render_report
+from brainlm.report.layout import RunSummary
 from brainlm.report.sections import software_versions
 
 __all__ = ["command_line", "run_demo"]
 
 
-def run_demo(out: Path, jobs: int = 2, settings: DemoSettings = DemoSettings()) -> dict:
+def run_demo(out: Path, jobs: int = 2, settings: DemoSettings = DemoSettings()) -> RunSummary:
     """Run every step of :data:`~brainlm.demo.steps.STEPS` into ``out``; returns (and writes
     ``out/summary.json``) the key numbers, and draws ``out/report.html``."""
     con = make_console()
@@ -71,14 +72,15 @@ def run_demo(out: Path, jobs: int = 2, settings: DemoSettings = DemoSettings()) 
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     summary["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     summary["versions"] = software_versions()
-    write_json(run.layout.summary, summary)
+    summary = RunSummary.from_json(summary)
+    write_text_atomic(run.layout.summary, summary.dumps(indent=2))
 
     con.rule("[bold]Report")
     report = render_report(out)
     con.print(f"report: [bold]{report.resolve()}[/bold]")
-    for k in summary["key_numbers"]:
+    for k in summary.key_numbers:
         con.print(f"  {k['label']}: [bold]{k['value']}[/bold]")
-    con.print(f"({summary['seconds'] / 60:.1f} min; summary: {run.layout.summary.resolve()})")
+    con.print(f"({summary.seconds / 60:.1f} min; summary: {run.layout.summary.resolve()})")
     return summary
 
 

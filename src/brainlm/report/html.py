@@ -29,7 +29,7 @@ import jinja2
 from brainlm.data.atomic import write_text_atomic
 from brainlm.errors import BrainLMInputError
 from brainlm.report import sections
-from brainlm.report.blocks import read_json
+from brainlm.report.layout import RunLayout
 
 __all__ = ["render_report", "is_report"]
 
@@ -51,7 +51,7 @@ def is_report(path: str | Path) -> bool:
 def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Render ``run_dir/report.html`` (or ``out``) from the run folder's saved results."""
     run_dir = Path(run_dir)
-    summary = read_json(run_dir / "summary.json")
+    summary = RunLayout(run_dir).read_summary()
     if summary is None:
         if not (run_dir / "results").is_dir():
             raise BrainLMInputError(

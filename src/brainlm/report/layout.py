@@ -17,8 +17,9 @@ Each result file is read back as its task's typed result (:mod:`brainlm.tasks.re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from brainlm.tasks.forecasting.evaluate import ForecastResult
 from brainlm.tasks.group_attention import GroupAttentionResult
@@ -26,14 +27,63 @@ from brainlm.tasks.latent import LatentResult
 from brainlm.tasks.networks import NetworksResult
 from brainlm.tasks.prediction.evaluate import PredictionResult
 from brainlm.tasks.reconstruction import ReconstructionResult
-from brainlm.tasks.results import read_result
+from brainlm.tasks.results import Record, TaskResult, read_result
 
-__all__ = ["RESULT_FILES", "RunLayout"]
+__all__ = ["RESULT_FILES", "PretrainingSummary", "RunLayout", "RunSummary"]
 
 #: The file each task writes into its results folder, and the type it is read back as.
 RESULT_FILES = {"reconstruction.json": ReconstructionResult, "prediction.json": PredictionResult,
                 "forecast.json": ForecastResult, "networks.json": NetworksResult,
                 "group_attention.json": GroupAttentionResult}
+
+
+@dataclass(frozen=True)
+class PretrainingSummary(Record):
+    """The demo's pretraining: the run folder (``run``, its logs under it), the model, how long
+    it took where, and the validation metrics on the held-out subject."""
+
+    run: str
+    preset: str
+    epochs: int
+    seconds: float
+    device: str
+    precision: str
+    window_trs: int
+    masking: dict
+    parameters: dict
+    validation: dict
+    embeddings_deterministic: bool
+    embedded_recordings: int
+
+
+@dataclass(frozen=True)
+class RunSummary(TaskResult):
+    """``summary.json``: what the demo ran (settings, timings, versions, key numbers and each
+    step's part), or, for a study folder, what its results name (``kind == "study"``: the
+    checkpoints and corpora in ``settings``)."""
+
+    KIND: ClassVar[str] = "run_summary"
+
+    brainlm_version: str
+    command: str
+    settings: dict
+    kind: str = "demo"
+    finished: str = ""
+    versions: dict = field(default_factory=dict)
+    seed: int = 0
+    device: str = "cpu"
+    seconds: float = 0.0
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    key_numbers: list[dict] = field(default_factory=list)
+    corpora: dict = field(default_factory=dict)
+    data_notes: dict[str, str] = field(default_factory=dict)
+    pretraining: PretrainingSummary | None = None
+    reconstruction: dict | None = None
+    prediction: dict[str, str] | None = None
+    forecasting: str | None = None
+    networks: dict | None = None
+    attention: dict | None = None
+    latent: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +136,9 @@ class RunLayout:
         return self.results / "latent-site.json"
 
     # -- typed results the report reads ---------------------------------------------------------
+    def read_summary(self) -> RunSummary | None:
+        return read_result(RunSummary, self.summary)
+
     def read_reconstruction(self, zero_shot: bool = False) -> ReconstructionResult | None:
         folder = self.reconstruction_zero_shot if zero_shot else self.reconstruction
         return read_result(ReconstructionResult, folder / "reconstruction.json")

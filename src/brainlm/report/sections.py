@@ -27,7 +27,7 @@ from brainlm.report.brain import ParcelMapStyle, plot_parcel_values
 from brainlm.report.figures import prediction_scores, reconstruction_example, training_curves
 from brainlm.report.forecasting_figures import plot_step_curves
 from brainlm.report.latent_figures import draw_latent_figure, latent_caption, score_text
-from brainlm.report.layout import RunLayout
+from brainlm.report.layout import PretrainingSummary, RunLayout, RunSummary
 from brainlm.tasks.group_attention import read_parcels as read_group_parcels
 from brainlm.tasks.networks import NetworksResult
 from brainlm.tasks.networks import read_parcels as read_network_parcels
@@ -48,9 +48,9 @@ METHOD_NAMES = {
 }
 
 
-def _masking(pre: dict) -> str:
+def _masking(pre: PretrainingSummary) -> str:
     """How much pretraining masked: one ratio, or a range drawn per batch."""
-    m = pre.get("masking") or {"ratio": pre["mask_ratio"], "ratio_max": None}
+    m = pre.masking
     if m.get("ratio_max") is not None:
         return f"a fraction drawn per batch from {m['ratio']:.0%} to {m['ratio_max']:.0%}"
     return f"{m['ratio']:.0%}"
@@ -68,7 +68,7 @@ def software_versions() -> dict:
     return out
 
 
-def study_summary(run_dir: Path) -> dict:
+def study_summary(run_dir: Path) -> RunSummary:
     """What a study folder (task results under ``results/``, no ``summary.json``) tells the report:
     the checkpoints and corpora its results name, and this software. A user's own analysis of any
     checkpoint (an imported upstream one included) gets a report this way."""
@@ -86,26 +86,24 @@ def study_summary(run_dir: Path) -> dict:
             corpora[path] = Corpus(path).summary()
         except BrainLMInputError as e:
             notes[path] = f"named by the results but not readable from here ({e.reason})"
-    return {"kind": "study", "brainlm_version": __version__,
-            "command": f"brainlm report {run_dir}",
-            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "versions": software_versions(), "corpora": corpora, "data_notes": notes,
-            "settings": {k: sorted(v) for k, v in found.items()}}
+    return RunSummary(kind="study", brainlm_version=__version__, command=f"brainlm report {run_dir}",
+                      finished=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                      versions=software_versions(), corpora=corpora, data_notes=notes,
+                      settings={k: sorted(v) for k, v in found.items()})
 
 
-def subtitle(summary: dict) -> str:
-    if summary.get("kind") == "study":
-        names = ", ".join(summary["settings"].get("checkpoints", [])) or "unknown"
-        return (f"brainlm {summary.get('brainlm_version', '?')} · the saved task results of checkpoint(s) "
-                f"{names} · {summary.get('finished', '')}")
-    return (f"brainlm {summary.get('brainlm_version', '?')} · produced by `{summary.get('command', 'brainlm demo')}` "
-            f"in {summary.get('seconds', 0) / 60:.1f} min on {summary.get('device', 'cpu')} · "
-            f"{summary.get('finished', '')}")
+def subtitle(summary: RunSummary) -> str:
+    if summary.kind == "study":
+        names = ", ".join(summary.settings.get("checkpoints", [])) or "unknown"
+        return (f"brainlm {summary.brainlm_version} · the saved task results of checkpoint(s) "
+                f"{names} · {summary.finished}")
+    return (f"brainlm {summary.brainlm_version} · produced by `{summary.command}` "
+            f"in {summary.seconds / 60:.1f} min on {summary.device} · {summary.finished}")
 
 
-def key_numbers(run_dir: Path, summary: dict) -> list[dict]:
+def key_numbers(run_dir: Path, summary: RunSummary) -> list[dict]:
     """The headline numbers shown above the table of contents."""
-    return list(summary.get("key_numbers", []))
+    return list(summary.key_numbers)
 
 
 def _missing(anchor: str, title: str, what: str) -> Section:
@@ -113,9 +111,9 @@ def _missing(anchor: str, title: str, what: str) -> Section:
 
 
 # -- data ----------------------------------------------------------------------------------------
-def data_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+def data_section(run_dir: Path, summary: RunSummary, figures: Path) -> Section:
     s = Section("data", "Data")
-    corpora = summary.get("corpora", {})
+    corpora = summary.corpora
     if not corpora:
         return _missing("data", "Data", "a corpus summary")
     rows = []
@@ -130,7 +128,7 @@ def data_section(run_dir: Path, summary: dict, figures: Path) -> Section:
                           ["corpus", "atlas", "parcels", "recordings", "subjects", "hours", "TR (s)",
                            "source TRs (s)", "TRs per recording", "subjects train / val / test",
                            "phenotypes"], rows))
-    for name, text in summary.get("data_notes", {}).items():
+    for name, text in summary.data_notes.items():
         s.paragraphs.append(f"<b>{escape(name)}</b>: {escape(text)}")
     name, first = next(iter(corpora.items()))
     contract = first["contract"]
@@ -147,23 +145,23 @@ def data_section(run_dir: Path, summary: dict, figures: Path) -> Section:
 
 
 # -- pretraining ---------------------------------------------------------------------------------
-def pretraining_section(run_dir: Path, summary: dict, figures: Path) -> Section:
-    pre = summary.get("pretraining")
-    if not pre:
+def pretraining_section(run_dir: Path, summary: RunSummary, figures: Path) -> Section:
+    pre = summary.pretraining
+    if pre is None:
         return _missing("pretraining", "Pretraining", "a pretraining run")
     s = Section("pretraining", "Pretraining")
-    logs = sorted((run_dir / pre["run"] / "logs" / "csv").glob("version_*/metrics.csv"))
+    logs = sorted((run_dir / pre.run / "logs" / "csv").glob("version_*/metrics.csv"))
     if logs:
         png = training_curves(logs[-1], figures / "training_curves.png")
         s.figures.append(embed_png(png, "training_curves", "Training loss per step; validation masked "
                                    "MSE per epoch on held-out subjects against predicting 0 and each "
                                    "parcel's visible mean (left); validation R² of masked values (right)."))
-    v = pre["validation"]
+    v = pre.validation
     best_baseline = min(v["val/baseline_zero_mse"], v["val/baseline_mean_mse"])
     s.paragraphs.append(
-        f"The <code>{escape(pre['preset'])}</code> model ({fmt(pre['parameters']['total'])} parameters) "
-        f"was pretrained for {pre['epochs']} epochs ({pre['seconds'] / 60:.1f} min on {escape(pre.get('device', 'cpu'))}) "
-        f"on random {pre['window_trs']}-TR windows of the training subjects, with "
+        f"The <code>{escape(pre.preset)}</code> model ({fmt(pre.parameters['total'])} parameters) "
+        f"was pretrained for {pre.epochs} epochs ({pre.seconds / 60:.1f} min on {escape(pre.device)}) "
+        f"on random {pre.window_trs}-TR windows of the training subjects, with "
         f"{_masking(pre)} of tokens masked at random; the loss is the MSE on masked tokens only.")
     s.tables.append(Table("Validation (held-out subjects, deterministic tiles and masks)",
                           ["method", "masked MSE", "R²"],
@@ -177,7 +175,7 @@ def pretraining_section(run_dir: Path, summary: dict, figures: Path) -> Section:
 
 
 # -- reconstruction ------------------------------------------------------------------------------
-def reconstruction_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+def reconstruction_section(run_dir: Path, summary: RunSummary, figures: Path) -> Section:
     layout = RunLayout(run_dir)
     res = layout.read_reconstruction()
     if res is None:
@@ -250,7 +248,7 @@ def _reconstruction_verdict(res: ReconstructionResult) -> str:
 
 
 # -- prediction ----------------------------------------------------------------------------------
-def prediction_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+def prediction_section(run_dir: Path, summary: RunSummary, figures: Path) -> Section:
     results = RunLayout(run_dir).read_predictions()
     if not results:
         return _missing("prediction", "Phenotype prediction", "the phenotype prediction evaluation")
@@ -309,7 +307,7 @@ def _headline_html(res: PredictionResult) -> str:
 
 
 # -- forecasting ---------------------------------------------------------------------------------
-def forecasting_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+def forecasting_section(run_dir: Path, summary: RunSummary, figures: Path) -> Section:
     res = RunLayout(run_dir).read_forecasting()
     if res is None:
         return _missing("forecasting", "Forecasting future brain states", "the forecasting comparison")
@@ -339,7 +337,7 @@ def forecasting_section(run_dir: Path, summary: dict, figures: Path) -> Section:
 
 
 # -- networks ------------------------------------------------------------------------------------
-def networks_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+def networks_section(run_dir: Path, summary: RunSummary, figures: Path) -> Section:
     layout = RunLayout(run_dir)
     found = layout.read_networks()
     if not found:
@@ -391,7 +389,7 @@ def _networks_table(name: str, r: NetworksResult) -> Table:
 
 
 # -- group attention -----------------------------------------------------------------------------
-def attention_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+def attention_section(run_dir: Path, summary: RunSummary, figures: Path) -> Section:
     layout = RunLayout(run_dir)
     r = layout.read_attention()
     if r is None:
@@ -428,28 +426,28 @@ def attention_section(run_dir: Path, summary: dict, figures: Path) -> Section:
 
 
 # -- provenance ----------------------------------------------------------------------------------
-def provenance_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+def provenance_section(run_dir: Path, summary: RunSummary, figures: Path) -> Section:
     s = Section("provenance", "How this report was produced")
-    versions = summary.get("versions", {})
+    versions = summary.versions
     s.tables.append(Table("Software", ["package", "version"],
                           [row([k, v]) for k, v in versions.items()]))
-    steps = summary.get("step_seconds", {})
+    steps = summary.step_seconds
     if steps:
         s.tables.append(Table("Time per step", ["step", "seconds"],
                               [row([k, f"{v:.1f}"]) for k, v in steps.items()]))
-    if summary.get("kind") == "study":
-        s.paragraphs.append(f"Command: <code>{escape(summary['command'])}</code>, drawn from the saved "
+    if summary.kind == "study":
+        s.paragraphs.append(f"Command: <code>{escape(summary.command)}</code>, drawn from the saved "
                             "results under <code>results/</code>; the settings of each task are in its "
                             "JSON file there. The checkpoints and corpora those results name follow.")
     else:
-        s.paragraphs.append(f"Command: <code>{escape(summary.get('command', 'brainlm demo'))}</code>; seed "
-                            f"{summary.get('seed', 0)} everywhere (splits, crops, masks, folds, models). The "
+        s.paragraphs.append(f"Command: <code>{escape(summary.command)}</code>; seed "
+                            f"{summary.seed} everywhere (splits, crops, masks, folds, models). The "
                             "settings of every step follow.")
-    s.pre = to_json(summary.get("settings", {}))
+    s.pre = to_json(summary.settings)
     return s
 
 
-def latent_section(run_dir: Path, summary: dict, figures: Path) -> Section:
+def latent_section(run_dir: Path, summary: RunSummary, figures: Path) -> Section:
     layout = RunLayout(run_dir)
     r = layout.read_latent()
     if r is None:
@@ -470,10 +468,10 @@ def latent_section(run_dir: Path, summary: dict, figures: Path) -> Section:
     return s
 
 
-def benchmarks_section(run_dir: Path, summary: dict, figures: Path) -> Section | None:
+def benchmarks_section(run_dir: Path, summary: RunSummary, figures: Path) -> Section | None:
     """The evidence behind the default recipe: the committed quality benchmark and scaling study
     (not re-run by the demo; ``benchmarks/bench_quality.py`` and ``bench_scaling.py``)."""
-    if summary.get("kind") == "study":
+    if summary.kind == "study":
         return None   # the evidence for brainlm's own recipe; a study may be of any checkpoint
     quality, scaling = load_benchmark("quality"), load_benchmark("scaling")
     if quality is None and scaling is None:

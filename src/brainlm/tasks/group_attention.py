@@ -27,14 +27,13 @@ import pandas as pd
 from scipy.stats import false_discovery_control
 
 from brainlm.data.atlas import Atlas, network_order
-from brainlm.data.atomic import atomic_directory, write_json, write_text_atomic
 from brainlm.data.corpus import Corpus
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
 from brainlm.tasks.attention import extract_attention
 from brainlm.tasks.model_input import is_model, load_model, model_inputs
 from brainlm.tasks.results import Record, TaskResult
-from brainlm.tasks.results_folder import read_results_table
+from brainlm.tasks.results_folder import parcel_table_text, publish_results, read_parcel_table
 from brainlm.tasks.settings import resolve_settings
 
 __all__ = ["GroupAttentionResult", "GroupAttentionSettings", "group_attention", "parcel_set_enrichment", "permutation_test", "welch_t"]
@@ -564,17 +563,14 @@ _NUMERIC_COLUMNS = tuple(f"{what}_{col}" for what in ("attention", "fc_strength"
 
 def read_parcels(path: str | Path) -> pd.DataFrame:
     """A saved ``parcels.tsv`` (one row per parcel), unlabelled networks kept as empty strings."""
-    return read_results_table(path, ("parcel", "network", "x", "y", "z", "attention_mean_a", "attention_mean_b",
-                                     "attention_difference", "attention_t", "attention_significant"),
-                              dtype={"parcel": str, "network": str}, keep_default_na=False,
-                              na_values={c: ["", "nan", "NaN"] for c in _NUMERIC_COLUMNS})
+    return read_parcel_table(path, ("parcel", "network", "x", "y", "z", "attention_mean_a", "attention_mean_b",
+                                    "attention_difference", "attention_t", "attention_significant"),
+                             numeric=_NUMERIC_COLUMNS)
 
 
-def _write(result: dict, parcels: pd.DataFrame, per_recording: pd.DataFrame, out) -> None:
+def _write(result: GroupAttentionResult, parcels: pd.DataFrame, per_recording: pd.DataFrame, out) -> None:
     """``group_attention.json``, ``group_attention.md``, ``parcels.tsv`` and
     ``recordings.parquet`` in ``out``, published whole."""
-    with atomic_directory(out, overwrite=True) as build:
-        parcels.to_csv(build / "parcels.tsv", sep="\t", index=False, float_format="%.6g")
-        per_recording.to_parquet(build / "recordings.parquet", index=False)
-        write_text_atomic(build / "group_attention.md", markdown(result, parcels))
-        write_json(build / "group_attention.json", result)
+    publish_results(out, {"parcels.tsv": parcel_table_text(parcels), "recordings.parquet": per_recording,
+                          "group_attention.md": markdown(result, parcels),
+                          "group_attention.json": result.dumps(indent=2)})

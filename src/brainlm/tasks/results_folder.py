@@ -16,7 +16,8 @@ import pandas as pd
 from brainlm.data.atomic import atomic_directory, check_output_folder, write_parquet_atomic, write_text_atomic
 from brainlm.errors import BrainLMInputError
 
-__all__ = ["check_results_folder", "publish_results", "read_results_json", "read_results_table"]
+__all__ = ["check_results_folder", "parcel_table_text", "publish_results", "read_parcel_table", "read_results_json",
+           "read_results_table"]
 
 
 def check_results_folder(out: str | Path | None, overwrite: bool, sources=()) -> Path | None:
@@ -67,3 +68,17 @@ def read_results_table(path: str | Path, required: tuple[str, ...] = (), **read_
         raise BrainLMInputError(f"results table lacks column(s) {missing}; found {list(table.columns)}",
                                 str(path))
     return table
+
+
+def parcel_table_text(table: pd.DataFrame) -> str:
+    """``parcels.tsv`` of a results folder: one row per parcel, tab-separated, floats to 6
+    significant digits."""
+    return table.to_csv(sep="\t", index=False, float_format="%.6g")
+
+
+def read_parcel_table(path: str | Path, required: tuple[str, ...], numeric: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A saved ``parcels.tsv`` (see :func:`parcel_table_text`): parcel names and networks as
+    text, empty cells (unlabelled parcels, no prediction) kept as empty strings, except in the
+    ``numeric`` columns, where they are missing values."""
+    return read_results_table(path, required, dtype={"parcel": str, "network": str}, keep_default_na=False,
+                              na_values={c: ["", "nan", "NaN"] for c in numeric})
