@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "brainlm"
 #: Bottom to top; a module may import from its own layer and the ones before it.
-LAYERS = ("errors", "version", "data", "simulate", "model", "checkpoints", "train", "tasks", "report", "demo", "commands")
+LAYERS = ("errors", "version", "validation", "data", "simulate", "model", "checkpoints", "train", "tasks", "report", "demo", "commands")
 
 
 def _brainlm_imports(tree: ast.AST):

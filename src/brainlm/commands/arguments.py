@@ -14,6 +14,7 @@ from brainlm.data.corpus import Corpus
 from brainlm.data.recording import Recording
 from brainlm.data.sources import read_recordings
 from brainlm.errors import BrainLMInputError
+from brainlm.validation import positive_int
 
 __all__ = ["ATLAS_HELP", "CHECKPOINT_HELP", "add_attention_options", "add_data_file_options", "atlas_option",
            "check_device", "check_output_file", "check_positive", "comma_floats", "comma_ints", "comma_names",
@@ -30,8 +31,7 @@ ATLAS_HELP = (f"atlas of parcellated time series: {' | '.join(EMBEDDED_ATLASES)}
 
 def check_positive(value, option: str) -> None:
     """An error naming ``option`` unless ``value`` is a positive whole number."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BrainLMInputError(f"{option} {value!r}; expected a positive whole number")
+    positive_int(value, option)
 
 
 def check_device(device: str, option: str = "--device") -> None:

@@ -27,6 +27,7 @@ from typing import Any
 from brainlm.data.atlas import Atlas
 from brainlm.data.contract import PreprocessingContract, ReferenceContract
 from brainlm.errors import BrainLMInputError
+from brainlm.validation import choice, positive_int_coerced, worker_count
 
 ORIENTATIONS = ("auto", "time-by-parcel", "parcel-by-time")
 TOO_SHORT_POLICIES = ("skip", "error")
@@ -37,8 +38,7 @@ COMPRESSIONS = ("none", "lz4", "zstd")
 
 def check_choice(value, allowed, name: str) -> None:
     """Error naming option ``name`` unless ``value`` is one of ``allowed``."""
-    if value not in allowed:
-        raise BrainLMInputError(f"option {name!r} is {value!r}; expected one of {list(allowed)}")
+    choice(value, allowed, f"option {name!r} is")
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,7 @@ class ReadingSettings:
 
     def __post_init__(self) -> None:
         check_choice(self.orientation, ORIENTATIONS, "orientation")
-        if int(self.read_volumes) < 1:
-            raise BrainLMInputError(f"read_volumes is {self.read_volumes!r}; expected a positive integer")
+        positive_int_coerced(self.read_volumes, "read_volumes is")
 
 
 @dataclass(frozen=True)
@@ -218,10 +217,7 @@ class ExecutionSettings:
         if self.layout.chunk_trs < 1:
             raise BrainLMInputError("min_trs and chunk_trs must be positive integers")
         # Counts below -1 have always passed here (joblib reads -2 as all cores but one).
-        jobs = self.jobs
-        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0:
-            raise BrainLMInputError(f"jobs={jobs!r} (--jobs); expected a positive number of worker "
-                                    "processes, or -1 for all cores")
+        worker_count(self.jobs, any_negative=True)
 
 
 _PARTS = {"reading": ReadingSettings, "cleaning": CleaningSettings, "splits": SplitSettings,

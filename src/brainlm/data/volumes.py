@@ -28,6 +28,7 @@ import pandas as pd
 
 from brainlm.data.atlas import Atlas, load_atlas
 from brainlm.errors import BrainLMInputError
+from brainlm.validation import positive_int_coerced
 
 ATLAS_KINDS = ("auto", "labels", "maps")
 
@@ -597,8 +598,7 @@ def extract_volume_signals(path: str | Path, atlas: VolumeAtlas, *, mask: str | 
     import nibabel as nib
 
     src = str(path)
-    if int(read_volumes) < 1:
-        raise BrainLMInputError(f"read_volumes is {read_volumes!r}; expected a positive integer")
+    positive_int_coerced(read_volumes, "read_volumes is")
     img = open_4d(path)
     shape, affine = img.shape, img.affine
     if mask is not None:

@@ -25,6 +25,7 @@ import numpy as np
 from brainlm.data.atlas import Atlas, load_atlas
 from brainlm.data.samples import load_hcp7_aal2, load_packaged_npz
 from brainlm.errors import BrainLMInputError
+from brainlm.validation import fraction
 
 __all__ = ["SIMULATION_ATLASES", "Connectome", "check_atlas_name", "functional_coupling",
            "load_connectome", "reference_fc", "structural_coupling"]
@@ -141,8 +142,7 @@ def functional_coupling(fc: np.ndarray, networks, *, density: float = 0.1,
         raise BrainLMInputError(f"field 'fc' has shape {c.shape}; expected a finite square "
                                 "(P, P) matrix")
     p = c.shape[0]
-    if not 0 < density <= 1:
-        raise BrainLMInputError(f"field 'density' is {density!r}; expected a fraction in (0, 1]")
+    fraction(density, "field 'density' is", interval="(0, 1]")
     if not exponent > 0 or not network_boost >= 0:
         raise BrainLMInputError(f"fields 'exponent' {exponent!r} and 'network_boost' "
                                 f"{network_boost!r}: expected exponent > 0 and network_boost >= 0")

@@ -32,7 +32,6 @@ of synchrony (and of FC) belongs to age alone.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from brainlm.errors import BrainLMInputError
+from brainlm.validation import finite_float, integer_at_least, non_negative_float, positive_float
 from brainlm.simulate.connectomes import check_atlas_name
 from brainlm.simulate.hemodynamics import BalloonParameters
 
@@ -324,38 +324,21 @@ class CohortSpec:
         return out
 
 
-# -- input checks ----------------------------------------------------------------------------
+# -- input checks: brainlm.validation's, with the simulation's naming ("field 'tr' is 0; ...") --
 def _finite(value, name, where=None) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise BrainLMInputError(f"field {name!r} is {value!r}; expected a number", where) from None
-    if not math.isfinite(v) or isinstance(value, bool):
-        raise BrainLMInputError(f"field {name!r} is {value!r}; expected a finite number", where)
-    return v
+    return finite_float(value, f"field {name!r} is", where)
 
 
 def _non_negative(value, name, where=None, unit="") -> float:
-    v = _finite(value, name, where)
-    if v < 0:
-        raise BrainLMInputError(f"field {name!r} is {value!r}; expected a number >= 0"
-                                f"{' ' + unit if unit else ''}", where)
-    return v
+    return non_negative_float(value, f"field {name!r} is", where, unit=unit)
 
 
 def _positive(value, name, where=None, upper=None, unit="") -> float:
-    v = _finite(value, name, where)
-    if v <= 0 or (upper is not None and v > upper):
-        bound = f" and <= {upper:g}" if upper is not None else ""
-        raise BrainLMInputError(f"field {name!r} is {value!r}; expected a number > 0{bound}"
-                                f"{' ' + unit if unit else ''}", where)
-    return v
+    return positive_float(value, f"field {name!r} is", where, upper=upper, unit=unit)
 
 
 def _count(value, name, minimum) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise BrainLMInputError(f"field {name!r} is {value!r}; expected an integer >= {minimum}")
-    return int(value)
+    return integer_at_least(value, f"field {name!r} is", minimum)
 
 
 def _resolve_sites(sites, tr) -> tuple[Site, ...]:

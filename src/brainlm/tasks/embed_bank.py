@@ -53,6 +53,7 @@ from brainlm.data.atomic import (OUTPUT_MARKER, check_not_an_input, check_output
 from brainlm.data.corpus import Corpus
 from brainlm.data.progress import ProgressBar
 from brainlm.errors import BrainLMInputError
+from brainlm.validation import positive_int
 from brainlm.model.precision import PRECISIONS, resolve_precision
 from brainlm.checkpoints.shipped import resolve_checkpoint
 from brainlm.tasks.embed import (DATASET_FORMAT, DATASET_MANIFEST, corpus_phenotypes, embedding_rows,
@@ -109,9 +110,7 @@ class DatasetSettings:
         if self.precision not in PRECISIONS:
             raise BrainLMInputError(f"precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         for name in ("batch_size", "shard_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise BrainLMInputError(f"{name} {value!r}; expected a positive whole number")
+            positive_int(getattr(self, name), name, numpy_integers=True)
 
 
 @dataclass
@@ -209,8 +208,7 @@ def embed_dataset(checkpoint: str | Path, corpus: str | Path | Corpus, out: str 
     """
     settings.check()
     k, n = parse_shard(f"{shard[0]}/{shard[1]}")
-    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:
-        raise BrainLMInputError(f"jobs {jobs!r}; expected a positive whole number")
+    positive_int(jobs, "jobs", numpy_integers=True)
     if overwrite and n > 1:
         raise BrainLMInputError("--overwrite with --shard would let each process delete the others' "
                                 "shards; remove the old folder first, then start the processes", str(out))

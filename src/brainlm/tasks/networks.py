@@ -54,6 +54,7 @@ from threadpoolctl import threadpool_limits
 from brainlm.data.atlas import Atlas, network_order
 from brainlm.data.atomic import atomic_directory, write_json, write_text_atomic
 from brainlm.errors import BrainLMInputError
+from brainlm.validation import worker_count
 from brainlm.model.brainlm import BrainLM
 from brainlm.tasks.attention import extract_attention
 from brainlm.tasks.model_input import ModelInput, is_model, load_model, model_inputs, random_like
@@ -422,10 +423,7 @@ class NetworksSettings:
             raise BrainLMInputError(f"n_neighbors is {self.n_neighbors}; expected an integer >= 1")
         if self.max_recordings is not None and self.max_recordings < 1:
             raise BrainLMInputError(f"max_recordings is {self.max_recordings}; expected an integer >= 1")
-        jobs = self.jobs
-        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0 or jobs < -1:
-            raise BrainLMInputError(f"jobs={jobs!r} (--jobs); expected a positive number of worker "
-                                    "processes, or -1 for all cores")
+        worker_count(self.jobs)
 
 
 @dataclass(frozen=True)

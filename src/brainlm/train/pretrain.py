@@ -28,6 +28,7 @@ from brainlm.data.atomic import OUTPUT_MARKER, check_not_an_input, output_kind, 
 from brainlm.data.corpus import Corpus
 from brainlm.data.windows import CorpusDataModule, require_window
 from brainlm.errors import BrainLMInputError
+from brainlm.validation import positive_int
 from brainlm.checkpoints.folder import SPATIAL_BASELINE, save_pretrained
 from brainlm.model.config import BASE_LR, MASK_RATIOS, preset
 from brainlm.model.masking import MaskSpec
@@ -158,10 +159,6 @@ RUN_KIND = "pretraining run"
 
 def check_settings(settings: PretrainSettings) -> None:
     """An error naming the option for a setting no run can use (before any file is written)."""
-    def positive_int(value, option):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise BrainLMInputError(f"{option} {value!r}; expected a positive whole number")
-
     check_augmentations(settings.augment)
     positive_int(settings.epochs, "--epochs")
     positive_int(settings.batch_size, "--batch-size")

@@ -39,6 +39,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from brainlm.errors import BrainLMInputError
+from brainlm.validation import positive_int
 from brainlm.model.layers import Block
 from brainlm.model.precision import PRECISIONS, resolve_precision
 from brainlm.train.progress import progress_callbacks
@@ -210,11 +211,6 @@ class TrainerSetup:
         return False
 
 
-def _positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BrainLMInputError(f"{name} {value!r}; expected a positive whole number")
-
-
 @dataclass(frozen=True)
 class TrainerSettings:
     """How a fit runs: how long, on what hardware, in what precision, with what gradient steps.
@@ -255,9 +251,9 @@ class TrainerSettings:
     accumulate: int = 1
 
     def __post_init__(self):
-        _positive_int(self.max_epochs, "TrainerSettings max_epochs")
-        _positive_int(self.num_nodes, "TrainerSettings num_nodes")
-        _positive_int(self.accumulate, "TrainerSettings accumulate")
+        positive_int(self.max_epochs, "TrainerSettings max_epochs")
+        positive_int(self.num_nodes, "TrainerSettings num_nodes")
+        positive_int(self.accumulate, "TrainerSettings accumulate")
         if not isinstance(self.accelerator, str) or not self.accelerator:
             raise BrainLMInputError(f"TrainerSettings accelerator {self.accelerator!r}; expected a name "
                                     "such as 'auto', 'cpu' or 'gpu'")
@@ -267,7 +263,7 @@ class TrainerSettings:
                 raise BrainLMInputError(f"TrainerSettings devices {devices!r}; expected a positive count, "
                                         "'auto' or a list of device indices")
         elif not isinstance(devices, str):
-            _positive_int(devices, "TrainerSettings devices")
+            positive_int(devices, "TrainerSettings devices")
         if self.precision not in PRECISIONS:
             raise BrainLMInputError(f"TrainerSettings precision {self.precision!r}; expected one of "
                                     f"{', '.join(PRECISIONS)}")
@@ -334,7 +330,7 @@ class BestEpoch:
                 raise BrainLMInputError("checkpoint_dir and save_last write files; expected "
                                         "keep='checkpoint' for them")
             if self.patience is not None:
-                _positive_int(self.patience, "patience")
+                positive_int(self.patience, "patience")
 
 
 @dataclass(frozen=True)

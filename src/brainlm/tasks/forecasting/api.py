@@ -17,6 +17,7 @@ import torch
 
 from brainlm.data.recording import Recording
 from brainlm.errors import BrainLMInputError
+from brainlm.validation import positive_int
 from brainlm.model.brainlm import BrainLM
 from brainlm.checkpoints.folder import load_pretrained
 from brainlm.model.masking import MaskSpec
@@ -86,8 +87,7 @@ def predict_future(model: BrainLM, context: np.ndarray, xyz: np.ndarray, horizon
     -------
     ndarray, shape (B, horizon_trs, P), float32.
     """
-    if isinstance(horizon_trs, bool) or not isinstance(horizon_trs, (int, np.integer)) or horizon_trs < 1:
-        raise BrainLMInputError(f"horizon_trs is {horizon_trs!r}; expected a positive number of TRs")
+    positive_int(horizon_trs, "horizon_trs is", numpy_integers=True, of="TRs")
     c = model.config
     step = _step(model, step_trs)
     need = c.window_trs - step

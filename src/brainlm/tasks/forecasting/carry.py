@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from brainlm.errors import BrainLMInputError
+from brainlm.validation import positive_int
 from brainlm.model.brainlm import BrainLM
 from brainlm.model.config import FORECAST_CARRY
 from brainlm.tasks.forecasting.baselines import RidgeVAR
@@ -54,9 +55,7 @@ def carry_lags(carry: str, lags: int | None) -> int:
     if carry == "none":
         return 0
     lags = DEFAULT_LAGS[carry] if lags is None else lags
-    if isinstance(lags, bool) or not isinstance(lags, (int, np.integer)) or lags < 1:
-        raise BrainLMInputError(f"carry_lags is {lags!r}; expected a positive number of TRs")
-    return int(lags)
+    return positive_int(lags, "carry_lags is", numpy_integers=True, of="TRs")
 
 
 def with_carry(model: BrainLM, carry: str, lags: int, horizon_trs: int, recordings=None) -> BrainLM:

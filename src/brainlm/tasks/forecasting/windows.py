@@ -17,6 +17,7 @@ from brainlm.data.contract import PreprocessingContract
 from brainlm.data.corpus import Corpus
 from brainlm.data.windows import WindowDataset, require_window
 from brainlm.errors import BrainLMInputError
+from brainlm.validation import positive_int
 from brainlm.tasks.model_input import read_model_input
 
 
@@ -33,8 +34,7 @@ def check_lengths(context_trs: int, horizon_trs: int, patch_trs: int | None = No
         hides whole patches) and so must the window ``context_trs + horizon_trs``.
     """
     for name, v in (("context_trs", context_trs), ("horizon_trs", horizon_trs)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise BrainLMInputError(f"{name} is {v!r}; expected a positive number of TRs", source)
+        positive_int(v, f"{name} is", source, numpy_integers=True, of="TRs")
     if patch_trs is None:
         return
     if horizon_trs % patch_trs:
