@@ -52,15 +52,14 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from brainlm.data.atlas import Atlas, network_order
-from brainlm.data.atomic import atomic_directory, write_json, write_text_atomic
 from brainlm.errors import BrainLMInputError
-from brainlm.validation import worker_count
 from brainlm.model.brainlm import BrainLM
 from brainlm.tasks.attention import extract_attention
 from brainlm.tasks.model_input import ModelInput, is_model, load_model, model_inputs, random_like
 from brainlm.tasks.results import Record, TaskResult
-from brainlm.tasks.results_folder import read_results_table
+from brainlm.tasks.results_folder import parcel_table_text, publish_results, read_parcel_table
 from brainlm.tasks.settings import resolve_settings
+from brainlm.validation import worker_count
 
 __all__ = ["NETWORK_FEATURES", "BASELINE_FEATURES", "NetworksResult", "NetworksSettings", "ParcelFeatures", "evaluate_features",
            "identify_networks", "network_labels", "parcel_features", "time_shifted"]
@@ -671,15 +670,11 @@ def markdown(result: dict) -> str:
 def read_parcels(path: str | Path) -> pd.DataFrame:
     """A saved ``parcels.tsv`` (one row per parcel), with empty network and prediction cells
     (unlabelled parcels) kept as empty strings."""
-    return read_results_table(path, ("parcel", "x", "y", "z", "network", "knn[BrainLM: cls_attention]",
-                                     "relative_cls_attention"),
-                              dtype={"parcel": str, "network": str}, keep_default_na=False,
-                              na_values={"relative_cls_attention": [""]})
+    return read_parcel_table(path, ("parcel", "x", "y", "z", "network", "knn[BrainLM: cls_attention]",
+                                    "relative_cls_attention"), numeric=("relative_cls_attention",))
 
 
-def _write(result: dict, table: pd.DataFrame, out) -> None:
+def _write(result: NetworksResult, table: pd.DataFrame, out) -> None:
     """``networks.json``, ``networks.md`` and ``parcels.tsv`` in ``out``, published whole."""
-    with atomic_directory(out, overwrite=True) as build:
-        table.to_csv(build / "parcels.tsv", sep="\t", index=False, float_format="%.6g")
-        write_text_atomic(build / "networks.md", markdown(result))
-        write_json(build / "networks.json", result)
+    publish_results(out, {"parcels.tsv": parcel_table_text(table), "networks.md": markdown(result),
+                          "networks.json": result.dumps(indent=2)})
