@@ -197,8 +197,6 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def _kill_a_build_and_list_survivors(src: Path, out: Path) -> list[int]:
     """Start ``prepare --jobs 2`` in a real process, SIGKILL it once both workers have cleaned
     recordings, and return the workers still alive 10 s later."""
@@ -237,6 +235,10 @@ def _kill_a_build_and_list_survivors(src: Path, out: Path) -> list[int]:
     return [w for w in workers if alive(w)]
 
 
+# The marks belong on the test: on the helper above they were ignored, so this minute of real
+# worker processes ran in the fast tier and was never skipped without /proc.
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_prepare_workers_die_with_their_parent(hcp, tmp_path):
     import os
     import signal
