@@ -254,6 +254,9 @@ def test_bad_input(trained, hcp_corpus, hcp, fitted, tmp_path, capsys):
         finetune(ckpt, hcp_corpus.path, tmp_path / "x", FinetuneSettings(context_trs=175, horizon_trs=20))
     with pytest.raises(BrainLMInputError, match="longer than every recording"):
         finetune(ckpt, hcp_corpus.path, tmp_path / "x", FinetuneSettings(context_trs=1200, horizon_trs=20))
+    with pytest.raises(BrainLMInputError, match="gradient_clip -1.0; expected a number >= 0"):
+        finetune(ckpt, hcp_corpus.path, tmp_path / "x", FinetuneSettings(clip=-1.0))
+    assert not (tmp_path / "x").exists()
     with pytest.raises(BrainLMInputError, match="longer than every recording"):
         forecast_windows(hcp_corpus, 1190, 20)
     with pytest.raises(BrainLMInputError, match="horizon_trs is 0"):

@@ -199,6 +199,7 @@ def _prepare(checkpoint, corpus, out: Path, s: FinetuneSettings, overwrite: bool
                                 "has no carry path (use carry 'none')", str(checkpoint))
     width = getattr(pretrained.config, "dim", None)
     precision = resolve_precision(s.precision, s.accelerator, width)
+    s.trainer_settings()  # a clip out of range is refused here, before any file is written
     data = Corpus(corpus)
     scaler = model_scaler(pretrained, data, transfer_atlas=s.transfer_atlas)
     # The checkpoint's atlas; on a transferred atlas the corpus' (its parcels are the ones modelled).
