@@ -243,9 +243,12 @@ def aggregate(results: list[dict]) -> dict:
         for net in ("hcp_aal2", "schaefer100"):
             feats = {}
             for model in ("BrainLM", "BrainLM untrained", "BrainLM, time-shifted input"):
-                for f in {x["features"] for x in rs[0]["networks"][net]["rows"] if x["model"] == model}:
+                # In the order of the rows, not a set's: a set of strings iterates in an order that
+                # changes between processes, and tied features were then picked at random.
+                for f in dict.fromkeys(x["features"] for x in rs[0]["networks"][net]["rows"] if x["model"] == model):
                     feats[f"{model}: {f}"] = _mean_sd(_knn(r["networks"][net]["rows"], model, f) for r in rs)
-            base = {x["features"] for x in rs[0]["networks"][net]["rows"] if not x["model"].startswith("BrainLM")}
+            base = dict.fromkeys(x["features"] for x in rs[0]["networks"][net]["rows"]
+                                 if not x["model"].startswith("BrainLM"))
             for f in base:
                 model = next(x["model"] for x in rs[0]["networks"][net]["rows"] if x["features"] == f)
                 feats[f"{model}: {f}"] = _mean_sd(_knn(r["networks"][net]["rows"], model, f) for r in rs)
