@@ -56,7 +56,7 @@ from bench_quality import RATIOS, RECIPES, _slug, fold_corpus, test_subjects, tr
 from brainlm.commands.prepare import reference_contract  # noqa: E402
 from brainlm.data.prepare import PrepareSettings, prepare_corpus  # noqa: E402
 from brainlm.data.recording import Recording  # noqa: E402
-from brainlm.data.samples import HCP7_TR, load_hcp7_aal2  # noqa: E402
+from brainlm.data.samples import load_hcp7_aal2  # noqa: E402
 from brainlm.errors import BrainLMInputError  # noqa: E402
 from brainlm.tasks.reconstruction import evaluate_reconstruction  # noqa: E402
 

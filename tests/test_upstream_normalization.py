@@ -19,7 +19,6 @@ import pytest
 from brainlm.commands import main
 from brainlm.data.atlas import load_atlas
 from brainlm.data.contract import PreprocessingContract, ReferenceContract
-from brainlm.data.corpus import Corpus
 from brainlm.data.prepare import PrepareSettings, prepare_corpus
 from brainlm.data.recording import Recording
 from brainlm.data.scaling import recording_statistics

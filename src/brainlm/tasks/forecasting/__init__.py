@@ -15,7 +15,7 @@ from brainlm.tasks.forecasting.evaluate import ForecastResult, evaluate, evaluat
 from brainlm.tasks.forecasting.finetune import FinetuneSettings, finetune
 from brainlm.tasks.forecasting.windows import ForecastWindows, check_lengths, forecast_windows
 
-__all__ = ["BASELINES", "BaselineSettings", "BrainLMForecaster", "ContextMean", "FinetuneSettings", "ForecastWindows",
-           "LSTMForecaster", "NeuralODEForecaster", "NeuralTraining", "ParcelAR", "Persistence",
+__all__ = ["BASELINES", "BaselineSettings", "BrainLMForecaster", "ContextMean", "FinetuneSettings", "ForecastResult",
+           "ForecastWindows", "LSTMForecaster", "NeuralODEForecaster", "NeuralTraining", "ParcelAR", "Persistence",
            "RidgeVAR", "check_lengths", "compare", "evaluate", "evaluate_run", "finetune", "forecast",
            "forecast_windows", "load_forecaster", "make_baseline", "predict_future", "step_metrics"]
