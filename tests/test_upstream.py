@@ -296,7 +296,7 @@ def test_evaluate_recon_runs_on_an_imported_checkpoint(a424_corpus, tmp_path):
     corpus, ckpt = a424_corpus
     result = evaluate_reconstruction(ckpt, corpus, ratios=[0.75], out=tmp_path / "recon")
     assert (tmp_path / "recon" / "reconstruction.json").is_file()
-    text = json.dumps(result)
+    text = result.dumps()   # the JSON text of the typed result, as reconstruction.json holds it
     assert "brainlm" in text and "spatial" in text
 
 
