@@ -10,8 +10,8 @@ Each check returns the value it accepted (converted where it says so) or raises
 ending in "is" (``"horizon_trs is"``, ``"field 'tr' is"``, ``"option 'orientation' is"``).
 ``source`` (a file or folder) is prefixed to the message by ``BrainLMInputError``.
 
-This module sits in the bottom layer with :mod:`brainlm.errors`: every layer may use it, and it
-imports nothing else of brainlm.
+This module is a layer of its own just above :mod:`brainlm.errors` and :mod:`brainlm.version`:
+every other layer may use it, and it imports nothing of brainlm but the error.
 """
 
 from __future__ import annotations
