@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import trained_run  # noqa: E402
 
-from brainlm.commands.demo import WINDOW_TRS, DemoSettings  # noqa: E402
+from brainlm.demo import WINDOW_TRS, DemoSettings  # noqa: E402
 from brainlm.data.atlas import load_atlas  # noqa: E402
 from brainlm.data.atomic import write_json  # noqa: E402
 from brainlm.data.contract import PreprocessingContract  # noqa: E402

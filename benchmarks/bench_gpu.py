@@ -266,7 +266,7 @@ def part_memory(s: dict) -> dict:
 
 def hcp_corpus(work: Path):
     """The demo's HCP corpus (7 subjects, AAL2, TR 0.72 s, cleaned with the demo's contract)."""
-    from brainlm.commands.demo import DemoSettings
+    from brainlm.demo import DemoSettings
     from brainlm.data.atlas import load_atlas
     from brainlm.data.prepare import PrepareSettings, prepare_corpus
     from brainlm.data.samples import load_hcp7_aal2
@@ -299,7 +299,7 @@ def part_pretrain(s: dict, work: Path) -> dict:
 
     from dataclasses import replace
 
-    from brainlm.commands.demo import DemoSettings
+    from brainlm.demo import DemoSettings
     from brainlm.train.pretrain import pretrain
 
     corpus = hcp_corpus(work)

@@ -6,9 +6,9 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from brainlm.demo import WINDOW_TRS, DemoSettings, run_demo
+from brainlm.demo import DemoSettings, run_demo
 
-__all__ = ["DemoSettings", "WINDOW_TRS", "register", "run", "run_demo"]
+__all__ = ["register", "run", "settings_from_args"]
 
 
 def register(subparsers) -> argparse.ArgumentParser:

@@ -59,6 +59,8 @@ class DemoRun:
     corpora: dict[str, Corpus] = field(default_factory=dict)
     rest: Recording | None = None
     checkpoint: Path | None = None
+    #: The checkpoint loaded once, for the steps that run it directly rather than through a task.
+    model: object = None
 
     @property
     def layout(self) -> RunLayout:
@@ -155,7 +157,7 @@ def pretraining(run: DemoRun) -> SummaryPart:
     metrics = pretrain(settings, folder, progress=True)
     seconds = time.perf_counter() - t
     run.checkpoint = folder / "model"
-    model = load_model(run.checkpoint)
+    run.model = model = load_model(run.checkpoint)
     first = embed(run.checkpoint, [hcp.path], run.out / "embeddings.parquet")
     second = embed(run.checkpoint, [hcp.path])
     best = min(metrics["val/baseline_zero_mse"], metrics["val/baseline_mean_mse"])
@@ -196,8 +198,7 @@ def reconstruction(run: DemoRun) -> SummaryPart:
 def _write_example(run: DemoRun) -> None:
     """One test window for the report's carpet plots: the first tile of the first test
     recording, 75% of its tokens masked by a generator seeded with the demo's seed."""
-    hcp = run.corpora["hcp7_aal2"]
-    model = load_model(run.checkpoint)
+    hcp, model = run.corpora["hcp7_aal2"], run.model
     row = int(hcp.split_indices("test")[0])
     x = next(iter_model_input(hcp, [row], model_scaler(model, hcp)))
     wins, _ = model_windows(model, x, source=hcp.path)
@@ -219,7 +220,7 @@ def _zero_shot(run: DemoRun) -> dict:
     comparators are the distance model of the pretraining covariance (evaluated at the
     Schaefer-100 coordinates) and the in-recording fit (the run's other windows); the model is
     compared with the best of every baseline scored, these included."""
-    model = load_model(run.checkpoint)
+    model = run.model
     like = prepare_corpus([load_schaefer100_rest()], run.out / "corpus-schaefer100-like",
                           PrepareSettings.of(atlas=load_atlas("schaefer100"),
                                              like=ReferenceContract(model.contract, model.atlas, str(run.checkpoint)),

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from brainlm.tasks.results_folder import read_results_json
 
-__all__ = ["Figure", "Section", "Table", "embed_png", "escape", "fmt", "read_json", "row"]
+__all__ = ["Figure", "Section", "Table", "embed_png", "escape", "fmt", "row"]
 
 
 @dataclass
@@ -73,11 +72,6 @@ def row(cells, highlight: bool = False) -> dict:
 def embed_png(path: Path, name: str, caption: str) -> Figure:
     """A PNG file as an embedded :class:`Figure`."""
     return Figure(name, caption, base64.b64encode(Path(path).read_bytes()).decode("ascii"))
-
-
-def read_json(path: Path) -> dict | None:
-    """A results file, or None when the step did not run; an error when it is damaged."""
-    return read_results_json(path) if Path(path).exists() else None
 
 
 def escape(text) -> str:

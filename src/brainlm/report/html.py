@@ -1,19 +1,12 @@
 """``brainlm report RUN_DIR``: one self-contained HTML file from a run folder's saved results.
 
-A run folder (what ``brainlm demo --out DIR`` writes) holds::
-
-    summary.json                        settings, timings, key numbers, versions
-    run-small/logs/csv/version_0/       the pretraining log (metrics.csv)
-    results/reconstruction/             brainlm evaluate recon     (reconstruction.json)
-    results/reconstruction_example.npz  one test window: target, prediction, mask [T, P]
-    results/prediction-TARGET/          brainlm evaluate predict   (prediction.json), one per target
-    results/forecasting/                brainlm forecast evaluate  (forecast.json)
-    results/networks-DATASET/           brainlm networks           (networks.json, parcels.tsv)
-    results/attention/                  brainlm attention          (group_attention.json, parcels.tsv)
+A run folder is what ``brainlm demo --out DIR`` writes: ``summary.json``, the pretraining run
+and ``results/``, laid out and read back as typed results by
+:class:`brainlm.report.layout.RunLayout` (its docstring lists the folders).
 
 A *study* folder is the same without ``summary.json`` and pretraining: a user's own task results
 on any checkpoint (an imported upstream one included), written with ``--out DIR/results/NAME``
-under the names above; its report names the checkpoints and corpora the results record.
+under the names RunLayout uses; its report names the checkpoints and corpora the results record.
 
 Every figure is drawn again from those results into ``DIR/figures/`` and embedded in the page
 as a PNG data URI, so the HTML file can be mailed or archived alone. Sections whose results are

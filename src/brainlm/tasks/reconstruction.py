@@ -232,23 +232,7 @@ def _spatial_baselines(model, corpus: Corpus, scaler, max_frames: int
                               "no other subjects of this cohort to fit it on")
 
     stats = pretraining_spatial_statistics(model)
-    if stats is None:
-        reason = ("the checkpoint carries no spatial statistics of its pretraining data "
-                  "(spatial_baseline.safetensors; written before they were stored, an imported "
-                  "upstream model, or a model built in memory)")
-    elif model.atlas is None or not corpus.atlas.matches(model.atlas) or stats.n_parcels != corpus.atlas.n_parcels:
-        reason = (f"the corpus is on atlas {corpus.atlas.name!r} ({corpus.atlas.n_parcels} parcels), not the "
-                  "checkpoint's pretraining atlas"
-                  + (f" {model.atlas.name!r} ({model.atlas.n_parcels} parcels)" if model.atlas is not None else "")
-                  + ": the pretraining covariance has no entries for these parcels")
-    elif scaler is not model.contract:
-        reason = ("the corpus is read with other scaling statistics than the checkpoint's, so the "
-                  "pretraining statistics are in other units")
-    elif stats.info.get("corpus_identity") == corpus.identity():
-        reason = ("the corpus is the checkpoint's pretraining corpus: the pretraining statistics are "
-                  "the in-cohort fit (spatial)")
-    else:
-        reason = None
+    reason = _zero_shot_refusal(model, corpus, scaler, stats)
     if reason is None:
         add("spatial_zero_shot", SpatialImputer().use(stats),
             fitted_on="the checkpoint's pretraining data (its training split), never this cohort",
@@ -256,19 +240,7 @@ def _spatial_baselines(model, corpus: Corpus, scaler, max_frames: int
     else:
         add("spatial_zero_shot", reason=reason)
 
-    # The distance model needs the pretraining statistics and the coordinates of the parcels
-    # they were computed on; the corpus' parcels always have coordinates (an Atlas requires them).
-    if stats is None:
-        reason = ("the checkpoint carries no spatial statistics of its pretraining data "
-                  "(spatial_baseline.safetensors) to fit the distance model on")
-    elif model.atlas is None:
-        reason = ("the checkpoint records no atlas (atlas.json), so its pretraining parcels have no "
-                  "coordinates to fit the distance model on")
-    elif stats.n_parcels != model.atlas.n_parcels:
-        reason = (f"the checkpoint's pretraining statistics cover {stats.n_parcels} parcels but its atlas "
-                  f"{model.atlas.name!r} has {model.atlas.n_parcels}")
-    else:
-        reason = None
+    reason = _distance_model_refusal(model, stats)
     if reason is None:
         dm = fit_distance_model(stats, np.asarray(model.atlas.xyz))
         n_midline = int(np.sum(np.abs(np.asarray(corpus.atlas.xyz)[:, 0]) < MIDLINE_MM))
@@ -285,6 +257,43 @@ def _spatial_baselines(model, corpus: Corpus, scaler, max_frames: int
     else:
         add("spatial_distance", reason=reason)
     return imputers, info
+
+def _zero_shot_refusal(model, corpus: Corpus, scaler, stats: SpatialStatistics | None) -> str | None:
+    """Why the pretraining statistics cannot serve as this corpus' zero-shot spatial baseline,
+    or None when they can."""
+    if stats is None:
+        return ("the checkpoint carries no spatial statistics of its pretraining data "
+                "(spatial_baseline.safetensors; written before they were stored, an imported "
+                "upstream model, or a model built in memory)")
+    if model.atlas is None or not corpus.atlas.matches(model.atlas) or stats.n_parcels != corpus.atlas.n_parcels:
+        return (f"the corpus is on atlas {corpus.atlas.name!r} ({corpus.atlas.n_parcels} parcels), not the "
+                "checkpoint's pretraining atlas"
+                + (f" {model.atlas.name!r} ({model.atlas.n_parcels} parcels)" if model.atlas is not None else "")
+                + ": the pretraining covariance has no entries for these parcels")
+    if scaler is not model.contract:
+        return ("the corpus is read with other scaling statistics than the checkpoint's, so the "
+                "pretraining statistics are in other units")
+    if stats.info.get("corpus_identity") == corpus.identity():
+        return ("the corpus is the checkpoint's pretraining corpus: the pretraining statistics are "
+                "the in-cohort fit (spatial)")
+    return None
+
+
+def _distance_model_refusal(model, stats: SpatialStatistics | None) -> str | None:
+    """Why the distance model cannot be fitted on the checkpoint's pretraining statistics, or
+    None when it can."""
+    # The distance model needs the pretraining statistics and the coordinates of the parcels
+    # they were computed on; the corpus' parcels always have coordinates (an Atlas requires them).
+    if stats is None:
+        return ("the checkpoint carries no spatial statistics of its pretraining data "
+                "(spatial_baseline.safetensors) to fit the distance model on")
+    if model.atlas is None:
+        return ("the checkpoint records no atlas (atlas.json), so its pretraining parcels have no "
+                "coordinates to fit the distance model on")
+    if stats.n_parcels != model.atlas.n_parcels:
+        return (f"the checkpoint's pretraining statistics cover {stats.n_parcels} parcels but its atlas "
+                f"{model.atlas.name!r} has {model.atlas.n_parcels}")
+    return None
 
 
 def _in_recording_imputers(windows: np.ndarray) -> list[SpatialImputer] | None:

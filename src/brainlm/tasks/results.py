@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -26,6 +25,7 @@ from typing import Any, ClassVar, TypeVar
 
 from brainlm.data.atomic import to_json
 from brainlm.errors import BrainLMInputError
+from brainlm.tasks.results_folder import read_results_json
 
 __all__ = ["TaskResult", "Record", "read_result"]
 
@@ -88,13 +88,7 @@ class TaskResult(Record, Mapping):
     def read(cls: type[T], path: str | Path) -> T:
         """The result saved at ``path``; an error naming the file when it is missing, damaged or
         of another schema."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise BrainLMInputError("results file not found; run the task again to write it", str(path)) from None
-        except (OSError, json.JSONDecodeError) as e:
-            raise BrainLMInputError(f"results file is not valid JSON ({e})", str(path)) from None
+        data = read_results_json(path)
         return cls.from_json(data, str(path))
 
     def dumps(self, indent: int | None = 1) -> str:

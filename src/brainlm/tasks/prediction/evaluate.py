@@ -300,11 +300,7 @@ def evaluate_prediction(checkpoint: str | Path | BrainLM, corpus: str | Path | C
     chosen = select_methods(tgt.task, methods)
     model = load_model(checkpoint, device)
     scaler = model_scaler(model, corpus, transfer_atlas=transfer_atlas)
-    window = model.config.window_trs
-    long_enough = corpus.manifest["n_trs"].to_numpy()[tgt.rows] >= window
-    too_short = int((~long_enough).sum())
-    tgt = Target(tgt.column, tgt.task, tgt.values[long_enough], tgt.rows[long_enough], tgt.classes,
-                 tgt.n_missing)
+    tgt, too_short = _with_a_full_window(tgt, corpus, model.config.window_trs)
     groups = subject_keys(corpus, tgt.rows)
     check_cross_validation(tgt, groups, settings.n_folds, settings.inner_folds, source=corpus.path)
     series = read_model_input(corpus, tgt.rows, scaler)
@@ -336,6 +332,15 @@ def evaluate_prediction(checkpoint: str | Path | BrainLM, corpus: str | Path | C
                               "prediction.md": prediction_markdown(result),
                               "predictions.parquet": oof})
     return result
+
+
+def _with_a_full_window(tgt: Target, corpus: Corpus, window_trs: int) -> tuple[Target, int]:
+    """The target restricted to recordings with at least one full model window, and how many
+    recordings that left out."""
+    long_enough = corpus.manifest["n_trs"].to_numpy()[tgt.rows] >= window_trs
+    kept = Target(tgt.column, tgt.task, tgt.values[long_enough], tgt.rows[long_enough], tgt.classes,
+                  tgt.n_missing)
+    return kept, int((~long_enough).sum())
 
 
 @dataclass(frozen=True)
